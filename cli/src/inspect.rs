@@ -1,0 +1,362 @@
+//! Inspection commands: plan/explain text, status, log, lineage, show, graph.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use expflow_cache::{Digest, Record};
+use expflow_engine::events::{EventKind, format_utc, read_events};
+use expflow_engine::{EngineError, Explanation, Pipeline, PlanEntry, Source, Workspace, workspace};
+use serde_json::json;
+
+pub fn plan_text(entries: &[PlanEntry]) -> String {
+    let mut out = String::new();
+    let count = |s: &str| entries.iter().filter(|e| e.state == s).count();
+    for e in entries {
+        let key = e.key.as_deref().map_or("-".to_string(), |k| k[..12].to_string());
+        let _ = write!(out, "{:<8} {:<12} {}", e.state, key, e.name);
+        if !e.reasons.is_empty() {
+            let _ = write!(out, "  ({})", e.reasons.join("; "));
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(
+        out,
+        "{} to run, {} pending, {} cached",
+        count("run"),
+        count("pending"),
+        count("cached")
+    );
+    out
+}
+
+pub fn explain_text(ex: &[Explanation]) -> String {
+    let mut out = String::new();
+    for e in ex {
+        let _ = writeln!(out, "node {}: {}", e.node, e.state);
+        let _ = writeln!(out, "  key       {}", e.key.as_deref().unwrap_or("pending"));
+        if let Some(p) = &e.previous_key {
+            let _ = writeln!(
+                out,
+                "  last run  {p} (run {})",
+                e.previous_run.as_deref().unwrap_or("?")
+            );
+        }
+        for c in &e.changes {
+            let _ = writeln!(out, "  - {c}");
+        }
+    }
+    out
+}
+
+/// Opens the workspace for an inspection command. `Err(Held)` is passed through for the
+/// callers that can fall back on the holder's event log.
+fn open(ws_arg: &Option<PathBuf>, command: &str) -> Result<Workspace, EngineError> {
+    let root = Workspace::discover(ws_arg.as_deref())?;
+    Workspace::open(&root, workspace::holder(command, "", None))
+}
+
+fn latest_events(root: &std::path::Path, run: Option<&str>) -> Result<(String, PathBuf)> {
+    let runs = root.join("runs");
+    let id = match run {
+        Some(r) => r.to_string(),
+        None => {
+            let mut ids: Vec<String> = std::fs::read_dir(&runs)
+                .map_err(|e| EngineError::Usage(format!("no runs in {}: {e}", runs.display())))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with("audit-"))
+                .collect();
+            ids.sort();
+            match ids.pop() {
+                Some(id) => id,
+                None => bail!(EngineError::Usage("this workspace has no runs yet".into())),
+            }
+        }
+    };
+    let path = runs.join(&id).join("events.jsonl");
+    if !path.exists() {
+        bail!(EngineError::Usage(format!("no run `{id}` in {}", runs.display())));
+    }
+    Ok((id, path))
+}
+
+pub fn status(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
+    let ws = match open(ws_arg, "status") {
+        Ok(ws) => ws,
+        Err(EngineError::Held { workspace, holder }) => {
+            // A run holds the database: report from its event log.
+            let h = workspace::read_holder(&workspace);
+            let (id, path) = latest_events(&workspace, h.as_ref().and_then(|h| h.run_id.as_deref()))?;
+            let events = read_events(&path)?;
+            let done = events.iter().filter(|e| matches!(e.kind, EventKind::NodeExecuted { .. } | EventKind::NodeCached { .. })).count();
+            let total = events.iter().find_map(|e| match e.kind { EventKind::RunStarted { nodes, .. } => Some(nodes), _ => None }).unwrap_or(0);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"held_by": holder, "run_id": id, "done": done, "nodes": total}))?);
+            } else {
+                println!("held by {holder}\nrun {id}: {done}/{total} nodes done");
+            }
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let runs = ws.store.runs()?;
+    let records = ws.store.records()?;
+    let blobs = ws.cas.list()?;
+    let bytes: u64 = blobs.iter().map(|(_, s)| s).sum();
+    let pins = ws.store.pins()?;
+    let recent: Vec<_> = runs.iter().rev().take(10).collect();
+    if json {
+        let rs: Vec<_> = recent.iter().map(|r| json!({"run_id": r.run_id, "pipeline": r.pipeline, "status": r.status, "started": format_utc(r.started_ms), "nodes": r.nodes.len(), "pinned": pins.contains(&r.run_id)})).collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"workspace": ws.root(), "held_by": null, "records": records.len(), "blobs": blobs.len(), "bytes": bytes, "runs": rs}))?);
+    } else {
+        println!("workspace {}", ws.root().display());
+        println!("{} records, {} blobs, {}", records.len(), blobs.len(), human_bytes(bytes));
+        for r in recent {
+            let pin = if pins.contains(&r.run_id) { " (pinned)" } else { "" };
+            println!("  {}  {:<10} {:<9} {} nodes  {}{pin}", r.run_id, r.pipeline, r.status, r.nodes.len(), format_utc(r.started_ms));
+        }
+    }
+    Ok(0)
+}
+
+pub fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+}
+
+pub fn log(ws_arg: &Option<PathBuf>, node: Option<String>, run: Option<String>, json: bool) -> Result<u8> {
+    let root = Workspace::discover(ws_arg.as_deref())?;
+    let (id, path) = latest_events(&root, run.as_deref())?;
+    if let Some(node) = node {
+        let log = root.join("runs").join(&id).join("logs").join(format!("{}.log", expflow_engine::node::safe_name(&node)));
+        match std::fs::read_to_string(&log) {
+            Ok(text) => print!("{text}"),
+            Err(_) => bail!(EngineError::Usage(format!("node `{node}` has no log in run {id} (it was cached or did not run); see `expflow log --run {id}`"))),
+        }
+        return Ok(0);
+    }
+    let events = read_events(&path)?;
+    for e in events {
+        if json {
+            println!("{}", serde_json::to_string(&e)?);
+            continue;
+        }
+        let t = format_utc(e.t_ms);
+        let line = match &e.kind {
+            EventKind::RunStarted { run_id, pipeline, nodes, .. } => format!("run {run_id} of {pipeline} started ({nodes} nodes)"),
+            EventKind::NodeStarted { node, attempt, .. } => format!("started  {node} (attempt {attempt})"),
+            EventKind::NodeCached { node, key } => format!("cached   {node} {}", key.short()),
+            EventKind::NodeProgress { node, done, total } => format!("progress {node} {done}/{total}"),
+            EventKind::NodeExecuted { node, key, duration_ms, .. } => format!("executed {node} {} in {duration_ms} ms", key.short()),
+            EventKind::NodeFailed { node, error, will_retry, .. } => format!("failed   {node}{}: {}", if *will_retry { " (will retry)" } else { "" }, error.lines().next().unwrap_or_default()),
+            EventKind::NodeSkipped { node, reason } => format!("skipped  {node}: {reason}"),
+            EventKind::RunFinished { status, executed, cached, failed, skipped, duration_ms } => format!("run finished: {status}; {executed} executed, {cached} cached, {failed} failed, {skipped} skipped in {duration_ms} ms"),
+        };
+        println!("{t} {line}");
+    }
+    Ok(0)
+}
+
+/// The pipeline an inspection command is about: `--pipeline` or the latest run's.
+fn pipeline_name(ws: &Workspace, given: Option<String>) -> Result<String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    match ws.store.runs()?.last() {
+        Some(r) => Ok(r.pipeline.clone()),
+        None => bail!(EngineError::Usage("this workspace has no runs yet; run a pipeline first".into())),
+    }
+}
+
+/// The record of the last run of `node` (an instance name, or a base name with one instance).
+fn last_record(ws: &Workspace, pipeline: &str, node: &str) -> Result<Record> {
+    let keys = ws.store.last_keys(pipeline)?;
+    let matches: Vec<&(String, Digest)> = keys.iter().filter(|(n, _)| n == node || n.split('[').next() == Some(node)).collect();
+    let (name, key) = match matches.as_slice() {
+        [one] => *one,
+        [] => {
+            let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
+            bail!(EngineError::Usage(format!("pipeline {pipeline} has no recorded node `{node}`; recorded: {}", names.join(", "))))
+        }
+        many => bail!(EngineError::Usage(format!("`{node}` has several sweep points: {}; name one", many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")))),
+    };
+    match ws.store.get_record(key)? {
+        Some(r) => Ok(r),
+        None => bail!(EngineError::Usage(format!("the last result of `{name}` is no longer recorded (collected by gc?); run the pipeline again"))),
+    }
+}
+
+pub fn lineage(ws_arg: &Option<PathBuf>, node: &str, pipeline: Option<String>, json: bool) -> Result<u8> {
+    let ws = open(ws_arg, "lineage")?;
+    let pipeline = pipeline_name(&ws, pipeline)?;
+    let rec = last_record(&ws, &pipeline, node)?;
+    let records = ws.store.records()?;
+    let mut producer: HashMap<Digest, &Record> = HashMap::new();
+    for r in &records {
+        for o in r.outputs.values() {
+            producer.entry(o.digest).or_insert(r);
+        }
+    }
+    let tree = lineage_tree(&rec, &producer, 0);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&tree)?);
+    } else {
+        let mut out = String::new();
+        lineage_text(&tree, 0, &mut out);
+        print!("{out}");
+    }
+    Ok(0)
+}
+
+fn lineage_tree(rec: &Record, producer: &HashMap<Digest, &Record>, depth: usize) -> serde_json::Value {
+    let material = expflow_engine::KeyMaterial::from_json(&rec.material);
+    let mut inputs = Vec::new();
+    if let Some(m) = &material {
+        for (port, d) in &m.inputs {
+            let source = m.sources.get(port).cloned().unwrap_or_default();
+            let from = match producer.get(d) {
+                Some(up) if depth < 64 && up.key != rec.key => lineage_tree(up, producer, depth + 1),
+                _ => json!({"external": source}),
+            };
+            inputs.push(json!({"port": port, "digest": d.to_hex(), "source": source, "from": from}));
+        }
+    }
+    json!({
+        "node": rec.node,
+        "op": format!("{}@{}", rec.op, rec.op_version),
+        "key": rec.key.to_hex(),
+        "run_id": rec.run_id,
+        "params": material.as_ref().map(|m| serde_json::Value::Object(m.params.clone())),
+        "outputs": rec.outputs.iter().map(|(k, o)| (k.clone(), json!(o.digest.to_hex()))).collect::<serde_json::Map<_, _>>(),
+        "inputs": inputs,
+    })
+}
+
+fn lineage_text(v: &serde_json::Value, depth: usize, out: &mut String) {
+    let pad = "  ".repeat(depth);
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let _ = writeln!(out, "{pad}{} ({}) key {} run {}", s("node"), s("op"), &s("key")[..12.min(s("key").len())], s("run_id"));
+    if let Some(inputs) = v["inputs"].as_array() {
+        for i in inputs {
+            let d = i["digest"].as_str().unwrap_or_default();
+            let _ = writeln!(out, "{pad}  <- {} = {} ({})", i["port"].as_str().unwrap_or_default(), i["source"].as_str().unwrap_or_default(), &d[..12.min(d.len())]);
+            if i["from"].get("node").is_some() {
+                lineage_text(&i["from"], depth + 2, out);
+            }
+        }
+    }
+}
+
+pub fn show(ws_arg: &Option<PathBuf>, target: &str, pipeline: Option<String>, rows: usize, json: bool) -> Result<u8> {
+    let ws = open(ws_arg, "show")?;
+    let pipeline = pipeline_name(&ws, pipeline)?;
+    let (node, port) = match target.rfind(']') {
+        Some(end) => (&target[..=end], target[end + 1..].strip_prefix('.')),
+        None => match target.split_once('.') {
+            Some((n, p)) => (n, Some(p)),
+            None => (target, None),
+        },
+    };
+    let rec = last_record(&ws, &pipeline, node)?;
+    let (port, out) = match port {
+        Some(p) => match rec.outputs.get(p) {
+            Some(o) => (p.to_string(), o.clone()),
+            None => bail!(EngineError::Usage(format!("node `{}` has no output `{p}`; it has: {}", rec.node, rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+        },
+        None if rec.outputs.len() == 1 => {
+            let (p, o) = rec.outputs.iter().next().expect("one output");
+            (p.clone(), o.clone())
+        }
+        None => bail!(EngineError::Usage(format!("node `{}` has outputs {}; name one as NODE.PORT", rec.node, rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+    };
+    let path = ws.cas.blob_path(&out.digest);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&json!({"node": rec.node, "port": port, "kind": out.kind, "digest": out.digest.to_hex(), "size": out.size, "path": path}))?);
+        return Ok(0);
+    }
+    println!("{}.{port}: {} {} ({})", rec.node, out.kind, out.digest, human_bytes(out.size));
+    if out.dir {
+        for e in ws.cas.read_manifest(&out.digest)?.entries {
+            println!("  {:o} {:>10} {} {}", e.mode, e.size, e.digest.short(), e.path);
+        }
+    } else if out.kind == "table" {
+        print!("{}", expflow_operators::table_io::preview(&path, rows)?);
+    } else {
+        let bytes = std::fs::read(&path)?;
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => {
+                let lines: Vec<&str> = text.lines().collect();
+                for l in lines.iter().take(rows.max(1) * 5) {
+                    println!("{l}");
+                }
+                if lines.len() > rows.max(1) * 5 {
+                    println!("… ({} more lines; the file is {})", lines.len() - rows.max(1) * 5, path.display());
+                }
+            }
+            Err(_) => println!("(binary; the file is {})", path.display()),
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+pub fn graph(p: &Pipeline, format: GraphFormat, json: bool) -> Result<String> {
+    let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for n in &p.nodes {
+        for (port, src) in &n.inputs {
+            let (from, label) = match src {
+                Source::Input(name) => (format!("inputs.{name}"), port.clone()),
+                Source::Node { node, port: up } => (p.nodes[*node].name.clone(), format!("{up}→{port}")),
+            };
+            edges.entry((from, n.name.clone())).or_default().push(label);
+        }
+    }
+    if json {
+        let nodes: Vec<_> = p.nodes.iter().map(|n| json!({"name": n.name, "op": n.op.kind()})).collect();
+        let es: Vec<_> = edges.iter().map(|((a, b), l)| json!({"from": a, "to": b, "ports": l})).collect();
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&json!({"pipeline": p.name, "inputs": p.inputs.keys().collect::<Vec<_>>(), "nodes": nodes, "edges": es}))?));
+    }
+    let mut out = String::new();
+    match format {
+        GraphFormat::Dot => {
+            let _ = writeln!(out, "digraph \"{}\" {{\n  rankdir=LR;", p.name);
+            for name in p.inputs.keys() {
+                let _ = writeln!(out, "  \"inputs.{name}\" [shape=note];");
+            }
+            for n in &p.nodes {
+                let _ = writeln!(out, "  \"{}\" [shape=box, label=\"{}\\n{}\"];", n.name, n.name, n.op.kind());
+            }
+            for ((a, b), l) in &edges {
+                let _ = writeln!(out, "  \"{a}\" -> \"{b}\" [label=\"{}\"];", l.join(", "));
+            }
+            out.push_str("}\n");
+        }
+        GraphFormat::Mermaid => {
+            out.push_str("flowchart LR\n");
+            let id = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+            for name in p.inputs.keys() {
+                let _ = writeln!(out, "  {}[/\"inputs.{name}\"/]", id(&format!("inputs.{name}")));
+            }
+            for n in &p.nodes {
+                let _ = writeln!(out, "  {}[\"{}<br/>{}\"]", id(&n.name), n.name, n.op.kind());
+            }
+            for ((a, b), l) in &edges {
+                let _ = writeln!(out, "  {} -->|{}| {}", id(a), l.join(", "), id(b));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,377 @@
+//! The `expflow` command line.
+
+mod inspect;
+mod maint;
+mod progress;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use expflow_engine::{CancelToken, EngineError, Registry, RunOptions, Workspace, workspace};
+
+/// Exit codes (a public contract): 0 success, 1 a node failed, 2 invalid pipeline or usage,
+/// 3 workspace held by another run, 4 verify or audit found a mismatch, 130 interrupted.
+mod code {
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const HELD: u8 = 3;
+    pub const MISMATCH: u8 = 4;
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Runs declarative ML-experiment pipelines: a YAML file compiles to a content-hashed DAG;
+/// finished nodes are recorded, outputs stored by content, and a re-run executes only what
+/// an edit changed.
+#[derive(Parser)]
+#[command(name = "expflow", version, about, long_about = None)]
+struct Cli {
+    /// The workspace directory (default: `.expflow` next to the pipeline file, or found in
+    /// the current directory or its parents).
+    #[arg(long, global = true, value_name = "DIR")]
+    workspace: Option<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct PipelineArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Override a global parameter, e.g. `--set seed=7` or `--set train.lr=2e-4`.
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    sets: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: execute what changed, reuse the rest.
+    Run {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Run only this node (and what it needs); repeatable.
+        #[arg(long, value_name = "NODE")]
+        target: Vec<String>,
+        /// How many nodes may execute at once (default: the number of CPUs).
+        #[arg(long, short)]
+        jobs: Option<usize>,
+        /// Keep running independent nodes after a node fails.
+        #[arg(long)]
+        keep_going: bool,
+        /// Print one JSON object at the end: run_id, executed, cached, failed, skipped.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a run would do, and why, without running anything.
+    Plan {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_name = "NODE")]
+        target: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain a node's key: what changed since its last run, field by field.
+    Explain {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// The node (a matrix node explains every sweep point).
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The workspace: runs, records, stored bytes, and who holds it.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's events, or one node's log.
+    Log {
+        /// A node: print its log from the run.
+        node: Option<String>,
+        /// The run (default: the latest).
+        #[arg(long, value_name = "RUN_ID")]
+        run: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where a node's output came from: its inputs, recursively, with keys and digests.
+    Lineage {
+        node: String,
+        /// The pipeline name (default: the latest run's).
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a node's output (a table's first rows, a file, a directory listing).
+    Show {
+        /// NODE or NODE.PORT.
+        target: String,
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Rows of a table to print.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the pipeline's graph.
+    Graph {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: inspect::GraphFormat,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash every stored blob and check every record; exit 4 on a mismatch.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify, then re-execute a sample of deterministic nodes and compare their outputs.
+    Audit {
+        /// Fraction of recorded deterministic/seeded nodes to re-execute.
+        #[arg(long, default_value_t = 0.1)]
+        fraction: f64,
+        /// Seed of the sample.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete what the last N runs of each pipeline and pinned runs do not reach.
+    Gc {
+        /// Report what would go, and how many bytes, without deleting.
+        #[arg(long)]
+        dry_run: bool,
+        /// Runs to keep per pipeline.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a run's results through gc.
+    Pin { run_id: String },
+    /// Let gc collect a pinned run again.
+    Unpin { run_id: String },
+    /// The record database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Recreate the record index from the journal and the CAS (the old one is kept aside).
+    Rebuild,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EXPFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match dispatch(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<EngineError>() {
+        Some(EngineError::Invalid(_) | EngineError::Usage(_)) => code::USAGE,
+        Some(EngineError::Held { .. }) => code::HELD,
+        Some(EngineError::Cache(expflow_cache::CacheError::DbLocked { .. })) => code::HELD,
+        _ => code::FAILED,
+    }
+}
+
+fn registry() -> Registry {
+    expflow_operators::registry()
+}
+
+/// Parses `--set a.b=v`: the value is read as YAML (numbers, booleans, lists), else a string.
+fn parse_sets(sets: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
+    sets.iter()
+        .map(|s| {
+            let (k, v) = s.split_once('=').ok_or_else(|| {
+                EngineError::Usage(format!("--set {s}: write NAME=VALUE, e.g. --set seed=7"))
+            })?;
+            let value = match expflow_engine::yaml::parse(v) {
+                Ok(node) if !node.is_null() || v.trim() == "null" => node.to_json(),
+                _ => serde_json::Value::String(v.to_string()),
+            };
+            Ok((k.trim().to_string(), value))
+        })
+        .collect()
+}
+
+fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
+    let sets = parse_sets(&p.sets)?;
+    Ok(expflow_engine::compile::load(&p.pipeline, &registry(), &sets)?)
+}
+
+fn open_for(
+    cli_ws: &Option<PathBuf>,
+    pipeline_file: &Path,
+    command: &str,
+    pipeline: &str,
+    run_id: Option<String>,
+) -> Result<Workspace> {
+    let root = Workspace::locate(pipeline_file, cli_ws.as_deref());
+    Ok(Workspace::open(
+        &root,
+        workspace::holder(command, pipeline, run_id),
+    )?)
+}
+
+fn dispatch(cli: Cli) -> Result<u8> {
+    let ws_arg = cli.workspace.clone();
+    match cli.command {
+        Command::Run {
+            p,
+            target,
+            jobs,
+            keep_going,
+            json,
+        } => run(&ws_arg, &p, target, jobs, keep_going, json),
+        Command::Plan { p, target, json } => {
+            let pipeline = load(&p)?;
+            let ws = open_for(&ws_arg, &p.pipeline, "plan", &pipeline.name, None)?;
+            let entries = expflow_engine::plan(&ws, &pipeline, &target)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", inspect::plan_text(&entries));
+            }
+            Ok(0)
+        }
+        Command::Explain { p, node, json } => {
+            let pipeline = load(&p)?;
+            let ws = open_for(&ws_arg, &p.pipeline, "explain", &pipeline.name, None)?;
+            let ex = expflow_engine::explain(&ws, &pipeline, &node)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&ex)?);
+            } else {
+                print!("{}", inspect::explain_text(&ex));
+            }
+            Ok(0)
+        }
+        Command::Status { json } => inspect::status(&ws_arg, json),
+        Command::Log { node, run, json } => inspect::log(&ws_arg, node, run, json),
+        Command::Lineage {
+            node,
+            pipeline,
+            json,
+        } => inspect::lineage(&ws_arg, &node, pipeline, json),
+        Command::Show {
+            target,
+            pipeline,
+            rows,
+            json,
+        } => inspect::show(&ws_arg, &target, pipeline, rows, json),
+        Command::Graph { p, format, json } => {
+            let pipeline = load(&p)?;
+            print!("{}", inspect::graph(&pipeline, format, json)?);
+            Ok(0)
+        }
+        Command::Verify { json } => maint::verify(&ws_arg, json),
+        Command::Audit {
+            fraction,
+            seed,
+            json,
+        } => maint::audit(&ws_arg, &registry(), fraction, seed, json),
+        Command::Gc {
+            dry_run,
+            keep,
+            json,
+        } => maint::gc(&ws_arg, keep, dry_run, json),
+        Command::Pin { run_id } => maint::pin(&ws_arg, &run_id, true),
+        Command::Unpin { run_id } => maint::pin(&ws_arg, &run_id, false),
+        Command::Db {
+            command: DbCommand::Rebuild,
+        } => maint::rebuild(&ws_arg),
+    }
+}
+
+fn run(
+    ws_arg: &Option<PathBuf>,
+    p: &PipelineArgs,
+    targets: Vec<String>,
+    jobs: Option<usize>,
+    keep_going: bool,
+    json: bool,
+) -> Result<u8> {
+    let pipeline = load(p)?;
+    let run_id = workspace::new_run_id();
+    let ws = open_for(ws_arg, &p.pipeline, "run", &pipeline.name, Some(run_id.clone()))?;
+    let mut opts = RunOptions {
+        keep_going,
+        targets,
+        ..RunOptions::default()
+    };
+    if let Some(j) = jobs {
+        anyhow::ensure!(j > 0, EngineError::Usage("--jobs must be at least 1".into()));
+        opts.jobs = j;
+        opts.cpus = opts.cpus.max(j as u32);
+    }
+    let display = progress::Display::new(json);
+    opts.observer = Some(display.observer());
+    let cancel = CancelToken::new();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let summary = rt.block_on(async {
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("interrupted: stopping running nodes; nothing partial is recorded");
+                c.cancel();
+            }
+        });
+        expflow_engine::run(&ws, &pipeline, &run_id, &opts, cancel.clone()).await
+    })?;
+    display.finish();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprintln!(
+            "run {}: {} executed, {} cached, {} failed, {} skipped ({:.1} s)",
+            summary.run_id,
+            summary.executed.len(),
+            summary.cached.len(),
+            summary.failed.len(),
+            summary.skipped.len(),
+            summary.duration_ms as f64 / 1000.0
+        );
+        for (node, err) in &summary.errors {
+            eprintln!("failed: {node}: {err}");
+        }
+    }
+    Ok(match summary.status.as_str() {
+        "ok" => 0,
+        "cancelled" => code::INTERRUPTED,
+        _ => code::FAILED,
+    })
+}

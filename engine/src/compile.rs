@@ -1,0 +1,863 @@
+//! From a pipeline file to a checked, matrix-expanded, topologically ordered pipeline.
+//! Every problem is collected and reported at once with file:line:column and a hint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use petgraph::graph::DiGraph;
+use serde_json::{Map, Value};
+
+use crate::diag::{Diagnostics, Loc, closest};
+use crate::error::{EngineError, Result};
+use crate::interp::{self, InterpError, Reference};
+use crate::operator::{Determinism, Operator, PortType, Ports, Registry, Resources};
+use crate::params::{ParamProblem, fill_defaults};
+use crate::spec::{self, NodeSpec, PipelineSpec};
+
+/// A compiled pipeline: nodes in topological order.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub name: String,
+    pub file: PathBuf,
+    pub dir: PathBuf,
+    pub params: Map<String, Value>,
+    /// External inputs: name → absolute path.
+    pub inputs: BTreeMap<String, PathBuf>,
+    pub nodes: Vec<CNode>,
+    /// `outputs:`: destination (absolute), node index, port.
+    pub outputs: Vec<(PathBuf, usize, String)>,
+}
+
+/// One node instance (a matrix node gives one per sweep point).
+#[derive(Clone)]
+pub struct CNode {
+    /// Instance name, e.g. `sweep[lr=0.0001]`.
+    pub name: String,
+    /// The name in the file, e.g. `sweep`.
+    pub base: String,
+    pub op: Arc<dyn Operator>,
+    pub params: Map<String, Value>,
+    pub inputs: BTreeMap<String, Source>,
+    pub outputs: BTreeMap<String, PortType>,
+    pub resources: Resources,
+    pub retries: u32,
+    pub determinism: Determinism,
+    /// Upstream node indices (unique, sorted).
+    pub deps: Vec<usize>,
+    pub loc: Loc,
+}
+
+/// Where an input port's artifact comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Input(String),
+    Node { node: usize, port: String },
+}
+
+impl Pipeline {
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Indices of `targets` and all their ancestors, in topological order.
+    pub fn closure(&self, targets: &[usize]) -> Vec<usize> {
+        let mut keep = vec![false; self.nodes.len()];
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(i) = stack.pop() {
+            if !keep[i] {
+                keep[i] = true;
+                stack.extend(self.nodes[i].deps.iter().copied());
+            }
+        }
+        (0..self.nodes.len()).filter(|i| keep[*i]).collect()
+    }
+}
+
+/// Reads and compiles a pipeline file. `overrides` are `--set` values: dotted path → value.
+pub fn load(file: &Path, registry: &Registry, overrides: &[(String, Value)]) -> Result<Pipeline> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        EngineError::Usage(format!(
+            "cannot read the pipeline file {}: {e}",
+            file.display()
+        ))
+    })?;
+    let file = std::path::absolute(file).map_err(|e| EngineError::io(file, e))?;
+    compile(&file, &text, registry, overrides).map_err(EngineError::Invalid)
+}
+
+/// Compiles pipeline text. `file` names it in messages and anchors relative paths.
+pub fn compile(
+    file: &Path,
+    text: &str,
+    registry: &Registry,
+    overrides: &[(String, Value)],
+) -> std::result::Result<Pipeline, Diagnostics> {
+    let display = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    let mut diags = Diagnostics::new(display);
+    let spec = spec::read(file, text, &mut diags);
+    let mut params: Map<String, Value> = spec
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_json()))
+        .collect();
+    for (path, value) in overrides {
+        if let Err(msg) = set_path(&mut params, path, value.clone()) {
+            diags.push(
+                &Loc::default(),
+                format!("--set {path}: {msg}"),
+                Some("`--set` overrides a parameter under `params:`; check the name".into()),
+            );
+        }
+    }
+    let inputs = check_inputs(&spec, &mut diags);
+    let mut b = Builder {
+        registry,
+        params: &params,
+        diags: &mut diags,
+        nodes: Vec::new(),
+        refs: Vec::new(),
+    };
+    for node in &spec.nodes {
+        b.expand(node);
+    }
+    let nodes = b.resolve_inputs(&inputs);
+    let outputs = b.resolve_outputs(&spec, &nodes);
+    let order = order(&nodes, &mut diags);
+    if !diags.is_empty() {
+        diags.sort();
+        diags.items.dedup();
+        return Err(diags);
+    }
+    let order = order.unwrap_or_default();
+    let mut position = vec![0; nodes.len()];
+    for (new, old) in order.iter().enumerate() {
+        position[*old] = new;
+    }
+    let mut sorted: Vec<Option<CNode>> = nodes.into_iter().map(Some).collect();
+    let nodes: Vec<CNode> = order
+        .iter()
+        .map(|old| {
+            let mut n = sorted[*old].take().expect("each node is placed once");
+            for src in n.inputs.values_mut() {
+                if let Source::Node { node, .. } = src {
+                    *node = position[*node];
+                }
+            }
+            n.deps = n.deps.iter().map(|d| position[*d]).collect();
+            n.deps.sort_unstable();
+            n
+        })
+        .collect();
+    Ok(Pipeline {
+        name: spec.name.clone(),
+        file: spec.file.clone(),
+        dir: spec.dir.clone(),
+        params,
+        inputs: inputs.into_iter().map(|(k, (p, _))| (k, p)).collect(),
+        nodes,
+        outputs: outputs
+            .into_iter()
+            .map(|(p, n, port)| (p, position[n], port))
+            .collect(),
+    })
+}
+
+fn set_path(
+    params: &mut Map<String, Value>,
+    path: &str,
+    value: Value,
+) -> std::result::Result<(), String> {
+    let mut parts = path.split('.').peekable();
+    let mut cur = params;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            if !cur.contains_key(part) {
+                let names: Vec<&str> = cur.keys().map(String::as_str).collect();
+                return Err(match closest(part, names.iter().copied()) {
+                    Some(c) => format!("no parameter `{part}`; did you mean `{c}`?"),
+                    None => format!(
+                        "no parameter `{part}`; the parameters are: {}",
+                        names.join(", ")
+                    ),
+                });
+            }
+            cur.insert(part.to_string(), value);
+            return Ok(());
+        }
+        cur = match cur.get_mut(part) {
+            Some(Value::Object(m)) => m,
+            _ => return Err(format!("`{part}` is not a map of parameters")),
+        };
+    }
+    Err("empty parameter path".into())
+}
+
+/// Input name → (absolute path, whether it is a directory).
+fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String, (PathBuf, bool)> {
+    let mut out = BTreeMap::new();
+    for input in &spec.inputs {
+        let path = spec.dir.join(&input.path);
+        match std::fs::metadata(&path) {
+            Ok(m) => {
+                out.insert(input.name.clone(), (path, m.is_dir()));
+            }
+            Err(e) => diags.push(
+                &input.loc,
+                format!(
+                    "input `{}`: cannot read {}: {e}",
+                    input.name,
+                    path.display()
+                ),
+                Some(
+                    "create it, or fix the path (relative to the pipeline file's directory)".into(),
+                ),
+            ),
+        }
+    }
+    out
+}
+
+struct Builder<'a> {
+    registry: &'a Registry,
+    params: &'a Map<String, Value>,
+    diags: &'a mut Diagnostics,
+    nodes: Vec<CNode>,
+    /// Per node: its unresolved `in` references, and its matrix point.
+    refs: Vec<(Vec<(String, String, Loc)>, Vec<(String, Value)>)>,
+}
+
+impl Builder<'_> {
+    fn expand(&mut self, spec: &NodeSpec) {
+        let Some(op) = self.registry.get(&spec.op).cloned() else {
+            if !spec.op.is_empty() {
+                let hint = match closest(&spec.op, self.registry.kinds()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!(
+                        "known operators: {}",
+                        self.registry.kinds().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                self.diags.push(
+                    &spec.op_loc,
+                    format!("unknown operator `{}` in node `{}`", spec.op, spec.name),
+                    Some(hint),
+                );
+            }
+            return;
+        };
+        let sig = op.signature();
+        let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+        for (var, values, _) in &spec.matrix {
+            points = points
+                .into_iter()
+                .flat_map(|p| {
+                    values.iter().map(move |v| {
+                        let mut p = p.clone();
+                        p.push((var.clone(), crate::canonical::normalise(&v.to_json())));
+                        p
+                    })
+                })
+                .collect();
+        }
+        let outputs = self.outputs(spec, &sig.outputs);
+        let resources = self.resources(spec, sig.resources);
+        for point in points {
+            let name = instance_name(&spec.name, &point);
+            let mut given = Map::new();
+            for (pname, pnode) in &spec.params {
+                let allow_io = spec.op == "command" && pname == "run";
+                match self.interpolate(&pnode.to_json(), &point, allow_io) {
+                    Ok(v) => {
+                        given.insert(pname.clone(), v);
+                    }
+                    Err(e) => self.diags.push(
+                        &pnode.loc,
+                        format!(
+                            "bad interpolation in parameter `{pname}` of node `{}`: {}",
+                            spec.name, e.message
+                        ),
+                        None,
+                    ),
+                }
+            }
+            let (filled, problems) = fill_defaults(&sig, &given);
+            for p in problems {
+                self.param_problem(spec, &sig, p);
+            }
+            for msg in op.check(&filled) {
+                let loc = spec
+                    .params
+                    .first()
+                    .map(|(_, n)| n.loc.clone())
+                    .unwrap_or(spec.op_loc.clone());
+                self.diags
+                    .push(&loc, format!("node `{}`: {msg}", spec.name), None);
+            }
+            self.nodes.push(CNode {
+                name,
+                base: spec.name.clone(),
+                determinism: sig.determinism,
+                op: op.clone(),
+                params: filled,
+                inputs: BTreeMap::new(),
+                outputs: outputs.clone(),
+                resources,
+                retries: spec.retries.as_ref().map_or(0, |(r, _)| *r),
+                deps: Vec::new(),
+                loc: spec.loc.clone(),
+            });
+            self.refs.push((spec.ins.clone(), point));
+        }
+    }
+
+    fn param_problem(&mut self, spec: &NodeSpec, sig: &crate::Signature, p: ParamProblem) {
+        let loc_of = |name: &str| {
+            spec.params
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, n)| n.loc.clone())
+        };
+        match p {
+            ParamProblem::Unknown(name) => {
+                let names: Vec<&str> = sig.params.iter().map(|p| p.name).collect();
+                let hint = match closest(&name, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None if names.is_empty() => format!("`{}` takes no parameters", spec.op),
+                    None => format!("`{}` takes: {}", spec.op, names.join(", ")),
+                };
+                self.diags.push(
+                    &loc_of(&name).unwrap_or(spec.loc.clone()),
+                    format!(
+                        "unknown parameter `{name}` for `{}` in node `{}`",
+                        spec.op, spec.name
+                    ),
+                    Some(hint),
+                );
+            }
+            ParamProblem::Missing(name) => {
+                let doc = sig.param(&name).map(|p| p.doc).unwrap_or_default();
+                self.diags.push(
+                    &spec.op_loc,
+                    format!("node `{}` needs parameter `{name}`", spec.name),
+                    Some(format!("add `params: {{{name}: ...}}` ({doc})")),
+                );
+            }
+            ParamProblem::WrongKind { name, want, got } => {
+                self.diags.push(
+                    &loc_of(&name).unwrap_or(spec.loc.clone()),
+                    format!(
+                        "parameter `{name}` of node `{}` must be {want}, found {got}",
+                        spec.name
+                    ),
+                    None,
+                );
+            }
+        }
+    }
+
+    fn interpolate(
+        &self,
+        v: &Value,
+        point: &[(String, Value)],
+        allow_io: bool,
+    ) -> std::result::Result<Value, InterpError> {
+        match v {
+            Value::String(s) => interp::expand(s, |r| self.resolve(r, point, allow_io)),
+            Value::Array(items) => items
+                .iter()
+                .map(|i| self.interpolate(i, point, allow_io))
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map(Value::Array),
+            Value::Object(m) => {
+                let mut out = Map::new();
+                for (k, v) in m {
+                    out.insert(k.clone(), self.interpolate(v, point, allow_io)?);
+                }
+                Ok(Value::Object(out))
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    fn resolve(
+        &self,
+        r: &Reference,
+        point: &[(String, Value)],
+        allow_io: bool,
+    ) -> std::result::Result<Option<Value>, InterpError> {
+        let err = |message: String| InterpError {
+            message,
+            offset: r.start,
+        };
+        match r.ns.as_str() {
+            "params" => {
+                let mut cur: Option<&Value> = None;
+                for (i, part) in r.path.split('.').enumerate() {
+                    cur = if i == 0 {
+                        self.params.get(part)
+                    } else {
+                        cur.and_then(|c| c.get(part))
+                    };
+                }
+                cur.cloned().map(Some).ok_or_else(|| {
+                    let names: Vec<&str> = self.params.keys().map(String::as_str).collect();
+                    err(match closest(&r.path, names.iter().copied()) {
+                        Some(c) => format!(
+                            "`${{params.{}}}`: no such parameter; did you mean `{c}`?",
+                            r.path
+                        ),
+                        None => format!(
+                            "`${{params.{}}}`: no such parameter under `params:`",
+                            r.path
+                        ),
+                    })
+                })
+            }
+            "matrix" => point
+                .iter()
+                .find(|(k, _)| *k == r.path)
+                .map(|(_, v)| Some(v.clone()))
+                .ok_or_else(|| {
+                    err(format!(
+                        "`${{matrix.{}}}`: this node has no matrix variable `{}`",
+                        r.path, r.path
+                    ))
+                }),
+            _ if allow_io => Ok(None),
+            _ => Err(err(format!(
+                "`${{{}.{}}}` is only expanded inside the `run` of a `command` node",
+                r.ns, r.path
+            ))),
+        }
+    }
+
+    fn outputs(&mut self, spec: &NodeSpec, ports: &Ports) -> BTreeMap<String, PortType> {
+        match ports {
+            Ports::Fixed(ps) => {
+                if let Some((_, _, loc)) = spec.outs.first() {
+                    self.diags.push(
+                        loc,
+                        format!(
+                            "node `{}`: `out` declares outputs, but `{}` has fixed outputs ({})",
+                            spec.name,
+                            spec.op,
+                            ps.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                        ),
+                        Some("remove `out:`; only `command` declares its outputs".into()),
+                    );
+                }
+                ps.iter().map(|p| (p.name.to_string(), p.ty)).collect()
+            }
+            _ => {
+                let mut out = BTreeMap::new();
+                for (port, ty, loc) in &spec.outs {
+                    match PortType::parse(ty) {
+                        Some(t) => {
+                            out.insert(port.clone(), t);
+                        }
+                        None => self.diags.push(
+                            loc,
+                            format!(
+                                "unknown type `{ty}` for output `{port}` of node `{}`",
+                                spec.name
+                            ),
+                            Some(format!(
+                                "types are: {}",
+                                PortType::ALL.map(PortType::as_str).join(", ")
+                            )),
+                        ),
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    fn resources(&mut self, spec: &NodeSpec, mut r: Resources) -> Resources {
+        for (k, v) in &spec.resources {
+            let j = v.to_json();
+            match k.as_str() {
+                "cpus" if j.as_u64().is_some_and(|n| n <= 4096) => {
+                    r.cpus = j.as_u64().unwrap_or(1) as u32
+                }
+                "gpus" if j.as_u64().is_some_and(|n| n <= 64) => {
+                    r.gpus = j.as_u64().unwrap_or(0) as u32
+                }
+                "mem_gb" if j.as_f64().is_some_and(|n| n >= 0.0) => {
+                    r.mem_gb = j.as_f64().unwrap_or(0.0)
+                }
+                "cpus" | "gpus" | "mem_gb" => self.diags.push(
+                    &v.loc,
+                    format!(
+                        "resource `{k}` of node `{}` must be a non-negative number, found {}",
+                        spec.name,
+                        spec::describe(v)
+                    ),
+                    None,
+                ),
+                _ => self.diags.push(
+                    &v.loc,
+                    format!("unknown resource `{k}` in node `{}`", spec.name),
+                    Some("resources are: cpus, gpus, mem_gb".into()),
+                ),
+            }
+        }
+        r
+    }
+
+    fn resolve_inputs(&mut self, inputs: &BTreeMap<String, (PathBuf, bool)>) -> Vec<CNode> {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut by_base: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            by_name.insert(n.name.clone(), i);
+            by_base.entry(n.base.clone()).or_default().push(i);
+        }
+        let mut nodes = std::mem::take(&mut self.nodes);
+        let refs = std::mem::take(&mut self.refs);
+        let points: Vec<Vec<(String, Value)>> = refs.iter().map(|(_, p)| p.clone()).collect();
+        for (i, (ins, point)) in refs.iter().enumerate() {
+            let sig = nodes[i].op.signature();
+            let node_name = nodes[i].base.clone();
+            let kind = nodes[i].op.kind();
+            let mut connected = BTreeMap::new();
+            for (port, text, loc) in ins {
+                let want: Option<PortType> = match &sig.inputs {
+                    Ports::Fixed(ps) => {
+                        match ps.iter().find(|p| p.name == port) {
+                            Some(p) => Some(p.ty),
+                            None => {
+                                let names: Vec<&str> = ps.iter().map(|p| p.name).collect();
+                                let hint = match closest(port, names.iter().copied()) {
+                                    Some(c) => format!("did you mean `{c}`?"),
+                                    None => format!("`{kind}` has inputs: {}", names.join(", ")),
+                                };
+                                self.diags.push(loc, format!("unknown input port `{port}` for `{kind}` in node `{node_name}`"), Some(hint));
+                                continue;
+                            }
+                        }
+                    }
+                    Ports::Open(t) => Some(*t),
+                    Ports::Any | Ports::Declared => None,
+                };
+                let text = match interp::expand(text, |r| match r.ns.as_str() {
+                    "matrix" => Ok(point
+                        .iter()
+                        .find(|(k, _)| *k == r.path)
+                        .map(|(_, v)| v.clone())),
+                    _ => Ok(None),
+                }) {
+                    Ok(Value::String(s)) => s,
+                    Ok(v) => v.to_string(),
+                    Err(e) => {
+                        self.diags.push(
+                            loc,
+                            format!("bad interpolation in input `{port}`: {}", e.message),
+                            None,
+                        );
+                        continue;
+                    }
+                };
+                let Some((src, ty)) = self.resolve_ref(
+                    &text, point, inputs, &nodes, &points, &by_name, &by_base, loc,
+                ) else {
+                    continue;
+                };
+                if let Some(want) = want
+                    && !ty.fits(want)
+                {
+                    let hint = if want == PortType::Table && !ty.is_dir() {
+                        "turn the file into a table first with a node `op: load`".to_string()
+                    } else {
+                        format!("connect an output of type {want}")
+                    };
+                    self.diags.push(loc, format!("type mismatch: input `{port}` of node `{node_name}` wants a {want}, but `{text}` is a {ty}"), Some(hint));
+                }
+                connected.insert(port.clone(), src);
+            }
+            if let Ports::Fixed(ps) = &sig.inputs {
+                for p in ps.iter().filter(|p| !p.optional) {
+                    if !ins.iter().any(|(name, _, _)| name == p.name) {
+                        self.diags.push(
+                            &nodes[i].loc,
+                            format!(
+                                "node `{node_name}` needs input `{}` ({}: {})",
+                                p.name, p.ty, p.doc
+                            ),
+                            Some(format!("add `in: {{{}: NODE.PORT}}`", p.name)),
+                        );
+                    }
+                }
+            }
+            let mut deps: Vec<usize> = connected
+                .values()
+                .filter_map(|s| match s {
+                    Source::Node { node, .. } => Some(*node),
+                    Source::Input(_) => None,
+                })
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            nodes[i].inputs = connected;
+            nodes[i].deps = deps;
+        }
+        nodes
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_ref(
+        &mut self,
+        text: &str,
+        point: &[(String, Value)],
+        inputs: &BTreeMap<String, (PathBuf, bool)>,
+        nodes: &[CNode],
+        points: &[Vec<(String, Value)>],
+        by_name: &HashMap<String, usize>,
+        by_base: &HashMap<String, Vec<usize>>,
+        loc: &Loc,
+    ) -> Option<(Source, PortType)> {
+        if let Some(name) = text.strip_prefix("inputs.") {
+            return match inputs.get(name) {
+                Some((_, is_dir)) => Some((
+                    Source::Input(name.to_string()),
+                    if *is_dir {
+                        PortType::Dir
+                    } else {
+                        PortType::File
+                    },
+                )),
+                None => {
+                    let hint = match closest(name, inputs.keys().map(String::as_str)) {
+                        Some(c) => format!("did you mean `inputs.{c}`?"),
+                        None => "declare it under `inputs:`".to_string(),
+                    };
+                    self.diags
+                        .push(loc, format!("unknown input `{name}`"), Some(hint));
+                    None
+                }
+            };
+        }
+        let (node, port) = match text.rfind(']') {
+            Some(end) => (
+                &text[..=end],
+                text[end + 1..].strip_prefix('.').unwrap_or(""),
+            ),
+            None => text.split_once('.').unwrap_or((text, "")),
+        };
+        if port.is_empty() {
+            self.diags.push(
+                loc,
+                format!("`{text}` is not a reference"),
+                Some("write `NODE.PORT` or `inputs.NAME`".into()),
+            );
+            return None;
+        }
+        let idx = if let Some(i) = by_name.get(node).filter(|_| node.contains('[')) {
+            *i
+        } else {
+            let Some(candidates) = by_base.get(node) else {
+                let names: Vec<&str> = by_base.keys().map(String::as_str).collect();
+                let hint = match closest(node, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}.{port}`?"),
+                    None => "name a node defined under `nodes:`".into(),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown node `{node}` in `{text}`"),
+                    Some(hint),
+                );
+                return None;
+            };
+            let matching: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|c| {
+                    let their = &points[*c];
+                    their.iter().all(|(k, v)| {
+                        point
+                            .iter()
+                            .find(|(pk, _)| pk == k)
+                            .is_none_or(|(_, pv)| pv == v)
+                    })
+                })
+                .collect();
+            match matching.as_slice() {
+                [one] => *one,
+                _ => {
+                    self.diags.push(
+                        loc,
+                        format!(
+                            "`{node}` has {} sweep points; `{text}` does not say which",
+                            matching.len()
+                        ),
+                        Some(format!(
+                            "name one, e.g. `{}.{port}`, or give this node the same matrix",
+                            nodes[candidates[0]].name
+                        )),
+                    );
+                    return None;
+                }
+            }
+        };
+        let producer = &nodes[idx];
+        match producer.outputs.get(port) {
+            Some(ty) => Some((
+                Source::Node {
+                    node: idx,
+                    port: port.to_string(),
+                },
+                *ty,
+            )),
+            None => {
+                let names: Vec<&str> = producer.outputs.keys().map(String::as_str).collect();
+                let hint = match closest(port, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{}.{c}`?", producer.base),
+                    None if names.is_empty() => format!("node `{}` has no outputs", producer.base),
+                    None => format!("node `{}` has outputs: {}", producer.base, names.join(", ")),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown port `{port}` on node `{}`", producer.base),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    fn resolve_outputs(
+        &mut self,
+        spec: &PipelineSpec,
+        nodes: &[CNode],
+    ) -> Vec<(PathBuf, usize, String)> {
+        let mut out = Vec::new();
+        for o in &spec.outputs {
+            let found = match o.reference.rfind(']') {
+                Some(end) => Some((
+                    &o.reference[..=end],
+                    o.reference[end + 1..].strip_prefix('.').unwrap_or(""),
+                )),
+                None => o.reference.split_once('.'),
+            };
+            let Some((node, port)) = found else {
+                self.diags.push(
+                    &o.loc,
+                    format!("output `{}`: `{}` is not `NODE.PORT`", o.path, o.reference),
+                    None,
+                );
+                continue;
+            };
+            let matches: Vec<usize> = nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.name == node || (n.base == node && !node.contains('[')))
+                .map(|(i, _)| i)
+                .collect();
+            match matches.as_slice() {
+                [i] if nodes[*i].outputs.contains_key(port) => {
+                    out.push((spec.dir.join(&o.path), *i, port.to_string()))
+                }
+                [i] => {
+                    let names: Vec<&str> = nodes[*i].outputs.keys().map(String::as_str).collect();
+                    self.diags.push(
+                        &o.loc,
+                        format!("output `{}`: node `{node}` has no port `{port}`", o.path),
+                        Some(format!("its outputs are: {}", names.join(", "))),
+                    );
+                }
+                [] => self.diags.push(
+                    &o.loc,
+                    format!("output `{}`: unknown node `{node}`", o.path),
+                    closest(node, nodes.iter().map(|n| n.base.as_str()))
+                        .map(|c| format!("did you mean `{c}`?")),
+                ),
+                many => self.diags.push(
+                    &o.loc,
+                    format!(
+                        "output `{}`: `{node}` has {} sweep points",
+                        o.path,
+                        many.len()
+                    ),
+                    Some(format!("name one, e.g. `{}.{port}`", nodes[many[0]].name)),
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn instance_name(base: &str, point: &[(String, Value)]) -> String {
+    if point.is_empty() {
+        return base.to_string();
+    }
+    let parts: Vec<String> = point
+        .iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => format!("{k}={s}"),
+            other => format!("{k}={other}"),
+        })
+        .collect();
+    format!("{base}[{}]", parts.join(","))
+}
+
+/// Topological order, or a diagnostic naming each cycle.
+fn order(nodes: &[CNode], diags: &mut Diagnostics) -> Option<Vec<usize>> {
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(nodes.len(), nodes.len());
+    let ix: Vec<_> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        for d in &n.deps {
+            g.add_edge(ix[*d], ix[i], ());
+        }
+    }
+    match petgraph::algo::toposort(&g, None) {
+        Ok(order) => Some(order.into_iter().map(|n| g[n]).collect()),
+        Err(_) => {
+            for scc in petgraph::algo::tarjan_scc(&g) {
+                let cyclic = scc.len() > 1 || scc.iter().any(|n| g.contains_edge(*n, *n));
+                if !cyclic {
+                    continue;
+                }
+                let mut members: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
+                members.sort_unstable();
+                let cycle = walk_cycle(nodes, &members);
+                let first = &nodes[cycle[0]];
+                let names: Vec<&str> = cycle
+                    .iter()
+                    .chain(std::iter::once(&cycle[0]))
+                    .map(|i| nodes[*i].name.as_str())
+                    .collect();
+                diags.push(
+                    &first.loc,
+                    format!("cycle: {}", names.join(" → ")),
+                    Some("a node cannot depend on its own output; break the cycle".into()),
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Orders the members of a strongly connected component along its edges.
+fn walk_cycle(nodes: &[CNode], members: &[usize]) -> Vec<usize> {
+    let mut cycle = vec![members[0]];
+    let mut cur = members[0];
+    loop {
+        // follow an edge cur -> next within the component
+        let next = members
+            .iter()
+            .copied()
+            .find(|m| nodes[*m].deps.contains(&cur) && (!cycle.contains(m) || *m == members[0]));
+        match next {
+            Some(n) if n == members[0] => break,
+            Some(n) => {
+                cycle.push(n);
+                cur = n;
+            }
+            None => break,
+        }
+    }
+    cycle
+}

@@ -1,0 +1,335 @@
+//! What an operator sees while it runs: inputs, output slots, params, log, progress,
+//! cancellation, devices, scratch space, a seed, and per-item memoisation.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use expflow_cache::{Cas, Digest, Store};
+use serde_json::{Map, Value};
+
+use crate::canonical;
+use crate::operator::{OpError, PortType};
+
+/// A shared flag that is set when the run is cancelled (Ctrl-C, or a failure under `stop`).
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// An input artifact, ready to read. `path` is read-only.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub path: PathBuf,
+    pub ty: PortType,
+    pub digest: Digest,
+}
+
+/// Where an operator writes one output. Directory outputs are created empty beforehand.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub path: PathBuf,
+    pub ty: PortType,
+}
+
+/// Progress reports: (done, total) for the node.
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Counters of per-item memoisation for one node execution.
+#[derive(Debug, Default)]
+pub struct MemoStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// The run-time context handed to [`crate::Operator::run`].
+pub struct Context {
+    pub(crate) node: String,
+    pub(crate) op_kind: String,
+    pub(crate) op_version: u32,
+    pub(crate) params: Map<String, Value>,
+    pub(crate) inputs: BTreeMap<String, Input>,
+    pub(crate) outputs: BTreeMap<String, Output>,
+    pub(crate) scratch: PathBuf,
+    pub(crate) log: Mutex<File>,
+    pub(crate) log_path: PathBuf,
+    pub(crate) cancel: CancelToken,
+    pub(crate) gpus: Vec<u32>,
+    pub(crate) seed: u64,
+    pub(crate) cas: Cas,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) items: Mutex<Vec<Digest>>,
+    pub(crate) memo_stats: MemoStats,
+    pub(crate) progress: ProgressFn,
+    pub(crate) secrets: Mutex<Vec<String>>,
+}
+
+impl Context {
+    /// The node's name (with its matrix point, e.g. `sweep[lr=0.0001]`).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Parameters with defaults filled in and interpolation done.
+    pub fn params(&self) -> &Map<String, Value> {
+        &self.params
+    }
+
+    pub fn param(&self, name: &str) -> Option<&Value> {
+        self.params.get(name).filter(|v| !v.is_null())
+    }
+
+    pub fn param_str(&self, name: &str) -> Result<&str, OpError> {
+        self.param(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("parameter `{name}` must be a string").into())
+    }
+
+    pub fn param_u64(&self, name: &str) -> Result<u64, OpError> {
+        self.param(name)
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("parameter `{name}` must be a non-negative integer").into())
+    }
+
+    pub fn param_f64(&self, name: &str) -> Result<f64, OpError> {
+        self.param(name)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("parameter `{name}` must be a number").into())
+    }
+
+    pub fn param_bool(&self, name: &str) -> Result<bool, OpError> {
+        self.param(name)
+            .and_then(Value::as_bool)
+            .ok_or_else(|| format!("parameter `{name}` must be true or false").into())
+    }
+
+    /// A list parameter of strings (a single string counts as a list of one).
+    pub fn param_strings(&self, name: &str) -> Result<Vec<String>, OpError> {
+        match self.param(name) {
+            None => Ok(Vec::new()),
+            Some(Value::String(s)) => Ok(vec![s.clone()]),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| {
+                    v.as_str().map(str::to_owned).ok_or_else(|| {
+                        OpError::from(format!("parameter `{name}` must be a list of strings"))
+                    })
+                })
+                .collect(),
+            Some(_) => Err(format!("parameter `{name}` must be a list of strings").into()),
+        }
+    }
+
+    pub fn input(&self, port: &str) -> Result<&Input, OpError> {
+        self.inputs
+            .get(port)
+            .ok_or_else(|| format!("input port `{port}` is not connected").into())
+    }
+
+    /// All connected inputs, by port name (sorted).
+    pub fn inputs(&self) -> &BTreeMap<String, Input> {
+        &self.inputs
+    }
+
+    pub fn output(&self, port: &str) -> Result<&Output, OpError> {
+        self.outputs
+            .get(port)
+            .ok_or_else(|| format!("output port `{port}` is not declared").into())
+    }
+
+    /// All output slots, by port name (sorted).
+    pub fn outputs(&self) -> &BTreeMap<String, Output> {
+        &self.outputs
+    }
+
+    /// A private directory for temporary files; removed after the node finishes.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+
+    /// The seed: the node's `seed` parameter when it has one, else 0.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// GPU ordinals assigned to this node (also in `CUDA_VISIBLE_DEVICES` for children).
+    pub fn gpus(&self) -> &[u32] {
+        &self.gpus
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Returns an error if the run was cancelled; call it between units of work.
+    pub fn check_cancelled(&self) -> Result<(), OpError> {
+        if self.is_cancelled() {
+            Err("cancelled".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Appends a line to the node's log.
+    pub fn log(&self, line: &str) {
+        if let Ok(mut f) = self.log.lock() {
+            // A failing log write must not fail the node; the log is advisory.
+            let _ = writeln!(f, "{line}");
+        }
+    }
+
+    /// Reports progress of the node: `done` of `total` units.
+    pub fn progress(&self, done: u64, total: u64) {
+        (self.progress)(done, total);
+    }
+
+    /// The last `n` lines of the node's log (for error messages).
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::events::tail_lines(&self.log_path, n)
+    }
+
+    /// Runs an external program with its stdout and stderr appended to the node log, in its
+    /// own process group, with `CUDA_VISIBLE_DEVICES` set to the node's GPUs. If the run is
+    /// cancelled the whole process group is killed and an error is returned.
+    pub fn run_command(&self, cmd: &mut Command) -> Result<ExitStatus, OpError> {
+        use std::os::unix::process::CommandExt;
+        let log = self.log.lock().map_err(|_| "node log lock poisoned")?;
+        let out = log.try_clone()?;
+        let err = log.try_clone()?;
+        drop(log);
+        let gpus: Vec<String> = self.gpus.iter().map(u32::to_string).collect();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
+            .process_group(0);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+        let pid = child.id() as i32;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if self.is_cancelled() {
+                kill_group(pid);
+                let _ = child.wait();
+                return Err("cancelled; the child process group was killed".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Per-item memoisation: returns the bytes computed for `item` by this operator kind and
+    /// version, computing and storing them only when they are not in the cache yet. `item`
+    /// must describe everything the computation depends on (its input bytes' digest, its
+    /// parameters).
+    pub fn memo<F>(&self, item: &Value, compute: F) -> Result<Vec<u8>, OpError>
+    where
+        F: FnOnce() -> Result<Vec<u8>, OpError>,
+    {
+        let key = self.item_key(item);
+        if let Some(blob) = self.memo_lookup(&key)? {
+            return Ok(std::fs::read(self.cas.blob_path(&blob))?);
+        }
+        let bytes = compute()?;
+        let blob = self.cas.put_bytes(&bytes)?;
+        self.memo_commit(&key, blob)?;
+        Ok(bytes)
+    }
+
+    /// Per-item memoisation of a file: `compute` writes the item's file at the given path;
+    /// the returned path is the stored, read-only blob.
+    pub fn memo_file<F>(&self, item: &Value, compute: F) -> Result<PathBuf, OpError>
+    where
+        F: FnOnce(&Path) -> Result<(), OpError>,
+    {
+        let key = self.item_key(item);
+        if let Some(blob) = self.memo_lookup(&key)? {
+            return Ok(self.cas.blob_path(&blob));
+        }
+        let tmp = self.scratch.join(format!("item-{}", key.to_hex()));
+        compute(&tmp)?;
+        let (blob, _) = self.cas.put_file(&tmp)?;
+        let _ = std::fs::remove_file(&tmp);
+        self.memo_commit(&key, blob)?;
+        Ok(self.cas.blob_path(&blob))
+    }
+
+    /// (hits, misses) of per-item memoisation so far.
+    pub fn memo_counts(&self) -> (u64, u64) {
+        (
+            self.memo_stats.hits.load(Ordering::Relaxed),
+            self.memo_stats.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Reads a secret (an API key) from the environment variable `var`. Its value never
+    /// enters keys, records or logs; the record notes only that `var` was used.
+    pub fn secret(&self, var: &str) -> Result<String, OpError> {
+        let value = std::env::var(var).map_err(|_| {
+            format!("the environment variable `{var}` is not set; export it before running")
+        })?;
+        if let Ok(mut used) = self.secrets.lock()
+            && !used.iter().any(|v| v == var)
+        {
+            used.push(var.to_string());
+        }
+        Ok(value)
+    }
+
+    fn item_key(&self, item: &Value) -> Digest {
+        let material = serde_json::json!({
+            "op": self.op_kind,
+            "op_version": self.op_version,
+            "item": item,
+        });
+        Digest::of_bytes(&canonical::encode(&material, b"expflow-item-v1\0"))
+    }
+
+    fn memo_lookup(&self, key: &Digest) -> Result<Option<Digest>, OpError> {
+        if let Some(blob) = self.store.memo_get(key)?
+            && self.cas.contains(&blob)
+        {
+            self.items.lock().map_err(|_| "poisoned")?.push(blob);
+            self.memo_stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(blob));
+        }
+        Ok(None)
+    }
+
+    fn memo_commit(&self, key: &Digest, blob: Digest) -> Result<(), OpError> {
+        self.store.memo_put(key, &blob)?;
+        self.items.lock().map_err(|_| "poisoned")?.push(blob);
+        self.memo_stats.misses.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Kills a process group with SIGTERM, then SIGKILL after a short grace period.
+pub(crate) fn kill_group(pgid: i32) {
+    // SAFETY: killpg only sends a signal; a stale pgid yields ESRCH, which we ignore.
+    unsafe {
+        libc::killpg(pgid, libc::SIGTERM);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // SAFETY: as above.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+    }
+}

@@ -1,0 +1,144 @@
+//! Running one operator outside a pipeline, for operator tests: a throw-away CAS and store
+//! in a directory, inputs stored from paths, outputs returned as paths.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use expflow_cache::{Cas, SledStore, Store};
+use serde_json::{Map, Value};
+
+use crate::context::{CancelToken, Context, Input, MemoStats, Output};
+use crate::operator::{OpError, Operator, PortType, Ports};
+use crate::params::fill_defaults;
+
+/// A workspace for running operators directly.
+pub struct Harness {
+    dir: PathBuf,
+    cas: Cas,
+    store: Arc<dyn Store>,
+    runs: u32,
+}
+
+/// What one harness run produced.
+pub struct HarnessRun {
+    /// Output paths by port (files, or directories for directory types).
+    pub outputs: BTreeMap<String, PathBuf>,
+    /// Per-item memoisation (hits, misses).
+    pub memo: (u64, u64),
+    /// The node log.
+    pub log: String,
+}
+
+impl Harness {
+    /// Creates the CAS and store under `dir`.
+    pub fn new(dir: &Path) -> Result<Harness, OpError> {
+        let cas = Cas::open(&dir.join("cas"))?;
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
+        Ok(Harness {
+            dir: dir.to_path_buf(),
+            cas,
+            store,
+            runs: 0,
+        })
+    }
+
+    /// Runs `op` with `inputs` (port, type, path) and `params` (a JSON object; defaults are
+    /// filled in). For operators with declared outputs, `declared` names them.
+    pub fn run(
+        &mut self,
+        op: &dyn Operator,
+        inputs: &[(&str, PortType, &Path)],
+        params: Value,
+        declared: &[(&str, PortType)],
+    ) -> Result<HarnessRun, OpError> {
+        self.runs += 1;
+        let sig = op.signature();
+        let given: Map<String, Value> = match params {
+            Value::Object(m) => m,
+            Value::Null => Map::new(),
+            other => return Err(format!("params must be an object, got {other}").into()),
+        };
+        let (params, problems) = fill_defaults(&sig, &given);
+        if !problems.is_empty() {
+            return Err(format!("parameter problems: {problems:?}").into());
+        }
+        let extra = op.check(&params);
+        if !extra.is_empty() {
+            return Err(extra.join("; ").into());
+        }
+        let mut ins = BTreeMap::new();
+        for (port, ty, path) in inputs {
+            let (digest, _) = if ty.is_dir() {
+                self.cas.put_dir(path)?
+            } else {
+                self.cas.put_file(path)?
+            };
+            let stored = if ty.is_dir() {
+                let d = self.dir.join(format!("in-{}-{}", self.runs, port));
+                self.cas.materialize_dir(&digest, &d)?;
+                d
+            } else {
+                self.cas.blob_path(&digest)
+            };
+            ins.insert(
+                port.to_string(),
+                Input {
+                    path: stored,
+                    ty: *ty,
+                    digest,
+                },
+            );
+        }
+        let scratch = self.dir.join(format!("scratch-{}", self.runs));
+        let out_dir = self.dir.join(format!("out-{}", self.runs));
+        std::fs::create_dir_all(&scratch)?;
+        std::fs::create_dir_all(&out_dir)?;
+        let out_ports: Vec<(String, PortType)> = match &sig.outputs {
+            Ports::Fixed(ports) => ports.iter().map(|p| (p.name.to_string(), p.ty)).collect(),
+            _ => declared.iter().map(|(n, t)| (n.to_string(), *t)).collect(),
+        };
+        let mut outs = BTreeMap::new();
+        for (name, ty) in out_ports {
+            let path = out_dir.join(crate::exec::output_file_name(&name, ty));
+            if ty.is_dir() {
+                std::fs::create_dir_all(&path)?;
+            }
+            outs.insert(name, Output { path, ty });
+        }
+        let log_path = self.dir.join(format!("node-{}.log", self.runs));
+        let log = std::fs::File::create(&log_path)?;
+        let seed = params.get("seed").and_then(Value::as_u64).unwrap_or(0);
+        let ctx = Context {
+            node: "test".into(),
+            op_kind: op.kind().into(),
+            op_version: op.version(),
+            params,
+            inputs: ins,
+            outputs: outs,
+            scratch,
+            log: Mutex::new(log),
+            log_path: log_path.clone(),
+            cancel: CancelToken::new(),
+            gpus: Vec::new(),
+            seed,
+            cas: self.cas.clone(),
+            store: self.store.clone(),
+            items: Mutex::new(Vec::new()),
+            memo_stats: MemoStats::default(),
+            progress: Arc::new(|_, _| {}),
+            secrets: Mutex::new(Vec::new()),
+        };
+        op.run(&ctx)?;
+        let memo = ctx.memo_counts();
+        Ok(HarnessRun {
+            outputs: ctx
+                .outputs
+                .iter()
+                .map(|(k, o)| (k.clone(), o.path.clone()))
+                .collect(),
+            memo,
+            log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+        })
+    }
+}

@@ -1,0 +1,172 @@
+//! Node keys: BLAKE3 over the canonical encoding of one [`KeyMaterial`].
+//!
+//! See `docs/key-schema.md` for what is and is not in a key. The struct is destructured in
+//! [`KeyMaterial::key`], so adding a field does not compile until it is hashed or left out
+//! on purpose.
+
+use std::collections::BTreeMap;
+
+use expflow_cache::Digest;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::canonical;
+use crate::operator::PortType;
+
+/// Bumped when the meaning of key material changes; every key changes with it.
+pub const KEY_SCHEMA: u32 = 1;
+
+const DOMAIN: &[u8] = b"expflow-node-key\0";
+
+/// Everything a node's output depends on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyMaterial {
+    pub schema: u32,
+    /// Operator kind and version.
+    pub op: String,
+    pub op_version: u32,
+    /// Parameters with defaults filled in, canonical. A `command`'s `run` is here with
+    /// `${params..}` and `${matrix..}` expanded and `${in..}`/`${out..}` left as written,
+    /// so keys do not depend on where the workspace is.
+    pub params: Map<String, Value>,
+    /// Content digest of every input artifact, by port.
+    pub inputs: BTreeMap<String, Digest>,
+    /// Output ports and their types (declared outputs of `command` change its result).
+    pub outputs: BTreeMap<String, PortType>,
+    /// Declared environment: tool versions, model weight digests.
+    pub env: BTreeMap<String, String>,
+    /// The seed, for seeded operators.
+    pub seed: Option<u64>,
+    /// Not in the key: the type of each input (implied by its content digest).
+    #[serde(default)]
+    pub input_types: BTreeMap<String, PortType>,
+    /// Not in the key: where each input came from (`inputs.raw`, `steps.rows`), for lineage.
+    #[serde(default)]
+    pub sources: BTreeMap<String, String>,
+}
+
+impl KeyMaterial {
+    /// The node key.
+    pub fn key(&self) -> Digest {
+        let KeyMaterial {
+            schema,
+            op,
+            op_version,
+            params,
+            inputs,
+            outputs,
+            env,
+            seed,
+            input_types: _,
+            sources: _,
+        } = self;
+        let v = json!({
+            "schema": schema,
+            "op": op,
+            "op_version": op_version,
+            "params": params,
+            "inputs": inputs.iter().map(|(k, d)| (k.clone(), Value::String(d.to_hex()))).collect::<Map<_, _>>(),
+            "outputs": outputs.iter().map(|(k, t)| (k.clone(), Value::String(t.as_str().into()))).collect::<Map<_, _>>(),
+            "env": env,
+            "seed": seed,
+        });
+        Digest::of_bytes(&canonical::encode(&v, DOMAIN))
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    pub fn from_json(v: &Value) -> Option<KeyMaterial> {
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    /// Field-by-field differences from `old` to `self`, in words:
+    /// `param lr: 0.0001 → 0.0002`, `input rows changed (3f2a… → 9bc1…)`.
+    pub fn diff(&self, old: &KeyMaterial) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.schema != old.schema {
+            out.push(format!("key schema {} → {}", old.schema, self.schema));
+        }
+        if self.op != old.op {
+            out.push(format!("operator {} → {}", old.op, self.op));
+        }
+        if self.op_version != old.op_version {
+            out.push(format!(
+                "operator version {} → {}",
+                old.op_version, self.op_version
+            ));
+        }
+        diff_maps("param", &old.params, &self.params, &mut out, |v| compact(v));
+        for (port, new) in &self.inputs {
+            match old.inputs.get(port) {
+                Some(o) if o == new => {}
+                Some(o) => out.push(format!(
+                    "input {port} changed ({} → {})",
+                    o.short(),
+                    new.short()
+                )),
+                None => out.push(format!("input {port} added ({})", new.short())),
+            }
+        }
+        for port in old.inputs.keys().filter(|p| !self.inputs.contains_key(*p)) {
+            out.push(format!("input {port} removed"));
+        }
+        let outs = |m: &BTreeMap<String, PortType>| -> Map<String, Value> {
+            m.iter()
+                .map(|(k, t)| (k.clone(), Value::String(t.as_str().into())))
+                .collect()
+        };
+        diff_maps(
+            "output",
+            &outs(&old.outputs),
+            &outs(&self.outputs),
+            &mut out,
+            compact,
+        );
+        let env = |m: &BTreeMap<String, String>| -> Map<String, Value> {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect()
+        };
+        diff_maps("env", &env(&old.env), &env(&self.env), &mut out, compact);
+        if self.seed != old.seed {
+            out.push(format!("seed {:?} → {:?}", old.seed, self.seed));
+        }
+        out
+    }
+}
+
+fn diff_maps(
+    what: &str,
+    old: &Map<String, Value>,
+    new: &Map<String, Value>,
+    out: &mut Vec<String>,
+    show: fn(&Value) -> String,
+) {
+    for (k, v) in new {
+        match old.get(k) {
+            Some(o) if canonical::normalise(o) == canonical::normalise(v) => {}
+            Some(o) => out.push(format!("{what} {k}: {} → {}", show(o), show(v))),
+            None => out.push(format!("{what} {k} added: {}", show(v))),
+        }
+    }
+    for (k, o) in old {
+        if !new.contains_key(k) {
+            out.push(format!("{what} {k} removed (was {})", show(o)));
+        }
+    }
+}
+
+/// A value in one line, strings unquoted, long values cut.
+fn compact(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if s.chars().count() > 80 {
+        format!("{}…", s.chars().take(79).collect::<String>())
+    } else {
+        s
+    }
+}

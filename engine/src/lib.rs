@@ -1,0 +1,38 @@
+//! expflow's engine: pipeline files, the graph, keys, the operator trait and registry,
+//! plan/explain, the scheduler and executors, and the event log.
+
+pub mod audit;
+pub mod canonical;
+pub mod compile;
+pub mod context;
+pub mod diag;
+pub mod error;
+pub mod events;
+pub mod exec;
+pub mod harness;
+pub mod interp;
+pub mod key;
+pub mod node;
+pub mod operator;
+pub mod params;
+pub mod plan;
+pub mod run;
+pub mod spec;
+pub mod workspace;
+pub mod yaml;
+
+pub use compile::{CNode, Pipeline, Source};
+pub use context::{CancelToken, Context, Input, Output};
+pub use diag::{Diagnostic, Diagnostics, Loc};
+pub use error::{EngineError, Result};
+pub use key::{KEY_SCHEMA, KeyMaterial};
+pub use operator::{
+    Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,
+    Resources, Signature,
+};
+pub use plan::{Explanation, PlanEntry, explain, plan};
+pub use run::{RunOptions, RunSummary, run};
+pub use workspace::{Holder, Workspace};
+
+/// The engine's version, recorded with every node record.
+pub const ENGINE_VERSION: &str = env!("CARGO_PKG_VERSION");

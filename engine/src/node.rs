@@ -1,0 +1,400 @@
+//! The blocking work of one node: checking a cached record, ingesting external inputs,
+//! executing an operator and committing its outputs.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use expflow_cache::{
+    Cas, Digest, Manifest, ManifestEntry, OutputRef, Record, StatKey, Store, digest_path_cached,
+    hash_file,
+};
+
+use crate::compile::CNode;
+use crate::context::{CancelToken, Context, Input, MemoStats, Output, ProgressFn};
+use crate::error::{EngineError, Result};
+use crate::events::now_ms;
+use crate::exec::output_file_name;
+use crate::key::KeyMaterial;
+use crate::operator::PortType;
+
+/// Handles a node execution needs.
+#[derive(Clone)]
+pub struct NodeEnv {
+    pub cas: Cas,
+    pub store: Arc<dyn Store>,
+    pub pipeline: String,
+    pub run_id: String,
+    pub run_dir: PathBuf,
+    pub scratch_dir: PathBuf,
+    pub cancel: CancelToken,
+}
+
+/// Whether a stored blob is present and has the bytes its name says. Uses the stat cache
+/// (a blob whose stat is unchanged since it was checked is trusted); otherwise rehashes.
+/// A corrupt blob is removed so that re-running the node can store it again.
+pub fn blob_ok(cas: &Cas, store: &dyn Store, d: &Digest) -> Result<bool> {
+    let path = cas.blob_path(d);
+    let Ok(stat) = StatKey::of(&path) else {
+        return Ok(false);
+    };
+    if store.stat_get(&stat)? == Some(*d) {
+        return Ok(true);
+    }
+    let (actual, _) = hash_file(&path)?;
+    if actual == *d {
+        store.stat_put(&stat, d)?;
+        Ok(true)
+    } else {
+        tracing::warn!(
+            "blob {} is corrupt (its bytes hash to {}); removing it",
+            d,
+            actual
+        );
+        cas.remove(d)?;
+        Ok(false)
+    }
+}
+
+/// Whether every output of a record is intact (a directory: its manifest and every file).
+pub fn record_ok(cas: &Cas, store: &dyn Store, rec: &Record) -> Result<bool> {
+    for out in rec.outputs.values() {
+        if !blob_ok(cas, store, &out.digest)? {
+            return Ok(false);
+        }
+        if out.dir {
+            let Ok(m) = cas.read_manifest(&out.digest) else {
+                return Ok(false);
+            };
+            for e in &m.entries {
+                if !blob_ok(cas, store, &e.digest)? {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Stores an external input (file or directory) in the CAS and returns its digest. Files
+/// whose stat is unchanged are not re-hashed, and bytes already stored are not copied again.
+/// With `keep` false only the digest is computed (for `plan`), nothing is stored.
+pub fn ingest_input(
+    cas: &Cas,
+    store: &dyn Store,
+    path: &Path,
+    keep: bool,
+) -> Result<(Digest, PortType)> {
+    let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok((ingest_file(cas, store, path, keep)?.0, PortType::File));
+    }
+    let mut entries = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| EngineError::io(&dir, e))? {
+            let entry = entry.map_err(|e| EngineError::io(&dir, e))?;
+            let p = entry.path();
+            let ft = entry.file_type().map_err(|e| EngineError::io(&p, e))?;
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                let (digest, size) = ingest_file(cas, store, &p, keep)?;
+                let rel = p.strip_prefix(path).unwrap_or(&p);
+                let rel = rel.to_str().ok_or_else(|| {
+                    EngineError::Usage(format!("{}: file names must be UTF-8", p.display()))
+                })?;
+                use std::os::unix::fs::PermissionsExt;
+                let mode = entry
+                    .metadata()
+                    .map_err(|e| EngineError::io(&p, e))?
+                    .permissions()
+                    .mode();
+                entries.push(ManifestEntry {
+                    path: rel.replace(std::path::MAIN_SEPARATOR, "/"),
+                    mode: if mode & 0o111 != 0 { 0o755 } else { 0o644 },
+                    digest,
+                    size,
+                });
+            } else {
+                return Err(EngineError::Usage(format!(
+                    "{}: inputs may hold only files and directories (found a symlink or special file); copy the target in instead",
+                    p.display()
+                )));
+            }
+        }
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let manifest = Manifest { entries };
+    let digest = if keep {
+        cas.put_bytes(manifest.to_text().as_bytes())?
+    } else {
+        Digest::of_bytes(manifest.to_text().as_bytes())
+    };
+    Ok((digest, PortType::Dir))
+}
+
+fn ingest_file(cas: &Cas, store: &dyn Store, path: &Path, keep: bool) -> Result<(Digest, u64)> {
+    let (digest, size) = digest_path_cached(path, store)?;
+    if !keep || cas.contains(&digest) && blob_ok(cas, store, &digest)? {
+        return Ok((digest, size));
+    }
+    let (stored, size) = cas.put_file(path)?;
+    if stored != digest {
+        // The file changed between hashing and copying: trust what was stored.
+        tracing::warn!(
+            "{} changed while it was read; using its current content",
+            path.display()
+        );
+    }
+    stamp(cas, store, &stored);
+    Ok((stored, size))
+}
+
+/// Remembers the stat of a freshly written blob so later checks need not rehash it.
+fn stamp(cas: &Cas, store: &dyn Store, d: &Digest) {
+    if let Ok(stat) = StatKey::of(&cas.blob_path(d)) {
+        let _ = store.stat_put(&stat, d);
+    }
+}
+
+/// A file-system-safe form of a node name.
+pub fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-=.,[]".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// What a successful execution produced.
+pub struct Executed {
+    pub outputs: BTreeMap<String, OutputRef>,
+    pub duration_ms: u64,
+    pub memo: (u64, u64),
+}
+
+/// Runs `node` with the given input digests, stores its outputs and, when `commit` is set,
+/// writes its record. Never writes a record for a failed or cancelled execution.
+#[allow(clippy::too_many_arguments)]
+pub fn execute(
+    env: &NodeEnv,
+    node: &CNode,
+    material: &KeyMaterial,
+    key: &Digest,
+    input_types: &BTreeMap<String, PortType>,
+    gpus: Vec<u32>,
+    attempt: u32,
+    progress: ProgressFn,
+    commit: bool,
+) -> std::result::Result<Executed, String> {
+    let started = now_ms();
+    let safe = safe_name(&node.name);
+    let scratch = env.scratch_dir.join(format!("{safe}-{attempt}"));
+    let result = run_in(
+        env,
+        node,
+        material,
+        key,
+        input_types,
+        gpus,
+        attempt,
+        progress,
+        commit,
+        &scratch,
+        started,
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_in(
+    env: &NodeEnv,
+    node: &CNode,
+    material: &KeyMaterial,
+    key: &Digest,
+    input_types: &BTreeMap<String, PortType>,
+    gpus: Vec<u32>,
+    attempt: u32,
+    progress: ProgressFn,
+    commit: bool,
+    scratch: &Path,
+    started: u64,
+) -> std::result::Result<Executed, String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let in_dir = scratch.join("in");
+    let out_dir = scratch.join("out");
+    let tmp_dir = scratch.join("tmp");
+    for d in [&in_dir, &out_dir, &tmp_dir] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let mut inputs = BTreeMap::new();
+    for (port, digest) in &material.inputs {
+        let ty = input_types.get(port).copied().unwrap_or(PortType::File);
+        let path = if ty.is_dir() {
+            let p = in_dir.join(port);
+            env.cas.materialize_dir(digest, &p).map_err(|e| err(&e))?;
+            p
+        } else {
+            env.cas.blob_path(digest)
+        };
+        inputs.insert(
+            port.clone(),
+            Input {
+                path,
+                ty,
+                digest: *digest,
+            },
+        );
+    }
+    let mut outputs = BTreeMap::new();
+    for (port, ty) in &node.outputs {
+        let path = out_dir.join(output_file_name(port, *ty));
+        if ty.is_dir() {
+            std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        outputs.insert(port.clone(), Output { path, ty: *ty });
+    }
+    let log_dir = env.run_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+    let log_path = log_dir.join(format!("{}.log", safe_name(&node.name)));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let ctx = Context {
+        node: node.name.clone(),
+        op_kind: material.op.clone(),
+        op_version: material.op_version,
+        params: node.params.clone(),
+        inputs,
+        outputs,
+        scratch: tmp_dir,
+        log: Mutex::new(log),
+        log_path: log_path.clone(),
+        cancel: env.cancel.clone(),
+        gpus,
+        seed: material.seed.unwrap_or(0),
+        cas: env.cas.clone(),
+        store: env.store.clone(),
+        items: Mutex::new(Vec::new()),
+        memo_stats: MemoStats::default(),
+        progress,
+        secrets: Mutex::new(Vec::new()),
+    };
+    if attempt > 1 {
+        ctx.log(&format!("--- attempt {attempt} ---"));
+    }
+    let ran = std::panic::catch_unwind(AssertUnwindSafe(|| node.op.run(&ctx)));
+    match ran {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let mut msg = e.to_string();
+            let mut src = e.source();
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            ctx.log(&format!("error: {msg}"));
+            return Err(msg);
+        }
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "operator panicked".into());
+            ctx.log(&format!("panic: {msg}"));
+            return Err(format!("operator panicked: {msg}"));
+        }
+    }
+    if ctx.is_cancelled() {
+        return Err("cancelled".into());
+    }
+    let mut refs = BTreeMap::new();
+    for (port, out) in &ctx.outputs {
+        let stored = if out.ty.is_dir() {
+            if !out.path.is_dir() {
+                return Err(format!(
+                    "output `{port}` was not written (expected the directory {})",
+                    out.path.display()
+                ));
+            }
+            env.cas.put_dir(&out.path)
+        } else {
+            if !out.path.is_file() {
+                return Err(format!(
+                    "output `{port}` was not written (expected the file {})",
+                    out.path.display()
+                ));
+            }
+            env.cas.put_file(&out.path)
+        };
+        let (digest, size) = stored.map_err(|e| err(&e))?;
+        stamp(&env.cas, env.store.as_ref(), &digest);
+        if out.ty.is_dir() {
+            if let Ok(m) = env.cas.read_manifest(&digest) {
+                for e in &m.entries {
+                    stamp(&env.cas, env.store.as_ref(), &e.digest);
+                }
+            }
+        }
+        refs.insert(
+            port.clone(),
+            OutputRef {
+                digest,
+                kind: out.ty.as_str().into(),
+                dir: out.ty.is_dir(),
+                size,
+            },
+        );
+    }
+    let duration_ms = now_ms().saturating_sub(started);
+    let memo = ctx.memo_counts();
+    if commit {
+        let log_digest = env.cas.put_file(&log_path).ok().map(|(d, _)| d);
+        let items = ctx.items.lock().map(|v| v.clone()).unwrap_or_default();
+        let secrets = ctx.secrets.lock().map(|v| v.clone()).unwrap_or_default();
+        let rec = Record {
+            key: *key,
+            pipeline: env.pipeline.clone(),
+            node: node.name.clone(),
+            op: material.op.clone(),
+            op_version: material.op_version,
+            determinism: node.determinism.as_str().into(),
+            outputs: refs.clone(),
+            material: material.to_json(),
+            started_ms: started,
+            duration_ms,
+            host: hostname(),
+            engine_version: crate::ENGINE_VERSION.into(),
+            log: log_digest,
+            run_id: env.run_id.clone(),
+            secrets,
+            items,
+        };
+        env.store.put_record(&rec).map_err(|e| err(&e))?;
+        env.store
+            .set_last(&env.pipeline, &node.name, key)
+            .map_err(|e| err(&e))?;
+    }
+    Ok(Executed {
+        outputs: refs,
+        duration_ms,
+        memo,
+    })
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,241 @@
+//! `plan` and `explain`: what a run would do and why, without executing anything.
+
+use std::collections::{BTreeMap, HashMap};
+
+use expflow_cache::{Digest, OutputRef};
+use serde::Serialize;
+
+use crate::compile::{Pipeline, Source};
+use crate::error::Result;
+use crate::key::{KEY_SCHEMA, KeyMaterial};
+use crate::node::{ingest_input, record_ok};
+use crate::workspace::Workspace;
+
+/// One line of `plan --json`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PlanEntry {
+    pub name: String,
+    /// Hex key, or `None` while an upstream output is not computed yet.
+    pub key: Option<String>,
+    /// `cached`, `run` or `pending`.
+    pub state: String,
+    pub reasons: Vec<String>,
+}
+
+/// What `explain` reports for one node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub node: String,
+    pub key: Option<String>,
+    pub state: String,
+    /// The key of the last run of this node, and its run id.
+    pub previous_key: Option<String>,
+    pub previous_run: Option<String>,
+    /// Field-by-field changes since the last run of this node.
+    pub changes: Vec<String>,
+    /// The current key material (inputs still pending are missing from it).
+    pub material: serde_json::Value,
+}
+
+struct Eval {
+    state: &'static str,
+    material: KeyMaterial,
+    key: Option<Digest>,
+    reasons: Vec<String>,
+    outputs: Option<BTreeMap<String, OutputRef>>,
+}
+
+/// Evaluates nodes `selected` (topologically ordered indices) against the workspace.
+fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<usize, Eval>> {
+    let mut input_digests = HashMap::new();
+    for (name, path) in &p.inputs {
+        input_digests.insert(
+            name.clone(),
+            ingest_input(&ws.cas, ws.store.as_ref(), path, false)?.0,
+        );
+    }
+    let mut evals: HashMap<usize, Eval> = HashMap::new();
+    let mut env_cache: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
+    for &i in selected {
+        let node = &p.nodes[i];
+        let mut inputs = BTreeMap::new();
+        let mut waiting = Vec::new();
+        for (port, src) in &node.inputs {
+            match src {
+                Source::Input(name) => {
+                    inputs.insert(port.clone(), input_digests[name]);
+                }
+                Source::Node {
+                    node: up,
+                    port: up_port,
+                } => {
+                    match evals
+                        .get(up)
+                        .and_then(|e| e.outputs.as_ref())
+                        .and_then(|o| o.get(up_port))
+                    {
+                        Some(o) => {
+                            inputs.insert(port.clone(), o.digest);
+                        }
+                        None => waiting.push(p.nodes[*up].name.clone()),
+                    }
+                }
+            }
+        }
+        let kind = node.op.kind();
+        if !env_cache.contains_key(kind) {
+            env_cache.insert(kind, node.op.environment().unwrap_or_default());
+        }
+        let material = KeyMaterial {
+            schema: KEY_SCHEMA,
+            op: kind.to_string(),
+            op_version: node.op.version(),
+            params: node.params.clone(),
+            inputs,
+            outputs: node.outputs.clone(),
+            env: env_cache[kind].clone(),
+            seed: match node.determinism {
+                crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
+                _ => None,
+            },
+            input_types: BTreeMap::new(),
+            sources: crate::run::sources(p, i),
+        };
+        let previous = previous_material(ws, p, &node.name)?;
+        if !waiting.is_empty() {
+            waiting.sort();
+            waiting.dedup();
+            let mut reasons = vec![format!("waits on {}", waiting.join(", "))];
+            if let Some((prev, _)) = &previous {
+                reasons.extend(
+                    material
+                        .diff(prev)
+                        .into_iter()
+                        .filter(|r| !r.starts_with("input ")),
+                );
+            }
+            evals.insert(
+                i,
+                Eval {
+                    state: "pending",
+                    material,
+                    key: None,
+                    reasons,
+                    outputs: None,
+                },
+            );
+            continue;
+        }
+        let key = material.key();
+        let record = ws.store.get_record(&key)?;
+        let mut reasons = Vec::new();
+        let state = match &record {
+            Some(rec) if record_ok(&ws.cas, ws.store.as_ref(), rec)? => "cached",
+            Some(_) => {
+                reasons.push(
+                    "a stored output is missing or corrupt; it will be recomputed".to_string(),
+                );
+                "run"
+            }
+            None => {
+                match &previous {
+                    Some((prev, _)) => {
+                        let d = material.diff(prev);
+                        if d.is_empty() {
+                            reasons.push("its last result is no longer recorded".into());
+                        }
+                        reasons.extend(d);
+                    }
+                    None => reasons.push("never run".into()),
+                }
+                "run"
+            }
+        };
+        let outputs = if state == "cached" {
+            record.map(|r| r.outputs)
+        } else {
+            None
+        };
+        evals.insert(
+            i,
+            Eval {
+                state,
+                material,
+                key: Some(key),
+                reasons,
+                outputs,
+            },
+        );
+    }
+    Ok(evals)
+}
+
+/// The material of the last run of `node` in this pipeline, with its run id.
+fn previous_material(
+    ws: &Workspace,
+    p: &Pipeline,
+    node: &str,
+) -> Result<Option<(KeyMaterial, String)>> {
+    let Some(last) = ws.store.get_last(&p.name, node)? else {
+        return Ok(None);
+    };
+    Ok(ws
+        .store
+        .get_record(&last)?
+        .and_then(|r| KeyMaterial::from_json(&r.material).map(|m| (m, r.run_id))))
+}
+
+/// The plan for the selected nodes, in topological order.
+pub fn plan(ws: &Workspace, p: &Pipeline, targets: &[String]) -> Result<Vec<PlanEntry>> {
+    let selected = crate::run::select(p, targets)?;
+    let mut evals = evaluate(ws, p, &selected)?;
+    Ok(selected
+        .iter()
+        .map(|i| {
+            let e = evals.remove(i).expect("every selected node is evaluated");
+            PlanEntry {
+                name: p.nodes[*i].name.clone(),
+                key: e.key.map(|k| k.to_hex()),
+                state: e.state.to_string(),
+                reasons: e.reasons,
+            }
+        })
+        .collect())
+}
+
+/// Explains one node: its key material against the last run of the same node.
+pub fn explain(ws: &Workspace, p: &Pipeline, node: &str) -> Result<Vec<Explanation>> {
+    let targets = vec![node.to_string()];
+    let selected = crate::run::select(p, &targets)?;
+    let mut evals = evaluate(ws, p, &selected)?;
+    let mut out = Vec::new();
+    for i in selected
+        .iter()
+        .filter(|i| p.nodes[**i].name == node || p.nodes[**i].base == node)
+    {
+        let e = evals.remove(i).expect("evaluated");
+        let name = &p.nodes[*i].name;
+        let previous = previous_material(ws, p, name)?;
+        let mut changes = match &previous {
+            Some((prev, _)) => e.material.diff(prev),
+            None => vec!["no previous run of this node".into()],
+        };
+        if e.state == "pending" {
+            changes.retain(|c| !c.starts_with("input "));
+            changes.insert(0, e.reasons[0].clone());
+        }
+        if changes.is_empty() && e.state == "cached" {
+            changes.push("nothing changed: the key is the same as the last run's".into());
+        }
+        out.push(Explanation {
+            node: name.clone(),
+            key: e.key.map(|k| k.to_hex()),
+            state: e.state.to_string(),
+            previous_key: previous.as_ref().map(|(m, _)| m.key().to_hex()),
+            previous_run: previous.map(|(_, r)| r),
+            changes,
+            material: e.material.to_json(),
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,402 @@
+//! The pipeline file, read into plain structs that remember where each thing was written.
+//! Structural problems are collected, not returned one by one.
+
+use std::path::{Path, PathBuf};
+
+use crate::diag::{Diagnostics, Loc, closest};
+use crate::yaml::{Node, YValue};
+
+/// A parsed pipeline file, before operators are looked up.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineSpec {
+    pub file: PathBuf,
+    /// The directory relative paths are resolved against.
+    pub dir: PathBuf,
+    pub name: String,
+    pub name_loc: Loc,
+    /// Global parameters, by name, in file order.
+    pub params: Vec<(String, Node)>,
+    pub inputs: Vec<InputSpec>,
+    pub nodes: Vec<NodeSpec>,
+    pub outputs: Vec<OutputSpec>,
+}
+
+#[derive(Clone, Debug)]
+pub struct InputSpec {
+    pub name: String,
+    pub path: String,
+    pub loc: Loc,
+}
+
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub loc: Loc,
+    pub op: String,
+    pub op_loc: Loc,
+    /// Input port → reference text (`inputs.NAME` or `NODE.PORT`).
+    pub ins: Vec<(String, String, Loc)>,
+    /// Declared output port → type name (for `command`).
+    pub outs: Vec<(String, String, Loc)>,
+    pub params: Vec<(String, Node)>,
+    /// Sweep variable → values.
+    pub matrix: Vec<(String, Vec<Node>, Loc)>,
+    pub resources: Vec<(String, Node)>,
+    pub retries: Option<(u32, Loc)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OutputSpec {
+    pub path: String,
+    pub reference: String,
+    pub loc: Loc,
+}
+
+const TOP_KEYS: [&str; 5] = ["pipeline", "params", "inputs", "nodes", "outputs"];
+const NODE_KEYS: [&str; 7] = [
+    "op",
+    "in",
+    "out",
+    "params",
+    "matrix",
+    "resources",
+    "retries",
+];
+
+/// Reads the structure of a pipeline file. Problems go into `diags`; what could be read is
+/// returned so that later checks can report theirs too.
+pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut spec = PipelineSpec {
+        file: file.to_path_buf(),
+        dir,
+        ..PipelineSpec::default()
+    };
+    let root = match crate::yaml::parse(text) {
+        Ok(r) => r,
+        Err(e) => {
+            diags.push(
+                &e.loc,
+                format!("invalid YAML: {}", e.message),
+                Some("fix the YAML syntax at this place".into()),
+            );
+            return spec;
+        }
+    };
+    let Some(top) = root.as_map() else {
+        diags.push(
+            &root.loc,
+            format!("a pipeline file must be a map, found {}", root.kind()),
+            Some("start with `pipeline: NAME` and a `nodes:` map".into()),
+        );
+        return spec;
+    };
+    check_duplicates(top, "top-level key", diags);
+    let mut saw_nodes = false;
+    for (k, v) in top {
+        let key = k.as_key().unwrap_or_default();
+        match key.as_str() {
+            "pipeline" => match v.as_str() {
+                Some(name) if valid_name(name, true) => {
+                    spec.name = name.to_string();
+                    spec.name_loc = v.loc.clone();
+                }
+                _ => diags.push(
+                    &v.loc,
+                    format!("`pipeline` must be a name, found {}", describe(v)),
+                    Some("use letters, digits, `_` and `-`, e.g. `pipeline: demo`".into()),
+                ),
+            },
+            "params" => spec.params = map_entries(v, "params", diags),
+            "inputs" => {
+                for (name, n) in map_entries(v, "inputs", diags) {
+                    if !valid_name(&name, false) {
+                        diags.push(
+                            &n.loc,
+                            format!("input name `{name}` is not valid"),
+                            Some("input names use lower-case letters, digits and `_`".into()),
+                        );
+                    }
+                    match n.as_str() {
+                        Some(p) => spec.inputs.push(InputSpec {
+                            name,
+                            path: p.to_string(),
+                            loc: n.loc.clone(),
+                        }),
+                        None => diags.push(
+                            &n.loc,
+                            format!("input `{name}` must be a path, found {}", describe(&n)),
+                            Some(
+                                "write a file or directory path relative to the pipeline file"
+                                    .into(),
+                            ),
+                        ),
+                    }
+                }
+            }
+            "nodes" => {
+                saw_nodes = true;
+                for (name, n) in map_entries(v, "nodes", diags) {
+                    if let Some(node) = read_node(&name, &n, diags) {
+                        spec.nodes.push(node);
+                    }
+                }
+            }
+            "outputs" => {
+                for (path, n) in map_entries(v, "outputs", diags) {
+                    match n.as_str() {
+                        Some(r) => spec.outputs.push(OutputSpec {
+                            path,
+                            reference: r.to_string(),
+                            loc: n.loc.clone(),
+                        }),
+                        None => diags.push(
+                            &n.loc,
+                            format!(
+                                "output `{path}` must name `NODE.PORT`, found {}",
+                                describe(&n)
+                            ),
+                            None,
+                        ),
+                    }
+                }
+            }
+            _ => diags.push(
+                &k.loc,
+                format!("unknown top-level key `{key}`"),
+                Some(match closest(&key, TOP_KEYS) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("the keys are: {}", TOP_KEYS.join(", ")),
+                }),
+            ),
+        }
+    }
+    if spec.name.is_empty()
+        && !top
+            .iter()
+            .any(|(k, _)| k.as_key().as_deref() == Some("pipeline"))
+    {
+        diags.push(
+            &root.loc,
+            "the pipeline has no name",
+            Some("add `pipeline: NAME` at the top".into()),
+        );
+    }
+    if !saw_nodes {
+        diags.push(
+            &root.loc,
+            "the pipeline has no `nodes`",
+            Some("add a `nodes:` map".into()),
+        );
+    }
+    spec
+}
+
+fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
+    if !valid_name(name, false) {
+        diags.push(
+            &n.loc,
+            format!("node name `{name}` is not valid"),
+            Some("node names use lower-case letters, digits and `_` ([a-z0-9_]+)".into()),
+        );
+    }
+    let Some(entries) = n.as_map() else {
+        diags.push(
+            &n.loc,
+            format!("node `{name}` must be a map, found {}", describe(n)),
+            Some("give it at least `op: KIND`".into()),
+        );
+        return None;
+    };
+    check_duplicates(entries, &format!("key in node `{name}`"), diags);
+    let mut node = NodeSpec {
+        name: name.to_string(),
+        loc: n.loc.clone(),
+        op: String::new(),
+        op_loc: n.loc.clone(),
+        ins: Vec::new(),
+        outs: Vec::new(),
+        params: Vec::new(),
+        matrix: Vec::new(),
+        resources: Vec::new(),
+        retries: None,
+    };
+    for (k, v) in entries {
+        let key = k.as_key().unwrap_or_default();
+        match key.as_str() {
+            "op" => match v.as_str() {
+                Some(op) => {
+                    node.op = op.to_string();
+                    node.op_loc = v.loc.clone();
+                }
+                None => diags.push(
+                    &v.loc,
+                    format!(
+                        "`op` of node `{name}` must be an operator kind, found {}",
+                        describe(v)
+                    ),
+                    None,
+                ),
+            },
+            "in" => {
+                for (port, r) in map_entries(v, &format!("nodes.{name}.in"), diags) {
+                    match r.as_str() {
+                        Some(s) => node.ins.push((port, s.to_string(), r.loc.clone())),
+                        None => diags.push(
+                            &r.loc,
+                            format!("input `{port}` of node `{name}` must be `inputs.NAME` or `NODE.PORT`, found {}", describe(&r)),
+                            None,
+                        ),
+                    }
+                }
+            }
+            "out" => {
+                for (port, t) in map_entries(v, &format!("nodes.{name}.out"), diags) {
+                    match t.as_str() {
+                        Some(s) => node.outs.push((port, s.to_string(), t.loc.clone())),
+                        None => diags.push(
+                            &t.loc,
+                            format!(
+                                "output `{port}` of node `{name}` must be a type name, found {}",
+                                describe(&t)
+                            ),
+                            None,
+                        ),
+                    }
+                }
+            }
+            "params" => node.params = map_entries(v, &format!("nodes.{name}.params"), diags),
+            "matrix" => {
+                for (var, vals) in map_entries(v, &format!("nodes.{name}.matrix"), diags) {
+                    match &vals.value {
+                        YValue::Seq(items) if !items.is_empty() => {
+                            node.matrix.push((var, items.clone(), vals.loc.clone()))
+                        }
+                        _ => diags.push(
+                            &vals.loc,
+                            format!(
+                                "matrix variable `{var}` of node `{name}` must be a non-empty list"
+                            ),
+                            Some(format!("for example `{var}: [1, 2]`")),
+                        ),
+                    }
+                }
+            }
+            "resources" => {
+                node.resources = map_entries(v, &format!("nodes.{name}.resources"), diags)
+            }
+            "retries" => match v.value {
+                YValue::Int(r) if (0..=100).contains(&r) => {
+                    node.retries = Some((r as u32, v.loc.clone()))
+                }
+                _ => diags.push(
+                    &v.loc,
+                    format!(
+                        "`retries` of node `{name}` must be an integer from 0 to 100, found {}",
+                        describe(v)
+                    ),
+                    None,
+                ),
+            },
+            _ => diags.push(
+                &k.loc,
+                format!("unknown key `{key}` in node `{name}`"),
+                Some(match closest(&key, NODE_KEYS) {
+                    Some(c) => format!("did you mean `{c}`?"),
+                    None => format!("a node has: {}", NODE_KEYS.join(", ")),
+                }),
+            ),
+        }
+    }
+    if node.op.is_empty()
+        && !entries
+            .iter()
+            .any(|(k, _)| k.as_key().as_deref() == Some("op"))
+    {
+        diags.push(
+            &n.loc,
+            format!("node `{name}` has no `op`"),
+            Some("add `op: KIND`, e.g. `op: command`".into()),
+        );
+    }
+    Some(node)
+}
+
+/// The entries of a map section (empty and a diagnostic if it is not a map; `null` is empty).
+fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, Node)> {
+    if v.is_null() {
+        return Vec::new();
+    }
+    let Some(entries) = v.as_map() else {
+        diags.push(
+            &v.loc,
+            format!("`{what}` must be a map, found {}", describe(v)),
+            None,
+        );
+        return Vec::new();
+    };
+    check_duplicates(entries, &format!("key in `{what}`"), diags);
+    entries
+        .iter()
+        .filter_map(|(k, v)| match k.as_key() {
+            Some(key) => Some((key, v.clone())),
+            None => {
+                diags.push(
+                    &k.loc,
+                    format!("a key in `{what}` must be a name, found {}", describe(k)),
+                    None,
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn check_duplicates(entries: &[(Node, Node)], what: &str, diags: &mut Diagnostics) {
+    for (i, (k, _)) in entries.iter().enumerate() {
+        let Some(key) = k.as_key() else { continue };
+        if let Some((first, _)) = entries[..i]
+            .iter()
+            .find(|(p, _)| p.as_key().as_ref() == Some(&key))
+        {
+            let noun = if what.starts_with("key in `nodes`") {
+                "node"
+            } else {
+                what
+            };
+            diags.push(
+                &k.loc,
+                format!(
+                    "duplicate {noun} `{key}` (first defined at line {}, column {})",
+                    first.loc.line, first.loc.column
+                ),
+                Some("names must be unique: rename or remove one of them".into()),
+            );
+        }
+    }
+}
+
+fn valid_name(s: &str, allow_dash: bool) -> bool {
+    !s.is_empty()
+        && s.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || c == '_'
+                || (allow_dash && (c == '-' || c.is_ascii_uppercase()))
+        })
+}
+
+/// A short description of a value for messages: `a list`, `the number 3`, ...
+pub fn describe(n: &Node) -> String {
+    match &n.value {
+        YValue::Str(s) => format!("the string {s:?}"),
+        YValue::Int(i) => format!("the integer {i}"),
+        YValue::UInt(u) => format!("the integer {u}"),
+        YValue::Float(f) => format!("the number {f}"),
+        YValue::Bool(b) => format!("`{b}`"),
+        _ => n.kind().to_string(),
+    }
+}

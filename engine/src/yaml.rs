@@ -1,0 +1,247 @@
+//! A YAML value tree in which every node knows its line and column.
+//!
+//! Parsing goes through serde-saphyr with strict booleans (`yes`/`no` stay strings) and
+//! duplicate keys passed through, so that the spec checker can report every duplicate with
+//! both places instead of stopping at the first.
+
+use std::fmt;
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::Value;
+use serde_saphyr::{DuplicateKeyPolicy, Options, Spanned};
+
+use crate::diag::Loc;
+
+/// One node of the tree.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub loc: Loc,
+    pub value: YValue,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum YValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    /// Entries in file order; duplicates are kept.
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    /// The key as a string, if it is a scalar.
+    pub fn as_key(&self) -> Option<String> {
+        match &self.value {
+            YValue::Str(s) => Some(s.clone()),
+            YValue::Int(i) => Some(i.to_string()),
+            YValue::UInt(u) => Some(u.to_string()),
+            YValue::Bool(b) => Some(b.to_string()),
+            YValue::Float(f) => Some(f.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            YValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            YValue::Map(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, YValue::Null)
+    }
+
+    /// A word for the kind of value, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            YValue::Null => "nothing",
+            YValue::Bool(_) => "a boolean",
+            YValue::Int(_) | YValue::UInt(_) => "an integer",
+            YValue::Float(_) => "a number",
+            YValue::Str(_) => "a string",
+            YValue::Seq(_) => "a list",
+            YValue::Map(_) => "a map",
+        }
+    }
+
+    /// Converts to JSON. Map keys become strings; for duplicate keys the last one wins (the
+    /// checker reports duplicates separately).
+    pub fn to_json(&self) -> Value {
+        match &self.value {
+            YValue::Null => Value::Null,
+            YValue::Bool(b) => Value::Bool(*b),
+            YValue::Int(i) => Value::from(*i),
+            YValue::UInt(u) => Value::from(*u),
+            YValue::Float(f) => serde_json::Number::from_f64(*f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            YValue::Str(s) => Value::String(s.clone()),
+            YValue::Seq(items) => Value::Array(items.iter().map(Node::to_json).collect()),
+            YValue::Map(entries) => Value::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.as_key().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = Spanned::<YValue>::deserialize(d)?;
+        Ok(Node {
+            loc: Loc {
+                line: s.referenced.line() as u32,
+                column: s.referenced.column() as u32,
+            },
+            value: s.value,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for YValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(YVisitor)
+    }
+}
+
+struct YVisitor;
+
+impl<'de> Visitor<'de> for YVisitor {
+    type Value = YValue;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<YValue, E> {
+        Ok(YValue::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<YValue, E> {
+        Ok(YValue::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<YValue, D::Error> {
+        YValue::deserialize(d)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<YValue, E> {
+        Ok(YValue::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<YValue, E> {
+        Ok(YValue::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<YValue, E> {
+        Ok(i64::try_from(v).map_or(YValue::UInt(v), YValue::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<YValue, E> {
+        Ok(YValue::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<YValue, E> {
+        Ok(YValue::Str(v.to_string()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<YValue, E> {
+        Ok(YValue::Str(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<YValue, A::Error> {
+        let mut items = Vec::new();
+        while let Some(n) = seq.next_element::<Node>()? {
+            items.push(n);
+        }
+        Ok(YValue::Seq(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<YValue, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(k) = map.next_key::<Node>()? {
+            let v = map.next_value::<Node>()?;
+            entries.push((k, v));
+        }
+        Ok(YValue::Map(entries))
+    }
+}
+
+/// A YAML syntax error: where, and the parser's message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub loc: Loc,
+    pub message: String,
+}
+
+/// Parses a whole document. An empty document is `Null`.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let options: Options = serde_saphyr::options! {
+        strict_booleans: true,
+        duplicate_keys: DuplicateKeyPolicy::PassThrough,
+        with_snippet: false,
+    };
+    if text.trim().is_empty() {
+        return Ok(Node {
+            loc: Loc { line: 1, column: 1 },
+            value: YValue::Null,
+        });
+    }
+    serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
+        let loc = e
+            .location()
+            .map(|l| Loc {
+                line: l.line() as u32,
+                column: l.column() as u32,
+            })
+            .unwrap_or_default();
+        let message = e.to_string();
+        // Drop the location prefix/suffix saphyr adds; we print file:line:col ourselves.
+        let message = message
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        SyntaxError { loc, message }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_of_keys_and_values() {
+        let n = parse("a: 1\nb:\n  c: [x, 2.5]\n  d: yes\n").unwrap();
+        let m = n.as_map().unwrap();
+        assert_eq!(m[0].0.loc, Loc { line: 1, column: 1 });
+        assert_eq!(m[0].1.value, YValue::Int(1));
+        assert_eq!(m[1].0.loc.line, 2);
+        let inner = m[1].1.as_map().unwrap();
+        assert_eq!(inner[0].0.loc, Loc { line: 3, column: 3 });
+        let YValue::Seq(items) = &inner[0].1.value else {
+            panic!("not a seq")
+        };
+        assert_eq!(items[1].value, YValue::Float(2.5));
+        assert_eq!(items[1].loc.line, 3);
+        // strict booleans: `yes` stays a string
+        assert_eq!(inner[1].1.value, YValue::Str("yes".into()));
+    }
+
+    #[test]
+    fn duplicates_are_kept_for_the_checker() {
+        let n = parse("a: 1\na: 2\n").unwrap();
+        assert_eq!(n.as_map().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn syntax_errors_have_locations() {
+        let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
+        assert!(e.loc.line >= 1, "{e:?}");
+        assert!(!e.message.is_empty());
+    }
+}

@@ -1,0 +1,157 @@
+//! Incremental behaviour, observed through the event log of each run.
+
+use expflow_tests::{Project, names};
+
+/// a → b → c, and d reading the input directly. `b` keeps only the first line of `a`'s
+/// output, so changing what `a` writes after line one re-runs `b` with identical bytes.
+const PIPE: &str = r#"
+pipeline: inc
+params:
+  greeting: hello
+  tail: one
+inputs:
+  src: data.txt
+nodes:
+  a:
+    op: command
+    in: {src: inputs.src}
+    out: {text: file}
+    params:
+      run: "cat ${in.src} > ${out.text}; echo ${params.greeting} >> ${out.text}; echo ${params.tail} >> ${out.text}"
+  b:
+    op: command
+    in: {text: a.text}
+    out: {first: file}
+    params:
+      run: "head -n 1 ${in.text} > ${out.first}"
+  c:
+    op: command
+    in: {first: b.first}
+    out: {upper: file}
+    params:
+      run: "tr a-z A-Z < ${in.first} > ${out.upper}"
+  d:
+    op: command
+    in: {src: inputs.src}
+    out: {n: file}
+    params:
+      run: "wc -c < ${in.src} > ${out.n}"
+outputs:
+  out/upper.txt: c.upper
+"#;
+
+fn project() -> Project {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    p.write("data.txt", "first line\n");
+    p
+}
+
+#[test]
+fn second_run_of_an_unchanged_pipeline_executes_nothing() {
+    let p = project();
+    let first = p.run("pipe.yaml", &[]);
+    first.expect_code(0);
+    assert_eq!(first.executed(), names(&["a", "b", "c", "d"]));
+    assert_eq!(p.read("out/upper.txt"), "FIRST LINE\n");
+    let second = p.run("pipe.yaml", &[]);
+    second.expect_code(0);
+    assert!(second.executed().is_empty(), "{:?}", second.executed());
+    assert_eq!(second.cached(), names(&["a", "b", "c", "d"]));
+}
+
+#[test]
+fn a_parameter_edit_reruns_the_node_and_only_descendants_whose_inputs_changed() {
+    let p = project();
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // `greeting` changes a's bytes after the first line: b re-runs, makes identical bytes,
+    // and c (early cutoff) does not re-run; d does not depend on a at all.
+    let r = p.run("pipe.yaml", &["--set", "greeting=bonjour"]);
+    r.expect_code(0);
+    assert_eq!(r.executed(), names(&["a", "b"]));
+    assert_eq!(r.cached(), names(&["c", "d"]));
+}
+
+#[test]
+fn identical_bytes_stop_the_wave() {
+    let p = project();
+    p.run("pipe.yaml", &[]).expect_code(0);
+    let r = p.run("pipe.yaml", &["--set", "tail=two"]);
+    r.expect_code(0);
+    assert!(r.executed().contains(&"b".to_string()));
+    assert!(!r.executed().contains(&"c".to_string()), "c must be cut off: {:?}", r.executed());
+}
+
+#[test]
+fn editing_an_input_reruns_its_consumers_and_touching_it_reruns_nothing() {
+    let p = project();
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // Same content, new mtime.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    p.write("data.txt", "first line\n");
+    let touched = p.run("pipe.yaml", &[]);
+    touched.expect_code(0);
+    assert!(touched.executed().is_empty(), "{:?}", touched.executed());
+    p.write("data.txt", "other line\n");
+    let edited = p.run("pipe.yaml", &[]);
+    edited.expect_code(0);
+    assert_eq!(edited.executed(), names(&["a", "b", "c", "d"]));
+    assert_eq!(p.read("out/upper.txt"), "OTHER LINE\n");
+}
+
+#[test]
+fn a_failing_node_leaves_no_record_and_once_fixed_only_it_and_descendants_run() {
+    let p = project();
+    let broken = PIPE.replace("head -n 1 ${in.text}", "exit 3; head -n 1 ${in.text}");
+    p.write("pipe.yaml", &broken);
+    let r = p.run("pipe.yaml", &[]);
+    r.expect_code(1);
+    assert_eq!(r.summary["failed"], serde_json::json!(["b"]));
+    assert!(r.nodes("node_skipped").contains(&"c".to_string()));
+    assert!(r.stderr.contains("exit") || r.events.iter().any(|e| e["error"].as_str().is_some_and(|s| s.contains("3"))));
+    // plan: b has no record
+    let plan = p.expflow(&["plan", "pipe.yaml", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let b = plan.as_array().unwrap().iter().find(|e| e["name"] == "b").unwrap();
+    assert_eq!(b["state"], "run");
+    p.write("pipe.yaml", PIPE);
+    let fixed = p.run("pipe.yaml", &[]);
+    fixed.expect_code(0);
+    assert_eq!(fixed.executed(), names(&["b", "c"]));
+}
+
+#[test]
+fn keep_going_runs_independent_nodes_after_a_failure() {
+    let p = project();
+    let broken = PIPE.replace("cat ${in.src} >", "exit 1; cat ${in.src} >");
+    p.write("pipe.yaml", &broken);
+    let r = p.run("pipe.yaml", &["--keep-going", "--jobs", "1"]);
+    r.expect_code(1);
+    assert_eq!(r.executed(), names(&["d"]));
+    assert_eq!(r.nodes("node_skipped"), names(&["b", "c"]));
+}
+
+#[test]
+fn retries_rerun_a_flaky_node() {
+    let p = Project::new();
+    p.write(
+        "pipe.yaml",
+        r#"
+pipeline: flaky
+params:
+  counter: unset
+nodes:
+  f:
+    op: command
+    out: {o: file}
+    retries: 2
+    params:
+      run: "n=$(cat ${params.counter} 2>/dev/null || echo 0); echo $((n+1)) > ${params.counter}; test $n -ge 1 && echo ok > ${out.o}"
+"#,
+    );
+    let counter = format!("counter={}", p.path("count").display());
+    let r = p.run("pipe.yaml", &["--set", &counter]);
+    let starts = r.events.iter().filter(|e| e["event"] == "node_started").count();
+    r.expect_code(0);
+    assert_eq!(starts, 2, "one failure then one success");
+}

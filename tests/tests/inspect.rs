@@ -1,0 +1,58 @@
+//! plan and explain.
+
+use expflow_tests::Project;
+use serde_json::Value;
+
+const PIPE: &str = "pipeline: pl\nparams:\n  word: hi\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"echo ${params.word} > ${out.o}\"\n  b:\n    op: command\n    in: {x: a.o}\n    out: {o: file}\n    params:\n      run: \"cat ${in.x} ${in.x} > ${out.o}\"\n";
+
+fn plan(p: &Project, extra: &[&str]) -> Vec<Value> {
+    let mut args = vec!["plan", "pipe.yaml", "--json"];
+    args.extend_from_slice(extra);
+    let out = p.expflow(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+#[test]
+fn plan_json_on_a_fresh_and_on_a_cached_workspace() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    let fresh = plan(&p, &[]);
+    assert_eq!(fresh.len(), 2);
+    assert_eq!(fresh[0]["name"], "a");
+    assert_eq!(fresh[0]["state"], "run");
+    assert_eq!(fresh[0]["key"].as_str().map(str::len), Some(64));
+    assert_eq!(fresh[0]["reasons"], serde_json::json!(["never run"]));
+    assert_eq!(fresh[1]["state"], "pending");
+    assert!(fresh[1]["key"].is_null());
+    assert_eq!(fresh[1]["reasons"][0], "waits on a");
+    let run = p.run("pipe.yaml", &[]);
+    run.expect_code(0);
+    let cached = plan(&p, &[]);
+    assert!(cached.iter().all(|e| e["state"] == "cached" && e["key"].is_string()));
+    // The planned key is the key the run used.
+    let executed_key = run.events.iter().find(|e| e["event"] == "node_executed" && e["node"] == "a").unwrap()["key"].clone();
+    assert_eq!(cached[0]["key"], executed_key);
+    assert_eq!(fresh[0]["key"], executed_key);
+}
+
+#[test]
+fn explain_names_the_changed_field() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    let out = p.expflow(&["explain", "pipe.yaml", "a", "--set", "word=ho", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let changes = ex[0]["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0], "param run: echo hi > ${out.o} → echo ho > ${out.o}");
+    assert_eq!(ex[0]["state"], "run");
+    let text = p.expflow(&["explain", "pipe.yaml", "a", "--set", "word=ho"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("param run"));
+    // After a run with the new value, b's input changed:
+    p.run("pipe.yaml", &["--set", "word=ho"]).expect_code(0);
+    let out = p.expflow(&["explain", "pipe.yaml", "b", "--json"]);
+    let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(ex[0]["changes"][0].as_str().unwrap().starts_with("input x changed"), "{ex}");
+}
