@@ -390,6 +390,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 self.state[i] = State::Parked;
                 continue;
             }
+            self.inflight.insert(key, i);
             self.state[i] = State::Runnable;
             self.runnable.insert(i);
         }
@@ -683,12 +684,18 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
     }
 
     fn after_failure(&mut self, i: usize, key: Digest) {
+        self.inflight.remove(&key);
         // Nodes parked behind this one would fail the same way; they become runnable so
         // that each reports its own error (under keep-going) or are skipped (under stop).
-        if let Some(parked) = self.parked.remove(&key) {
-            for p in parked {
-                self.state[p] = State::Runnable;
-                self.runnable.insert(p);
+        if let Some(mut parked) = self.parked.remove(&key) {
+            // The first one takes over the key; the rest stay parked behind it.
+            parked.sort_unstable();
+            let first = parked.remove(0);
+            self.inflight.insert(key, first);
+            self.state[first] = State::Runnable;
+            self.runnable.insert(first);
+            if !parked.is_empty() {
+                self.parked.insert(key, parked);
             }
         }
         if self.opts.keep_going {
