@@ -92,3 +92,66 @@ fn matrix_points_with_equal_keys_run_once_and_reruns_are_cached() {
     assert!(again.executed.is_empty());
     assert_eq!(again.cached.len(), 7);
 }
+
+static ITEMS: AtomicUsize = AtomicUsize::new(0);
+
+/// A map-style operator: one output line per input line, each memoised as an item.
+struct Upper;
+
+impl Operator for Upper {
+    fn kind(&self) -> &'static str {
+        "test.upper"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn signature(&self) -> Signature {
+        Signature {
+            inputs: Ports::Fixed(vec![Port::new("lines", PortType::File, "text")]),
+            outputs: Ports::Fixed(vec![Port::new("out", PortType::File, "text")]),
+            params: vec![],
+            determinism: Determinism::Deterministic,
+            resources: Resources::default(),
+        }
+    }
+    fn run(&self, ctx: &Context) -> Result<(), OpError> {
+        let text = std::fs::read_to_string(&ctx.input("lines")?.path)?;
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let bytes = ctx.memo(&json!({"line": line}), || {
+                ITEMS.fetch_add(1, Ordering::SeqCst);
+                Ok(line.to_uppercase().into_bytes())
+            })?;
+            out.extend(bytes);
+            out.push(b'\n');
+        }
+        std::fs::write(&ctx.output("out")?.path, out)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn map_operators_recompute_only_changed_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
+    std::fs::write(dir.path().join("in.txt"), lines.join("\n")).unwrap();
+    let yaml = "pipeline: map\ninputs: {src: in.txt}\nnodes:\n  up:\n    op: test.upper\n    in: {lines: inputs.src}\n";
+    let mut reg = Registry::new();
+    reg.register(Arc::new(Upper));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let go = || {
+        let p = compile::compile(&dir.path().join("p.yaml"), yaml, &reg, &[]).unwrap();
+        let ws = Workspace::open(&dir.path().join(".expflow"), workspace::holder("t", "map", None)).unwrap();
+        rt.block_on(expflow_engine::run(&ws, &p, &workspace::new_run_id(), &RunOptions::default(), CancelToken::new())).unwrap()
+    };
+    let before = ITEMS.load(Ordering::SeqCst);
+    assert_eq!(go().executed, vec!["up".to_string()]);
+    assert_eq!(ITEMS.load(Ordering::SeqCst) - before, 1000);
+    let mut changed = lines.clone();
+    changed[500] = "an edited line".into();
+    std::fs::write(dir.path().join("in.txt"), changed.join("\n")).unwrap();
+    let before = ITEMS.load(Ordering::SeqCst);
+    let s = go();
+    assert_eq!(s.executed, vec!["up".to_string()], "the node re-runs");
+    assert_eq!(ITEMS.load(Ordering::SeqCst) - before, 1, "but computes one item and reuses 999");
+}
