@@ -1,0 +1,277 @@
+//! BLAKE3 digests of bytes, readers and files. A digest is plain BLAKE3 (no key, no
+//! derivation context), so `b3sum` computes the same value for any blob.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{CacheError, IoContext, Result};
+
+/// Files at least this large hash with memory mapping on all cores.
+pub const PARALLEL_HASH_THRESHOLD: u64 = 16 * 1024 * 1024;
+
+/// Buffer size for streaming reads and copies.
+pub(crate) const IO_BUF: usize = 256 * 1024;
+
+/// A 32-byte BLAKE3 digest. Printed and serialised as 64 lowercase hex characters.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// BLAKE3 of `bytes`.
+    pub fn of_bytes(bytes: &[u8]) -> Digest {
+        Digest(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// 64 lowercase hex characters.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 0xf) as usize] as char);
+        }
+        s
+    }
+
+    /// Parses 64 hex characters (either case).
+    pub fn from_hex(text: &str) -> Result<Digest> {
+        let bad = |reason| CacheError::BadDigest {
+            text: text.to_string(),
+            reason,
+        };
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 {
+            return Err(bad("wrong length"));
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let hi = hex_val(pair[0]).ok_or_else(|| bad("not a hex character"))?;
+            let lo = hex_val(pair[1]).ok_or_else(|| bad("not a hex character"))?;
+            out[i] = (hi << 4) | lo;
+        }
+        Ok(Digest(out))
+    }
+
+    /// The first 12 hex characters, for messages and listings.
+    pub fn short(&self) -> String {
+        let mut s = self.to_hex();
+        s.truncate(12);
+        s
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+impl From<blake3::Hash> for Digest {
+    fn from(h: blake3::Hash) -> Self {
+        Digest(*h.as_bytes())
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl Serialize for Digest {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct HexVisitor;
+        impl serde::de::Visitor<'_> for HexVisitor {
+            type Value = Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a 64-character hex BLAKE3 digest")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Digest, E> {
+                Digest::from_hex(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(HexVisitor)
+    }
+}
+
+/// Digest and length of everything `r` yields.
+pub fn hash_reader(mut r: impl Read) -> Result<(Digest, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; IO_BUF];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CacheError::io("cannot read", "<reader>", e)),
+        };
+        hasher.update(&buf[..n]);
+    }
+    Ok((hasher.finalize().into(), hasher.count()))
+}
+
+/// Digest and size of the file at `path`. Files of 16 MiB or more are memory-mapped and
+/// hashed on all cores; smaller ones are read through a buffer.
+pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    let file = open_regular(path)?;
+    let len = file.metadata().ctx("cannot stat", path)?.len();
+    hash_open_file(file, len, path)
+}
+
+/// Opens `path` for reading if it is a regular file (checked first, so that a FIFO is an
+/// error rather than a read that blocks forever).
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).ctx("cannot stat", path)?;
+    if !meta.is_file() {
+        return Err(CacheError::NotAFile {
+            path: path.to_path_buf(),
+            found: crate::walk::kind_name(&meta.file_type()),
+        });
+    }
+    File::open(path).ctx("cannot open", path)
+}
+
+/// Hashes an already opened regular file whose size is `len` (used to pick the method).
+pub(crate) fn hash_open_file(mut file: File, len: u64, path: &Path) -> Result<(Digest, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    if len >= PARALLEL_HASH_THRESHOLD {
+        // Map the open file, not the path: the caller may have opened a temp file that is
+        // renamed or replaced meanwhile.
+        hasher
+            .update_mmap_rayon(fd_path(&file, path))
+            .ctx("cannot read", path)?;
+    } else {
+        let mut buf = vec![0u8; IO_BUF];
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CacheError::io("cannot read", path, e)),
+            };
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok((hasher.finalize().into(), hasher.count()))
+}
+
+/// A path that names exactly this open file: `/proc/self/fd/N` on Linux, else the path.
+fn fd_path(file: &File, path: &Path) -> std::path::PathBuf {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let p = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        if p.exists() {
+            return p;
+        }
+    }
+    let _ = file;
+    path.to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    // Values printed by `b3sum` (BLAKE3 reference) for these inputs.
+    const EMPTY: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+    const ABC: &str = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85";
+
+    #[test]
+    fn known_blake3_values() {
+        assert_eq!(Digest::of_bytes(b"").to_hex(), EMPTY);
+        assert_eq!(Digest::of_bytes(b"abc").to_hex(), ABC);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(
+            Digest::of_bytes(&big).0,
+            *blake3::hash(&big).as_bytes(),
+            "must be plain BLAKE3, as b3sum computes it"
+        );
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let d = Digest::of_bytes(b"abc");
+        assert_eq!(Digest::from_hex(&d.to_hex()).unwrap(), d);
+        assert_eq!(Digest::from_hex(&ABC.to_uppercase()).unwrap(), d);
+        assert_eq!(d.short(), "6437b3ac3846");
+        assert_eq!(format!("{d}"), ABC);
+        assert_eq!(format!("{d:?}"), ABC);
+        assert!(Digest::from_hex(&ABC[..63]).is_err());
+        let mut bad = ABC.to_string();
+        bad.replace_range(10..11, "g");
+        let err = Digest::from_hex(&bad).unwrap_err().to_string();
+        assert!(err.contains("not a hex character"), "{err}");
+    }
+
+    #[test]
+    fn serde_is_a_hex_string() {
+        let d = Digest::of_bytes(b"abc");
+        let json = serde_json::to_string(&d).unwrap();
+        assert_eq!(json, format!("\"{ABC}\""));
+        let back: Digest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, d);
+        assert!(serde_json::from_str::<Digest>("\"abc\"").is_err());
+        assert!(serde_json::from_str::<Digest>("42").is_err());
+    }
+
+    #[test]
+    fn hash_file_small_large_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        assert_eq!(
+            hash_file(&empty).unwrap(),
+            (Digest::from_hex(EMPTY).unwrap(), 0)
+        );
+
+        let small = dir.path().join("small");
+        std::fs::write(&small, b"abc").unwrap();
+        assert_eq!(
+            hash_file(&small).unwrap(),
+            (Digest::from_hex(ABC).unwrap(), 3)
+        );
+
+        // Just over the threshold, so the mmap + rayon path runs.
+        let len = PARALLEL_HASH_THRESHOLD as usize + 12_345;
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let large = dir.path().join("large");
+        File::create(&large).unwrap().write_all(&data).unwrap();
+        let (d, n) = hash_file(&large).unwrap();
+        assert_eq!(n, len as u64);
+        assert_eq!(d, Digest::of_bytes(&data));
+        assert_eq!(hash_reader(&data[..]).unwrap(), (d, len as u64));
+    }
+
+    #[test]
+    fn hash_file_rejects_directories_and_names_missing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = hash_file(dir.path()).unwrap_err();
+        assert!(matches!(err, CacheError::NotAFile { .. }), "{err}");
+        let missing = dir.path().join("nope");
+        let err = hash_file(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+}

@@ -1,0 +1,81 @@
+//! What the store keeps: a record per finished node, and an index of runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+
+/// One output artifact of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRef {
+    /// The blob digest; for a directory, the digest of its manifest.
+    pub digest: Digest,
+    /// The port type (`table`, `model`, `file`, ...).
+    pub kind: String,
+    /// Whether `digest` names a manifest.
+    pub dir: bool,
+    /// Bytes of the file, or of all files of the directory.
+    pub size: u64,
+}
+
+/// A finished node: its key, outputs and how they were made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub key: Digest,
+    pub pipeline: String,
+    pub node: String,
+    pub op: String,
+    pub op_version: u32,
+    pub determinism: String,
+    /// Output port name to artifact.
+    pub outputs: BTreeMap<String, OutputRef>,
+    /// The full key material, for `explain`.
+    pub material: serde_json::Value,
+    pub started_ms: u64,
+    pub duration_ms: u64,
+    pub host: String,
+    pub engine_version: String,
+    /// The node log, stored as a blob.
+    pub log: Option<Digest>,
+    pub run_id: String,
+    /// Names of the secrets the node used (never their values).
+    pub secrets: Vec<String>,
+    /// Per-item blobs of a map-style operator.
+    pub items: Vec<Digest>,
+}
+
+impl Record {
+    /// Every blob the record needs, with a label for messages: outputs (directory outputs
+    /// by their manifest only), the log, and items.
+    pub fn blob_refs(&self) -> Vec<(String, Digest, bool)> {
+        let mut out: Vec<(String, Digest, bool)> = self
+            .outputs
+            .iter()
+            .map(|(port, o)| (format!("output {port}"), o.digest, o.dir))
+            .collect();
+        if let Some(log) = self.log {
+            out.push(("log".to_string(), log, false));
+        }
+        out.extend(
+            self.items
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("item {i}"), *d, false)),
+        );
+        out
+    }
+}
+
+/// One run of a pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub run_id: String,
+    pub pipeline: String,
+    pub pipeline_path: String,
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub status: String,
+    /// Node name to the record key the run used or produced.
+    pub nodes: Vec<(String, Digest)>,
+}

@@ -1,0 +1,476 @@
+//! The record store: a trait, and its implementation on sled 0.34 plus a journal.
+//!
+//! sled has open reports of databases that refuse to open after an abrupt stop, and loses
+//! acknowledged writes that were not flushed. So every durable write (records, last keys,
+//! runs, pins) is also appended to `journal.jsonl` and fsynced, records and runs are flushed
+//! before the call returns, and [`crate::rebuild`] recreates the database from the journal.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tracing::{debug, warn};
+
+use crate::digest::Digest;
+use crate::error::{CacheError, IoContext, Result};
+use crate::journal::{Entry, Journal, read_entries_from};
+use crate::record::{Record, RunInfo};
+use crate::stat::StatKey;
+
+/// Where the engine keeps records, last keys, the stat cache, item memos, runs and pins.
+pub trait Store: Send + Sync {
+    /// The record for node key `key`.
+    fn get_record(&self, key: &Digest) -> Result<Option<Record>>;
+    /// Stores `rec` durably (journaled, fsynced and flushed before returning).
+    fn put_record(&self, rec: &Record) -> Result<()>;
+    /// Forgets the record for `key` (journaled).
+    fn remove_record(&self, key: &Digest) -> Result<()>;
+    /// Every record.
+    fn records(&self) -> Result<Vec<Record>>;
+
+    /// The last key of `node` in `pipeline`.
+    fn get_last(&self, pipeline: &str, node: &str) -> Result<Option<Digest>>;
+    /// Sets the last key of `node` (journaled; flushed with the next record or run).
+    fn set_last(&self, pipeline: &str, node: &str, key: &Digest) -> Result<()>;
+    /// Every (node, last key) of `pipeline`, sorted by node.
+    fn last_keys(&self, pipeline: &str) -> Result<Vec<(String, Digest)>>;
+
+    /// The cached digest of the file `k` describes, if every field of `k` matches.
+    fn stat_get(&self, k: &StatKey) -> Result<Option<Digest>>;
+    /// Remembers the digest of the file `k` describes (not journaled).
+    fn stat_put(&self, k: &StatKey, d: &Digest) -> Result<()>;
+
+    /// The blob computed for a map item.
+    fn memo_get(&self, item_key: &Digest) -> Result<Option<Digest>>;
+    /// Remembers the blob computed for a map item (not journaled, not flushed).
+    fn memo_put(&self, item_key: &Digest, blob: &Digest) -> Result<()>;
+
+    /// Stores `run` durably (journaled and flushed).
+    fn put_run(&self, run: &RunInfo) -> Result<()>;
+    /// Every run, oldest first.
+    fn runs(&self) -> Result<Vec<RunInfo>>;
+    /// Protects a run (and its records and blobs) from gc (journaled and flushed).
+    fn pin(&self, run_id: &str) -> Result<()>;
+    /// Removes a pin (journaled and flushed).
+    fn unpin(&self, run_id: &str) -> Result<()>;
+    /// Pinned run ids, sorted.
+    fn pins(&self) -> Result<Vec<String>>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// [`Store`] on sled, one tree per kind, values as JSON.
+pub struct SledStore {
+    db_path: PathBuf,
+    journal_path: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    last: sled::Tree,
+    stat: sled::Tree,
+    memo: sled::Tree,
+    runs: sled::Tree,
+    pins: sled::Tree,
+    /// `journal_len`: how much of the journal the database is known to contain.
+    meta: sled::Tree,
+    /// None while rebuilding: replayed entries must not be appended again.
+    journal: Option<Journal>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatValue {
+    stat: StatKey,
+    digest: Digest,
+}
+
+impl SledStore {
+    /// Opens `expflow_dir/db` and `expflow_dir/journal.jsonl`, creating them if needed.
+    ///
+    /// A database held by another process is [`CacheError::DbLocked`]; one that sled
+    /// cannot read is [`CacheError::DbUnreadable`], which tells the user to rebuild it.
+    pub fn open(expflow_dir: &Path) -> Result<SledStore> {
+        std::fs::create_dir_all(expflow_dir).ctx("cannot create directory", expflow_dir)?;
+        let mut store = Self::open_db(&expflow_dir.join("db"))?;
+        store.journal_path = expflow_dir.join("journal.jsonl");
+        let journal = Journal::open(&store.journal_path)?;
+        store.catch_up(&journal)?;
+        store.journal = Some(journal);
+        Ok(store)
+    }
+
+    /// Replays journal entries the database lacks. sled loses acknowledged writes that were
+    /// not flushed when the process dies (and, with a damaged log, may open with less than
+    /// it had); every journaled write also records how far the journal reached, so the
+    /// missing tail is known and replayed here.
+    fn catch_up(&self, journal: &Journal) -> Result<()> {
+        let len = journal.lock().len;
+        let mark = self.journal_mark()?;
+        if mark == len {
+            return Ok(());
+        }
+        if mark > len {
+            warn!(journal = %journal.path().display(), mark, len,
+                "the journal is shorter than the database remembers; was it replaced? keeping the database as it is");
+            return self.set_journal_mark(len);
+        }
+        let (entries, bad) = read_entries_from(journal.path(), mark)?;
+        warn!(
+            db = %self.db_path.display(),
+            entries = entries.len(),
+            unreadable = bad,
+            "the database is behind its journal (the last run stopped abruptly?); replaying the missing entries"
+        );
+        for e in &entries {
+            self.apply_raw(e)?;
+        }
+        self.set_journal_mark(len)?;
+        self.flush()
+    }
+
+    /// How many bytes of the journal the database contains.
+    fn journal_mark(&self) -> Result<u64> {
+        Ok(self
+            .get_json(&self.meta, META_JOURNAL_LEN, || {
+                "the journal mark".to_string()
+            })?
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn set_journal_mark(&self, len: u64) -> Result<()> {
+        let value = self.encode("journal mark", &len)?;
+        self.meta
+            .insert(META_JOURNAL_LEN, value)
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    /// Opens the database at `db_path` without a journal (for rebuilding).
+    pub(crate) fn open_db(db_path: &Path) -> Result<SledStore> {
+        check_not_locked(db_path)?;
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            sled::Config::new().path(db_path).open()
+        }));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(open_error(db_path, e)),
+            Err(panic) => {
+                let msg = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "sled panicked".to_string());
+                return Err(CacheError::DbUnreadable {
+                    path: db_path.to_path_buf(),
+                    source_msg: msg,
+                });
+            }
+        };
+        let tree = |name: &str| {
+            db.open_tree(name).map_err(|e| CacheError::DbUnreadable {
+                path: db_path.to_path_buf(),
+                source_msg: e.to_string(),
+            })
+        };
+        Ok(SledStore {
+            records: tree("records")?,
+            last: tree("last")?,
+            stat: tree("stat")?,
+            memo: tree("memo")?,
+            runs: tree("runs")?,
+            pins: tree("pins")?,
+            meta: tree("meta")?,
+            db,
+            db_path: db_path.to_path_buf(),
+            journal_path: PathBuf::new(),
+            journal: None,
+        })
+    }
+
+    /// The sled directory.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// The journal file (empty path while rebuilding).
+    pub fn journal_path(&self) -> &Path {
+        &self.journal_path
+    }
+
+    /// Appends `entry` to the journal (if any) and applies it, holding the journal lock
+    /// across both so the journal and the database see writes in the same order.
+    fn journaled(&self, entry: Entry) -> Result<()> {
+        match &self.journal {
+            Some(j) => {
+                let mut jf = j.lock();
+                j.append(&mut jf, &entry)?;
+                self.apply_raw(&entry)?;
+                self.set_journal_mark(jf.len)
+            }
+            None => self.apply_raw(&entry),
+        }
+    }
+
+    /// Writes `entry` to the trees, without journaling or flushing.
+    pub(crate) fn apply_raw(&self, entry: &Entry) -> Result<()> {
+        let res = match entry {
+            Entry::Record { record } => {
+                let value = self.encode("record", record)?;
+                self.records.insert(record.key.0, value).map(drop)
+            }
+            Entry::Forget { key } => self.records.remove(key.0).map(drop),
+            Entry::Last {
+                pipeline,
+                node,
+                key,
+            } => {
+                let value = self.encode("digest", key)?;
+                self.last.insert(last_key(pipeline, node), value).map(drop)
+            }
+            Entry::Run { run } => {
+                let value = self.encode("run", run)?;
+                self.runs.insert(run.run_id.as_bytes(), value).map(drop)
+            }
+            Entry::Pin { run_id } => self.pins.insert(run_id.as_bytes(), &[]).map(drop),
+            Entry::Unpin { run_id } => self.pins.remove(run_id.as_bytes()).map(drop),
+        };
+        res.map_err(|e| self.db_err(e))
+    }
+
+    /// Flushes after a durable write. A store without a journal is being rebuilt, and the
+    /// rebuild flushes once at the end instead.
+    fn flush_durable(&self) -> Result<()> {
+        if self.journal.is_some() {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    fn db_err(&self, e: sled::Error) -> CacheError {
+        let source_msg = match e {
+            sled::Error::Corruption { .. } => format!(
+                "{e}; the database is damaged: run `expflow db rebuild` to recreate it from the \
+                 journal and the CAS"
+            ),
+            other => other.to_string(),
+        };
+        CacheError::Db {
+            path: self.db_path.clone(),
+            source_msg,
+        }
+    }
+
+    fn encode<T: Serialize>(&self, what: &'static str, v: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(v).map_err(|e| CacheError::Encode {
+            what,
+            reason: e.to_string(),
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        what: impl FnOnce() -> String,
+        bytes: &[u8],
+    ) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| CacheError::Decode {
+            what: what(),
+            path: self.db_path.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<T>> {
+        match tree.get(key).map_err(|e| self.db_err(e))? {
+            Some(v) => Ok(Some(self.decode(what, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn all_json<T: DeserializeOwned>(&self, tree: &sled::Tree, what: &str) -> Result<Vec<T>> {
+        tree.iter()
+            .values()
+            .map(|v| {
+                let v = v.map_err(|e| self.db_err(e))?;
+                self.decode(|| what.to_string(), &v)
+            })
+            .collect()
+    }
+}
+
+const META_JOURNAL_LEN: &[u8] = b"journal_len";
+
+fn last_key(pipeline: &str, node: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(pipeline.len() + node.len() + 1);
+    k.extend_from_slice(pipeline.as_bytes());
+    k.push(0);
+    k.extend_from_slice(node.as_bytes());
+    k
+}
+
+impl Store for SledStore {
+    fn get_record(&self, key: &Digest) -> Result<Option<Record>> {
+        self.get_json(&self.records, &key.0, || format!("record {key}"))
+    }
+
+    fn put_record(&self, rec: &Record) -> Result<()> {
+        self.journaled(Entry::Record {
+            record: Box::new(rec.clone()),
+        })?;
+        self.flush_durable()
+    }
+
+    fn remove_record(&self, key: &Digest) -> Result<()> {
+        self.journaled(Entry::Forget { key: *key })
+    }
+
+    fn records(&self) -> Result<Vec<Record>> {
+        self.all_json(&self.records, "a record")
+    }
+
+    fn get_last(&self, pipeline: &str, node: &str) -> Result<Option<Digest>> {
+        self.get_json(&self.last, &last_key(pipeline, node), || {
+            format!("the last key of {pipeline}.{node}")
+        })
+    }
+
+    fn set_last(&self, pipeline: &str, node: &str, key: &Digest) -> Result<()> {
+        self.journaled(Entry::Last {
+            pipeline: pipeline.to_string(),
+            node: node.to_string(),
+            key: *key,
+        })
+    }
+
+    fn last_keys(&self, pipeline: &str) -> Result<Vec<(String, Digest)>> {
+        let prefix = last_key(pipeline, "");
+        let mut out = Vec::new();
+        for kv in self.last.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(|e| self.db_err(e))?;
+            let node = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let d: Digest = self.decode(|| format!("the last key of {pipeline}.{node}"), &v)?;
+            out.push((node, d));
+        }
+        Ok(out)
+    }
+
+    fn stat_get(&self, k: &StatKey) -> Result<Option<Digest>> {
+        let v: Option<StatValue> = self.get_json(&self.stat, k.path.as_bytes(), || {
+            format!("the stat-cache entry of {}", k.path)
+        })?;
+        Ok(v.filter(|v| v.stat == *k).map(|v| v.digest))
+    }
+
+    fn stat_put(&self, k: &StatKey, d: &Digest) -> Result<()> {
+        let value = self.encode(
+            "stat-cache entry",
+            &StatValue {
+                stat: k.clone(),
+                digest: *d,
+            },
+        )?;
+        self.stat
+            .insert(k.path.as_bytes(), value)
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn memo_get(&self, item_key: &Digest) -> Result<Option<Digest>> {
+        self.get_json(&self.memo, &item_key.0, || {
+            format!("the memo of item {item_key}")
+        })
+    }
+
+    fn memo_put(&self, item_key: &Digest, blob: &Digest) -> Result<()> {
+        let value = self.encode("digest", blob)?;
+        self.memo
+            .insert(item_key.0, value)
+            .map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn put_run(&self, run: &RunInfo) -> Result<()> {
+        self.journaled(Entry::Run { run: run.clone() })?;
+        self.flush_durable()
+    }
+
+    fn runs(&self) -> Result<Vec<RunInfo>> {
+        let mut runs: Vec<RunInfo> = self.all_json(&self.runs, "a run")?;
+        runs.sort_by(|a, b| {
+            a.started_ms
+                .cmp(&b.started_ms)
+                .then_with(|| a.run_id.cmp(&b.run_id))
+        });
+        Ok(runs)
+    }
+
+    fn pin(&self, run_id: &str) -> Result<()> {
+        self.journaled(Entry::Pin {
+            run_id: run_id.to_string(),
+        })?;
+        self.flush_durable()
+    }
+
+    fn unpin(&self, run_id: &str) -> Result<()> {
+        self.journaled(Entry::Unpin {
+            run_id: run_id.to_string(),
+        })?;
+        self.flush_durable()
+    }
+
+    fn pins(&self) -> Result<Vec<String>> {
+        self.pins
+            .iter()
+            .keys()
+            .map(|k| {
+                let k = k.map_err(|e| self.db_err(e))?;
+                Ok(String::from_utf8_lossy(&k).into_owned())
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<()> {
+        let bytes = self.db.flush().map_err(|e| self.db_err(e))?;
+        debug!(bytes, "flushed the database");
+        Ok(())
+    }
+}
+
+/// Fails with [`CacheError::DbLocked`] if another open handle holds sled's lock on
+/// `db_path/db` (sled itself reports this only as an I/O error).
+pub(crate) fn check_not_locked(db_path: &Path) -> Result<()> {
+    let lock_file = db_path.join("db");
+    let file = match std::fs::OpenOptions::new().read(true).open(&lock_file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CacheError::io("cannot open", &lock_file, e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CacheError::DbLocked {
+            path: db_path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(CacheError::io("cannot lock", &lock_file, e)),
+    }
+}
+
+fn open_error(db_path: &Path, e: sled::Error) -> CacheError {
+    match e {
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            CacheError::DbLocked {
+                path: db_path.to_path_buf(),
+            }
+        }
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {
+            CacheError::io("cannot open the database", db_path, io)
+        }
+        other => CacheError::DbUnreadable {
+            path: db_path.to_path_buf(),
+            source_msg: other.to_string(),
+        },
+    }
+}
