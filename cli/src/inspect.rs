@@ -14,7 +14,10 @@ pub fn plan_text(entries: &[PlanEntry]) -> String {
     let mut out = String::new();
     let count = |s: &str| entries.iter().filter(|e| e.state == s).count();
     for e in entries {
-        let key = e.key.as_deref().map_or("-".to_string(), |k| k[..12].to_string());
+        let key = e
+            .key
+            .as_deref()
+            .map_or("-".to_string(), |k| k[..12].to_string());
         let _ = write!(out, "{:<8} {:<12} {}", e.state, key, e.name);
         if !e.reasons.is_empty() {
             let _ = write!(out, "  ({})", e.reasons.join("; "));
@@ -77,7 +80,10 @@ fn latest_events(root: &std::path::Path, run: Option<&str>) -> Result<(String, P
     };
     let path = runs.join(&id).join("events.jsonl");
     if !path.exists() {
-        bail!(EngineError::Usage(format!("no run `{id}` in {}", runs.display())));
+        bail!(EngineError::Usage(format!(
+            "no run `{id}` in {}",
+            runs.display()
+        )));
     }
     Ok((id, path))
 }
@@ -88,12 +94,32 @@ pub fn status(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
         Err(EngineError::Held { workspace, holder }) => {
             // A run holds the database: report from its event log.
             let h = workspace::read_holder(&workspace);
-            let (id, path) = latest_events(&workspace, h.as_ref().and_then(|h| h.run_id.as_deref()))?;
+            let (id, path) =
+                latest_events(&workspace, h.as_ref().and_then(|h| h.run_id.as_deref()))?;
             let events = read_events(&path)?;
-            let done = events.iter().filter(|e| matches!(e.kind, EventKind::NodeExecuted { .. } | EventKind::NodeCached { .. })).count();
-            let total = events.iter().find_map(|e| match e.kind { EventKind::RunStarted { nodes, .. } => Some(nodes), _ => None }).unwrap_or(0);
+            let done = events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        EventKind::NodeExecuted { .. } | EventKind::NodeCached { .. }
+                    )
+                })
+                .count();
+            let total = events
+                .iter()
+                .find_map(|e| match e.kind {
+                    EventKind::RunStarted { nodes, .. } => Some(nodes),
+                    _ => None,
+                })
+                .unwrap_or(0);
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"held_by": holder, "run_id": id, "done": done, "nodes": total}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"held_by": holder, "run_id": id, "done": done, "nodes": total})
+                    )?
+                );
             } else {
                 println!("held by {holder}\nrun {id}: {done}/{total} nodes done");
             }
@@ -109,13 +135,34 @@ pub fn status(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
     let recent: Vec<_> = runs.iter().rev().take(10).collect();
     if json {
         let rs: Vec<_> = recent.iter().map(|r| json!({"run_id": r.run_id, "pipeline": r.pipeline, "status": r.status, "started": format_utc(r.started_ms), "nodes": r.nodes.len(), "pinned": pins.contains(&r.run_id)})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"workspace": ws.root(), "held_by": null, "records": records.len(), "blobs": blobs.len(), "bytes": bytes, "runs": rs}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"workspace": ws.root(), "held_by": null, "records": records.len(), "blobs": blobs.len(), "bytes": bytes, "runs": rs})
+            )?
+        );
     } else {
         println!("workspace {}", ws.root().display());
-        println!("{} records, {} blobs, {}", records.len(), blobs.len(), human_bytes(bytes));
+        println!(
+            "{} records, {} blobs, {}",
+            records.len(),
+            blobs.len(),
+            human_bytes(bytes)
+        );
         for r in recent {
-            let pin = if pins.contains(&r.run_id) { " (pinned)" } else { "" };
-            println!("  {}  {:<10} {:<9} {} nodes  {}{pin}", r.run_id, r.pipeline, r.status, r.nodes.len(), format_utc(r.started_ms));
+            let pin = if pins.contains(&r.run_id) {
+                " (pinned)"
+            } else {
+                ""
+            };
+            println!(
+                "  {}  {:<10} {:<9} {} nodes  {}{pin}",
+                r.run_id,
+                r.pipeline,
+                r.status,
+                r.nodes.len(),
+                format_utc(r.started_ms)
+            );
         }
     }
     Ok(0)
@@ -129,17 +176,32 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
-pub fn log(ws_arg: &Option<PathBuf>, node: Option<String>, run: Option<String>, json: bool) -> Result<u8> {
+pub fn log(
+    ws_arg: &Option<PathBuf>,
+    node: Option<String>,
+    run: Option<String>,
+    json: bool,
+) -> Result<u8> {
     let root = Workspace::discover(ws_arg.as_deref())?;
     let (id, path) = latest_events(&root, run.as_deref())?;
     if let Some(node) = node {
-        let log = root.join("runs").join(&id).join("logs").join(format!("{}.log", expflow_engine::node::safe_name(&node)));
+        let log = root
+            .join("runs")
+            .join(&id)
+            .join("logs")
+            .join(format!("{}.log", expflow_engine::node::safe_name(&node)));
         match std::fs::read_to_string(&log) {
             Ok(text) => print!("{text}"),
-            Err(_) => bail!(EngineError::Usage(format!("node `{node}` has no log in run {id} (it was cached or did not run); see `expflow log --run {id}`"))),
+            Err(_) => bail!(EngineError::Usage(format!(
+                "node `{node}` has no log in run {id} (it was cached or did not run); see `expflow log --run {id}`"
+            ))),
         }
         return Ok(0);
     }
@@ -151,14 +213,46 @@ pub fn log(ws_arg: &Option<PathBuf>, node: Option<String>, run: Option<String>, 
         }
         let t = format_utc(e.t_ms);
         let line = match &e.kind {
-            EventKind::RunStarted { run_id, pipeline, nodes, .. } => format!("run {run_id} of {pipeline} started ({nodes} nodes)"),
-            EventKind::NodeStarted { node, attempt, .. } => format!("started  {node} (attempt {attempt})"),
+            EventKind::RunStarted {
+                run_id,
+                pipeline,
+                nodes,
+                ..
+            } => format!("run {run_id} of {pipeline} started ({nodes} nodes)"),
+            EventKind::NodeStarted { node, attempt, .. } => {
+                format!("started  {node} (attempt {attempt})")
+            }
             EventKind::NodeCached { node, key } => format!("cached   {node} {}", key.short()),
-            EventKind::NodeProgress { node, done, total } => format!("progress {node} {done}/{total}"),
-            EventKind::NodeExecuted { node, key, duration_ms, .. } => format!("executed {node} {} in {duration_ms} ms", key.short()),
-            EventKind::NodeFailed { node, error, will_retry, .. } => format!("failed   {node}{}: {}", if *will_retry { " (will retry)" } else { "" }, error.lines().next().unwrap_or_default()),
+            EventKind::NodeProgress { node, done, total } => {
+                format!("progress {node} {done}/{total}")
+            }
+            EventKind::NodeExecuted {
+                node,
+                key,
+                duration_ms,
+                ..
+            } => format!("executed {node} {} in {duration_ms} ms", key.short()),
+            EventKind::NodeFailed {
+                node,
+                error,
+                will_retry,
+                ..
+            } => format!(
+                "failed   {node}{}: {}",
+                if *will_retry { " (will retry)" } else { "" },
+                error.lines().next().unwrap_or_default()
+            ),
             EventKind::NodeSkipped { node, reason } => format!("skipped  {node}: {reason}"),
-            EventKind::RunFinished { status, executed, cached, failed, skipped, duration_ms } => format!("run finished: {status}; {executed} executed, {cached} cached, {failed} failed, {skipped} skipped in {duration_ms} ms"),
+            EventKind::RunFinished {
+                status,
+                executed,
+                cached,
+                failed,
+                skipped,
+                duration_ms,
+            } => format!(
+                "run finished: {status}; {executed} executed, {cached} cached, {failed} failed, {skipped} skipped in {duration_ms} ms"
+            ),
         };
         println!("{t} {line}");
     }
@@ -172,29 +266,50 @@ fn pipeline_name(ws: &Workspace, given: Option<String>) -> Result<String> {
     }
     match ws.store.runs()?.last() {
         Some(r) => Ok(r.pipeline.clone()),
-        None => bail!(EngineError::Usage("this workspace has no runs yet; run a pipeline first".into())),
+        None => bail!(EngineError::Usage(
+            "this workspace has no runs yet; run a pipeline first".into()
+        )),
     }
 }
 
 /// The record of the last run of `node` (an instance name, or a base name with one instance).
 fn last_record(ws: &Workspace, pipeline: &str, node: &str) -> Result<Record> {
     let keys = ws.store.last_keys(pipeline)?;
-    let matches: Vec<&(String, Digest)> = keys.iter().filter(|(n, _)| n == node || n.split('[').next() == Some(node)).collect();
+    let matches: Vec<&(String, Digest)> = keys
+        .iter()
+        .filter(|(n, _)| n == node || n.split('[').next() == Some(node))
+        .collect();
     let (name, key) = match matches.as_slice() {
         [one] => *one,
         [] => {
             let names: Vec<&str> = keys.iter().map(|(n, _)| n.as_str()).collect();
-            bail!(EngineError::Usage(format!("pipeline {pipeline} has no recorded node `{node}`; recorded: {}", names.join(", "))))
+            bail!(EngineError::Usage(format!(
+                "pipeline {pipeline} has no recorded node `{node}`; recorded: {}",
+                names.join(", ")
+            )))
         }
-        many => bail!(EngineError::Usage(format!("`{node}` has several sweep points: {}; name one", many.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")))),
+        many => bail!(EngineError::Usage(format!(
+            "`{node}` has several sweep points: {}; name one",
+            many.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     };
     match ws.store.get_record(key)? {
         Some(r) => Ok(r),
-        None => bail!(EngineError::Usage(format!("the last result of `{name}` is no longer recorded (collected by gc?); run the pipeline again"))),
+        None => bail!(EngineError::Usage(format!(
+            "the last result of `{name}` is no longer recorded (collected by gc?); run the pipeline again"
+        ))),
     }
 }
 
-pub fn lineage(ws_arg: &Option<PathBuf>, node: &str, pipeline: Option<String>, json: bool) -> Result<u8> {
+pub fn lineage(
+    ws_arg: &Option<PathBuf>,
+    node: &str,
+    pipeline: Option<String>,
+    json: bool,
+) -> Result<u8> {
     let ws = open(ws_arg, "lineage")?;
     let pipeline = pipeline_name(&ws, pipeline)?;
     let rec = last_record(&ws, &pipeline, node)?;
@@ -216,17 +331,24 @@ pub fn lineage(ws_arg: &Option<PathBuf>, node: &str, pipeline: Option<String>, j
     Ok(0)
 }
 
-fn lineage_tree(rec: &Record, producer: &HashMap<Digest, &Record>, depth: usize) -> serde_json::Value {
+fn lineage_tree(
+    rec: &Record,
+    producer: &HashMap<Digest, &Record>,
+    depth: usize,
+) -> serde_json::Value {
     let material = expflow_engine::KeyMaterial::from_json(&rec.material);
     let mut inputs = Vec::new();
     if let Some(m) = &material {
         for (port, d) in &m.inputs {
             let source = m.sources.get(port).cloned().unwrap_or_default();
             let from = match producer.get(d) {
-                Some(up) if depth < 64 && up.key != rec.key => lineage_tree(up, producer, depth + 1),
+                Some(up) if depth < 64 && up.key != rec.key => {
+                    lineage_tree(up, producer, depth + 1)
+                }
                 _ => json!({"external": source}),
             };
-            inputs.push(json!({"port": port, "digest": d.to_hex(), "source": source, "from": from}));
+            inputs
+                .push(json!({"port": port, "digest": d.to_hex(), "source": source, "from": from}));
         }
     }
     json!({
@@ -243,11 +365,24 @@ fn lineage_tree(rec: &Record, producer: &HashMap<Digest, &Record>, depth: usize)
 fn lineage_text(v: &serde_json::Value, depth: usize, out: &mut String) {
     let pad = "  ".repeat(depth);
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
-    let _ = writeln!(out, "{pad}{} ({}) key {} run {}", s("node"), s("op"), &s("key")[..12.min(s("key").len())], s("run_id"));
+    let _ = writeln!(
+        out,
+        "{pad}{} ({}) key {} run {}",
+        s("node"),
+        s("op"),
+        &s("key")[..12.min(s("key").len())],
+        s("run_id")
+    );
     if let Some(inputs) = v["inputs"].as_array() {
         for i in inputs {
             let d = i["digest"].as_str().unwrap_or_default();
-            let _ = writeln!(out, "{pad}  <- {} = {} ({})", i["port"].as_str().unwrap_or_default(), i["source"].as_str().unwrap_or_default(), &d[..12.min(d.len())]);
+            let _ = writeln!(
+                out,
+                "{pad}  <- {} = {} ({})",
+                i["port"].as_str().unwrap_or_default(),
+                i["source"].as_str().unwrap_or_default(),
+                &d[..12.min(d.len())]
+            );
             if i["from"].get("node").is_some() {
                 lineage_text(&i["from"], depth + 2, out);
             }
@@ -255,7 +390,13 @@ fn lineage_text(v: &serde_json::Value, depth: usize, out: &mut String) {
     }
 }
 
-pub fn show(ws_arg: &Option<PathBuf>, target: &str, pipeline: Option<String>, rows: usize, json: bool) -> Result<u8> {
+pub fn show(
+    ws_arg: &Option<PathBuf>,
+    target: &str,
+    pipeline: Option<String>,
+    rows: usize,
+    json: bool,
+) -> Result<u8> {
     let ws = open(ws_arg, "show")?;
     let pipeline = pipeline_name(&ws, pipeline)?;
     let (node, port) = match target.rfind(']') {
@@ -269,23 +410,48 @@ pub fn show(ws_arg: &Option<PathBuf>, target: &str, pipeline: Option<String>, ro
     let (port, out) = match port {
         Some(p) => match rec.outputs.get(p) {
             Some(o) => (p.to_string(), o.clone()),
-            None => bail!(EngineError::Usage(format!("node `{}` has no output `{p}`; it has: {}", rec.node, rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+            None => bail!(EngineError::Usage(format!(
+                "node `{}` has no output `{p}`; it has: {}",
+                rec.node,
+                rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
         },
         None if rec.outputs.len() == 1 => {
             let (p, o) = rec.outputs.iter().next().expect("one output");
             (p.clone(), o.clone())
         }
-        None => bail!(EngineError::Usage(format!("node `{}` has outputs {}; name one as NODE.PORT", rec.node, rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")))),
+        None => bail!(EngineError::Usage(format!(
+            "node `{}` has outputs {}; name one as NODE.PORT",
+            rec.node,
+            rec.outputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))),
     };
     let path = ws.cas.blob_path(&out.digest);
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"node": rec.node, "port": port, "kind": out.kind, "digest": out.digest.to_hex(), "size": out.size, "path": path}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"node": rec.node, "port": port, "kind": out.kind, "digest": out.digest.to_hex(), "size": out.size, "path": path})
+            )?
+        );
         return Ok(0);
     }
-    println!("{}.{port}: {} {} ({})", rec.node, out.kind, out.digest, human_bytes(out.size));
+    println!(
+        "{}.{port}: {} {} ({})",
+        rec.node,
+        out.kind,
+        out.digest,
+        human_bytes(out.size)
+    );
     if out.dir {
         for e in ws.cas.read_manifest(&out.digest)?.entries {
-            println!("  {:o} {:>10} {} {}", e.mode, e.size, e.digest.short(), e.path);
+            println!(
+                "  {:o} {:>10} {} {}",
+                e.mode,
+                e.size,
+                e.digest.short(),
+                e.path
+            );
         }
     } else if out.kind == "table" {
         print!("{}", expflow_operators::table_io::preview(&path, rows)?);
@@ -298,7 +464,11 @@ pub fn show(ws_arg: &Option<PathBuf>, target: &str, pipeline: Option<String>, ro
                     println!("{l}");
                 }
                 if lines.len() > rows.max(1) * 5 {
-                    println!("… ({} more lines; the file is {})", lines.len() - rows.max(1) * 5, path.display());
+                    println!(
+                        "… ({} more lines; the file is {})",
+                        lines.len() - rows.max(1) * 5,
+                        path.display()
+                    );
                 }
             }
             Err(_) => println!("(binary; the file is {})", path.display()),
@@ -319,15 +489,29 @@ pub fn graph(p: &Pipeline, format: GraphFormat, json: bool) -> Result<String> {
         for (port, src) in &n.inputs {
             let (from, label) = match src {
                 Source::Input(name) => (format!("inputs.{name}"), port.clone()),
-                Source::Node { node, port: up } => (p.nodes[*node].name.clone(), format!("{up}→{port}")),
+                Source::Node { node, port: up } => {
+                    (p.nodes[*node].name.clone(), format!("{up}→{port}"))
+                }
             };
             edges.entry((from, n.name.clone())).or_default().push(label);
         }
     }
     if json {
-        let nodes: Vec<_> = p.nodes.iter().map(|n| json!({"name": n.name, "op": n.op.kind()})).collect();
-        let es: Vec<_> = edges.iter().map(|((a, b), l)| json!({"from": a, "to": b, "ports": l})).collect();
-        return Ok(format!("{}\n", serde_json::to_string_pretty(&json!({"pipeline": p.name, "inputs": p.inputs.keys().collect::<Vec<_>>(), "nodes": nodes, "edges": es}))?));
+        let nodes: Vec<_> = p
+            .nodes
+            .iter()
+            .map(|n| json!({"name": n.name, "op": n.op.kind()}))
+            .collect();
+        let es: Vec<_> = edges
+            .iter()
+            .map(|((a, b), l)| json!({"from": a, "to": b, "ports": l}))
+            .collect();
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(
+                &json!({"pipeline": p.name, "inputs": p.inputs.keys().collect::<Vec<_>>(), "nodes": nodes, "edges": es})
+            )?
+        ));
     }
     let mut out = String::new();
     match format {
@@ -337,7 +521,13 @@ pub fn graph(p: &Pipeline, format: GraphFormat, json: bool) -> Result<String> {
                 let _ = writeln!(out, "  \"inputs.{name}\" [shape=note];");
             }
             for n in &p.nodes {
-                let _ = writeln!(out, "  \"{}\" [shape=box, label=\"{}\\n{}\"];", n.name, n.name, n.op.kind());
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" [shape=box, label=\"{}\\n{}\"];",
+                    n.name,
+                    n.name,
+                    n.op.kind()
+                );
             }
             for ((a, b), l) in &edges {
                 let _ = writeln!(out, "  \"{a}\" -> \"{b}\" [label=\"{}\"];", l.join(", "));
@@ -346,9 +536,17 @@ pub fn graph(p: &Pipeline, format: GraphFormat, json: bool) -> Result<String> {
         }
         GraphFormat::Mermaid => {
             out.push_str("flowchart LR\n");
-            let id = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+            let id = |s: &str| {
+                s.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect::<String>()
+            };
             for name in p.inputs.keys() {
-                let _ = writeln!(out, "  {}[/\"inputs.{name}\"/]", id(&format!("inputs.{name}")));
+                let _ = writeln!(
+                    out,
+                    "  {}[/\"inputs.{name}\"/]",
+                    id(&format!("inputs.{name}"))
+                );
             }
             for n in &p.nodes {
                 let _ = writeln!(out, "  {}[\"{}<br/>{}\"]", id(&n.name), n.name, n.op.kind());

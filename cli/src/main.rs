@@ -228,7 +228,11 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
 
 fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
     let sets = parse_sets(&p.sets)?;
-    Ok(expflow_engine::compile::load(&p.pipeline, &registry(), &sets)?)
+    Ok(expflow_engine::compile::load(
+        &p.pipeline,
+        &registry(),
+        &sets,
+    )?)
 }
 
 fn open_for(
@@ -324,14 +328,23 @@ fn run(
 ) -> Result<u8> {
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
-    let ws = open_for(ws_arg, &p.pipeline, "run", &pipeline.name, Some(run_id.clone()))?;
+    let ws = open_for(
+        ws_arg,
+        &p.pipeline,
+        "run",
+        &pipeline.name,
+        Some(run_id.clone()),
+    )?;
     let mut opts = RunOptions {
         keep_going,
         targets,
         ..RunOptions::default()
     };
     if let Some(j) = jobs {
-        anyhow::ensure!(j > 0, EngineError::Usage("--jobs must be at least 1".into()));
+        anyhow::ensure!(
+            j > 0,
+            EngineError::Usage("--jobs must be at least 1".into())
+        );
         opts.jobs = j;
         opts.cpus = opts.cpus.max(j as u32);
     }

@@ -11,7 +11,10 @@ use crate::inspect::human_bytes;
 
 fn open(ws_arg: &Option<PathBuf>, command: &str) -> Result<Workspace> {
     let root = Workspace::discover(ws_arg.as_deref())?;
-    Ok(Workspace::open(&root, workspace::holder(command, "", None))?)
+    Ok(Workspace::open(
+        &root,
+        workspace::holder(command, "", None),
+    )?)
 }
 
 pub fn verify(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
@@ -19,16 +22,37 @@ pub fn verify(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
     let report = expflow_cache::verify(&ws.cas, ws.store.as_ref())?;
     let clean = report.is_clean();
     if json {
-        let bad: Vec<_> = report.bad_blobs.iter().map(|(d, s)| json!({"digest": d.to_hex(), "state": format!("{s:?}")})).collect();
+        let bad: Vec<_> = report
+            .bad_blobs
+            .iter()
+            .map(|(d, s)| json!({"digest": d.to_hex(), "state": format!("{s:?}")}))
+            .collect();
         let recs: Vec<_> = report.bad_records.iter().map(|b| json!({"node": b.node, "key": b.key.to_hex(), "what": b.what, "digest": b.digest.to_hex(), "state": format!("{:?}", b.state)})).collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"ok": clean, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked, "records_checked": report.records_checked, "bad_blobs": bad, "bad_records": recs}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"ok": clean, "blobs_checked": report.blobs_checked, "bytes_checked": report.bytes_checked, "records_checked": report.records_checked, "bad_blobs": bad, "bad_records": recs})
+            )?
+        );
     } else {
-        println!("checked {} blobs ({}) and {} records", report.blobs_checked, human_bytes(report.bytes_checked), report.records_checked);
+        println!(
+            "checked {} blobs ({}) and {} records",
+            report.blobs_checked,
+            human_bytes(report.bytes_checked),
+            report.records_checked
+        );
         for (d, s) in &report.bad_blobs {
             println!("bad blob {d}: {s:?}");
         }
         for b in &report.bad_records {
-            println!("bad record {} ({}): {} {} is {:?}", b.node, b.key.short(), b.what, b.digest.short(), b.state);
+            println!(
+                "bad record {} ({}): {} {} is {:?}",
+                b.node,
+                b.key.short(),
+                b.what,
+                b.digest.short(),
+                b.state
+            );
         }
         if clean {
             println!("ok");
@@ -39,21 +63,52 @@ pub fn verify(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
     Ok(if clean { 0 } else { code::MISMATCH })
 }
 
-pub fn audit(ws_arg: &Option<PathBuf>, registry: &Registry, fraction: f64, seed: u64, json: bool) -> Result<u8> {
-    anyhow::ensure!((0.0..=1.0).contains(&fraction), EngineError::Usage("--fraction must be between 0 and 1".into()));
+pub fn audit(
+    ws_arg: &Option<PathBuf>,
+    registry: &Registry,
+    fraction: f64,
+    seed: u64,
+    json: bool,
+) -> Result<u8> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&fraction),
+        EngineError::Usage("--fraction must be between 0 and 1".into())
+    );
     let ws = open(ws_arg, "audit")?;
     let report = expflow_cache::verify(&ws.cas, ws.store.as_ref())?;
     let entries = expflow_engine::audit::audit(&ws, registry, fraction, seed)?;
     let mismatches = entries.iter().filter(|e| e.outcome == "mismatch").count();
     let ok = report.is_clean() && mismatches == 0;
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"ok": ok, "verify_ok": report.is_clean(), "audited": entries}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"ok": ok, "verify_ok": report.is_clean(), "audited": entries})
+            )?
+        );
     } else {
-        println!("verify: {}", if report.is_clean() { "ok" } else { "MISMATCH (run `expflow verify`)" });
+        println!(
+            "verify: {}",
+            if report.is_clean() {
+                "ok"
+            } else {
+                "MISMATCH (run `expflow verify`)"
+            }
+        );
         for e in &entries {
-            println!("{:<8} {} ({}): {}", e.outcome, e.node, &e.key[..12], e.detail);
+            println!(
+                "{:<8} {} ({}): {}",
+                e.outcome,
+                e.node,
+                &e.key[..12],
+                e.detail
+            );
         }
-        println!("{} node(s) re-executed, {} mismatch(es)", entries.len(), mismatches);
+        println!(
+            "{} node(s) re-executed, {} mismatch(es)",
+            entries.len(),
+            mismatches
+        );
     }
     Ok(if ok { 0 } else { code::MISMATCH })
 }
@@ -62,10 +117,22 @@ pub fn gc(ws_arg: &Option<PathBuf>, keep: usize, dry_run: bool, json: bool) -> R
     let ws = open(ws_arg, "gc")?;
     let r = expflow_cache::gc(&ws.cas, ws.store.as_ref(), keep, dry_run)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({"dry_run": dry_run, "blobs_removed": r.blobs_removed, "bytes_removed": r.bytes_removed, "records_removed": r.records_removed, "blobs_kept": r.blobs_kept, "bytes_kept": r.bytes_kept}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"dry_run": dry_run, "blobs_removed": r.blobs_removed, "bytes_removed": r.bytes_removed, "records_removed": r.records_removed, "blobs_kept": r.blobs_kept, "bytes_kept": r.bytes_kept})
+            )?
+        );
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
-        println!("{verb} {} blobs ({}) and {} records; kept {} blobs ({})", r.blobs_removed, human_bytes(r.bytes_removed), r.records_removed, r.blobs_kept, human_bytes(r.bytes_kept));
+        println!(
+            "{verb} {} blobs ({}) and {} records; kept {} blobs ({})",
+            r.blobs_removed,
+            human_bytes(r.bytes_removed),
+            r.records_removed,
+            r.blobs_kept,
+            human_bytes(r.bytes_kept)
+        );
     }
     Ok(0)
 }
@@ -73,7 +140,9 @@ pub fn gc(ws_arg: &Option<PathBuf>, keep: usize, dry_run: bool, json: bool) -> R
 pub fn pin(ws_arg: &Option<PathBuf>, run_id: &str, on: bool) -> Result<u8> {
     let ws = open(ws_arg, if on { "pin" } else { "unpin" })?;
     if !ws.store.runs()?.iter().any(|r| r.run_id == run_id) {
-        anyhow::bail!(EngineError::Usage(format!("no run `{run_id}` in this workspace; see `expflow status`")));
+        anyhow::bail!(EngineError::Usage(format!(
+            "no run `{run_id}` in this workspace; see `expflow status`"
+        )));
     }
     if on {
         ws.store.pin(run_id)?;
@@ -88,13 +157,28 @@ pub fn pin(ws_arg: &Option<PathBuf>, run_id: &str, on: bool) -> Result<u8> {
 pub fn rebuild(ws_arg: &Option<PathBuf>) -> Result<u8> {
     let root = Workspace::discover(ws_arg.as_deref())?;
     // Take the workspace lock without opening the (possibly broken) database.
-    let lock = std::fs::File::options().create(true).truncate(false).write(true).open(root.join("lock"))?;
+    let lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join("lock"))?;
     if lock.try_lock().is_err() {
-        let who = workspace::read_holder(&root).map(|h| h.to_string()).unwrap_or_else(|| "holder unknown".into());
-        anyhow::bail!(EngineError::Held { workspace: root, holder: who });
+        let who = workspace::read_holder(&root)
+            .map(|h| h.to_string())
+            .unwrap_or_else(|| "holder unknown".into());
+        anyhow::bail!(EngineError::Held {
+            workspace: root,
+            holder: who
+        });
     }
     let cas = expflow_cache::Cas::open(&root.join("cas"))?;
     let r = expflow_cache::rebuild(&root, &cas)?;
-    println!("rebuilt the record index: {r:?}");
+    println!(
+        "rebuilt the record index from the journal: {} records restored, {} skipped (their blobs are gone), {} runs, {} unreadable journal lines",
+        r.records, r.skipped_missing, r.runs, r.lines_bad
+    );
+    if let Some(old) = &r.moved_aside {
+        println!("the old database was kept at {}", old.display());
+    }
     Ok(0)
 }

@@ -27,14 +27,26 @@ impl Operator for Const {
         Signature {
             inputs: Ports::Open(PortType::File),
             outputs: Ports::Fixed(vec![Port::new("out", PortType::File, "a few bytes")]),
-            params: vec![ParamSpec::with_default("value", ParamKind::Any, json!(0), "written out")],
+            params: vec![ParamSpec::with_default(
+                "value",
+                ParamKind::Any,
+                json!(0),
+                "written out",
+            )],
             determinism: Determinism::Deterministic,
             resources: Resources::default(),
         }
     }
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
-        let n: u64 = ctx.inputs().values().map(|i| std::fs::metadata(&i.path).map_or(0, |m| m.len())).sum();
-        std::fs::write(&ctx.output("out")?.path, format!("{} {n}\n", ctx.params()["value"]))?;
+        let n: u64 = ctx
+            .inputs()
+            .values()
+            .map(|i| std::fs::metadata(&i.path).map_or(0, |m| m.len()))
+            .sum();
+        std::fs::write(
+            &ctx.output("out")?.path,
+            format!("{} {n}\n", ctx.params()["value"]),
+        )?;
         Ok(())
     }
 }
@@ -69,20 +81,38 @@ fn wide_text(n: usize) -> String {
     let mut s = String::with_capacity(n * 60);
     s.push_str("pipeline: wide\nnodes:\n");
     for i in 0..n {
-        s.push_str(&format!("  n{i}:\n    op: bench.const\n    params: {{value: {i}}}\n"));
+        s.push_str(&format!(
+            "  n{i}:\n    op: bench.const\n    params: {{value: {i}}}\n"
+        ));
     }
     s
 }
 
 fn sizes() -> Vec<usize> {
-    let max: usize = std::env::var("EXPFLOW_BENCH_MAX").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
-    [1_000, 10_000, 100_000].into_iter().filter(|n| *n <= max).collect()
+    let max: usize = std::env::var("EXPFLOW_BENCH_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    [1_000, 10_000, 100_000]
+        .into_iter()
+        .filter(|n| *n <= max)
+        .collect()
 }
 
-fn run_once(ws: &Workspace, p: &expflow_engine::Pipeline, rt: &tokio::runtime::Runtime, jobs: usize) -> expflow_engine::RunSummary {
-    let opts = RunOptions { jobs, cpus: jobs as u32, ..RunOptions::default() };
+fn run_once(
+    ws: &Workspace,
+    p: &expflow_engine::Pipeline,
+    rt: &tokio::runtime::Runtime,
+    jobs: usize,
+) -> expflow_engine::RunSummary {
+    let opts = RunOptions {
+        jobs,
+        cpus: jobs as u32,
+        ..RunOptions::default()
+    };
     let id = workspace::new_run_id();
-    rt.block_on(expflow_engine::run(ws, p, &id, &opts, CancelToken::new())).expect("run")
+    rt.block_on(expflow_engine::run(ws, p, &id, &opts, CancelToken::new()))
+        .expect("run")
 }
 
 fn bench_compile(c: &mut Criterion) {
@@ -93,7 +123,9 @@ fn bench_compile(c: &mut Criterion) {
         let text = pipeline_text(n);
         g.throughput(Throughput::Elements(n as u64));
         g.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, text| {
-            b.iter(|| compile::compile(Path::new("/tmp/gen.yaml"), text, &reg, &[]).expect("compiles"))
+            b.iter(|| {
+                compile::compile(Path::new("/tmp/gen.yaml"), text, &reg, &[]).expect("compiles")
+            })
         });
     }
     g.finish();
@@ -106,8 +138,13 @@ fn bench_noop_rerun(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(10));
     for n in sizes() {
         let dir = tempfile::tempdir().unwrap();
-        let p = compile::compile(&dir.path().join("gen.yaml"), &pipeline_text(n), &reg, &[]).unwrap();
-        let ws = Workspace::open(&dir.path().join(".expflow"), workspace::holder("bench", "gen", None)).unwrap();
+        let p =
+            compile::compile(&dir.path().join("gen.yaml"), &pipeline_text(n), &reg, &[]).unwrap();
+        let ws = Workspace::open(
+            &dir.path().join(".expflow"),
+            workspace::holder("bench", "gen", None),
+        )
+        .unwrap();
         let first = run_once(&ws, &p, &rt, 8);
         assert_eq!(first.executed.len(), n);
         g.throughput(Throughput::Elements(n as u64));
@@ -134,7 +171,11 @@ fn bench_execute(c: &mut Criterion) {
             || {
                 let dir = tempfile::tempdir().unwrap();
                 let p = compile::compile(&dir.path().join("w.yaml"), &text, &reg, &[]).unwrap();
-                let ws = Workspace::open(&dir.path().join(".expflow"), workspace::holder("bench", "wide", None)).unwrap();
+                let ws = Workspace::open(
+                    &dir.path().join(".expflow"),
+                    workspace::holder("bench", "wide", None),
+                )
+                .unwrap();
                 (dir, p, ws)
             },
             |(dir, p, ws)| {

@@ -208,9 +208,14 @@ fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String
             Err(e) => diags.push(
                 &input.loc,
                 format!(
-                    "input `{}`: cannot read {}: {e}",
+                    "input `{}`: cannot read {}: {}",
                     input.name,
-                    path.display()
+                    input.path,
+                    match e.kind() {
+                        std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+                        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                        _ => e.to_string(),
+                    }
                 ),
                 Some(
                     "create it, or fix the path (relative to the pipeline file's directory)".into(),
@@ -221,13 +226,19 @@ fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String
     out
 }
 
+/// A sweep point: matrix variable → value.
+type Point = Vec<(String, Value)>;
+
+/// An unresolved `in:` entry: port, reference text, where it was written.
+type InRef = (String, String, Loc);
+
 struct Builder<'a> {
     registry: &'a Registry,
     params: &'a Map<String, Value>,
     diags: &'a mut Diagnostics,
     nodes: Vec<CNode>,
     /// Per node: its unresolved `in` references, and its matrix point.
-    refs: Vec<(Vec<(String, String, Loc)>, Vec<(String, Value)>)>,
+    refs: Vec<(Vec<InRef>, Point)>,
 }
 
 impl Builder<'_> {
@@ -285,10 +296,17 @@ impl Builder<'_> {
                 }
             }
             let (filled, problems) = fill_defaults(&sig, &given);
+            let schema_ok = problems.is_empty();
             for p in problems {
                 self.param_problem(spec, &sig, p);
             }
-            for msg in op.check(&filled) {
+            // The operator's own checks assume the schema holds.
+            let extra = if schema_ok {
+                op.check(&filled)
+            } else {
+                Vec::new()
+            };
+            for msg in extra {
                 let loc = spec
                     .params
                     .first()
@@ -347,6 +365,12 @@ impl Builder<'_> {
                 );
             }
             ParamProblem::WrongKind { name, want, got } => {
+                let want = if want == "any" {
+                    "any value".to_string()
+                } else {
+                    article(want)
+                };
+                let got = article(got);
                 self.diags.push(
                     &loc_of(&name).unwrap_or(spec.loc.clone()),
                     format!(
@@ -366,6 +390,9 @@ impl Builder<'_> {
         allow_io: bool,
     ) -> std::result::Result<Value, InterpError> {
         match v {
+            Value::String(s) if allow_io => {
+                interp::expand_partial(s, |r| self.resolve(r, point, allow_io))
+            }
             Value::String(s) => interp::expand(s, |r| self.resolve(r, point, allow_io)),
             Value::Array(items) => items
                 .iter()
@@ -801,6 +828,14 @@ fn instance_name(base: &str, point: &[(String, Value)]) -> String {
         })
         .collect();
     format!("{base}[{}]", parts.join(","))
+}
+
+/// `integer` → `an integer`, `string` → `a string`.
+fn article(word: &str) -> String {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {word}"),
+        _ => format!("a {word}"),
+    }
 }
 
 /// Topological order, or a diagnostic naming each cycle.

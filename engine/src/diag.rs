@@ -45,8 +45,7 @@ impl Diagnostics {
 
     /// Sorts by position so output is stable.
     pub fn sort(&mut self) {
-        self.items
-            .sort_by(|a, b| (a.loc.line, a.loc.column).cmp(&(b.loc.line, b.loc.column)));
+        self.items.sort_by_key(|d| (d.loc.line, d.loc.column));
     }
 }
 
@@ -61,11 +60,16 @@ impl fmt::Display for Diagnostics {
             if n == 1 { "" } else { "s" }
         )?;
         for d in &self.items {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, d.loc.line, d.loc.column, d.message
-            )?;
+            if d.loc.line == 0 {
+                // Not from the file (a `--set` override).
+                write!(f, "{}: {}", self.file, d.message)?;
+            } else {
+                write!(
+                    f,
+                    "{}:{}:{}: {}",
+                    self.file, d.loc.line, d.loc.column, d.message
+                )?;
+            }
             if let Some(h) = &d.hint {
                 write!(f, "\n    hint: {h}")?;
             }

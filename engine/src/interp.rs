@@ -22,6 +22,8 @@ pub struct Reference {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Piece<'a> {
     Text(&'a str),
+    /// `$${`, a literal `${`.
+    Escape,
     Ref(Reference),
 }
 
@@ -40,7 +42,7 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, InterpError> {
     while i < bytes.len() {
         if bytes[i] == b'$' && bytes.get(i + 1) == Some(&b'$') && bytes.get(i + 2) == Some(&b'{') {
             out.push(Piece::Text(&s[text_start..i]));
-            out.push(Piece::Text("${"));
+            out.push(Piece::Escape);
             i += 3;
             text_start = i;
             continue;
@@ -94,7 +96,7 @@ pub fn references(s: &str) -> Result<Vec<Reference>, InterpError> {
         .into_iter()
         .filter_map(|p| match p {
             Piece::Ref(r) => Some(r),
-            Piece::Text(_) => None,
+            Piece::Text(_) | Piece::Escape => None,
         })
         .collect())
 }
@@ -103,7 +105,23 @@ pub fn references(s: &str) -> Result<Vec<Reference>, InterpError> {
 ///
 /// A string that is exactly one reference resolving to a non-string keeps that value's type
 /// (`"${params.n}"` with `n: 5` gives the number 5).
-pub fn expand<F>(s: &str, mut resolve: F) -> Result<Value, InterpError>
+pub fn expand<F>(s: &str, resolve: F) -> Result<Value, InterpError>
+where
+    F: FnMut(&Reference) -> Result<Option<Value>, InterpError>,
+{
+    expand_with(s, resolve, "${")
+}
+
+/// Like [`expand`], but keeps `$${` escapes as written, for strings that a later stage
+/// expands again (a `command`'s `run`, whose `${in..}`/`${out..}` expand at run time).
+pub fn expand_partial<F>(s: &str, resolve: F) -> Result<Value, InterpError>
+where
+    F: FnMut(&Reference) -> Result<Option<Value>, InterpError>,
+{
+    expand_with(s, resolve, "$${")
+}
+
+fn expand_with<F>(s: &str, mut resolve: F, escape: &str) -> Result<Value, InterpError>
 where
     F: FnMut(&Reference) -> Result<Option<Value>, InterpError>,
 {
@@ -117,6 +135,7 @@ where
     for p in &ps {
         match p {
             Piece::Text(t) => out.push_str(t),
+            Piece::Escape => out.push_str(escape),
             Piece::Ref(r) => match resolve(r)? {
                 Some(Value::String(v)) => out.push_str(&v),
                 Some(v) => out.push_str(&v.to_string()),
@@ -161,6 +180,14 @@ mod tests {
         assert_eq!(
             expand("head -n ${params.n} ${in.rows} > ${out.x} $${HOME}", params).unwrap(),
             json!("head -n 5 ${in.rows} > ${out.x} ${HOME}")
+        );
+    }
+
+    #[test]
+    fn partial_expansion_keeps_escapes() {
+        assert_eq!(
+            expand_partial("echo $${HOME} ${params.n} ${in.x}", params).unwrap(),
+            json!("echo $${HOME} 5 ${in.x}")
         );
     }
 

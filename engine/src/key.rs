@@ -97,7 +97,7 @@ impl KeyMaterial {
                 old.op_version, self.op_version
             ));
         }
-        diff_maps("param", &old.params, &self.params, &mut out, |v| compact(v));
+        diff_maps("param", &old.params, &self.params, &mut out, compact);
         for (port, new) in &self.inputs {
             match old.inputs.get(port) {
                 Some(o) if o == new => {}

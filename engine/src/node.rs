@@ -339,8 +339,10 @@ fn run_in(
         };
         let (digest, size) = stored.map_err(|e| err(&e))?;
         stamp(&env.cas, env.store.as_ref(), &digest);
-        if out.ty.is_dir() {
-            if let Ok(m) = env.cas.read_manifest(&digest) {
+        if out.ty.is_dir()
+            && let Ok(m) = env.cas.read_manifest(&digest)
+        {
+            {
                 for e in &m.entries {
                     stamp(&env.cas, env.store.as_ref(), &e.digest);
                 }

@@ -374,7 +374,9 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             if let Some(rec) = self.env.store.get_record(&key)?
                 && record_ok(&self.env.cas, self.env.store.as_ref(), &rec)?
             {
-                self.env.store.set_last(&self.p.name, &node.name, &key)?;
+                if self.env.store.get_last(&self.p.name, &node.name)? != Some(key) {
+                    self.env.store.set_last(&self.p.name, &node.name, &key)?;
+                }
                 (self.emit)(EventKind::NodeCached {
                     node: node.name.clone(),
                     key,
@@ -474,16 +476,16 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             .collect()
     }
 
-    /// Starts runnable nodes while jobs and resources allow.
+    /// Starts runnable nodes while jobs and resources allow (lowest index first; a node that
+    /// does not fit now is passed over for later ones, up to a bounded look-ahead).
     fn launch(&mut self, tx: &mpsc::UnboundedSender<Finished>) {
-        let candidates: Vec<usize> = self.runnable.iter().copied().collect();
-        for i in candidates {
-            if self.running >= self.opts.jobs.max(1) {
+        let mut passed = Vec::new();
+        while self.running < self.opts.jobs.max(1) && passed.len() < 256 {
+            let Some(i) = self.runnable.pop_first() else {
                 break;
-            }
+            };
             let r = self.p.nodes[i].resources;
             if r.gpus as usize > self.opts.gpus.len() {
-                self.runnable.remove(&i);
                 let msg = format!(
                     "needs {} GPU(s) but {} are available; set CUDA_VISIBLE_DEVICES (or EXPFLOW_GPUS) to the GPUs expflow may use",
                     r.gpus,
@@ -495,19 +497,21 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             }
             let cpus = r.cpus.min(self.opts.cpus.max(1));
             let mem = r.mem_gb.min(self.opts.mem_gb);
-            let fits = (self.running == 0 || self.used_cpus + cpus <= self.opts.cpus.max(1))
-                && (self.running == 0 || self.used_mem + mem <= self.opts.mem_gb)
-                && self.free_gpus.len() >= r.gpus as usize;
-            if !fits {
+            // A node alone on the machine always fits (its request was capped above).
+            let fits = self.running == 0
+                || (self.used_cpus + cpus <= self.opts.cpus.max(1)
+                    && self.used_mem + mem <= self.opts.mem_gb);
+            if !fits || self.free_gpus.len() < r.gpus as usize {
+                passed.push(i);
                 continue;
             }
-            self.runnable.remove(&i);
             self.used_cpus += cpus;
             self.used_mem += mem;
             let gpus: Vec<u32> = self.free_gpus.drain(..r.gpus as usize).collect();
             self.held_gpus.insert(i, gpus.clone());
             self.start(i, 1, gpus, tx);
         }
+        self.runnable.extend(passed);
     }
 
     fn start(

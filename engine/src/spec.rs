@@ -140,6 +140,10 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
             "nodes" => {
                 saw_nodes = true;
                 for (name, n) in map_entries(v, "nodes", diags) {
+                    // A duplicate was reported; checking it as well would only confuse.
+                    if spec.nodes.iter().any(|x| x.name == name) {
+                        continue;
+                    }
                     if let Some(node) = read_node(&name, &n, diags) {
                         spec.nodes.push(node);
                     }
@@ -356,12 +360,11 @@ fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, No
 }
 
 fn check_duplicates(entries: &[(Node, Node)], what: &str, diags: &mut Diagnostics) {
-    for (i, (k, _)) in entries.iter().enumerate() {
+    let mut seen: std::collections::HashMap<String, &Node> =
+        std::collections::HashMap::with_capacity(entries.len());
+    for (k, _) in entries {
         let Some(key) = k.as_key() else { continue };
-        if let Some((first, _)) = entries[..i]
-            .iter()
-            .find(|(p, _)| p.as_key().as_ref() == Some(&key))
-        {
+        if let Some(first) = seen.get(&key) {
             let noun = if what.starts_with("key in `nodes`") {
                 "node"
             } else {
@@ -375,6 +378,8 @@ fn check_duplicates(entries: &[(Node, Node)], what: &str, diags: &mut Diagnostic
                 ),
                 Some("names must be unique: rename or remove one of them".into()),
             );
+        } else {
+            seen.insert(key, k);
         }
     }
 }

@@ -74,7 +74,7 @@ impl Workspace {
     /// Finds an existing `.expflow` in the current directory or its parents.
     pub fn discover(explicit: Option<&Path>) -> Result<PathBuf> {
         if let Some(p) = explicit {
-            return Ok(p.to_path_buf());
+            return std::path::absolute(p).map_err(|e| EngineError::io(p, e));
         }
         let cwd = std::env::current_dir().map_err(|e| EngineError::io(".", e))?;
         for dir in cwd.ancestors() {
@@ -93,6 +93,9 @@ impl Workspace {
     /// another process gives [`EngineError::Held`] naming the holder.
     pub fn open(root: &Path, holder: Holder) -> Result<Workspace> {
         std::fs::create_dir_all(root).map_err(|e| EngineError::io(root, e))?;
+        // Operators may change directory (a command runs in its scratch dir): hand out
+        // absolute paths only.
+        let root = &std::fs::canonicalize(root).map_err(|e| EngineError::io(root, e))?;
         let lock = take_lock(root, &holder)?;
         let cas = Cas::open(&root.join("cas"))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(root)?);

@@ -200,12 +200,15 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             .unwrap_or_default();
         let message = e.to_string();
         // Drop the location prefix/suffix saphyr adds; we print file:line:col ourselves.
-        let message = message
+        let mut message = message
             .lines()
             .next()
             .unwrap_or_default()
             .trim()
             .to_string();
+        if let Some(at) = message.rfind(" at line ") {
+            message.truncate(at);
+        }
         SyntaxError { loc, message }
     })
 }

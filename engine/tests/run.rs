@@ -49,10 +49,24 @@ fn run(dir: &Path, yaml: &str) -> expflow_engine::RunSummary {
     let mut reg = Registry::new();
     reg.register(Arc::new(Echo));
     let p = compile::compile(&dir.join("p.yaml"), yaml, &reg, &[]).expect("compiles");
-    let ws = Workspace::open(&dir.join(".expflow"), workspace::holder("test", &p.name, None)).unwrap();
+    let ws = Workspace::open(
+        &dir.join(".expflow"),
+        workspace::holder("test", &p.name, None),
+    )
+    .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let opts = RunOptions { jobs: 4, ..RunOptions::default() };
-    rt.block_on(expflow_engine::run(&ws, &p, &workspace::new_run_id(), &opts, CancelToken::new())).unwrap()
+    let opts = RunOptions {
+        jobs: 4,
+        ..RunOptions::default()
+    };
+    rt.block_on(expflow_engine::run(
+        &ws,
+        &p,
+        &workspace::new_run_id(),
+        &opts,
+        CancelToken::new(),
+    ))
+    .unwrap()
 }
 
 const SWEEP: &str = r#"
@@ -83,10 +97,23 @@ fn matrix_points_with_equal_keys_run_once_and_reruns_are_cached() {
     // src, three train points, and prep: 3 instances with one key → executed once.
     let mut executed = s.executed.clone();
     executed.sort();
-    assert_eq!(executed.iter().filter(|n| n.starts_with("prep[")).count(), 1, "{executed:?}");
-    assert_eq!(s.cached.iter().filter(|n| n.starts_with("prep[")).count(), 2);
-    assert_eq!(executed.iter().filter(|n| n.starts_with("train[")).count(), 3);
-    assert!(executed.contains(&"train[lr=0.2]".to_string()), "{executed:?}");
+    assert_eq!(
+        executed.iter().filter(|n| n.starts_with("prep[")).count(),
+        1,
+        "{executed:?}"
+    );
+    assert_eq!(
+        s.cached.iter().filter(|n| n.starts_with("prep[")).count(),
+        2
+    );
+    assert_eq!(
+        executed.iter().filter(|n| n.starts_with("train[")).count(),
+        3
+    );
+    assert!(
+        executed.contains(&"train[lr=0.2]".to_string()),
+        "{executed:?}"
+    );
     assert_eq!(RUNS.load(Ordering::SeqCst) - before, 5);
     let again = run(dir.path(), SWEEP);
     assert!(again.executed.is_empty());
@@ -141,8 +168,19 @@ fn map_operators_recompute_only_changed_items() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let go = || {
         let p = compile::compile(&dir.path().join("p.yaml"), yaml, &reg, &[]).unwrap();
-        let ws = Workspace::open(&dir.path().join(".expflow"), workspace::holder("t", "map", None)).unwrap();
-        rt.block_on(expflow_engine::run(&ws, &p, &workspace::new_run_id(), &RunOptions::default(), CancelToken::new())).unwrap()
+        let ws = Workspace::open(
+            &dir.path().join(".expflow"),
+            workspace::holder("t", "map", None),
+        )
+        .unwrap();
+        rt.block_on(expflow_engine::run(
+            &ws,
+            &p,
+            &workspace::new_run_id(),
+            &RunOptions::default(),
+            CancelToken::new(),
+        ))
+        .unwrap()
     };
     let before = ITEMS.load(Ordering::SeqCst);
     assert_eq!(go().executed, vec!["up".to_string()]);
@@ -153,5 +191,9 @@ fn map_operators_recompute_only_changed_items() {
     let before = ITEMS.load(Ordering::SeqCst);
     let s = go();
     assert_eq!(s.executed, vec!["up".to_string()], "the node re-runs");
-    assert_eq!(ITEMS.load(Ordering::SeqCst) - before, 1, "but computes one item and reuses 999");
+    assert_eq!(
+        ITEMS.load(Ordering::SeqCst) - before,
+        1,
+        "but computes one item and reuses 999"
+    );
 }

@@ -10,7 +10,10 @@ use serde_json::Value;
 /// tests, so cargo builds its binary next to this test executable).
 pub fn expflow_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let bin = dir.join("expflow");
     assert!(
         bin.exists(),

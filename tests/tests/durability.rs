@@ -53,10 +53,18 @@ fn a_run_killed_with_sigkill_completes_when_rerun_and_verifies_clean() {
     child.wait().unwrap();
     let r = p.run("slow.yaml", &["--jobs", "4"]);
     r.expect_code(0);
-    assert!(!r.cached().is_empty(), "work finished before the kill is reused");
+    assert!(
+        !r.cached().is_empty(),
+        "work finished before the kill is reused"
+    );
     assert!(r.executed().contains(&"join".to_string()));
     let verify = p.expflow(&["verify"]);
-    assert_eq!(verify.status.code(), Some(0), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
     let again = p.run("slow.yaml", &[]);
     assert!(again.executed().is_empty());
 }
@@ -81,10 +89,19 @@ fn a_corrupted_or_deleted_blob_fails_verify_and_is_healed_by_the_next_run() {
     std::fs::set_permissions(&apple, perm).unwrap();
     std::fs::write(&apple, "apricot\n").unwrap();
     let v = p.expflow(&["verify"]);
-    assert_eq!(v.status.code(), Some(4), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!(
+        v.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
     let healed = p.run("pipe.yaml", &[]);
     healed.expect_code(0);
-    assert_eq!(healed.executed(), names(&["a"]), "b's inputs are the same bytes again");
+    assert_eq!(
+        healed.executed(),
+        names(&["a"]),
+        "b's inputs are the same bytes again"
+    );
     assert_eq!(p.expflow(&["verify"]).status.code(), Some(0));
     // delete it
     std::fs::remove_file(&apple).unwrap();

@@ -79,7 +79,11 @@ fn identical_bytes_stop_the_wave() {
     let r = p.run("pipe.yaml", &["--set", "tail=two"]);
     r.expect_code(0);
     assert!(r.executed().contains(&"b".to_string()));
-    assert!(!r.executed().contains(&"c".to_string()), "c must be cut off: {:?}", r.executed());
+    assert!(
+        !r.executed().contains(&"c".to_string()),
+        "c must be cut off: {:?}",
+        r.executed()
+    );
 }
 
 #[test]
@@ -108,11 +112,21 @@ fn a_failing_node_leaves_no_record_and_once_fixed_only_it_and_descendants_run() 
     r.expect_code(1);
     assert_eq!(r.summary["failed"], serde_json::json!(["b"]));
     assert!(r.nodes("node_skipped").contains(&"c".to_string()));
-    assert!(r.stderr.contains("exit") || r.events.iter().any(|e| e["error"].as_str().is_some_and(|s| s.contains("3"))));
+    assert!(
+        r.stderr.contains("exit")
+            || r.events
+                .iter()
+                .any(|e| e["error"].as_str().is_some_and(|s| s.contains("3")))
+    );
     // plan: b has no record
     let plan = p.expflow(&["plan", "pipe.yaml", "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let b = plan.as_array().unwrap().iter().find(|e| e["name"] == "b").unwrap();
+    let b = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "b")
+        .unwrap();
     assert_eq!(b["state"], "run");
     p.write("pipe.yaml", PIPE);
     let fixed = p.run("pipe.yaml", &[]);
@@ -151,7 +165,11 @@ nodes:
     );
     let counter = format!("counter={}", p.path("count").display());
     let r = p.run("pipe.yaml", &["--set", &counter]);
-    let starts = r.events.iter().filter(|e| e["event"] == "node_started").count();
+    let starts = r
+        .events
+        .iter()
+        .filter(|e| e["event"] == "node_started")
+        .count();
     r.expect_code(0);
     assert_eq!(starts, 2, "one failure then one success");
 }

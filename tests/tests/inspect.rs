@@ -9,8 +9,17 @@ fn plan(p: &Project, extra: &[&str]) -> Vec<Value> {
     let mut args = vec!["plan", "pipe.yaml", "--json"];
     args.extend_from_slice(extra);
     let out = p.expflow(&args);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -29,9 +38,18 @@ fn plan_json_on_a_fresh_and_on_a_cached_workspace() {
     let run = p.run("pipe.yaml", &[]);
     run.expect_code(0);
     let cached = plan(&p, &[]);
-    assert!(cached.iter().all(|e| e["state"] == "cached" && e["key"].is_string()));
+    assert!(
+        cached
+            .iter()
+            .all(|e| e["state"] == "cached" && e["key"].is_string())
+    );
     // The planned key is the key the run used.
-    let executed_key = run.events.iter().find(|e| e["event"] == "node_executed" && e["node"] == "a").unwrap()["key"].clone();
+    let executed_key = run
+        .events
+        .iter()
+        .find(|e| e["event"] == "node_executed" && e["node"] == "a")
+        .unwrap()["key"]
+        .clone();
     assert_eq!(cached[0]["key"], executed_key);
     assert_eq!(fresh[0]["key"], executed_key);
 }
@@ -42,11 +60,19 @@ fn explain_names_the_changed_field() {
     p.write("pipe.yaml", PIPE);
     p.run("pipe.yaml", &[]).expect_code(0);
     let out = p.expflow(&["explain", "pipe.yaml", "a", "--set", "word=ho", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
     let changes = ex[0]["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 1, "{changes:?}");
-    assert_eq!(changes[0], "param run: echo hi > ${out.o} → echo ho > ${out.o}");
+    assert_eq!(
+        changes[0],
+        "param run: echo hi > ${out.o} → echo ho > ${out.o}"
+    );
     assert_eq!(ex[0]["state"], "run");
     let text = p.expflow(&["explain", "pipe.yaml", "a", "--set", "word=ho"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("param run"));
@@ -54,5 +80,11 @@ fn explain_names_the_changed_field() {
     p.run("pipe.yaml", &["--set", "word=ho"]).expect_code(0);
     let out = p.expflow(&["explain", "pipe.yaml", "b", "--json"]);
     let ex: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(ex[0]["changes"][0].as_str().unwrap().starts_with("input x changed"), "{ex}");
+    assert!(
+        ex[0]["changes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("input x changed"),
+        "{ex}"
+    );
 }

@@ -6,7 +6,11 @@ use serde_json::Value;
 const PIPE: &str = "pipeline: m\nparams:\n  word: hi\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"echo ${params.word} > ${out.o}\"\n  b:\n    op: command\n    in: {x: a.o}\n    out: {o: file}\n    params:\n      run: \"cat ${in.x} ${in.x} > ${out.o}\"\n";
 
 fn json(out: &std::process::Output) -> Value {
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -19,7 +23,13 @@ fn audit_reexecutes_and_catches_a_command_that_is_not_deterministic() {
     let report = json(&ok);
     assert_eq!(report["ok"], true);
     assert_eq!(report["audited"].as_array().unwrap().len(), 2);
-    assert!(report["audited"].as_array().unwrap().iter().all(|e| e["outcome"] == "match"));
+    assert!(
+        report["audited"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["outcome"] == "match")
+    );
     // A command whose output changes on every execution is caught.
     let q = Project::new();
     q.write("pipe.yaml", "pipeline: nd\nnodes:\n  t:\n    op: command\n    out: {o: file}\n    params:\n      run: \"date +%s%N > ${out.o}\"\n");
@@ -35,7 +45,8 @@ fn gc_keeps_what_recent_runs_reach_and_dry_run_deletes_nothing() {
     let p = Project::new();
     p.write("pipe.yaml", PIPE);
     for w in ["one", "two", "three"] {
-        p.run("pipe.yaml", &["--set", &format!("word={w}")]).expect_code(0);
+        p.run("pipe.yaml", &["--set", &format!("word={w}")])
+            .expect_code(0);
     }
     let ws = p.path(".expflow");
     let before = blobs(&ws).len();
@@ -45,7 +56,10 @@ fn gc_keeps_what_recent_runs_reach_and_dry_run_deletes_nothing() {
     assert_eq!(blobs(&ws).len(), before, "a dry run removes nothing");
     let real = json(&p.expflow(&["gc", "--keep", "1", "--json"]));
     assert_eq!(real["blobs_removed"], dry["blobs_removed"]);
-    assert_eq!(blobs(&ws).len() as u64, before as u64 - real["blobs_removed"].as_u64().unwrap());
+    assert_eq!(
+        blobs(&ws).len() as u64,
+        before as u64 - real["blobs_removed"].as_u64().unwrap()
+    );
     // What the last run reached is intact: everything is cached and verifies.
     let again = p.run("pipe.yaml", &["--set", "word=three"]);
     assert_eq!(again.cached(), names(&["a", "b"]));
@@ -70,27 +84,51 @@ fn pinned_runs_survive_gc() {
 }
 
 #[test]
-fn db_rebuild_recreates_the_index_from_the_journal() {
+fn a_garbled_database_heals_from_the_journal() {
     let p = Project::new();
     p.write("pipe.yaml", PIPE);
     p.run("pipe.yaml", &[]).expect_code(0);
-    // Destroy the database the way a crash might leave it: garbage in place of its files.
+    // Garbage in place of sled's files: sled opens it empty, the journal fills it again.
     let db = p.path(".expflow/db");
     std::fs::remove_dir_all(&db).unwrap();
     std::fs::create_dir_all(&db).unwrap();
     std::fs::write(db.join("conf"), b"\x00garbage").unwrap();
     std::fs::write(db.join("db"), b"\x00\x01\x02 not a sled file").unwrap();
+    let r = p.run("pipe.yaml", &[]);
+    r.expect_code(0);
+    assert_eq!(r.cached(), names(&["a", "b"]), "nothing is lost");
+}
+
+#[test]
+fn db_rebuild_recreates_an_unopenable_index_from_the_journal() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // A database sled cannot open at all.
+    let db = p.path(".expflow/db");
+    std::fs::remove_dir_all(&db).unwrap();
+    std::fs::create_dir_all(db.join("db")).unwrap();
+    std::fs::create_dir_all(db.join("conf")).unwrap();
     let broken = p.expflow(&["run", "pipe.yaml"]);
     let stderr = String::from_utf8_lossy(&broken.stderr);
-    assert_ne!(broken.status.code(), Some(0));
-    assert!(stderr.contains("expflow db rebuild"), "{stderr}");
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(stderr.contains("run `expflow db rebuild`"), "{stderr}");
     let rebuilt = p.expflow(&["--workspace", ".expflow", "db", "rebuild"]);
-    assert!(rebuilt.status.success(), "{}", String::from_utf8_lossy(&rebuilt.stderr));
+    let out = String::from_utf8_lossy(&rebuilt.stdout);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert!(out.contains("2 records restored"), "{out}");
     let r = p.run("pipe.yaml", &[]);
     r.expect_code(0);
     assert_eq!(r.cached(), names(&["a", "b"]), "nothing is lost");
     // The broken database was kept aside, not deleted.
-    let kept = std::fs::read_dir(p.path(".expflow")).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("db.broken-"));
+    let kept = std::fs::read_dir(p.path(".expflow"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("db.broken-"));
     assert!(kept);
 }
 
@@ -105,7 +143,11 @@ fn lineage_show_graph_and_log() {
     assert_eq!(lin["inputs"][0]["source"], "a.o");
     assert_eq!(lin["inputs"][0]["from"]["node"], "a");
     let shown = p.expflow(&["show", "b.o"]);
-    assert!(String::from_utf8_lossy(&shown.stdout).contains("hi\nhi"), "{}", String::from_utf8_lossy(&shown.stdout));
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("hi\nhi"),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
+    );
     let meta = json(&p.expflow(&["show", "b", "--json"]));
     let path = meta["path"].as_str().unwrap();
     assert_eq!(std::fs::read_to_string(path).unwrap(), "hi\nhi\n");
@@ -115,7 +157,10 @@ fn lineage_show_graph_and_log() {
     assert!(String::from_utf8_lossy(&mermaid.stdout).contains("a -->|o→x| b"));
     let log = p.expflow(&["log"]);
     let text = String::from_utf8_lossy(&log.stdout);
-    assert!(text.contains("executed a") && text.contains("run finished: ok"), "{text}");
+    assert!(
+        text.contains("executed a") && text.contains("run finished: ok"),
+        "{text}"
+    );
     let status = json(&p.expflow(&["status", "--json"]));
     assert_eq!(status["records"], 2);
     assert_eq!(status["runs"][0]["run_id"], run.summary["run_id"]);

@@ -18,7 +18,11 @@ fn gpus_are_pinned_through_cuda_visible_devices() {
         .env("EXPFLOW_GPUS", "3,5")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Two GPUs in all: the nodes cannot overlap, and each sees only its own.
     assert_eq!(p.read("a.txt").trim(), "3");
     assert_eq!(p.read("b.txt").trim(), "3,5");
