@@ -93,8 +93,9 @@ impl Journal {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends `entry` as one line and fsyncs. `jf` is the guard from [`Journal::lock`].
-    pub(crate) fn append(&self, jf: &mut JournalFile, entry: &Entry) -> Result<()> {
+    /// Appends `entry` as one line and, when `sync` is set, fsyncs (which also makes every
+    /// earlier unsynced line durable). `jf` is the guard from [`Journal::lock`].
+    pub(crate) fn append(&self, jf: &mut JournalFile, entry: &Entry, sync: bool) -> Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(|e| CacheError::Encode {
             what: "journal entry",
             reason: e.to_string(),
@@ -111,6 +112,9 @@ impl Journal {
             ));
         }
         jf.len += line.len() as u64;
+        if !sync {
+            return Ok(());
+        }
         jf.file
             .sync_data()
             .ctx("cannot fsync the journal", &self.path)

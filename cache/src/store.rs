@@ -2,8 +2,11 @@
 //!
 //! sled has open reports of databases that refuse to open after an abrupt stop, and loses
 //! acknowledged writes that were not flushed. So every durable write (records, last keys,
-//! runs, pins) is also appended to `journal.jsonl` and fsynced, records and runs are flushed
-//! before the call returns, and [`crate::rebuild`] recreates the database from the journal.
+//! runs, pins) is also appended to `journal.jsonl`; a record is durable once its journal line
+//! is fsynced, which happens before `put_record` returns. The database is an index over the
+//! journal: on open, any journal tail it lacks is replayed (so sled's own flush is not on the
+//! per-record path: it runs in the background, and at every run and pin), and
+//! [`crate::rebuild`] recreates it from the journal when it cannot be opened at all.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -21,7 +24,7 @@ use crate::stat::StatKey;
 pub trait Store: Send + Sync {
     /// The record for node key `key`.
     fn get_record(&self, key: &Digest) -> Result<Option<Record>>;
-    /// Stores `rec` durably (journaled, fsynced and flushed before returning).
+    /// Stores `rec` durably: its journal line is fsynced before this returns.
     fn put_record(&self, rec: &Record) -> Result<()>;
     /// Forgets the record for `key` (journaled).
     fn remove_record(&self, key: &Digest) -> Result<()>;
@@ -199,10 +202,13 @@ impl SledStore {
     /// Appends `entry` to the journal (if any) and applies it, holding the journal lock
     /// across both so the journal and the database see writes in the same order.
     fn journaled(&self, entry: Entry) -> Result<()> {
+        // Last keys need no fsync of their own: the next synced line (a record or a run)
+        // makes them durable, and losing one only makes `explain` compare with an older run.
+        let sync = !matches!(entry, Entry::Last { .. });
         match &self.journal {
             Some(j) => {
                 let mut jf = j.lock();
-                j.append(&mut jf, &entry)?;
+                j.append(&mut jf, &entry, sync)?;
                 self.apply_raw(&entry)?;
                 self.set_journal_mark(jf.len)
             }
@@ -320,8 +326,7 @@ impl Store for SledStore {
     fn put_record(&self, rec: &Record) -> Result<()> {
         self.journaled(Entry::Record {
             record: Box::new(rec.clone()),
-        })?;
-        self.flush_durable()
+        })
     }
 
     fn remove_record(&self, key: &Digest) -> Result<()> {

@@ -847,9 +847,9 @@ fn order(nodes: &[CNode], diags: &mut Diagnostics) -> Option<Vec<usize>> {
             g.add_edge(ix[*d], ix[i], ());
         }
     }
-    match petgraph::algo::toposort(&g, None) {
-        Ok(order) => Some(order.into_iter().map(|n| g[n]).collect()),
-        Err(_) => {
+    match stable_topo(nodes) {
+        Some(order) => Some(order),
+        None => {
             for scc in petgraph::algo::tarjan_scc(&g) {
                 let cyclic = scc.len() > 1 || scc.iter().any(|n| g.contains_edge(*n, *n));
                 if !cyclic {
@@ -873,6 +873,33 @@ fn order(nodes: &[CNode], diags: &mut Diagnostics) -> Option<Vec<usize>> {
             None
         }
     }
+}
+
+/// Kahn's algorithm, taking the earliest-declared ready node first, so independent nodes
+/// keep the order of the file. `None` if there is a cycle.
+fn stable_topo(nodes: &[CNode]) -> Option<Vec<usize>> {
+    let mut indegree: Vec<usize> = nodes.iter().map(|n| n.deps.len()).collect();
+    let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for (i, n) in nodes.iter().enumerate() {
+        for &d in &n.deps {
+            children[d].push(i);
+        }
+    }
+    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
+        .filter(|i| indegree[*i] == 0)
+        .map(std::cmp::Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(std::cmp::Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &c in &children[i] {
+            indegree[c] -= 1;
+            if indegree[c] == 0 {
+                ready.push(std::cmp::Reverse(c));
+            }
+        }
+    }
+    (order.len() == nodes.len()).then_some(order)
 }
 
 /// Orders the members of a strongly connected component along its edges.

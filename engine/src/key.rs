@@ -131,7 +131,8 @@ impl KeyMaterial {
         };
         diff_maps("env", &env(&old.env), &env(&self.env), &mut out, compact);
         if self.seed != old.seed {
-            out.push(format!("seed {:?} → {:?}", old.seed, self.seed));
+            let show = |s: Option<u64>| s.map_or("none".to_string(), |v| v.to_string());
+            out.push(format!("seed {} → {}", show(old.seed), show(self.seed)));
         }
         out
     }

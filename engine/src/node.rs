@@ -361,7 +361,12 @@ fn run_in(
     let duration_ms = now_ms().saturating_sub(started);
     let memo = ctx.memo_counts();
     if commit {
-        let log_digest = env.cas.put_file(&log_path).ok().map(|(d, _)| d);
+        let log_empty = std::fs::metadata(&log_path).map_or(true, |m| m.len() == 0);
+        let log_digest = if log_empty {
+            None
+        } else {
+            env.cas.put_file(&log_path).ok().map(|(d, _)| d)
+        };
         let items = ctx.items.lock().map(|v| v.clone()).unwrap_or_default();
         let secrets = ctx.secrets.lock().map(|v| v.clone()).unwrap_or_default();
         let rec = Record {

@@ -139,9 +139,10 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
             }
             "nodes" => {
                 saw_nodes = true;
+                let mut seen = std::collections::HashSet::new();
                 for (name, n) in map_entries(v, "nodes", diags) {
                     // A duplicate was reported; checking it as well would only confuse.
-                    if spec.nodes.iter().any(|x| x.name == name) {
+                    if !seen.insert(name.clone()) {
                         continue;
                     }
                     if let Some(node) = read_node(&name, &n, diags) {
