@@ -179,7 +179,14 @@ pub struct SyntaxError {
 
 /// Parses a whole document. An empty document is `Null`.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    // The default budget (250,000 nodes) would refuse pipelines of ~100,000 nodes. Every
+    // YAML node takes at least a byte, so a budget proportional to the text still stops
+    // alias bombs (whose limits stay at their defaults) without limiting honest files.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = budget.max_nodes.max(text.len());
+    budget.max_events = budget.max_events.max(2 * text.len());
     let options: Options = serde_saphyr::options! {
+        budget: Some(budget),
         strict_booleans: true,
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         with_snippet: false,

@@ -197,3 +197,19 @@ fn map_operators_recompute_only_changed_items() {
         "but computes one item and reuses 999"
     );
 }
+
+#[test]
+fn pipelines_larger_than_the_default_yaml_budget_compile() {
+    // 40,000 nodes of ~8 YAML nodes each: above serde-saphyr's default 250,000-node budget.
+    let mut yaml = String::from("pipeline: big\nnodes:\n");
+    for i in 0..40_000 {
+        yaml.push_str(&format!(
+            "  n{i}:\n    op: test.echo\n    params: {{text: \"{i}\", lr: 0.5}}\n"
+        ));
+    }
+    let mut reg = Registry::new();
+    reg.register(Arc::new(Echo));
+    let p = compile::compile(Path::new("/tmp/big.yaml"), &yaml, &reg, &[]).expect("compiles");
+    assert_eq!(p.nodes.len(), 40_000);
+    assert_eq!(p.nodes[39_999].name, "n39999");
+}
