@@ -94,9 +94,15 @@ pub fn status(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
         Err(EngineError::Held { workspace, holder }) => {
             // A run holds the database: report from its event log.
             let h = workspace::read_holder(&workspace);
-            let (id, path) =
-                latest_events(&workspace, h.as_ref().and_then(|h| h.run_id.as_deref()))?;
-            let events = read_events(&path)?;
+            let run_id = h.as_ref().and_then(|h| h.run_id.clone());
+            // The holder may not have written its event log yet (or is not a run).
+            let (id, events) = match run_id
+                .as_deref()
+                .map(|r| latest_events(&workspace, Some(r)))
+            {
+                Some(Ok((id, path))) => (id, read_events(&path).unwrap_or_default()),
+                _ => (run_id.unwrap_or_else(|| "-".into()), Vec::new()),
+            };
             let done = events
                 .iter()
                 .filter(|e| {
