@@ -10,7 +10,7 @@ fn gpus_are_pinned_through_cuda_visible_devices() {
     let p = Project::new();
     p.write(
         "pipe.yaml",
-        "pipeline: g\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    resources: {gpus: 1}\n    params:\n      run: \"echo $CUDA_VISIBLE_DEVICES > ${out.o}\"\n  b:\n    op: command\n    out: {o: file}\n    resources: {gpus: 2}\n    params:\n      run: \"echo $CUDA_VISIBLE_DEVICES > ${out.o}\"\noutputs:\n  a.txt: a.o\n  b.txt: b.o\n",
+        "pipeline: g\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    resources: {gpus: 1}\n    params:\n      run: \"echo $CUDA_VISIBLE_DEVICES > ${out.o}\"\n  b:\n    op: command\n    out: {o: file}\n    resources: {gpus: 2}\n    params:\n      run: \"echo $CUDA_VISIBLE_DEVICES > ${out.o}; true\"\noutputs:\n  a.txt: a.o\n  b.txt: b.o\n",
     );
     let out = Command::new(expflow_bin())
         .args(["run", "pipe.yaml", "--jobs", "2"])
@@ -23,7 +23,9 @@ fn gpus_are_pinned_through_cuda_visible_devices() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Two GPUs in all: the nodes cannot overlap, and each sees only its own.
+    // (b's command differs from a's: with equal commands they would share one key, as
+    // resources are not part of a key.) Two GPUs in all: the nodes cannot overlap, and
+    // each sees only its own.
     assert_eq!(p.read("a.txt").trim(), "3");
     assert_eq!(p.read("b.txt").trim(), "3,5");
     // Without GPUs the node fails with a message that says what to set.
