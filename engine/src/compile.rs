@@ -119,6 +119,7 @@ pub fn compile(
         params: &params,
         diags: &mut diags,
         nodes: Vec::new(),
+        sigs: HashMap::new(),
         refs: Vec::new(),
     };
     for node in &spec.nodes {
@@ -237,11 +238,20 @@ struct Builder<'a> {
     params: &'a Map<String, Value>,
     diags: &'a mut Diagnostics,
     nodes: Vec<CNode>,
+    /// Signatures by operator kind, built once (they allocate their parameter specs).
+    sigs: HashMap<&'static str, Arc<crate::Signature>>,
     /// Per node: its unresolved `in` references, and its matrix point.
     refs: Vec<(Vec<InRef>, Point)>,
 }
 
 impl Builder<'_> {
+    fn signature(&mut self, op: &dyn Operator) -> Arc<crate::Signature> {
+        self.sigs
+            .entry(op.kind())
+            .or_insert_with(|| Arc::new(op.signature()))
+            .clone()
+    }
+
     fn expand(&mut self, spec: &NodeSpec) {
         let Some(op) = self.registry.get(&spec.op).cloned() else {
             if !spec.op.is_empty() {
@@ -260,7 +270,7 @@ impl Builder<'_> {
             }
             return;
         };
-        let sig = op.signature();
+        let sig = self.signature(op.as_ref());
         let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
         for (var, values, _) in &spec.matrix {
             points = points
@@ -547,7 +557,7 @@ impl Builder<'_> {
         let refs = std::mem::take(&mut self.refs);
         let points: Vec<Vec<(String, Value)>> = refs.iter().map(|(_, p)| p.clone()).collect();
         for (i, (ins, point)) in refs.iter().enumerate() {
-            let sig = nodes[i].op.signature();
+            let sig = self.signature(nodes[i].op.as_ref());
             let node_name = nodes[i].base.clone();
             let kind = nodes[i].op.kind();
             let mut connected = BTreeMap::new();
