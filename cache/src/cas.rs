@@ -109,6 +109,28 @@ impl Cas {
         Ok((d, n))
     }
 
+    /// Moves the regular file `src` into the store (a rename when it is on the same file
+    /// system as the store, else a copy) and returns its digest and size. For outputs that
+    /// nobody writes any more: it saves a copy and a temp file per blob.
+    pub fn put_file_move(&self, src: &Path) -> Result<(Digest, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let file = open_regular(src)?;
+        let same_fs = match (file.metadata(), fs::metadata(&self.tmp)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+            _ => false,
+        };
+        if !same_fs {
+            let stored = self.put_file(src)?;
+            fs::remove_file(src).ctx("cannot remove", src)?;
+            return Ok(stored);
+        }
+        let (d, n) = hash_file(src)?;
+        let path = tempfile::TempPath::try_from_path(src).ctx("cannot take over", src)?;
+        let tmp = NamedTempFile::from_parts(file, path);
+        self.commit(tmp, d, n)?;
+        Ok((d, n))
+    }
+
     /// Stores every regular file under `src` and the directory's manifest. Returns the
     /// manifest's digest (the directory digest) and the total size of the files.
     /// Symbolic links, sockets, FIFOs and devices are errors naming them; empty directories

@@ -385,3 +385,21 @@ fn check_detects_missing_and_corrupt_blobs() {
     cas.remove(&good).unwrap(); // removing twice is fine
     assert_eq!(cas.list().unwrap(), vec![(bad, 8)]);
 }
+
+#[test]
+fn put_file_move_stores_the_bytes_and_takes_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cas = expflow_cache::Cas::open(&dir.path().join("cas")).unwrap();
+    let src = dir.path().join("out.txt");
+    std::fs::write(&src, b"moved bytes").unwrap();
+    let (d, n) = cas.put_file_move(&src).unwrap();
+    assert_eq!(d, expflow_cache::Digest::of_bytes(b"moved bytes"));
+    assert_eq!(n, 11);
+    assert!(!src.exists(), "the file was moved");
+    assert_eq!(std::fs::read(cas.blob_path(&d)).unwrap(), b"moved bytes");
+    // Moving equal bytes again keeps the one blob and removes the new file.
+    std::fs::write(&src, b"moved bytes").unwrap();
+    assert_eq!(cas.put_file_move(&src).unwrap().0, d);
+    assert!(!src.exists());
+    assert_eq!(cas.check(&d).unwrap(), expflow_cache::BlobState::Ok);
+}

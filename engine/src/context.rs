@@ -65,8 +65,11 @@ pub struct Context {
     pub(crate) params: Map<String, Value>,
     pub(crate) inputs: BTreeMap<String, Input>,
     pub(crate) outputs: BTreeMap<String, Output>,
+    /// Created on first use (most operators never need one).
     pub(crate) scratch: PathBuf,
-    pub(crate) log: Mutex<File>,
+    pub(crate) scratch_ready: std::sync::OnceLock<()>,
+    /// Opened on first write, so a quiet node leaves no file behind.
+    pub(crate) log: Mutex<Option<File>>,
     pub(crate) log_path: PathBuf,
     pub(crate) cancel: CancelToken,
     pub(crate) gpus: Vec<u32>,
@@ -159,7 +162,31 @@ impl Context {
 
     /// A private directory for temporary files; removed after the node finishes.
     pub fn scratch(&self) -> &Path {
+        self.scratch_ready.get_or_init(|| {
+            if let Err(e) = std::fs::create_dir_all(&self.scratch) {
+                tracing::warn!("cannot create {}: {e}", self.scratch.display());
+            }
+        });
         &self.scratch
+    }
+
+    /// The node log file, opened (appending) on first use.
+    fn log_file(&self) -> Result<std::sync::MutexGuard<'_, Option<File>>, OpError> {
+        let mut guard = self.log.lock().map_err(|_| "node log lock poisoned")?;
+        if guard.is_none() {
+            if let Some(dir) = self.log_path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .map_err(|e| {
+                    format!("cannot open the node log {}: {e}", self.log_path.display())
+                })?;
+            *guard = Some(f);
+        }
+        Ok(guard)
     }
 
     /// The seed: the node's `seed` parameter when it has one, else 0.
@@ -187,8 +214,10 @@ impl Context {
 
     /// Appends a line to the node's log.
     pub fn log(&self, line: &str) {
-        if let Ok(mut f) = self.log.lock() {
-            // A failing log write must not fail the node; the log is advisory.
+        // A failing log write must not fail the node; the log is advisory.
+        if let Ok(mut guard) = self.log_file()
+            && let Some(f) = guard.as_mut()
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -208,10 +237,11 @@ impl Context {
     /// cancelled the whole process group is killed and an error is returned.
     pub fn run_command(&self, cmd: &mut Command) -> Result<ExitStatus, OpError> {
         use std::os::unix::process::CommandExt;
-        let log = self.log.lock().map_err(|_| "node log lock poisoned")?;
+        let guard = self.log_file()?;
+        let log = guard.as_ref().ok_or("the node log is not open")?;
         let out = log.try_clone()?;
         let err = log.try_clone()?;
-        drop(log);
+        drop(guard);
         let gpus: Vec<String> = self.gpus.iter().map(u32::to_string).collect();
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(out))
@@ -263,10 +293,9 @@ impl Context {
         if let Some(blob) = self.memo_lookup(&key)? {
             return Ok(self.cas.blob_path(&blob));
         }
-        let tmp = self.scratch.join(format!("item-{}", key.to_hex()));
+        let tmp = self.scratch().join(format!("item-{}", key.to_hex()));
         compute(&tmp)?;
-        let (blob, _) = self.cas.put_file(&tmp)?;
-        let _ = std::fs::remove_file(&tmp);
+        let (blob, _) = self.cas.put_file_move(&tmp)?;
         self.memo_commit(&key, blob)?;
         Ok(self.cas.blob_path(&blob))
     }

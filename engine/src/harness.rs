@@ -107,7 +107,6 @@ impl Harness {
             outs.insert(name, Output { path, ty });
         }
         let log_path = self.dir.join(format!("node-{}.log", self.runs));
-        let log = std::fs::File::create(&log_path)?;
         let seed = params.get("seed").and_then(Value::as_u64).unwrap_or(0);
         let ctx = Context {
             node: "test".into(),
@@ -117,7 +116,8 @@ impl Harness {
             inputs: ins,
             outputs: outs,
             scratch,
-            log: Mutex::new(log),
+            scratch_ready: std::sync::OnceLock::new(),
+            log: Mutex::new(None),
             log_path: log_path.clone(),
             cancel: CancelToken::new(),
             gpus: Vec::new(),

@@ -227,18 +227,16 @@ fn run_in(
     scratch: &Path,
     started: u64,
 ) -> std::result::Result<Executed, String> {
+    // One directory per execution: outputs directly in it, directory inputs under `.in-*`,
+    // the operator's scratch space `.tmp` made on first use. Creating and deleting inodes
+    // is most of what a small node costs, so nothing is made that is not needed.
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    let in_dir = scratch.join("in");
-    let out_dir = scratch.join("out");
-    let tmp_dir = scratch.join("tmp");
-    for d in [&in_dir, &out_dir, &tmp_dir] {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
+    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let mut inputs = BTreeMap::new();
     for (port, digest) in &material.inputs {
         let ty = input_types.get(port).copied().unwrap_or(PortType::File);
         let path = if ty.is_dir() {
-            let p = in_dir.join(port);
+            let p = scratch.join(format!(".in-{port}"));
             env.cas.materialize_dir(digest, &p).map_err(|e| err(&e))?;
             p
         } else {
@@ -255,20 +253,16 @@ fn run_in(
     }
     let mut outputs = BTreeMap::new();
     for (port, ty) in &node.outputs {
-        let path = out_dir.join(output_file_name(port, *ty));
+        let path = scratch.join(output_file_name(port, *ty));
         if ty.is_dir() {
             std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         outputs.insert(port.clone(), Output { path, ty: *ty });
     }
-    let log_dir = env.run_dir.join("logs");
-    std::fs::create_dir_all(&log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
-    let log_path = log_dir.join(format!("{}.log", safe_name(&node.name)));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log_path = env
+        .run_dir
+        .join("logs")
+        .join(format!("{}.log", safe_name(&node.name)));
     let ctx = Context {
         node: node.name.clone(),
         op_kind: material.op.clone(),
@@ -276,8 +270,9 @@ fn run_in(
         params: node.params.clone(),
         inputs,
         outputs,
-        scratch: tmp_dir,
-        log: Mutex::new(log),
+        scratch: scratch.join(".tmp"),
+        scratch_ready: std::sync::OnceLock::new(),
+        log: Mutex::new(None),
         log_path: log_path.clone(),
         cancel: env.cancel.clone(),
         gpus,
@@ -335,7 +330,7 @@ fn run_in(
                     out.path.display()
                 ));
             }
-            env.cas.put_file(&out.path)
+            env.cas.put_file_move(&out.path)
         };
         let (digest, size) = stored.map_err(|e| err(&e))?;
         stamp(&env.cas, env.store.as_ref(), &digest);
