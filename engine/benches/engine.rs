@@ -181,8 +181,8 @@ fn bench_execute(c: &mut Criterion) {
             |(dir, p, ws)| {
                 let s = run_once(&ws, &p, &rt, 8);
                 assert_eq!(s.executed.len(), n);
-                drop(ws);
-                drop(dir);
+                // Deleting the workspace is not part of the measurement.
+                (dir, ws)
             },
         )
     });

@@ -194,8 +194,14 @@ pub fn execute(
     commit: bool,
 ) -> std::result::Result<Executed, String> {
     let started = now_ms();
-    let safe = safe_name(&node.name);
-    let scratch = env.scratch_dir.join(format!("{safe}-{attempt}"));
+    // Everything this execution makes lives in the run's scratch directory under names
+    // prefixed `NODE-ATTEMPT.`: outputs, `.in-PORT` for directory inputs, `.tmp` for the
+    // operator's scratch space (made on first use). No directory of its own: allocating
+    // and freeing inodes is most of what a small node costs.
+    let prefix = env
+        .scratch_dir
+        .join(format!("{}-{attempt}", safe_name(&node.name)));
+    let mut made = Vec::new();
     let result = run_in(
         env,
         node,
@@ -206,11 +212,26 @@ pub fn execute(
         attempt,
         progress,
         commit,
-        &scratch,
+        &prefix,
+        &mut made,
         started,
     );
-    let _ = std::fs::remove_dir_all(&scratch);
+    for p in made {
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(&p)),
+            Ok(_) => drop(std::fs::remove_file(&p)),
+            Err(_) => {}
+        }
+    }
     result
+}
+
+/// `PREFIX.suffix`.
+fn beside(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_owned();
+    s.push(".");
+    s.push(suffix);
+    PathBuf::from(s)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -224,19 +245,20 @@ fn run_in(
     attempt: u32,
     progress: ProgressFn,
     commit: bool,
-    scratch: &Path,
+    prefix: &Path,
+    made: &mut Vec<PathBuf>,
     started: u64,
 ) -> std::result::Result<Executed, String> {
-    // One directory per execution: outputs directly in it, directory inputs under `.in-*`,
-    // the operator's scratch space `.tmp` made on first use. Creating and deleting inodes
-    // is most of what a small node costs, so nothing is made that is not needed.
     let err = |e: &dyn std::fmt::Display| e.to_string();
-    std::fs::create_dir_all(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    if let Some(dir) = prefix.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let mut inputs = BTreeMap::new();
     for (port, digest) in &material.inputs {
         let ty = input_types.get(port).copied().unwrap_or(PortType::File);
         let path = if ty.is_dir() {
-            let p = scratch.join(format!(".in-{port}"));
+            let p = beside(prefix, &format!("in-{port}"));
+            made.push(p.clone());
             env.cas.materialize_dir(digest, &p).map_err(|e| err(&e))?;
             p
         } else {
@@ -253,7 +275,8 @@ fn run_in(
     }
     let mut outputs = BTreeMap::new();
     for (port, ty) in &node.outputs {
-        let path = scratch.join(output_file_name(port, *ty));
+        let path = beside(prefix, &output_file_name(port, *ty));
+        made.push(path.clone());
         if ty.is_dir() {
             std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         }
@@ -270,7 +293,11 @@ fn run_in(
         params: node.params.clone(),
         inputs,
         outputs,
-        scratch: scratch.join(".tmp"),
+        scratch: {
+            let tmp = beside(prefix, "tmp");
+            made.push(tmp.clone());
+            tmp
+        },
         scratch_ready: std::sync::OnceLock::new(),
         log: Mutex::new(None),
         log_path: log_path.clone(),
