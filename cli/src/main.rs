@@ -3,6 +3,9 @@
 mod inspect;
 mod maint;
 mod progress;
+mod score;
+mod synth;
+mod synth_mac;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -160,6 +163,26 @@ enum Command {
     Pin { run_id: String },
     /// Let gc collect a pinned run again.
     Unpin { run_id: String },
+    /// Score a JSONL file of hypotheses and references (or MAC responses) outside a pipeline.
+    Score {
+        /// Rows `{"hyp", "refs"}`, ExpStar's `{"gt": {"feedback"}, "pred": {"feedback"}}`,
+        /// or MAC's `{"response", "answer"}` for accuracy.
+        file: PathBuf,
+        /// Comma-separated: bleu, rouge_l, meteor, cider_d, accuracy.
+        #[arg(long, default_value = "bleu,rouge_l,meteor,cider_d")]
+        metrics: String,
+        /// WordNet 3.0 directory for METEOR (default /usr/share/wordnet, package wordnet-base).
+        #[arg(long, value_name = "DIR")]
+        wordnet: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write synthetic data (deterministic for a seed) for tests and benchmarks.
+    Synth {
+        #[command(subcommand)]
+        command: synth::SynthCommand,
+    },
     /// The record database.
     Db {
         #[command(subcommand)]
@@ -312,6 +335,13 @@ fn dispatch(cli: Cli) -> Result<u8> {
         } => maint::gc(&ws_arg, keep, dry_run, json),
         Command::Pin { run_id } => maint::pin(&ws_arg, &run_id, true),
         Command::Unpin { run_id } => maint::pin(&ws_arg, &run_id, false),
+        Command::Score {
+            file,
+            metrics,
+            wordnet,
+            json,
+        } => score::run(&file, &metrics, json, wordnet.as_deref()),
+        Command::Synth { command } => synth::run(command),
         Command::Db {
             command: DbCommand::Rebuild,
         } => maint::rebuild(&ws_arg),

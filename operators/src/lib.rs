@@ -13,8 +13,11 @@ use expflow_engine::Registry;
 
 pub mod command;
 pub mod error;
+pub mod expstar;
 pub mod io;
+pub mod mac;
 pub mod params;
+pub mod score;
 pub mod table;
 pub mod table_io;
 
@@ -37,6 +40,29 @@ pub fn registry() -> Registry {
     r.register(Arc::new(table::Sample));
     r.register(Arc::new(table::Split));
     r.register(Arc::new(command::Command));
+    r.register(Arc::new(expstar::Scan));
+    r.register(Arc::new(expstar::CutClips));
+    r.register(Arc::new(expstar::StepMeta));
+    r.register(Arc::new(expstar::BaselineRows));
+    r.register(Arc::new(expstar::TemplateRows));
+    r.register(Arc::new(expstar::Split));
+    r.register(Arc::new(expstar::ApplySplit));
+    r.register(Arc::new(expstar::Merge));
+    r.register(Arc::new(expstar::AddRag));
+    r.register(Arc::new(expstar::DpoPairs));
+    r.register(Arc::new(expstar::Postprocess));
+    r.register(Arc::new(expstar::EvalRows));
+    r.register(Arc::new(expstar::ExportSwift));
+    r.register(Arc::new(expstar::ExportLlamaFactory));
+    r.register(Arc::new(score::ScoreText));
+    r.register(Arc::new(score::ScoreAccuracy));
+    r.register(Arc::new(mac::Load));
+    r.register(Arc::new(mac::PermuteOptions));
+    r.register(Arc::new(mac::VaryTemplates));
+    r.register(Arc::new(mac::Recombine));
+    r.register(Arc::new(mac::ExportLlamaFactory));
+    r.register(Arc::new(mac::ExportAnswers));
+    r.register(Arc::new(mac::Cot));
     r
 }
 
@@ -48,10 +74,33 @@ mod tests {
 
     use super::*;
 
-    const KINDS: [&str; 11] = [
+    const KINDS: &[&str] = &[
         "command",
         "export",
+        "expstar.add_rag",
+        "expstar.apply_split",
+        "expstar.baseline_rows",
+        "expstar.cut_clips",
+        "expstar.dpo_pairs",
+        "expstar.eval_rows",
+        "expstar.export_llamafactory",
+        "expstar.export_swift",
+        "expstar.merge",
+        "expstar.postprocess",
+        "expstar.scan",
+        "expstar.split",
+        "expstar.step_meta",
+        "expstar.template_rows",
         "load",
+        "mac.cot",
+        "mac.export_answers",
+        "mac.export_llamafactory",
+        "mac.load",
+        "mac.permute_options",
+        "mac.recombine",
+        "mac.vary_templates",
+        "score.accuracy",
+        "score.text",
         "table.concat",
         "table.dedupe",
         "table.filter",
@@ -68,6 +117,9 @@ mod tests {
             ("export", "format") => json!("jsonl"),
             ("table.filter", "where") => json!("x > 1"),
             ("command", "run") => json!("cat ${in.a} > ${out.b}"),
+            ("mac.cot", "base_url") => json!("http://127.0.0.1:8000/v1"),
+            ("mac.cot", "model") => json!("teacher"),
+            ("mac.vary_templates", "templates") => json!([{"name": "t"}]),
             (_, "columns" | "by") => json!(["x"]),
             (_, "group") => json!("x"),
             (k, n) => panic!("no test value for required parameter `{n}` of {k}"),
@@ -78,7 +130,7 @@ mod tests {
     fn registry_has_every_kind() {
         let r = registry();
         assert_eq!(r.kinds().collect::<Vec<_>>(), KINDS);
-        for kind in KINDS {
+        for &kind in KINDS {
             assert_eq!(r.get(kind).unwrap().kind(), kind);
         }
     }

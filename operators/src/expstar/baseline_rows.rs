@@ -1,0 +1,111 @@
+//! `expstar.baseline_rows`: single-turn SFT rows (spec §C.1, DAG node 8) from a
+//! step-metadata tree: `{"messages": [system, user, assistant], "videos": [clip], "id"}`.
+//! A step whose target is empty is skipped, as in the original.
+
+use expflow_engine::{
+    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
+    Resources, Signature,
+};
+use serde_json::{Map, Value, json};
+
+use super::prompts::{
+    IdScheme, Ids, knowledge_block, lines, narration_block, read_meta_tree, step_number,
+    step_texts, system_prompt, user_prompt,
+};
+use super::{str_field, write_jsonl};
+use crate::error::{OperatorError, Result};
+use crate::params::problems;
+
+pub struct BaselineRows;
+
+const KIND: &str = "expstar.baseline_rows";
+
+pub fn id_scheme(op: &'static str, map: &Map<String, Value>) -> Result<IdScheme> {
+    let p = crate::params::Params::new(op, map);
+    let s = p.str("id_scheme")?;
+    IdScheme::parse(s).ok_or_else(|| {
+        OperatorError::param(
+            op,
+            "id_scheme",
+            format!("is `{s}`; use `step` or `counter`"),
+        )
+    })
+}
+
+pub fn rows_signature(what: &'static str) -> Signature {
+    Signature {
+        inputs: Ports::Fixed(vec![Port::new(
+            "meta",
+            PortType::Dir,
+            "step metadata: <subject>/<unit>/[json/]<NN>-<title>/<stem>.json",
+        )]),
+        outputs: Ports::Fixed(vec![Port::new("rows", PortType::File, what)]),
+        params: vec![ParamSpec::with_default(
+            "id_scheme",
+            ParamKind::String,
+            json!("step"),
+            "`step`: <unit>_<NN>_<k>; `counter`: the original <unit>_<i>",
+        )],
+        determinism: Determinism::Deterministic,
+        resources: Resources::default(),
+    }
+}
+
+/// The rows of a step-metadata tree.
+pub fn build(dir: &std::path::Path, scheme: IdScheme) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    let mut ids = Ids::new(scheme);
+    for exp in read_meta_tree(dir)? {
+        let previous = step_texts(&exp.steps);
+        for doc in &exp.steps {
+            let k = step_number(doc);
+            let anns = doc
+                .get("annotations")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let l = lines(&anns);
+            let target = format!("{}{}", narration_block(&l), knowledge_block(&l));
+            if target.is_empty() {
+                continue;
+            }
+            let subject = &exp.subject;
+            rows.push(json!({
+                "messages": [
+                    {"role": "system", "content": system_prompt(subject)},
+                    {"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, &previous)},
+                    {"role": "assistant", "content": target},
+                ],
+                "videos": [str_field(doc, "clip_video_path")],
+                "id": ids.next(&exp.unit, &exp.exp_dir, k),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
+impl Operator for BaselineRows {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn signature(&self) -> Signature {
+        rows_signature("baseline rows, JSON Lines")
+    }
+
+    fn check(&self, params: &Map<String, Value>) -> Vec<String> {
+        problems(id_scheme(KIND, params))
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), OpError> {
+        let scheme = id_scheme(KIND, ctx.params())?;
+        let rows = build(&ctx.input("meta")?.path, scheme)?;
+        ctx.log(&format!("{} rows", rows.len()));
+        write_jsonl(&ctx.output("rows")?.path, &rows)?;
+        Ok(())
+    }
+}

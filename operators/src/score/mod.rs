@@ -1,0 +1,32 @@
+//! `score`: evaluation metrics that agree with the field's reference implementations, and
+//! the operators that apply them.
+//!
+//! - [`bleu`]: sacrebleu 2.x BLEU (corpus and sentence; `13a`, `intl`, `zh`, `char`);
+//! - [`rouge`]: Google rouge-score's ROUGE-L, with NLTK's Porter stemmer ([`porter`]);
+//! - [`meteor`]: NLTK's `meteor_score`, with WordNet 3.0 from Debian's `wordnet-base`
+//!   ([`wordnet`]);
+//! - [`cider`]: pycocoevalcap's CIDEr-D;
+//! - [`accuracy`]: MAC-Bench answer extraction and accuracy;
+//! - [`sections`]: ExpStar's `<Narration>`/`<Principle>`/`<Safety>` sections;
+//! - [`corpus`]: all text metrics over a corpus, per row and overall.
+//!
+//! Operators: `score.text` ([`ScoreText`]) and `score.accuracy` ([`ScoreAccuracy`]);
+//! [`evaluate_text`] and [`evaluate_accuracy`] are what they compute, without files (the
+//! `expflow score` command uses them).
+
+pub mod accuracy;
+pub mod bleu;
+pub mod cider;
+pub mod corpus;
+pub mod meteor;
+pub mod porter;
+pub mod rouge;
+pub mod sections;
+pub mod tokenize;
+pub mod wordnet;
+
+mod accuracy_op;
+mod text_op;
+
+pub use accuracy_op::{AccuracyResult, ScoreAccuracy, evaluate as evaluate_accuracy};
+pub use text_op::{CSV_HEADER, ScoreText, TextResult, evaluate as evaluate_text};

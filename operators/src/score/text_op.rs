@@ -1,0 +1,646 @@
+//! `score.text`: BLEU, ROUGE-L, METEOR and CIDEr-D of a table of hypotheses and references.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use expflow_engine::{
+    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
+    Resources, Signature,
+};
+use polars::prelude::*;
+use serde_json::{Map, Value, json};
+
+use super::bleu::Smooth;
+use super::corpus::{self, CorpusScores, Metric, RougeAggregate, RowScores, TextConfig};
+use super::sections::{SECTIONS, section};
+use super::tokenize::Tokenizer;
+use super::wordnet;
+use crate::error::{OperatorError, Result};
+use crate::params::{Params, problems};
+use crate::table_io::{read_table, write_table};
+
+pub struct ScoreText;
+
+const KIND: &str = "score.text";
+
+struct Config {
+    hyp: Option<String>,
+    refs: Option<String>,
+    group_by: Option<String>,
+    sections: bool,
+    experiment: Option<String>,
+    text: TextConfig,
+}
+
+impl Config {
+    fn parse(map: &Map<String, Value>) -> Result<Config> {
+        let p = Params::new(KIND, map);
+        let metrics = match p.opt_strings("metrics")? {
+            Some(names) => {
+                let mut ms = Vec::new();
+                for n in names {
+                    let m = Metric::parse(&n).ok_or_else(|| {
+                        OperatorError::param(
+                            KIND,
+                            "metrics",
+                            format!(
+                                "has unknown metric `{n}`; known: {}",
+                                Metric::NAMES.join(", ")
+                            ),
+                        )
+                    })?;
+                    if !ms.contains(&m) {
+                        ms.push(m);
+                    }
+                }
+                ms.sort();
+                ms
+            }
+            None => TextConfig::default().metrics,
+        };
+        let tok = p.choice("tokenize", &Tokenizer::NAMES)?;
+        let smooth_name = p.choice("smooth", &Smooth::NAMES)?;
+        let smooth =
+            Smooth::parse(smooth_name, p.opt_f64("smooth_value")?).expect("a known method");
+        let rouge_aggregate = match p.choice("rouge_aggregate", &["mean", "bootstrap"])? {
+            "bootstrap" => RougeAggregate::Bootstrap {
+                samples: p.u64("bootstrap_samples")? as usize,
+                seed: p.u64("bootstrap_seed")?,
+            },
+            _ => RougeAggregate::Mean,
+        };
+        let sigma = p.f64("cider_sigma")?;
+        if sigma <= 0.0 {
+            return Err(OperatorError::param(
+                KIND,
+                "cider_sigma",
+                "must be positive",
+            ));
+        }
+        Ok(Config {
+            hyp: p.opt_str("hyp")?.map(str::to_string),
+            refs: p.opt_str("refs")?.map(str::to_string),
+            group_by: p.opt_str("group_by")?.map(str::to_string),
+            sections: p.bool("sections")?,
+            experiment: p.opt_str("experiment")?.map(str::to_string),
+            text: TextConfig {
+                metrics,
+                tokenizer: Tokenizer::parse(tok).expect("a known tokenizer"),
+                lowercase: p.bool("lowercase")?,
+                smooth,
+                rouge_stemmer: p.bool("rouge_stemmer")?,
+                rouge_aggregate,
+                cider_sigma: sigma,
+                wordnet_dir: PathBuf::from(p.str("wordnet_dir")?),
+                ..TextConfig::default()
+            },
+        })
+    }
+}
+
+/// A column by name, or a struct field as `column.field` (ExpStar's `pred.feedback`).
+fn column_series(df: &DataFrame, name: &str) -> Result<Series> {
+    if let Ok(c) = df.column(name) {
+        return Ok(c.as_materialized_series().clone());
+    }
+    if let Some((col, field)) = name.split_once('.')
+        && let Ok(c) = df.column(col)
+    {
+        let st = c
+            .struct_()
+            .map_err(|e| OperatorError::polars(KIND, format!("reading `{col}` as a struct"), e))?;
+        return st.field_by_name(field).map_err(|e| {
+            OperatorError::polars(KIND, format!("reading field `{field}` of `{col}`"), e)
+        });
+    }
+    let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+    Err(OperatorError::data(
+        KIND,
+        format!(
+            "column `{name}` not found; available columns: {}",
+            names.join(", ")
+        ),
+    ))
+}
+
+fn strings(s: &Series, what: &str) -> Result<Vec<String>> {
+    let s = s
+        .cast(&DataType::String)
+        .map_err(|e| OperatorError::polars(KIND, format!("reading `{what}` as text"), e))?;
+    let ca = s
+        .str()
+        .map_err(|e| OperatorError::polars(KIND, format!("reading `{what}`"), e))?;
+    Ok(ca
+        .iter()
+        .map(|v| v.unwrap_or_default().to_string())
+        .collect())
+}
+
+fn string_lists(s: &Series, what: &str) -> Result<Vec<Vec<String>>> {
+    if let DataType::List(_) = s.dtype() {
+        let ca = s
+            .list()
+            .map_err(|e| OperatorError::polars(KIND, format!("reading `{what}`"), e))?;
+        let mut out = Vec::with_capacity(s.len());
+        for i in 0..ca.len() {
+            out.push(match ca.get_as_series(i) {
+                Some(inner) => strings(&inner, what)?,
+                None => Vec::new(),
+            });
+        }
+        Ok(out)
+    } else {
+        Ok(strings(s, what)?.into_iter().map(|t| vec![t]).collect())
+    }
+}
+
+/// The hypothesis and reference columns: as given, else `hyp`/`refs`, else ExpStar's
+/// `pred.feedback`/`gt.feedback`.
+fn texts(
+    df: &DataFrame,
+    hyp: Option<&str>,
+    refs: Option<&str>,
+) -> Result<(Vec<String>, Vec<Vec<String>>)> {
+    let (h, r) = if df.column("hyp").is_ok() || df.column("pred").is_err() {
+        (hyp.unwrap_or("hyp"), refs.unwrap_or("refs"))
+    } else {
+        (
+            hyp.unwrap_or("pred.feedback"),
+            refs.unwrap_or("gt.feedback"),
+        )
+    };
+    let hyps = strings(&column_series(df, h)?, h)?;
+    let refs = string_lists(&column_series(df, r)?, r)?;
+    Ok((hyps, refs))
+}
+
+fn scores_table(
+    rows: &[RowScores],
+    cfg: &TextConfig,
+    groups: Option<(&str, &[String])>,
+) -> Result<DataFrame> {
+    let n = rows.len();
+    let mut cols = vec![Column::new("row".into(), (0..n as i64).collect::<Vec<_>>())];
+    if let Some((name, g)) = groups {
+        cols.push(Column::new(name.into(), g.to_vec()));
+    }
+    let f = |get: &dyn Fn(&RowScores) -> Option<f64>| rows.iter().map(get).collect::<Vec<_>>();
+    if cfg.has(Metric::Bleu) {
+        cols.push(Column::new("bleu".into(), f(&|r| r.bleu)));
+    }
+    if cfg.has(Metric::RougeL) {
+        cols.push(Column::new(
+            "rouge_l_precision".into(),
+            f(&|r| r.rouge_l.map(|x| x.precision)),
+        ));
+        cols.push(Column::new(
+            "rouge_l_recall".into(),
+            f(&|r| r.rouge_l.map(|x| x.recall)),
+        ));
+        cols.push(Column::new(
+            "rouge_l".into(),
+            f(&|r| r.rouge_l.map(|x| x.fmeasure)),
+        ));
+    }
+    if cfg.has(Metric::Meteor) {
+        cols.push(Column::new("meteor".into(), f(&|r| r.meteor)));
+    }
+    if cfg.has(Metric::CiderD) {
+        cols.push(Column::new("cider_d".into(), f(&|r| r.cider_d)));
+    }
+    DataFrame::new(n, cols).map_err(|e| OperatorError::polars(KIND, "building the scores table", e))
+}
+
+/// The header of `batch_evaluate.py`'s `evaluation_results.csv`.
+pub const CSV_HEADER: &str = "experiment,data_type,BLEU-1,BLEU-2,BLEU-3,BLEU-4,METEOR,ROUGE-L-F,CIDer,BERTScore-p,BERTScore-r,BERTScore-f1";
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// One results line in `batch_evaluate.py`'s form: every value ×100 with two decimals;
+/// values not computed (BERTScore, metrics not asked for) are empty, as NaN is there.
+fn csv_line(experiment: &str, data_type: &str, c: &CorpusScores) -> String {
+    let v = |x: Option<f64>| x.map(|x| format!("{:.2}", x * 100.0)).unwrap_or_default();
+    let b = |k: usize| c.bleu.as_ref().map(|b| b.stats.precision(k));
+    [
+        csv_field(experiment),
+        csv_field(data_type),
+        v(b(0)),
+        v(b(1)),
+        v(b(2)),
+        v(b(3)),
+        v(c.meteor),
+        v(c.rouge_l.map(|r| r.fmeasure)),
+        v(c.cider_d),
+        String::new(),
+        String::new(),
+        String::new(),
+    ]
+    .join(",")
+}
+
+/// What `score.text` computes.
+pub struct TextResult {
+    pub rows: Vec<RowScores>,
+    pub corpus: CorpusScores,
+    /// The metrics artifact: the corpus scores, plus `groups` and `sections` when asked.
+    pub metrics: Map<String, Value>,
+    /// The results CSV (header, `all`, then one line per group).
+    pub csv: String,
+}
+
+/// Scores hypotheses against references, overall, per group and per ExpStar section.
+pub fn evaluate(
+    hyps: &[String],
+    refs: &[Vec<String>],
+    groups: Option<&[String]>,
+    sections: bool,
+    experiment: &str,
+    cfg: &TextConfig,
+) -> std::result::Result<TextResult, String> {
+    let (rows, all) = corpus::score(hyps, refs, cfg)?;
+    let mut metrics = all.to_json();
+    let mut csv = format!("{CSV_HEADER}\n{}\n", csv_line(experiment, "all", &all));
+    if let Some(g) = groups {
+        let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, k) in g.iter().enumerate() {
+            by.entry(k.as_str()).or_default().push(i);
+        }
+        let mut gm = Map::new();
+        for (k, idx) in by {
+            let h: Vec<&str> = idx.iter().map(|&i| hyps[i].as_str()).collect();
+            let r: Vec<Vec<&str>> = idx
+                .iter()
+                .map(|&i| refs[i].iter().map(String::as_str).collect())
+                .collect();
+            let (_, c) = corpus::score(&h, &r, cfg)?;
+            csv.push_str(&csv_line(experiment, k, &c));
+            csv.push('\n');
+            gm.insert(k.to_string(), Value::Object(c.to_json()));
+        }
+        metrics.insert("groups".into(), Value::Object(gm));
+    }
+    if sections {
+        let mut sm = Map::new();
+        for name in SECTIONS {
+            let mut h = Vec::new();
+            let mut r = Vec::new();
+            for (hyp, rs) in hyps.iter().zip(refs) {
+                let hs = section(hyp, name);
+                let rss: Vec<Option<String>> = rs.iter().map(|x| section(x, name)).collect();
+                if hs.is_none() && rss.iter().all(Option::is_none) {
+                    continue;
+                }
+                h.push(hs.unwrap_or_default());
+                r.push(
+                    rss.into_iter()
+                        .map(Option::unwrap_or_default)
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let (_, c) = corpus::score(&h, &r, cfg)?;
+            sm.insert(name.to_string(), Value::Object(c.to_json()));
+        }
+        metrics.insert("sections".into(), Value::Object(sm));
+    }
+    Ok(TextResult {
+        rows,
+        corpus: all,
+        metrics,
+        csv,
+    })
+}
+
+fn write_json(path: &std::path::Path, v: Map<String, Value>) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(&Value::Object(v))
+        .map_err(|e| OperatorError::data(KIND, e.to_string()))?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).map_err(|e| OperatorError::io("writing", path, e))
+}
+
+impl Operator for ScoreText {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn signature(&self) -> Signature {
+        let s = |name, kind, default: Value, doc| ParamSpec::with_default(name, kind, default, doc);
+        Signature {
+            inputs: Ports::Fixed(vec![Port::new(
+                "table",
+                PortType::Table,
+                "hypotheses and references (`hyp`/`refs`, or ExpStar's `pred.feedback`/`gt.feedback`)",
+            )]),
+            outputs: Ports::Fixed(vec![
+                Port::new(
+                    "scores",
+                    PortType::Table,
+                    "per-row scores (0-1; CIDEr-D on its own scale)",
+                ),
+                Port::new("metrics", PortType::Metrics, "corpus scores (JSON)"),
+                Port::new(
+                    "results",
+                    PortType::File,
+                    "batch_evaluate.py's results CSV (×100, two decimals)",
+                ),
+            ]),
+            params: vec![
+                s(
+                    "hyp",
+                    ParamKind::String,
+                    Value::Null,
+                    "hypothesis column (`col.field` for a struct field); default `hyp`, else `pred.feedback`",
+                ),
+                s(
+                    "refs",
+                    ParamKind::String,
+                    Value::Null,
+                    "reference column, text or list of texts; default `refs`, else `gt.feedback`",
+                ),
+                s(
+                    "metrics",
+                    ParamKind::List,
+                    json!(Metric::NAMES),
+                    "any of bleu, rouge_l, meteor, cider_d",
+                ),
+                s(
+                    "tokenize",
+                    ParamKind::String,
+                    json!("13a"),
+                    "sacrebleu tokeniser for BLEU, METEOR and CIDEr-D: 13a, intl, zh, char, none",
+                ),
+                s(
+                    "lowercase",
+                    ParamKind::Bool,
+                    json!(false),
+                    "lower-case before tokenising (METEOR always lower-cases)",
+                ),
+                s(
+                    "smooth",
+                    ParamKind::String,
+                    json!("exp"),
+                    "BLEU smoothing: exp, floor, add-k, none",
+                ),
+                s(
+                    "smooth_value",
+                    ParamKind::Float,
+                    Value::Null,
+                    "the floor (default 0.1) or add-k (default 1) value",
+                ),
+                s(
+                    "rouge_stemmer",
+                    ParamKind::Bool,
+                    json!(false),
+                    "Porter-stem ROUGE tokens longer than 3 characters",
+                ),
+                s(
+                    "rouge_aggregate",
+                    ParamKind::String,
+                    json!("mean"),
+                    "corpus ROUGE-L: mean, or bootstrap (mid of seeded resampling)",
+                ),
+                s(
+                    "bootstrap_samples",
+                    ParamKind::Int,
+                    json!(1000),
+                    "resamples of the bootstrap aggregate",
+                ),
+                s(
+                    "bootstrap_seed",
+                    ParamKind::Int,
+                    json!(0),
+                    "seed of the bootstrap aggregate",
+                ),
+                s(
+                    "cider_sigma",
+                    ParamKind::Float,
+                    json!(6.0),
+                    "σ of CIDEr-D's length penalty",
+                ),
+                s(
+                    "wordnet_dir",
+                    ParamKind::String,
+                    json!(wordnet::DEFAULT_DIR),
+                    "WordNet 3.0 dict directory (Debian package wordnet-base)",
+                ),
+                s(
+                    "sections",
+                    ParamKind::Bool,
+                    json!(false),
+                    "also score ExpStar's Narration, Principle and Safety sections",
+                ),
+                s(
+                    "group_by",
+                    ParamKind::String,
+                    Value::Null,
+                    "a column to group by (e.g. `data_type`): corpus scores per value",
+                ),
+                s(
+                    "experiment",
+                    ParamKind::String,
+                    Value::Null,
+                    "the CSV's experiment name; default the node name",
+                ),
+            ],
+            determinism: Determinism::Deterministic,
+            resources: Resources::default(),
+        }
+    }
+
+    fn check(&self, params: &Map<String, Value>) -> Vec<String> {
+        problems(Config::parse(params))
+    }
+
+    fn run(&self, ctx: &Context) -> std::result::Result<(), OpError> {
+        let cfg = Config::parse(ctx.params())?;
+        let df = read_table(&ctx.input("table")?.path)?;
+        let (hyps, refs) = texts(&df, cfg.hyp.as_deref(), cfg.refs.as_deref())?;
+        let groups = match &cfg.group_by {
+            Some(g) => Some(strings(&column_series(&df, g)?, g)?),
+            None => None,
+        };
+        let experiment = cfg
+            .experiment
+            .clone()
+            .unwrap_or_else(|| ctx.node().to_string());
+        let r = evaluate(
+            &hyps,
+            &refs,
+            groups.as_deref(),
+            cfg.sections,
+            &experiment,
+            &cfg.text,
+        )
+        .map_err(|e| OperatorError::data(KIND, e))?;
+        ctx.log(&format!("scored {} rows", r.rows.len()));
+        let mut table = scores_table(
+            &r.rows,
+            &cfg.text,
+            cfg.group_by.as_deref().zip(groups.as_deref()),
+        )?;
+        write_table(&mut table, &ctx.output("scores")?.path)?;
+        write_json(&ctx.output("metrics")?.path, r.metrics)?;
+        let path = &ctx.output("results")?.path;
+        std::fs::write(path, r.csv).map_err(|e| OperatorError::io("writing", path, e))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expflow_engine::PortType;
+
+    use super::*;
+    use crate::testing::{InputBytes, run_op, table_bytes, table_from_bytes};
+
+    fn run(df: &DataFrame, params: Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+        run_op(
+            &ScoreText,
+            &[InputBytes {
+                port: "table",
+                ty: PortType::Table,
+                bytes: table_bytes(df),
+            }],
+            params,
+            &[],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn scores_a_table_and_writes_metrics_and_csv() {
+        let df = df!(
+            "hyp" => ["the cat sat on the mat", "a dog runs", ""],
+            "refs" => ["the cat is on the mat", "the dog is running", "nothing"],
+            "data_type" => ["x", "y", "x"],
+        )
+        .unwrap();
+        let out = run(
+            &df,
+            json!({"metrics": ["bleu", "rouge_l", "cider_d"], "group_by": "data_type", "experiment": "demo"}),
+        );
+        let scores = table_from_bytes(&out["scores"]);
+        assert_eq!(scores.height(), 3);
+        let names: Vec<&str> = scores
+            .get_column_names()
+            .iter()
+            .map(|n| n.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "row",
+                "data_type",
+                "bleu",
+                "rouge_l_precision",
+                "rouge_l_recall",
+                "rouge_l",
+                "cider_d"
+            ]
+        );
+        let m: Value = serde_json::from_slice(&out["metrics"]).unwrap();
+        assert_eq!(m["n"], json!(3));
+        assert!(m["groups"]["x"]["n"] == json!(2));
+        let csv = String::from_utf8(out["results"].clone()).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], CSV_HEADER);
+        assert!(lines[1].starts_with("demo,all,"), "{csv}");
+        assert_eq!(lines.len(), 4);
+        // Deterministic bytes.
+        let again = run(
+            &df,
+            json!({"metrics": ["bleu", "rouge_l", "cider_d"], "group_by": "data_type", "experiment": "demo"}),
+        );
+        assert_eq!(out, again);
+    }
+
+    #[test]
+    fn reads_expstar_rows_and_scores_sections() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/expstar-demo/7eval/eval.jsonl");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!("skipped: {} is missing", path.display());
+            return;
+        };
+        let mut pred = Vec::new();
+        let mut gt = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value = serde_json::from_str(line).unwrap();
+            pred.push(v["pred"]["feedback"].as_str().unwrap().to_string());
+            gt.push(v["gt"]["feedback"].as_str().unwrap().to_string());
+        }
+        let p = StructChunked::from_series(
+            "pred".into(),
+            pred.len(),
+            [Series::new("feedback".into(), pred.clone())].iter(),
+        )
+        .unwrap()
+        .into_series();
+        let g = StructChunked::from_series(
+            "gt".into(),
+            gt.len(),
+            [Series::new("feedback".into(), gt.clone())].iter(),
+        )
+        .unwrap()
+        .into_series();
+        let df = DataFrame::new(pred.len(), vec![g.into(), p.into()]).unwrap();
+        let out = run(
+            &df,
+            json!({"metrics": ["bleu", "rouge_l", "cider_d"], "sections": true}),
+        );
+        let m: Value = serde_json::from_slice(&out["metrics"]).unwrap();
+        assert_eq!(m["n"], json!(pred.len()));
+        assert!(m["sections"]["Narration"]["n"].as_u64().unwrap() >= 1);
+        let direct = corpus::score(
+            &pred,
+            &gt.iter().map(|g| vec![g.clone()]).collect::<Vec<_>>(),
+            &TextConfig {
+                metrics: vec![Metric::Bleu],
+                ..TextConfig::default()
+            },
+        )
+        .unwrap()
+        .1;
+        assert_eq!(m["bleu"], json!(direct.bleu.unwrap().score / 100.0));
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        let e = ScoreText.check(
+            &json!({"metrics": ["bleu", "bert"], "tokenize": "13a", "smooth": "exp",
+                    "rouge_aggregate": "mean", "cider_sigma": 6.0, "sections": false,
+                    "lowercase": false, "rouge_stemmer": false, "wordnet_dir": "/x"})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        assert!(e[0].contains("unknown metric `bert`"), "{e:?}");
+    }
+
+    #[test]
+    fn missing_wordnet_is_a_clear_error() {
+        let df = df!("hyp" => ["a"], "refs" => ["a"]).unwrap();
+        let e = run_op(
+            &ScoreText,
+            &[InputBytes {
+                port: "table",
+                ty: PortType::Table,
+                bytes: table_bytes(&df),
+            }],
+            json!({"metrics": ["meteor"], "wordnet_dir": "/nonexistent/wordnet"}),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("wordnet-base"), "{e}");
+    }
+}

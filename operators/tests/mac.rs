@@ -1,0 +1,496 @@
+//! The MAC-Bench operators end to end through the harness, on synthetic data from
+//! `mac::synth` and on hand-written records.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use expflow_engine::harness::Harness;
+use expflow_engine::{Operator, PortType};
+use expflow_operators::mac::{self, Item, Task};
+use expflow_operators::table_io::read_table;
+use serde_json::{Value, json};
+
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+struct Bench {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    harness: Harness,
+}
+
+impl Bench {
+    fn new() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let harness = Harness::new(&root.join("ws")).unwrap();
+        Bench {
+            _dir: dir,
+            root,
+            harness,
+        }
+    }
+
+    fn synth(&self, items: usize, seed: u64) -> PathBuf {
+        let out = self.root.join(format!("synth-{items}-{seed}"));
+        mac::synth::write_mac(&out, items, seed, 16).unwrap();
+        out
+    }
+
+    fn run(
+        &mut self,
+        op: &dyn Operator,
+        inputs: &[(&str, PortType, &Path)],
+        params: Value,
+    ) -> Result<BTreeMap<String, PathBuf>, String> {
+        self.harness
+            .run(op, inputs, params, &[])
+            .map(|r| r.outputs)
+            .map_err(|e| e.to_string())
+    }
+
+    fn load(&mut self, file: &Path, params: Value) -> Result<PathBuf, String> {
+        Ok(self.run(&mac::Load, &[("src", PortType::File, file)], params)?["table"].clone())
+    }
+
+    fn load_text(&mut self, text: &str, params: Value) -> Result<PathBuf, String> {
+        let p = self
+            .root
+            .join(format!("in-{}.txt", blake3::hash(text.as_bytes()).to_hex()));
+        std::fs::write(&p, text).unwrap();
+        self.load(&p, params)
+    }
+
+    fn apply(&mut self, op: &dyn Operator, table: &Path, params: Value) -> PathBuf {
+        self.run(op, &[("table", PortType::Table, table)], params)
+            .unwrap()["table"]
+            .clone()
+    }
+}
+
+fn items(table: &Path) -> Vec<Item> {
+    mac::df_to_items("test", &read_table(table).unwrap()).unwrap()
+}
+
+#[test]
+fn synth_is_deterministic_and_its_files_load_alike() {
+    let mut b = Bench::new();
+    let a = b.synth(12, 7);
+    let again = b.root.join("again");
+    mac::synth::write_mac(&again, 12, 7, 16).unwrap();
+    let (fa, fb) = (files(&a), files(&again));
+    assert_eq!(fa, fb, "same seed, same bytes");
+    assert!(
+        fa.keys()
+            .any(|p| p.starts_with("Cover") && p.extension().is_some_and(|e| e == "png"))
+    );
+    let other = b.synth(12, 8);
+    assert_ne!(files(&other), fa, "another seed gives other data");
+
+    let from_json = items(&b.load(&a.join("mac_image2text.json"), json!({})).unwrap());
+    let from_csv = items(&b.load(&a.join("image2text_info.csv"), json!({})).unwrap());
+    assert_eq!(from_json.len(), 12);
+    assert_eq!(from_json, from_csv, "alpaca and CSV give the same items");
+    let t2i_json = items(&b.load(&a.join("mac_text2image.json"), json!({})).unwrap());
+    let t2i_csv = items(&b.load(&a.join("text2image_info.csv"), json!({})).unwrap());
+    assert_eq!(t2i_json, t2i_csv);
+    for it in from_json.iter().chain(&t2i_json) {
+        it.validate().unwrap();
+        // Distractors come from the same journal.
+        for o in &it.options {
+            let j = match it.task {
+                Task::ImageToText => o.contains(&it.journal.replace('_', " ")),
+                Task::TextToImage => mac::journal_of(o) == it.journal,
+            };
+            assert!(j, "{}: option {o} from another journal", it.id);
+        }
+        for p in &it.images {
+            assert!(a.join(p).is_file(), "{p} exists");
+        }
+    }
+    assert_eq!(t2i_json[0].task, Task::TextToImage);
+    assert!(
+        t2i_json[0]
+            .story
+            .as_deref()
+            .unwrap()
+            .starts_with("On the cover")
+    );
+}
+
+const GOOD: &str = "<image>Which of the following options best describe the cover image?\nA: alpha\nB: beta\nC: gamma\nD: delta";
+
+#[test]
+fn load_checks_records_and_names_them() {
+    let mut b = Bench::new();
+    let rec = |input: &str, images: Value, output: &str| json!({"id": "x7", "system": "s", "input": input, "output": output, "images": images});
+    let ok = rec(GOOD, json!(["Cover/Nature/2024_1.png"]), "C");
+    let t = b.load_text(&json!([ok]).to_string(), json!({})).unwrap();
+    let it = &items(&t)[0];
+    assert_eq!(
+        (it.journal.as_str(), it.answer, it.options[1].as_str()),
+        ("Nature", 2, "beta")
+    );
+    assert_eq!(it.input, GOOD, "the record's text is kept as it is");
+
+    let two = rec(
+        &format!("<image>{GOOD}"),
+        json!(["Cover/Nature/2024_1.png"]),
+        "C",
+    );
+    let e = b
+        .load_text(&json!([ok, two]).to_string(), json!({}))
+        .unwrap_err();
+    assert!(
+        e.contains("record 1 (id `x7`)")
+            && e.contains("2 `<image>` placeholder(s) in the text for 1 image path(s)"),
+        "{e}"
+    );
+
+    let no_c = rec(
+        &GOOD.replace("C: gamma", "gamma"),
+        json!(["Cover/Nature/2024_1.png"]),
+        "C",
+    );
+    let e = b
+        .load_text(&json!([no_c]).to_string(), json!({}))
+        .unwrap_err();
+    assert!(
+        e.contains("record 0 (id `x7`)") && e.contains("no line starting `C:`"),
+        "{e}"
+    );
+
+    let no_letter = json!({"input": GOOD, "output": "maybe", "images": ["a/b.png"]});
+    let e = b
+        .load_text(&format!("{no_letter}\n"), json!({}))
+        .unwrap_err();
+    assert!(
+        e.contains("record 0 (id `mac-0`)") && e.contains("no answer letter"),
+        "{e}"
+    );
+
+    let three = rec(
+        "<image><image><image>x",
+        json!(["a.png", "b.png", "c.png"]),
+        "A",
+    );
+    let e = b
+        .load_text(&json!([three]).to_string(), json!({}))
+        .unwrap_err();
+    assert!(e.contains("has 3 image(s)"), "{e}");
+
+    let csv = "journal,id,question,cover_image,answer,option_A,option_B,option_C,option_D\nCell,2018_1,Q?,Cover/Cell/2018_1.png,E,a,b,c,d\n";
+    let e = b.load_text(csv, json!({})).unwrap_err();
+    assert!(
+        e.contains("record 0 (id `2018_1`)") && e.contains("answer `E`"),
+        "{e}"
+    );
+    let csv_t2i = "journal,id,question,cover_image,answer,option_A,option_B,option_C,option_D\nCell,2018,Q?,\"A story, with a comma\",B,x/1.png,x/2.png,x/3.png,not an image\n";
+    let e = b.load_text(csv_t2i, json!({})).unwrap_err();
+    assert!(
+        e.contains("record 0 (id `2018`)") && e.contains("option D"),
+        "{e}"
+    );
+}
+
+#[test]
+fn permutation_remaps_the_answer_and_draws_distractors_from_the_journal() {
+    let mut b = Bench::new();
+    let d = b.synth(40, 1);
+    let t = b.load(&d.join("mac_image2text.json"), json!({})).unwrap();
+    let orig = items(&t);
+    let p1 = b.apply(&mac::PermuteOptions, &t, json!({"seed": 3, "copies": 2}));
+    let p2 = b.apply(&mac::PermuteOptions, &t, json!({"seed": 3, "copies": 2}));
+    assert_eq!(
+        std::fs::read(&p1).unwrap(),
+        std::fs::read(&p2).unwrap(),
+        "seeded: same bytes"
+    );
+    let out = items(&p1);
+    assert_eq!(out.len(), orig.len() * 3);
+    assert_eq!(&out[..orig.len()], &orig[..], "originals first");
+    let by_id: BTreeMap<&str, &Item> = orig.iter().map(|i| (i.id.as_str(), i)).collect();
+    let mut moved = 0;
+    for c in &out[orig.len()..] {
+        let o = by_id[c.source_id.as_str()];
+        assert_eq!(
+            c.options[c.answer], o.options[o.answer],
+            "{}: gold follows",
+            c.id
+        );
+        let (a, b2): (BTreeSet<_>, BTreeSet<_>) =
+            (c.options.iter().collect(), o.options.iter().collect());
+        assert_eq!(a, b2, "same options, other order");
+        assert!(c.id.starts_with(&o.id) && c.variant.starts_with("perm"));
+        assert!(c.input.contains(&format!(
+            "{}: {}",
+            mac::LETTERS[c.answer],
+            o.options[o.answer]
+        )));
+        assert_eq!(c.output, mac::LETTERS[c.answer].to_string());
+        c.validate().unwrap();
+        moved += usize::from(c.answer != o.answer);
+    }
+    assert!(moved > orig.len(), "most copies move the answer ({moved})");
+    let other = items(&b.apply(&mac::PermuteOptions, &t, json!({"seed": 4, "copies": 2})));
+    assert_ne!(other, out);
+
+    // New distractors: from the same journal, never the gold, four distinct options.
+    let nd = items(&b.apply(
+        &mac::PermuteOptions,
+        &t,
+        json!({"seed": 3, "new_distractors": 2, "keep_original": false}),
+    ));
+    assert_eq!(nd.len(), orig.len());
+    let mut pool: BTreeMap<&str, BTreeSet<&String>> = BTreeMap::new();
+    for o in &orig {
+        pool.entry(o.journal.as_str())
+            .or_default()
+            .extend(o.options.iter());
+    }
+    let mut replaced = 0;
+    for c in &nd {
+        let o = by_id[c.source_id.as_str()];
+        assert_eq!(c.options[c.answer], o.options[o.answer]);
+        assert_eq!(c.options.iter().collect::<BTreeSet<_>>().len(), 4);
+        for x in &c.options {
+            assert!(
+                pool[c.journal.as_str()].contains(x),
+                "{}: {x} not from {}",
+                c.id,
+                c.journal
+            );
+        }
+        replaced += c.options.iter().filter(|x| !o.options.contains(x)).count();
+    }
+    assert_eq!(replaced, 2 * orig.len());
+}
+
+#[test]
+fn templates_re_render_items_and_are_checked() {
+    let mut b = Bench::new();
+    let d = b.synth(8, 2);
+    let t = b.load(&d.join("mac_text2image.json"), json!({})).unwrap();
+    let orig = items(&t);
+    let templates = json!([
+        {"name": "terse", "system": "Reply with A, B, C or D.", "text2image": "Story: {story}\n{images}\n{question}"},
+        {"name": "paren", "option": "({letter}) {text}", "output": "The answer is {answer}."}
+    ]);
+    let out = items(&b.apply(
+        &mac::VaryTemplates,
+        &t,
+        json!({"templates": templates, "per_item": 0, "keep_original": false}),
+    ));
+    assert_eq!(out.len(), 2 * orig.len());
+    for (c, o) in out.iter().zip(orig.iter().flat_map(|o| [o, o])) {
+        c.validate().unwrap();
+        assert_eq!((c.answer, &c.options), (o.answer, &o.options));
+        if c.variant == "tpl-terse" {
+            assert!(c.input.starts_with("Story: On the cover"), "{}", c.input);
+            assert_eq!(c.system, "Reply with A, B, C or D.");
+        } else {
+            assert_eq!(c.variant, "tpl-paren");
+            assert_eq!(c.output, format!("The answer is {}.", o.answer_letter()));
+        }
+    }
+    let one = items(&b.apply(
+        &mac::VaryTemplates,
+        &t,
+        json!({"templates": templates, "seed": 5}),
+    ));
+    assert_eq!(one.len(), 2 * orig.len(), "originals + one template each");
+
+    let bad = json!({"templates": [{"name": "x", "image2text": "{question}\n{options}"}]});
+    let e = b
+        .run(&mac::VaryTemplates, &[("table", PortType::Table, &t)], bad)
+        .unwrap_err();
+    assert!(e.contains("0 `<image>` placeholder(s), 1 needed"), "{e}");
+    let bad = json!({"templates": [{"name": "x", "output": "{letter}"}]});
+    let e = b
+        .run(&mac::VaryTemplates, &[("table", PortType::Table, &t)], bad)
+        .unwrap_err();
+    assert!(e.contains("unknown placeholder `{letter}`"), "{e}");
+}
+
+#[test]
+fn recombination_asks_the_same_pairs_the_other_way() {
+    let mut b = Bench::new();
+    let d = b.synth(12, 3);
+    let i2t_table = b.load(&d.join("mac_image2text.json"), json!({})).unwrap();
+    let i2t = items(&i2t_table);
+    let out = items(&b.apply(
+        &mac::Recombine,
+        &i2t_table,
+        json!({"seed": 1, "keep_original": false}),
+    ));
+    assert_eq!(out.len(), i2t.len());
+    let cover_of: BTreeMap<String, String> = i2t
+        .iter()
+        .map(|i| (i.options[i.answer].clone(), i.cover_image.clone().unwrap()))
+        .collect();
+    for (n, o) in out.iter().zip(&i2t) {
+        assert_eq!(n.task, Task::TextToImage);
+        assert_eq!(n.pair(), o.pair(), "same pair");
+        assert_eq!(n.answer, o.answer, "same letter");
+        assert_eq!(n.question, mac::T2I_QUESTION);
+        assert_eq!(n.source_id, o.id);
+        for k in 0..4 {
+            // Every story of these items is some issue's gold story, so each distractor is
+            // the cover of the distractor story at the same letter.
+            assert_eq!(n.options[k], cover_of[&o.options[k]], "{} option {k}", n.id);
+        }
+        n.validate().unwrap();
+    }
+    // The original text2image items already ask those pairs: nothing new for them.
+    let t2i_table = b.load(&d.join("mac_text2image.json"), json!({})).unwrap();
+    let both = b
+        .run(
+            &expflow_operators::table::Concat,
+            &[
+                ("a", PortType::Table, &i2t_table),
+                ("b", PortType::Table, &t2i_table),
+            ],
+            json!({}),
+        )
+        .unwrap();
+    let all = items(&b.apply(&mac::Recombine, &both["table"], json!({})));
+    assert_eq!(
+        all.len(),
+        2 * i2t.len(),
+        "pairs already asked both ways are skipped"
+    );
+    // text2image → image2text.
+    let back = items(&b.apply(
+        &mac::Recombine,
+        &t2i_table,
+        json!({"keep_original": false, "to": "image2text"}),
+    ));
+    assert_eq!(back.len(), i2t.len());
+    for n in &back {
+        assert_eq!(n.task, Task::ImageToText);
+        n.validate().unwrap();
+        let story = &n.options[n.answer];
+        assert_eq!(&cover_of[story], n.cover_image.as_ref().unwrap());
+    }
+}
+
+#[test]
+fn writers_give_llamafactory_datasets_and_grader_files() {
+    let mut b = Bench::new();
+    let d = b.synth(8, 4);
+    let t = b.load(&d.join("mac_text2image.json"), json!({})).unwrap();
+    let orig = items(&t);
+    let info = b.root.join("info.json");
+    std::fs::write(&info, r#"{"identity": {"file_name": "identity.json"}}"#).unwrap();
+    let out = b
+        .run(
+            &mac::ExportLlamaFactory,
+            &[
+                ("table", PortType::Table, &t),
+                ("info", PortType::File, &info),
+                ("media", PortType::Dir, &d),
+            ],
+            json!({"name": "mac_test_t2i"}),
+        )
+        .unwrap();
+    let ds = &out["dataset"];
+    let recs: Value =
+        serde_json::from_slice(&std::fs::read(ds.join("mac_test_t2i.json")).unwrap()).unwrap();
+    let recs = recs.as_array().unwrap();
+    assert_eq!(recs.len(), orig.len());
+    assert_eq!(recs[0]["images"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        recs[0]["input"]
+            .as_str()
+            .unwrap()
+            .matches("<image>")
+            .count(),
+        4
+    );
+    for p in recs[0]["images"].as_array().unwrap() {
+        assert!(ds.join(p.as_str().unwrap()).is_file(), "images copied");
+    }
+    let reg: Value =
+        serde_json::from_slice(&std::fs::read(ds.join("dataset_info.json")).unwrap()).unwrap();
+    assert_eq!(
+        reg["identity"]["file_name"], "identity.json",
+        "existing entries kept"
+    );
+    assert_eq!(
+        reg["mac_test_t2i"],
+        json!({"file_name": "mac_test_t2i.json", "formatting": "alpaca", "columns": {"prompt": "system", "query": "input", "response": "output", "images": "images"}})
+    );
+    let ids: Vec<String> =
+        serde_json::from_slice(&std::fs::read(ds.join("mac_test_t2i.ids.json")).unwrap()).unwrap();
+    assert_eq!(ids, orig.iter().map(|i| i.id.clone()).collect::<Vec<_>>());
+
+    let missing = b.root.join("empty-media");
+    std::fs::create_dir_all(&missing).unwrap();
+    let e = b
+        .run(
+            &mac::ExportLlamaFactory,
+            &[
+                ("table", PortType::Table, &t),
+                ("media", PortType::Dir, &missing),
+            ],
+            json!({}),
+        )
+        .unwrap_err();
+    assert!(
+        e.contains(&format!("record 0 (id `{}`)", orig[0].id))
+            && e.contains("not in the `media` directory"),
+        "{e}"
+    );
+
+    let key = b
+        .run(
+            &mac::ExportAnswers,
+            &[("table", PortType::Table, &t)],
+            json!({}),
+        )
+        .unwrap();
+    let key: Value = serde_json::from_slice(&std::fs::read(&key["file"]).unwrap()).unwrap();
+    let want: Vec<Value> = orig
+        .iter()
+        .map(|i| json!({"id": i.id, "output": i.answer_letter().to_string()}))
+        .collect();
+    assert_eq!(key, Value::Array(want));
+    // Free-text predictions: extracted, unparsable → "None", filtered by task.
+    let preds = b.root.join("preds.csv");
+    std::fs::write(&preds, "id,task,predict\na,image2text,\"Reasoning.\nAnswer: B\"\nb,image2text,no idea\nc,text2image,C\n").unwrap();
+    let pt = b
+        .run(
+            &expflow_operators::io::Load,
+            &[("src", PortType::File, &preds)],
+            json!({}),
+        )
+        .unwrap();
+    let f = b
+        .run(
+            &mac::ExportAnswers,
+            &[("table", PortType::Table, &pt["table"])],
+            json!({"column": "predict", "task": "image2text"}),
+        )
+        .unwrap();
+    let got: Value = serde_json::from_slice(&std::fs::read(&f["file"]).unwrap()).unwrap();
+    assert_eq!(
+        got,
+        json!([{"id": "a", "output": "B"}, {"id": "b", "output": "None"}])
+    );
+}
