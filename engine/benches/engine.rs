@@ -88,6 +88,12 @@ fn wide_text(n: usize) -> String {
     s
 }
 
+/// `EXPFLOW_BENCH_ONLY=compile` (or `noop_rerun`, `execute_trivial`) skips the other groups,
+/// whose setup (running whole pipelines) criterion performs even when they are filtered out.
+fn wanted(group: &str) -> bool {
+    std::env::var("EXPFLOW_BENCH_ONLY").map_or(true, |g| g == group)
+}
+
 fn sizes() -> Vec<usize> {
     let max: usize = std::env::var("EXPFLOW_BENCH_MAX")
         .ok()
@@ -116,6 +122,9 @@ fn run_once(
 }
 
 fn bench_compile(c: &mut Criterion) {
+    if !wanted("compile") {
+        return;
+    }
     let reg = registry();
     let mut g = c.benchmark_group("compile");
     g.sample_size(10).measurement_time(Duration::from_secs(10));
@@ -132,6 +141,9 @@ fn bench_compile(c: &mut Criterion) {
 }
 
 fn bench_noop_rerun(c: &mut Criterion) {
+    if !wanted("noop_rerun") {
+        return;
+    }
     let reg = registry();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("noop_rerun");
@@ -159,6 +171,9 @@ fn bench_noop_rerun(c: &mut Criterion) {
 }
 
 fn bench_execute(c: &mut Criterion) {
+    if !wanted("execute_trivial") {
+        return;
+    }
     let reg = registry();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut g = c.benchmark_group("execute_trivial");
