@@ -491,6 +491,46 @@ fn golden_baseline_rows_from_the_demo_step_files() {
     assert_eq!(got[4]["id"], "ch_67_02_5");
 }
 
+#[test]
+fn editing_one_steps_annotations_rebuilds_only_that_steps_row() {
+    let Some(fx) = fixtures() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let meta = demo_meta(&fx, dir.path());
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    for op in [&BaselineRows as &dyn Operator, &TemplateRows] {
+        let first = run(&mut h, op, &[("meta", PortType::Dir, &meta)], json!({}));
+        let before = read_jsonl(&first.outputs["rows"]).unwrap();
+        let again = run(&mut h, op, &[("meta", PortType::Dir, &meta)], json!({}));
+        assert_eq!(
+            again.memo,
+            (5, 0),
+            "{}: nothing changed, every row reused",
+            op.kind()
+        );
+        assert_eq!(read_jsonl(&again.outputs["rows"]).unwrap(), before);
+    }
+    // Edit one annotation of step 3.
+    let step3 = meta.join("chemistry/ch_67/json/02-一氧化碳的燃烧/02-一氧化碳的燃烧_step_3.json");
+    let mut doc: Value = serde_json::from_str(&std::fs::read_to_string(&step3).unwrap()).unwrap();
+    doc["annotations"][0]["text_en"] = json!("Light the gas at the outlet with a match");
+    std::fs::write(&step3, serde_json::to_string(&doc).unwrap()).unwrap();
+    for op in [&BaselineRows as &dyn Operator, &TemplateRows] {
+        let r = run(&mut h, op, &[("meta", PortType::Dir, &meta)], json!({}));
+        assert_eq!(
+            r.memo,
+            (4, 1),
+            "{}: only step 3's row is rebuilt",
+            op.kind()
+        );
+        let rows = read_jsonl(&r.outputs["rows"]).unwrap();
+        assert!(
+            rows[2].to_string().contains("Light the gas at the outlet"),
+            "{}",
+            op.kind()
+        );
+    }
+}
+
 /// A retrieval file that reproduces the Demo's passages and verdicts.
 fn demo_retrieval(want: &[Value]) -> Value {
     let mut by_video: BTreeMap<String, Vec<Value>> = BTreeMap::new();

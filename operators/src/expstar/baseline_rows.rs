@@ -51,34 +51,66 @@ pub fn rows_signature(what: &'static str) -> Signature {
     }
 }
 
+/// Builds one step's row content (all but its id) through `memo`: the operators back it with
+/// per-item memoisation, so editing one step's annotations rebuilds only that step's row.
+/// `memo(item, compute)` returns `compute()` or the value stored for `item`.
+pub type RowMemo<'a> =
+    dyn FnMut(&Value, &mut dyn FnMut() -> Value) -> std::result::Result<Value, OpError> + 'a;
+
+/// Per-item memoisation of row content through the node's context.
+pub fn context_memo(
+    ctx: &Context,
+) -> impl FnMut(&Value, &mut dyn FnMut() -> Value) -> std::result::Result<Value, OpError> + '_ {
+    move |item, compute| {
+        let bytes = ctx.memo(item, || Ok(serde_json::to_vec(&compute())?))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+/// The memo item of one step: everything its row content depends on.
+pub fn step_item(subject: &str, doc: &Value, previous: &[Option<String>]) -> Value {
+    json!({"subject": subject, "step": doc, "previous": previous})
+}
+
 /// The rows of a step-metadata tree.
-pub fn build(dir: &std::path::Path, scheme: IdScheme) -> Result<Vec<Value>> {
+pub fn build(
+    dir: &std::path::Path,
+    scheme: IdScheme,
+    memo: &mut RowMemo<'_>,
+) -> std::result::Result<Vec<Value>, OpError> {
     let mut rows = Vec::new();
     let mut ids = Ids::new(scheme);
     for exp in read_meta_tree(dir)? {
         let previous = step_texts(&exp.steps);
         for doc in &exp.steps {
             let k = step_number(doc);
-            let anns = doc
-                .get("annotations")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let l = lines(&anns);
-            let target = format!("{}{}", narration_block(&l), knowledge_block(&l));
-            if target.is_empty() {
-                continue;
-            }
             let subject = &exp.subject;
-            rows.push(json!({
-                "messages": [
-                    {"role": "system", "content": system_prompt(subject)},
-                    {"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, &previous)},
-                    {"role": "assistant", "content": target},
-                ],
-                "videos": [str_field(doc, "clip_video_path")],
-                "id": ids.next(&exp.unit, &exp.exp_dir, k),
-            }));
+            let mut content = || {
+                let anns = doc
+                    .get("annotations")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let l = lines(&anns);
+                let target = format!("{}{}", narration_block(&l), knowledge_block(&l));
+                if target.is_empty() {
+                    return Value::Null;
+                }
+                json!({
+                    "messages": [
+                        {"role": "system", "content": system_prompt(subject)},
+                        {"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, &previous)},
+                        {"role": "assistant", "content": target},
+                    ],
+                    "videos": [str_field(doc, "clip_video_path")],
+                })
+            };
+            let Value::Object(mut row) = memo(&step_item(subject, doc, &previous), &mut content)?
+            else {
+                continue; // empty target: skipped, as in the original
+            };
+            row.insert("id".into(), json!(ids.next(&exp.unit, &exp.exp_dir, k)));
+            rows.push(Value::Object(row));
         }
     }
     Ok(rows)
@@ -103,7 +135,7 @@ impl Operator for BaselineRows {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let scheme = id_scheme(KIND, ctx.params())?;
-        let rows = build(&ctx.input("meta")?.path, scheme)?;
+        let rows = build(&ctx.input("meta")?.path, scheme, &mut context_memo(ctx))?;
         ctx.log(&format!("{} rows", rows.len()));
         write_jsonl(&ctx.output("rows")?.path, &rows)?;
         Ok(())
