@@ -100,7 +100,7 @@ impl Harness {
         };
         let mut outs = BTreeMap::new();
         for (name, ty) in out_ports {
-            let path = out_dir.join(crate::exec::output_file_name(&name, ty));
+            let path = out_dir.join(crate::node::output_file_name(&name, ty));
             if ty.is_dir() {
                 std::fs::create_dir_all(&path)?;
             }

@@ -8,7 +8,6 @@ pub mod context;
 pub mod diag;
 pub mod error;
 pub mod events;
-pub mod exec;
 pub mod harness;
 pub mod interp;
 pub mod key;

@@ -15,7 +15,6 @@ use crate::compile::CNode;
 use crate::context::{CancelToken, Context, Input, MemoStats, Output, ProgressFn};
 use crate::error::{EngineError, Result};
 use crate::events::now_ms;
-use crate::exec::output_file_name;
 use crate::key::KeyMaterial;
 use crate::operator::PortType;
 
@@ -156,6 +155,16 @@ fn ingest_file(cas: &Cas, store: &dyn Store, path: &Path, keep: bool) -> Result<
 fn stamp(cas: &Cas, store: &dyn Store, d: &Digest) {
     if let Ok(stat) = StatKey::of(&cas.blob_path(d)) {
         let _ = store.stat_put(&stat, d);
+    }
+}
+
+/// The file name an output is written under. Tables get `.parquet` and metrics `.json`, so
+/// tools that look at extensions behave.
+pub fn output_file_name(port: &str, ty: PortType) -> String {
+    match ty {
+        PortType::Table => format!("{port}.parquet"),
+        PortType::Metrics => format!("{port}.json"),
+        _ => port.to_string(),
     }
 }
 
