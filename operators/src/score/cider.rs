@@ -7,10 +7,40 @@
 //! One quirk is kept on purpose: the "length" in the penalty counts bigrams, not words,
 //! because the original adds term frequencies when the 0-based order `n == 1`.
 
-use super::tokenize::{FxMap, Interner, ngram_key, ngram_order};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::tokenize::{Interner, ngram_key, ngram_order};
 
 const N: usize = 4;
 pub const SIGMA: f64 = 6.0;
+
+/// Hashes the packed `u128` n-gram keys with a folded 64x64-bit multiply, so every token
+/// id reaches the low bits the table indexes by (FxHash leaves them to the last id alone).
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, i: u64) {
+        let m = u128::from(self.0 ^ i ^ 0x243f_6a88_85a3_08d3) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+    fn write_u128(&mut self, i: u128) {
+        let m = u128::from((i as u64) ^ 0x243f_6a88_85a3_08d3)
+            * u128::from(((i >> 64) as u64) ^ 0x1319_8a2e_0370_7344);
+        self.0 = (m as u64) ^ ((m >> 64) as u64);
+    }
+}
+
+type KeyMap<V> = HashMap<u128, V, BuildHasherDefault<KeyHasher>>;
 
 /// Sorted (n-gram key, count) pairs.
 type Counts = Vec<(u128, f64)>;
@@ -41,12 +71,14 @@ struct Vector {
     length: f64,
 }
 
-fn counts2vec(cnts: &Counts, df: &FxMap<u128, f64>, ref_len: f64) -> Vector {
+/// `counts2vec` with `ln(max(df, 1))` per n-gram already known (`log_df(i, key)` for the
+/// `i`-th n-gram); the arithmetic and its order are the reference's.
+fn counts2vec(cnts: &Counts, ref_len: f64, mut log_df: impl FnMut(usize, u128) -> f64) -> Vector {
     let mut items = Vec::with_capacity(cnts.len());
     let mut norm = [0.0f64; N];
     let mut length = 0.0;
-    for &(k, tf) in cnts {
-        let d = df.get(&k).copied().unwrap_or(0.0).max(1.0).ln();
+    for (i, &(k, tf)) in cnts.iter().enumerate() {
+        let d = log_df(i, k);
         let n = ngram_order(k) - 1;
         let v = tf * (ref_len - d);
         items.push((k, v));
@@ -92,6 +124,10 @@ fn sim(h: &Vector, r: &Vector, sigma: f64) -> [f64; N] {
 /// Per-item CIDEr-D scores of a corpus of tokenised texts (one hypothesis and one or more
 /// references per item); the corpus score is their mean. An item without references
 /// scores 0.
+///
+/// Every distinct reference n-gram gets a dense index once (one hash insert per reference
+/// n-gram); document frequencies and their logarithms live in vectors by that index, so
+/// reference vectors need no further hashing and only hypothesis n-grams are looked up.
 pub fn cider_d<H: AsRef<str>, R: AsRef<str>>(
     hyps: &[Vec<H>],
     refs: &[Vec<Vec<R>>],
@@ -103,33 +139,73 @@ pub fn cider_d<H: AsRef<str>, R: AsRef<str>>(
         .iter()
         .map(|rs| rs.iter().map(|r| precook(&interner.ids(r))).collect())
         .collect();
-    let mut df: FxMap<u128, f64> = FxMap::default();
-    let mut seen: Vec<u128> = Vec::new();
+    // Dense index per distinct reference n-gram, and each reference's indices in key order.
+    let mut index: KeyMap<u32> = KeyMap::default();
+    let mut df: Vec<u32> = Vec::new();
+    let mut ref_idx: Vec<Vec<Vec<u32>>> = Vec::with_capacity(crefs.len());
+    let mut seen: Vec<u32> = Vec::new();
     for rs in &crefs {
-        seen.clear();
-        for r in rs {
-            seen.extend(r.iter().map(|(k, _)| *k));
-        }
-        if rs.len() > 1 {
+        let idx: Vec<Vec<u32>> = rs
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|(k, _)| {
+                        let next = df.len() as u32;
+                        let i = *index.entry(*k).or_insert(next);
+                        if i == next {
+                            df.push(0);
+                        }
+                        i
+                    })
+                    .collect()
+            })
+            .collect();
+        // Each item counts an n-gram once, however many of its references hold it.
+        if idx.len() == 1 {
+            for &i in &idx[0] {
+                df[i as usize] += 1;
+            }
+        } else {
+            seen.clear();
+            for r in &idx {
+                seen.extend_from_slice(r);
+            }
             seen.sort_unstable();
             seen.dedup();
+            for &i in &seen {
+                df[i as usize] += 1;
+            }
         }
-        for k in &seen {
-            *df.entry(*k).or_insert(0.0) += 1.0;
-        }
+        ref_idx.push(idx);
     }
+    // ln(max(df, 1)); every indexed n-gram has df >= 1, an unseen one has ln(1) = 0.
+    let log_df: Vec<f64> = df.iter().map(|&c| f64::from(c).max(1.0).ln()).collect();
     let ref_len = (crefs.len() as f64).ln();
     ctest
         .iter()
         .zip(&crefs)
-        .map(|(t, rs)| {
+        .zip(&ref_idx)
+        .map(|((t, rs), ris)| {
             if rs.is_empty() {
                 return 0.0;
             }
-            let v = counts2vec(t, &df, ref_len);
+            // Hypothesis n-grams its first reference holds take that reference's index (a
+            // merge of the two sorted lists); only the others are hashed.
+            let (r0, ri0) = (&rs[0], &ris[0]);
+            let mut j = 0;
+            let v = counts2vec(t, ref_len, |_, k| {
+                while j < r0.len() && r0[j].0 < k {
+                    j += 1;
+                }
+                if j < r0.len() && r0[j].0 == k {
+                    log_df[ri0[j] as usize]
+                } else {
+                    index.get(&k).map_or(0.0, |&i| log_df[i as usize])
+                }
+            });
             let mut score = [0.0f64; N];
-            for r in rs {
-                let vr = counts2vec(r, &df, ref_len);
+            for (r, ri) in rs.iter().zip(ris) {
+                let vr = counts2vec(r, ref_len, |i, _| log_df[ri[i] as usize]);
                 for (acc, s) in score.iter_mut().zip(sim(&v, &vr, sigma)) {
                     *acc += s;
                 }
