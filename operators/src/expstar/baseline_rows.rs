@@ -72,11 +72,14 @@ pub fn step_item(subject: &str, doc: &Value, previous: &[Option<String>]) -> Val
     json!({"subject": subject, "step": doc, "previous": previous})
 }
 
-/// The rows of a step-metadata tree.
-pub fn build(
+/// The rows of a step-metadata tree: for each step, `content(subject, doc, k, previous)`
+/// gives the row without its id (`Null` skips the step), through `memo`; ids are assigned
+/// afterwards in order, so the counter scheme counts only the rows kept.
+pub fn build_rows(
     dir: &std::path::Path,
     scheme: IdScheme,
     memo: &mut RowMemo<'_>,
+    content: impl Fn(&str, &Value, i64, &[Option<String>]) -> Value,
 ) -> std::result::Result<Vec<Value>, OpError> {
     let mut rows = Vec::new();
     let mut ids = Ids::new(scheme);
@@ -84,36 +87,45 @@ pub fn build(
         let previous = step_texts(&exp.steps);
         for doc in &exp.steps {
             let k = step_number(doc);
-            let subject = &exp.subject;
-            let mut content = || {
-                let anns = doc
-                    .get("annotations")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let l = lines(&anns);
-                let target = format!("{}{}", narration_block(&l), knowledge_block(&l));
-                if target.is_empty() {
-                    return Value::Null;
-                }
-                json!({
-                    "messages": [
-                        {"role": "system", "content": system_prompt(subject)},
-                        {"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, &previous)},
-                        {"role": "assistant", "content": target},
-                    ],
-                    "videos": [str_field(doc, "clip_video_path")],
-                })
-            };
-            let Value::Object(mut row) = memo(&step_item(subject, doc, &previous), &mut content)?
-            else {
-                continue; // empty target: skipped, as in the original
+            let item = step_item(&exp.subject, doc, &previous);
+            let row = memo(&item, &mut || content(&exp.subject, doc, k, &previous))?;
+            let Value::Object(mut row) = row else {
+                continue;
             };
             row.insert("id".into(), json!(ids.next(&exp.unit, &exp.exp_dir, k)));
             rows.push(Value::Object(row));
         }
     }
     Ok(rows)
+}
+
+/// The baseline rows of a step-metadata tree (a step with an empty target is skipped, as in
+/// the original).
+pub fn build(
+    dir: &std::path::Path,
+    scheme: IdScheme,
+    memo: &mut RowMemo<'_>,
+) -> std::result::Result<Vec<Value>, OpError> {
+    build_rows(dir, scheme, memo, |subject, doc, k, previous| {
+        let anns = doc
+            .get("annotations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let l = lines(&anns);
+        let target = format!("{}{}", narration_block(&l), knowledge_block(&l));
+        if target.is_empty() {
+            return Value::Null;
+        }
+        json!({
+            "messages": [
+                {"role": "system", "content": system_prompt(subject)},
+                {"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, previous)},
+                {"role": "assistant", "content": target},
+            ],
+            "videos": [str_field(doc, "clip_video_path")],
+        })
+    })
 }
 
 impl Operator for BaselineRows {

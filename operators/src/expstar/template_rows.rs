@@ -10,10 +10,10 @@
 use expflow_engine::{Context, OpError, Operator, Signature};
 use serde_json::{Map, Value, json};
 
-use super::baseline_rows::{RowMemo, context_memo, id_scheme, rows_signature, step_item};
+use super::baseline_rows::{RowMemo, build_rows, context_memo, id_scheme, rows_signature};
 use super::prompts::{
-    IS_RELEVANT, IdScheme, Ids, NO_RETRIEVAL, PARAGRAPH_PLACEHOLDER, RETRIEVAL, knowledge_block,
-    lines, narration_block, read_meta_tree, step_number, step_texts, system_prompt, user_prompt,
+    IS_RELEVANT, IdScheme, NO_RETRIEVAL, PARAGRAPH_PLACEHOLDER, RETRIEVAL, knowledge_block, lines,
+    narration_block, system_prompt, user_prompt,
 };
 use super::{str_field, write_jsonl};
 use crate::params::problems;
@@ -22,58 +22,42 @@ pub struct TemplateRows;
 
 const KIND: &str = "expstar.template_rows";
 
-/// The rows of a step-metadata tree; each step's content goes through `memo` (see
-/// [`super::baseline_rows::RowMemo`]).
+/// The template rows of a step-metadata tree (every step gives a row); each step's content
+/// goes through `memo` (see [`super::baseline_rows::RowMemo`]).
 pub fn build(
     dir: &std::path::Path,
     scheme: IdScheme,
     memo: &mut RowMemo<'_>,
 ) -> std::result::Result<Vec<Value>, OpError> {
-    let mut rows = Vec::new();
-    let mut ids = Ids::new(scheme);
-    for exp in read_meta_tree(dir)? {
-        let previous = step_texts(&exp.steps);
-        for doc in &exp.steps {
-            let k = step_number(doc);
-            let subject = &exp.subject;
-            let mut content = || {
-                let anns = doc
-                    .get("annotations")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let l = lines(&anns);
-                let retrieve = !l.principle.is_empty() || !l.safety.is_empty();
-                let turn1 = format!(
-                    "{}{}",
-                    narration_block(&l),
-                    if retrieve { RETRIEVAL } else { NO_RETRIEVAL }
-                );
-                let mut messages = vec![
-                    json!({"role": "system", "content": system_prompt(subject)}),
-                    json!({"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, &previous)}),
-                    json!({"role": "assistant", "content": turn1}),
-                ];
-                if retrieve {
-                    let turn2 = format!("{IS_RELEVANT}\n{}", knowledge_block(&l));
-                    messages.push(json!({"role": "user", "content": PARAGRAPH_PLACEHOLDER}));
-                    messages.push(json!({"role": "assistant", "content": turn2.trim()}));
-                }
-                let video = match str_field(doc, "clip_video_path") {
-                    "" => str_field(doc, "original_video"),
-                    v => v,
-                };
-                json!({"messages": messages, "videos": [video]})
-            };
-            let mut row = match memo(&step_item(subject, doc, &previous), &mut content)? {
-                Value::Object(row) => row,
-                other => return Err(format!("a memoised row is not an object: {other}").into()),
-            };
-            row.insert("id".into(), json!(ids.next(&exp.unit, &exp.exp_dir, k)));
-            rows.push(Value::Object(row));
+    build_rows(dir, scheme, memo, |subject, doc, k, previous| {
+        let anns = doc
+            .get("annotations")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let l = lines(&anns);
+        let retrieve = !l.principle.is_empty() || !l.safety.is_empty();
+        let turn1 = format!(
+            "{}{}",
+            narration_block(&l),
+            if retrieve { RETRIEVAL } else { NO_RETRIEVAL }
+        );
+        let mut messages = vec![
+            json!({"role": "system", "content": system_prompt(subject)}),
+            json!({"role": "user", "content": user_prompt(subject, str_field(doc, "title_en"), k, previous)}),
+            json!({"role": "assistant", "content": turn1}),
+        ];
+        if retrieve {
+            let turn2 = format!("{IS_RELEVANT}\n{}", knowledge_block(&l));
+            messages.push(json!({"role": "user", "content": PARAGRAPH_PLACEHOLDER}));
+            messages.push(json!({"role": "assistant", "content": turn2.trim()}));
         }
-    }
-    Ok(rows)
+        let video = match str_field(doc, "clip_video_path") {
+            "" => str_field(doc, "original_video"),
+            v => v,
+        };
+        json!({"messages": messages, "videos": [video]})
+    })
 }
 
 impl Operator for TemplateRows {
