@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use expflow_cache::{
-    Cas, Digest, Manifest, ManifestEntry, OutputRef, Record, StatKey, Store, digest_path_cached,
-    hash_file,
+    Cas, Digest, OutputRef, Record, StatKey, Store, digest_path_cached, hash_file,
 };
 
 use crate::compile::CNode;
@@ -56,99 +55,66 @@ pub fn blob_ok(cas: &Cas, store: &dyn Store, d: &Digest) -> Result<bool> {
     }
 }
 
-/// Whether every output of a record is intact (a directory: its manifest and every file).
-pub fn record_ok(cas: &Cas, store: &dyn Store, rec: &Record) -> Result<bool> {
-    for out in rec.outputs.values() {
-        if !blob_ok(cas, store, &out.digest)? {
+/// Whether a stored artifact is intact: the blob, and for a directory its manifest's files.
+fn artifact_ok(cas: &Cas, store: &dyn Store, digest: &Digest, dir: bool) -> Result<bool> {
+    if !blob_ok(cas, store, digest)? {
+        return Ok(false);
+    }
+    if dir {
+        let Ok(m) = cas.read_manifest(digest) else {
             return Ok(false);
-        }
-        if out.dir {
-            let Ok(m) = cas.read_manifest(&out.digest) else {
+        };
+        for e in &m.entries {
+            if !blob_ok(cas, store, &e.digest)? {
                 return Ok(false);
-            };
-            for e in &m.entries {
-                if !blob_ok(cas, store, &e.digest)? {
-                    return Ok(false);
-                }
             }
         }
     }
     Ok(true)
 }
 
-/// Stores an external input (file or directory) in the CAS and returns its digest. Files
-/// whose stat is unchanged are not re-hashed, and bytes already stored are not copied again.
-/// With `keep` false only the digest is computed (for `plan`), nothing is stored.
+/// Whether every output of a record is intact.
+pub fn record_ok(cas: &Cas, store: &dyn Store, rec: &Record) -> Result<bool> {
+    for out in rec.outputs.values() {
+        if !artifact_ok(cas, store, &out.digest, out.dir)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Stores an external input (file or directory) in the CAS and returns its digest. Hashing
+/// goes through the stat cache (unchanged files are not re-read), and an input whose bytes
+/// are already stored intact is not copied again. With `keep` false only the digest is
+/// computed (for `plan`), nothing is stored.
 pub fn ingest_input(
     cas: &Cas,
     store: &dyn Store,
     path: &Path,
     keep: bool,
 ) -> Result<(Digest, PortType)> {
-    let meta = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?;
-    if !meta.is_dir() {
-        return Ok((ingest_file(cas, store, path, keep)?.0, PortType::File));
+    let dir = std::fs::metadata(path)
+        .map_err(|e| EngineError::io(path, e))?
+        .is_dir();
+    let ty = if dir { PortType::Dir } else { PortType::File };
+    let (digest, _) = digest_path_cached(path, store)?;
+    if !keep || artifact_ok(cas, store, &digest, dir)? {
+        return Ok((digest, ty));
     }
-    let mut entries = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| EngineError::io(&dir, e))? {
-            let entry = entry.map_err(|e| EngineError::io(&dir, e))?;
-            let p = entry.path();
-            let ft = entry.file_type().map_err(|e| EngineError::io(&p, e))?;
-            if ft.is_dir() {
-                stack.push(p);
-            } else if ft.is_file() {
-                let (digest, size) = ingest_file(cas, store, &p, keep)?;
-                let rel = p.strip_prefix(path).unwrap_or(&p);
-                let rel = rel.to_str().ok_or_else(|| {
-                    EngineError::Usage(format!("{}: file names must be UTF-8", p.display()))
-                })?;
-                use std::os::unix::fs::PermissionsExt;
-                let mode = entry
-                    .metadata()
-                    .map_err(|e| EngineError::io(&p, e))?
-                    .permissions()
-                    .mode();
-                entries.push(ManifestEntry {
-                    path: rel.replace(std::path::MAIN_SEPARATOR, "/"),
-                    mode: if mode & 0o111 != 0 { 0o755 } else { 0o644 },
-                    digest,
-                    size,
-                });
-            } else {
-                return Err(EngineError::Usage(format!(
-                    "{}: inputs may hold only files and directories (found a symlink or special file); copy the target in instead",
-                    p.display()
-                )));
-            }
-        }
-    }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let manifest = Manifest { entries };
-    let digest = if keep {
-        cas.put_bytes(manifest.to_text().as_bytes())?
+    let (stored, _) = if dir {
+        cas.put_dir(path)?
     } else {
-        Digest::of_bytes(manifest.to_text().as_bytes())
+        cas.put_file(path)?
     };
-    Ok((digest, PortType::Dir))
-}
-
-fn ingest_file(cas: &Cas, store: &dyn Store, path: &Path, keep: bool) -> Result<(Digest, u64)> {
-    let (digest, size) = digest_path_cached(path, store)?;
-    if !keep || cas.contains(&digest) && blob_ok(cas, store, &digest)? {
-        return Ok((digest, size));
-    }
-    let (stored, size) = cas.put_file(path)?;
     if stored != digest {
-        // The file changed between hashing and copying: trust what was stored.
+        // It changed between hashing and copying: trust what was stored.
         tracing::warn!(
             "{} changed while it was read; using its current content",
             path.display()
         );
     }
     stamp(cas, store, &stored);
-    Ok((stored, size))
+    Ok((stored, ty))
 }
 
 /// Remembers the stat of a freshly written blob so later checks need not rehash it.
