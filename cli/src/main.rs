@@ -4,6 +4,7 @@ mod inspect;
 mod maint;
 mod progress;
 mod score;
+mod serve;
 mod synth;
 mod synth_mac;
 
@@ -178,6 +179,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve a model directory over an OpenAI-compatible HTTP API until Ctrl-C.
+    Serve(serve::ServeArgs),
     /// Write synthetic data (deterministic for a seed) for tests and benchmarks.
     Synth {
         #[command(subcommand)]
@@ -198,9 +201,10 @@ enum DbCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // hnsw_rs logs its build parameters at info level through `log`; keep that for -vv.
     let filter = match cli.verbose {
         0 => "warn",
-        1 => "info",
+        1 => "info,hnsw_rs=warn",
         _ => "debug",
     };
     tracing_subscriber::fmt()
@@ -341,6 +345,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             wordnet,
             json,
         } => score::run(&file, &metrics, json, wordnet.as_deref()),
+        Command::Serve(args) => serve::run(args),
         Command::Synth { command } => synth::run(command),
         Command::Db {
             command: DbCommand::Rebuild,

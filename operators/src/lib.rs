@@ -12,11 +12,14 @@ use std::sync::Arc;
 use expflow_engine::Registry;
 
 pub mod command;
+pub mod embed;
 pub mod error;
 pub mod expstar;
+pub mod infer;
 pub mod io;
 pub mod mac;
 pub mod params;
+pub mod retrieval;
 pub mod score;
 pub mod table;
 pub mod table_io;
@@ -56,6 +59,10 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::ExportLlamaFactory));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
+    r.register(Arc::new(embed::EmbedText));
+    r.register(Arc::new(embed::EmbedImage));
+    r.register(Arc::new(embed::EmbedVideo));
+    r.register(Arc::new(embed::ScoreBertScore));
     r.register(Arc::new(mac::Load));
     r.register(Arc::new(mac::PermuteOptions));
     r.register(Arc::new(mac::VaryTemplates));
@@ -63,6 +70,13 @@ pub fn registry() -> Registry {
     r.register(Arc::new(mac::ExportLlamaFactory));
     r.register(Arc::new(mac::ExportAnswers));
     r.register(Arc::new(mac::Cot));
+    r.register(Arc::new(infer::Chat));
+    r.register(Arc::new(infer::RagInfer));
+    r.register(Arc::new(retrieval::Bm25IndexOp));
+    r.register(Arc::new(retrieval::VectorIndexOp));
+    r.register(Arc::new(retrieval::Fuse));
+    r.register(Arc::new(retrieval::Search));
+    r.register(Arc::new(retrieval::ExpstarResults));
     r
 }
 
@@ -76,6 +90,9 @@ mod tests {
 
     const KINDS: &[&str] = &[
         "command",
+        "embed.image",
+        "embed.text",
+        "embed.video",
         "export",
         "expstar.add_rag",
         "expstar.apply_split",
@@ -87,10 +104,12 @@ mod tests {
         "expstar.export_swift",
         "expstar.merge",
         "expstar.postprocess",
+        "expstar.rag_infer",
         "expstar.scan",
         "expstar.split",
         "expstar.step_meta",
         "expstar.template_rows",
+        "infer.chat",
         "load",
         "mac.cot",
         "mac.export_answers",
@@ -99,7 +118,13 @@ mod tests {
         "mac.permute_options",
         "mac.recombine",
         "mac.vary_templates",
+        "retrieve.bm25_index",
+        "retrieve.expstar_results",
+        "retrieve.fuse",
+        "retrieve.search",
+        "retrieve.vector_index",
         "score.accuracy",
+        "score.bertscore",
         "score.text",
         "table.concat",
         "table.dedupe",
@@ -119,7 +144,9 @@ mod tests {
             ("command", "run") => json!("cat ${in.a} > ${out.b}"),
             ("mac.cot", "base_url") => json!("http://127.0.0.1:8000/v1"),
             ("mac.cot", "model") => json!("teacher"),
+            ("infer.chat" | "expstar.rag_infer", "backend") => json!("native"),
             ("mac.vary_templates", "templates") => json!([{"name": "t"}]),
+            ("embed.text" | "embed.image" | "embed.video", "column") => json!("text"),
             (_, "columns" | "by") => json!(["x"]),
             (_, "group") => json!("x"),
             (k, n) => panic!("no test value for required parameter `{n}` of {k}"),

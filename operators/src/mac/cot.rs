@@ -4,11 +4,9 @@
 //!
 //! For every item a chat request is built from the item (system + user prompt with
 //! `{question}`, `{options}`, `{story}`; with images as `data:` URLs read from the optional
-//! `media` directory unless `images: none`), and sent with bounded concurrency
-//! (`concurrency` threads). 429, 408, 5xx and transport errors (including timeouts) are
-//! retried up to `max_retries` times with exponential backoff (`backoff_ms` · 2^attempt, at
-//! most `max_backoff_ms`, at least a `Retry-After` given in seconds); other statuses fail the
-//! node at once. Each request has a `timeout_s` budget.
+//! `media` directory unless `images: none`), and sent through the shared client
+//! ([`crate::infer::openai`]): `concurrency` threads, retries with backoff on 429, 408, 5xx
+//! and transport errors, a `timeout_s` budget per request.
 //!
 //! **Memoisation.** Each request is memoised (`Context::memo`) under its own content: the
 //! URL, model, sampling parameters and messages, with images by their BLAKE3 digest instead
@@ -24,9 +22,6 @@
 //! Declared nondeterministic: a teacher's sampling is not reproducible across servers.
 
 use std::path::Path;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
@@ -39,6 +34,7 @@ use super::{
     write_items,
 };
 use crate::error::{OperatorError, Result};
+use crate::infer::openai::{Client, ClientConfig, base64, client_params, for_each, image_mime};
 use crate::params::{Params, problems};
 
 pub struct Cot;
@@ -50,9 +46,8 @@ const I2T_PROMPT: &str = "{question}\n{options}\n\nDescribe what the cover image
 const T2I_PROMPT: &str = "{story}\n\n{question}\nThe images are, in order, A, B, C and D.\n\nDescribe each image, reason step by step about which one illustrates the story, and end with a last line of the form \"Answer: X\" where X is A, B, C or D.";
 
 struct Config {
-    url: String,
+    client: ClientConfig,
     model: String,
-    api_key_env: Option<String>,
     system: String,
     image2text: String,
     text2image: String,
@@ -60,26 +55,12 @@ struct Config {
     temperature: f64,
     max_tokens: u64,
     sampling_seed: Option<u64>,
-    concurrency: usize,
-    max_retries: u32,
-    backoff_ms: u64,
-    max_backoff_ms: u64,
-    timeout_s: u64,
 }
 
 impl Config {
     fn parse(map: &Map<String, Value>) -> Result<Config> {
         let p = Params::new(KIND, map);
-        let base = p.str("base_url")?;
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(OperatorError::param(
-                KIND,
-                "base_url",
-                format!(
-                    "is `{base}`; give an http:// or https:// URL such as http://127.0.0.1:8000/v1"
-                ),
-            ));
-        }
+        let client = ClientConfig::parse(KIND, map)?;
         for name in ["image2text", "text2image", "system"] {
             let known: &[&str] = match name {
                 "image2text" => &["question", "options"],
@@ -94,21 +75,9 @@ impl Config {
                 )
             })?;
         }
-        let concurrency = p.u64("concurrency")?;
-        if concurrency == 0 {
-            return Err(OperatorError::param(
-                KIND,
-                "concurrency",
-                "is 0; use at least 1",
-            ));
-        }
         Ok(Config {
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            client,
             model: p.str("model")?.to_string(),
-            api_key_env: p
-                .opt_str("api_key_env")?
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
             system: p.str("system")?.to_string(),
             image2text: p.str("image2text")?.to_string(),
             text2image: p.str("text2image")?.to_string(),
@@ -116,11 +85,6 @@ impl Config {
             temperature: p.f64("temperature")?,
             max_tokens: p.u64("max_tokens")?,
             sampling_seed: p.opt_u64("sampling_seed")?,
-            concurrency: concurrency as usize,
-            max_retries: p.u64("max_retries")?.min(20) as u32,
-            backoff_ms: p.u64("backoff_ms")?,
-            max_backoff_ms: p.u64("max_backoff_ms")?,
-            timeout_s: p.u64("timeout_s")?.max(1),
         })
     }
 }
@@ -129,46 +93,6 @@ impl Config {
 struct Request {
     body: Value,
     memo: Value,
-}
-
-fn mime(path: &str) -> &'static str {
-    let l = path.to_ascii_lowercase();
-    if l.ends_with(".jpg") || l.ends_with(".jpeg") {
-        "image/jpeg"
-    } else if l.ends_with(".webp") {
-        "image/webp"
-    } else if l.ends_with(".gif") {
-        "image/gif"
-    } else {
-        "image/png"
-    }
-}
-
-/// Standard base64 with padding.
-pub fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if chunk.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
 }
 
 fn build(index: usize, it: &Item, cfg: &Config, media: Option<&Path>) -> Result<Request> {
@@ -216,7 +140,7 @@ fn build(index: usize, it: &Item, cfg: &Config, media: Option<&Path>) -> Result<
                     ),
                 )
             })?;
-            let url = format!("data:{};base64,{}", mime(p), base64(&bytes));
+            let url = format!("data:{};base64,{}", image_mime(p), base64(&bytes));
             parts.push(json!({"type": "image_url", "image_url": {"url": url}}));
             let digest = blake3::hash(&bytes).to_hex().to_string();
             memo_parts.push(json!({"type": "image_url", "image_url": {"blake3": digest}}));
@@ -238,7 +162,7 @@ fn build(index: usize, it: &Item, cfg: &Config, media: Option<&Path>) -> Result<
     memo_body["messages"][1]["content"] = Value::Array(memo_parts);
     Ok(Request {
         body,
-        memo: json!({"url": cfg.url, "body": memo_body}),
+        memo: json!({"url": cfg.client.url, "body": memo_body}),
     })
 }
 
@@ -246,90 +170,6 @@ fn build(index: usize, it: &Item, cfg: &Config, media: Option<&Path>) -> Result<
 struct Answer {
     content: String,
     finish_reason: String,
-}
-
-struct Client<'a> {
-    agent: ureq::Agent,
-    cfg: &'a Config,
-    auth: Option<String>,
-    sent: AtomicU64,
-    retried: AtomicU64,
-}
-
-impl Client<'_> {
-    /// Sends `body`, retrying as the module docs say; returns the response bytes.
-    fn send(
-        &self,
-        ctx: &Context,
-        name: &str,
-        body: &[u8],
-    ) -> std::result::Result<Vec<u8>, OpError> {
-        let mut attempt = 0u32;
-        loop {
-            ctx.check_cancelled()?;
-            let mut req = self
-                .agent
-                .post(&self.cfg.url)
-                .header("Content-Type", "application/json");
-            if let Some(a) = &self.auth {
-                req = req.header("Authorization", a);
-            }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let (retry, problem, retry_after) = match req.send(body) {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    let text = resp
-                        .body_mut()
-                        .with_config()
-                        .limit(64 * 1024 * 1024)
-                        .read_to_vec();
-                    match text {
-                        Ok(t) if (200..300).contains(&status) => return Ok(t),
-                        Ok(t) => {
-                            let snippet =
-                                String::from_utf8_lossy(&t[..t.len().min(300)]).into_owned();
-                            let retry = status == 429 || status == 408 || status >= 500;
-                            (retry, format!("HTTP {status}: {snippet}"), retry_after)
-                        }
-                        Err(e) => (true, format!("reading the response failed: {e}"), None),
-                    }
-                }
-                Err(e) => (true, format!("request failed: {e}"), None),
-            };
-            if !retry || attempt >= self.cfg.max_retries {
-                let tries = attempt + 1;
-                return Err(format!(
-                    "{KIND}: {name}: {} gave {problem} (after {tries} attempt{})",
-                    self.cfg.url,
-                    if tries == 1 { "" } else { "s" }
-                )
-                .into());
-            }
-            let exp = self
-                .cfg
-                .backoff_ms
-                .saturating_mul(1u64 << attempt.min(20))
-                .min(self.cfg.max_backoff_ms);
-            let wait = retry_after
-                .map(|s| s.saturating_mul(1000).min(self.cfg.max_backoff_ms).max(exp))
-                .unwrap_or(exp);
-            ctx.log(&format!("{name}: {problem}; retrying in {wait} ms"));
-            self.retried.fetch_add(1, Ordering::Relaxed);
-            let mut left = wait;
-            while left > 0 {
-                ctx.check_cancelled()?;
-                let step = left.min(50);
-                std::thread::sleep(Duration::from_millis(step));
-                left -= step;
-            }
-            attempt += 1;
-        }
-    }
 }
 
 fn parse_answer(name: &str, bytes: &[u8]) -> std::result::Result<Answer, OpError> {
@@ -403,22 +243,11 @@ impl Operator for Cot {
                     "counts: asked, memoised, kept, wrong, unparsable, truncated",
                 ),
             ]),
-            params: vec![
-                ParamSpec::required(
-                    "base_url",
-                    ParamKind::String,
-                    "e.g. http://127.0.0.1:8000/v1",
-                ),
+            params: [
                 ParamSpec::required(
                     "model",
                     ParamKind::String,
                     "the teacher model's name at the endpoint",
-                ),
-                ParamSpec::with_default(
-                    "api_key_env",
-                    ParamKind::String,
-                    Value::Null,
-                    "environment variable holding the API key (sent as a Bearer token); null: none",
                 ),
                 ParamSpec::with_default(
                     "system",
@@ -457,16 +286,10 @@ impl Operator for Cot {
                     Value::Null,
                     "the request's `seed` field; null: not sent",
                 ),
-                int("concurrency", 4, "requests in flight at once"),
-                int(
-                    "max_retries",
-                    4,
-                    "retries on 429, 408, 5xx and transport errors",
-                ),
-                int("backoff_ms", 500, "first retry delay, doubled each time"),
-                int("max_backoff_ms", 30000, "the longest retry delay"),
-                int("timeout_s", 300, "per-request time limit"),
-            ],
+            ]
+            .into_iter()
+            .chain(client_params(true))
+            .collect(),
             determinism: Determinism::Nondeterministic,
             resources: Resources::default(),
         }
@@ -485,78 +308,23 @@ impl Operator for Cot {
             .enumerate()
             .map(|(i, it)| build(i, it, &cfg, media.as_deref()))
             .collect::<Result<_>>()?;
-        let auth = match &cfg.api_key_env {
-            Some(var) => Some(format!("Bearer {}", ctx.secret(var)?)),
-            None => None,
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(cfg.timeout_s)))
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let client = Client {
-            agent,
-            cfg: &cfg,
-            auth,
-            sent: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-        };
+        let client = Client::new(ctx, KIND, cfg.client.clone())?;
+        let answers = for_each(ctx, items.len(), cfg.client.concurrency, |i| {
+            let name = record_name(i, &items[i].id);
+            let bytes = ctx.memo(&requests[i].memo, || {
+                let body = serde_json::to_vec(&requests[i].body)?;
+                let bytes = client.post(ctx, &name, &body)?;
+                let a = parse_answer(&name, &bytes)?;
+                Ok(serde_json::to_vec(&json!({
+                    "content": a.content,
+                    "finish_reason": a.finish_reason,
+                }))?)
+            })?;
+            parse_memo(&bytes)
+        })?;
         let total = items.len();
-        let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
-        let failed = AtomicBool::new(false);
-        let answers: Mutex<Vec<Option<Answer>>> = Mutex::new((0..total).map(|_| None).collect());
-        let first_error: Mutex<Option<OpError>> = Mutex::new(None);
-        ctx.progress(0, total as u64);
-        std::thread::scope(|scope| {
-            for _ in 0..cfg.concurrency.min(total.max(1)) {
-                scope.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::SeqCst);
-                        if i >= total || failed.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let name = record_name(i, &items[i].id);
-                        let got = ctx
-                            .memo(&requests[i].memo, || {
-                                let body = serde_json::to_vec(&requests[i].body)?;
-                                let bytes = client.send(ctx, &name, &body)?;
-                                let a = parse_answer(&name, &bytes)?;
-                                Ok(serde_json::to_vec(&json!({
-                                    "content": a.content,
-                                    "finish_reason": a.finish_reason,
-                                }))?)
-                            })
-                            .and_then(|bytes| parse_memo(&bytes));
-                        match got {
-                            Ok(a) => {
-                                if let Ok(mut all) = answers.lock() {
-                                    all[i] = Some(a);
-                                }
-                                let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-                                ctx.progress(d as u64, total as u64);
-                            }
-                            Err(e) => {
-                                failed.store(true, Ordering::SeqCst);
-                                if let Ok(mut slot) = first_error.lock()
-                                    && slot.is_none()
-                                {
-                                    *slot = Some(e);
-                                }
-                                break;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().map_err(|_| "poisoned")? {
-            return Err(e);
-        }
-        let answers = answers.into_inner().map_err(|_| "poisoned")?;
         let (mut kept, mut wrong, mut unparsable, mut truncated) = (Vec::new(), 0u64, 0u64, 0u64);
         for (it, a) in items.iter().zip(answers) {
-            let a = a.ok_or("a request was not answered")?;
             if a.finish_reason == "length" {
                 truncated += 1;
                 continue;
@@ -576,8 +344,8 @@ impl Operator for Cot {
             "items": total,
             "memoised": hits,
             "asked": misses,
-            "http_requests": client.sent.load(Ordering::Relaxed),
-            "retries": client.retried.load(Ordering::Relaxed),
+            "http_requests": client.sent(),
+            "retries": client.retried(),
             "kept": kept.len(),
             "wrong": wrong,
             "unparsable": unparsable,
@@ -586,23 +354,5 @@ impl Operator for Cot {
         ctx.log(&format!("report: {report}"));
         write_file(&ctx.output("report")?.path, &pretty(&report))?;
         write_items(ctx, KIND, "table", &kept)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_matches_the_rfc_vectors() {
-        for (i, o) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(i.as_bytes()), o);
-        }
     }
 }

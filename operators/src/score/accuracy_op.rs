@@ -111,7 +111,7 @@ pub fn evaluate(
     let mut by_journal: BTreeMap<String, Tally> = BTreeMap::new();
     let (mut extracted, mut methods, mut correct) = (vec![], vec![], vec![]);
     for (i, (resp, ans)) in responses.iter().zip(answers).enumerate() {
-        let (letter, method) = extract(resp, letters)?;
+        let (letter, method) = extract(resp, letters).map_err(|e| e.to_string())?;
         let gold = ans.trim();
         let ok = letter.is_some_and(|l| gold.len() == 1 && gold.starts_with(l));
         let invalid = method == Method::Invalid;

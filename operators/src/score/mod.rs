@@ -1,5 +1,4 @@
-//! `score`: evaluation metrics that agree with the field's reference implementations, and
-//! the operators that apply them.
+//! `score`: the operators that apply the metrics of `expflow-metrics` (re-exported here).
 //!
 //! - [`bleu`]: sacrebleu 2.x BLEU (corpus and sentence; `13a`, `intl`, `zh`, `char`);
 //! - [`rouge`]: Google rouge-score's ROUGE-L, with NLTK's Porter stemmer ([`porter`]);
@@ -14,16 +13,9 @@
 //! [`evaluate_text`] and [`evaluate_accuracy`] are what they compute, without files (the
 //! `expflow score` command uses them).
 
-pub mod accuracy;
-pub mod bleu;
-pub mod cider;
-pub mod corpus;
-pub mod meteor;
-pub mod porter;
-pub mod rouge;
-pub mod sections;
-pub mod tokenize;
-pub mod wordnet;
+pub use expflow_metrics::{
+    accuracy, bleu, cider, corpus, meteor, porter, rouge, sections, tokenize, wordnet,
+};
 
 mod accuracy_op;
 mod text_op;

@@ -263,7 +263,7 @@ pub fn evaluate(
     experiment: &str,
     cfg: &TextConfig,
 ) -> std::result::Result<TextResult, String> {
-    let (rows, all) = corpus::score(hyps, refs, cfg)?;
+    let (rows, all) = corpus::score(hyps, refs, cfg).map_err(|e| e.to_string())?;
     let mut metrics = all.to_json();
     let mut csv = format!("{CSV_HEADER}\n{}\n", csv_line(experiment, "all", &all));
     if let Some(g) = groups {
@@ -278,7 +278,7 @@ pub fn evaluate(
                 .iter()
                 .map(|&i| refs[i].iter().map(String::as_str).collect())
                 .collect();
-            let (_, c) = corpus::score(&h, &r, cfg)?;
+            let (_, c) = corpus::score(&h, &r, cfg).map_err(|e| e.to_string())?;
             csv.push_str(&csv_line(experiment, k, &c));
             csv.push('\n');
             gm.insert(k.to_string(), Value::Object(c.to_json()));
@@ -303,7 +303,7 @@ pub fn evaluate(
                         .collect::<Vec<_>>(),
                 );
             }
-            let (_, c) = corpus::score(&h, &r, cfg)?;
+            let (_, c) = corpus::score(&h, &r, cfg).map_err(|e| e.to_string())?;
             sm.insert(name.to_string(), Value::Object(c.to_json()));
         }
         metrics.insert("sections".into(), Value::Object(sm));

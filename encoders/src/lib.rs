@@ -1,0 +1,28 @@
+//! expflow's encoders on candle: BERT-family text encoders, CLIP image and text towers, video
+//! embeddings from frames sampled with ffmpeg, and BERTScore.
+//!
+//! - [`text`]: [`TextEncoder`], mean / CLS / last-token / max pooling, optional L2;
+//! - [`defaults`]: the pooling and normalisation a sentence-transformers directory asks for;
+//! - [`clip`]: [`ClipModel`], both towers with their projections;
+//! - [`preprocess`]: CLIP image preprocessing matching transformers' PIL backend;
+//! - [`video`]: frames sampled with ffmpeg, embedded with the CLIP image tower, pooled;
+//! - [`bertscore`]: [`BertScorer`], BERTScore P/R/F1 with idf and baseline rescaling;
+//! - [`pooling`]: the pooling and normalisation functions themselves.
+
+pub mod bertscore;
+pub mod clip;
+pub mod defaults;
+pub mod error;
+pub mod pooling;
+pub mod preprocess;
+pub mod text;
+pub mod video;
+
+pub use bertscore::{Baseline, BertScorer, BertScores, IdfWeights};
+pub use clip::{ClipModel, ClipSettings, TextPoolRule};
+pub use defaults::EncoderDefaults;
+pub use error::{EncoderError, Result};
+pub use expflow_models::Pooling;
+pub use preprocess::ImagePreprocess;
+pub use text::{TextEncoder, TokenStates};
+pub use video::{FrameSampling, VideoOptions};

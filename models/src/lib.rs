@@ -1,0 +1,41 @@
+//! expflow's native model runtime on candle (CPU; the `cuda` feature for GPUs).
+//!
+//! - [`dir`]: Hugging-Face-style model directories, checked before any weight is read;
+//! - [`api`]: request and result types shared with the server and the operators;
+//! - [`qwen2`]: the Qwen2/Qwen2.5 decoder (batched, caller-owned KV cache, adapter hooks);
+//! - [`chat`]: chat templates (Jinja via minijinja, ChatML fallback);
+//! - [`generate`]: [`Generator`]: batched generation, sampling, log-probabilities;
+//! - [`sampling`]: token selection and log-softmax on plain slices;
+//! - [`tiny`]: tiny random-weight Qwen2 directories for tests and benches.
+
+pub mod api;
+pub mod chat;
+pub mod dir;
+pub mod error;
+pub mod generate;
+pub mod qwen2;
+pub mod sampling;
+pub mod tiny;
+
+pub use api::{
+    ChatMessage, Completion, ContentPart, FinishReason, GenRequest, Generation, Pooling, Sampling,
+    TokenLogprob,
+};
+pub use chat::ChatTemplate;
+pub use dir::{ModelDir, Needs};
+pub use error::{ModelError, Result};
+pub use generate::Generator;
+pub use qwen2::{Adapter, KvCache, Linear, Qwen2, Qwen2Config};
+pub use tiny::{TinySpec, write_tiny_qwen2};
+
+/// The device to run on: CPU, or the first CUDA device when built with `cuda` and one is
+/// visible (respecting `CUDA_VISIBLE_DEVICES`, which the engine sets per node).
+pub fn default_device() -> Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        if candle_core::utils::cuda_is_available() {
+            return Ok(candle_core::Device::new_cuda(0)?);
+        }
+    }
+    Ok(candle_core::Device::Cpu)
+}

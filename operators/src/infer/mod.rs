@@ -1,0 +1,88 @@
+//! Inference operators and the OpenAI-compatible client they share:
+//! - `infer.chat` ([`chat`]): a table of prompts → the model's replies;
+//! - the backends ([`backend`]): an OpenAI-compatible server ([`openai`]) or the native
+//!   runtime in-process ([`native`]);
+//! - [`rows`]: prompt tables → chat messages.
+//!
+//! `expstar.rag_infer` (in [`crate::expstar`]'s family, kind `expstar.rag_infer`) lives in
+//! [`rag`].
+
+pub mod backend;
+pub mod chat;
+pub mod native;
+pub mod openai;
+pub mod rag;
+pub mod rows;
+
+pub use chat::Chat;
+pub use rag::RagInfer;
+
+use expflow_engine::{Context, OpError};
+use serde_json::{Map, Value};
+
+use backend::{Backend, Media, OpenAi};
+use openai::ClientConfig;
+
+use crate::error::{OperatorError, Result};
+use crate::params::Params;
+
+/// The `backend` parameter and what it needs.
+pub enum BackendKind {
+    OpenAi {
+        client: ClientConfig,
+        model: String,
+        media: Media,
+    },
+    Native {
+        batch_size: usize,
+    },
+}
+
+impl BackendKind {
+    /// Reads `backend` and, for `openai`, the client parameters, `model` and `media`; for
+    /// `native`, `batch_size`.
+    pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<BackendKind> {
+        let p = Params::new(op, map);
+        match p.choice("backend", &["openai", "native"])? {
+            "openai" => {
+                let model = p.opt_str("model")?.ok_or_else(|| {
+                    OperatorError::param(
+                        op,
+                        "model",
+                        "is required with backend openai: the model's name at the server (see GET /v1/models)",
+                    )
+                })?;
+                Ok(BackendKind::OpenAi {
+                    client: ClientConfig::parse(op, map)?,
+                    model: model.to_string(),
+                    media: Media::parse(&p)?,
+                })
+            }
+            _ => {
+                let batch_size = p.u64("batch_size")?;
+                if batch_size == 0 {
+                    return Err(OperatorError::param(
+                        op,
+                        "batch_size",
+                        "is 0; use at least 1",
+                    ));
+                }
+                Ok(BackendKind::Native {
+                    batch_size: batch_size as usize,
+                })
+            }
+        }
+    }
+}
+
+/// The backend the node's parameters name, ready to use.
+pub fn open_backend(ctx: &Context, op: &'static str) -> Result<Box<dyn Backend>, OpError> {
+    Ok(match BackendKind::parse(op, ctx.params())? {
+        BackendKind::OpenAi {
+            client,
+            model,
+            media,
+        } => Box::new(OpenAi::new(ctx, op, client, model, media)?),
+        BackendKind::Native { batch_size } => Box::new(native::Native::load(ctx, op, batch_size)?),
+    })
+}

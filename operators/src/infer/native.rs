@@ -1,0 +1,210 @@
+//! The native backend: the `model` input loaded with `expflow_models::Generator`, prompts
+//! rendered with its chat template and generated in batches of `batch_size`. Each request is
+//! memoised under the model's digest, the rendered prompt, the image digests and the
+//! sampling, so a re-run generates only what changed.
+
+use expflow_engine::{Context, OpError};
+use expflow_models::{
+    ChatMessage, ContentPart, GenRequest, Generation, Generator, ModelDir, Needs, TokenLogprob,
+};
+use serde_json::{Value, json};
+
+use super::backend::{Backend, ChatReq, Digests};
+use super::openai::{Choice, Reply};
+use crate::error::OperatorError;
+
+pub struct Native {
+    op: &'static str,
+    generator: Generator,
+    /// The model artifact's digest (it names the weights, config and tokenizer).
+    model: String,
+    batch_size: usize,
+    digests: Digests,
+}
+
+/// A memo probe that found nothing: `ctx.memo` stores nothing when compute fails.
+#[derive(Debug)]
+struct Miss;
+
+impl std::fmt::Display for Miss {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not memoised")
+    }
+}
+
+impl std::error::Error for Miss {}
+
+impl Native {
+    /// Loads the `model` input.
+    pub fn load(ctx: &Context, op: &'static str, batch_size: usize) -> Result<Native, OpError> {
+        let input = ctx.inputs().get("model").ok_or_else(|| {
+            OperatorError::param(
+                op,
+                "backend",
+                "is native, which needs the `model` input (a model directory) connected",
+            )
+        })?;
+        let dir = ModelDir::open(&input.path, Needs::Tokenizer)?;
+        let device = expflow_models::default_device()?;
+        let generator = Generator::load(&dir, &device)?;
+        ctx.log(&format!(
+            "native backend: model {} (weights {}), device {:?}",
+            input.digest.to_hex(),
+            dir.weight_digest()?,
+            device
+        ));
+        Ok(Native {
+            op,
+            generator,
+            model: input.digest.to_hex(),
+            batch_size: batch_size.max(1),
+            digests: Digests::default(),
+        })
+    }
+
+    fn gen_request(&self, req: &ChatReq, name: &str) -> Result<(GenRequest, Value), OpError> {
+        let mut images = Vec::new();
+        let mut image_digests = Vec::new();
+        for p in req.messages.iter().flat_map(|m| &m.content) {
+            match p {
+                ContentPart::Image { path } => {
+                    image_digests.push(self.digests.of(self.op, path)?);
+                    images.push(path.clone());
+                }
+                ContentPart::Video { path } => {
+                    return Err(format!(
+                        "{}: {name}: the native generator does not take videos ({}); drop the video column or use the openai backend",
+                        self.op,
+                        path.display()
+                    )
+                    .into());
+                }
+                ContentPart::Text { .. } => {}
+            }
+        }
+        let prompt = self.generator.render_chat(&req.messages, true)?;
+        let memo = json!({
+            "backend": "native",
+            "model": self.model,
+            "prompt": prompt,
+            "images": image_digests,
+            "sampling": req.sampling,
+        });
+        Ok((
+            GenRequest {
+                prompt,
+                images,
+                sampling: req.sampling.clone(),
+            },
+            memo,
+        ))
+    }
+}
+
+/// OpenAI's `logprobs.content` entries for generated tokens.
+pub fn openai_logprobs(lps: &[TokenLogprob]) -> Value {
+    Value::Array(
+        lps.iter()
+            .map(|t| {
+                json!({
+                    "token": t.token,
+                    "logprob": t.logprob,
+                    "bytes": t.token.as_bytes(),
+                    "top_logprobs": t.top.iter().map(|(tok, lp)| json!({
+                        "token": tok, "logprob": lp, "bytes": tok.as_bytes()
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// A [`Reply`] from a native generation.
+pub fn reply_of(g: &Generation) -> Reply {
+    Reply {
+        choices: g
+            .completions
+            .iter()
+            .map(|c| Choice {
+                text: c.text.clone(),
+                finish_reason: match c.finish_reason {
+                    expflow_models::FinishReason::Stop => "stop".into(),
+                    expflow_models::FinishReason::Length => "length".into(),
+                },
+                logprobs: c.logprobs.as_deref().map(openai_logprobs),
+            })
+            .collect(),
+        prompt_tokens: g.prompt_tokens as u64,
+        completion_tokens: g.completions.iter().map(|c| c.token_ids.len() as u64).sum(),
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Reply, OpError> {
+    Reply::from_json(&serde_json::from_slice(bytes)?)
+}
+
+impl Backend for Native {
+    fn chat(
+        &self,
+        ctx: &Context,
+        reqs: &[ChatReq],
+        names: &[String],
+    ) -> Result<Vec<Reply>, OpError> {
+        let built: Vec<(GenRequest, Value)> = reqs
+            .iter()
+            .zip(names)
+            .map(|(r, n)| self.gen_request(r, n))
+            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Option<Reply>> = vec![None; reqs.len()];
+        let mut todo = Vec::new();
+        for (i, (_, memo)) in built.iter().enumerate() {
+            match ctx.memo(memo, || Err(Box::new(Miss) as OpError)) {
+                Ok(bytes) => out[i] = Some(decode(&bytes)?),
+                Err(e) if e.is::<Miss>() => todo.push(i),
+                Err(e) => return Err(e),
+            }
+        }
+        let total = reqs.len() as u64;
+        let mut done = total - todo.len() as u64;
+        ctx.progress(done, total);
+        for chunk in todo.chunks(self.batch_size) {
+            ctx.check_cancelled()?;
+            let batch: Vec<GenRequest> = chunk.iter().map(|&i| built[i].0.clone()).collect();
+            let gens = self.generator.generate(&batch).map_err(|e| {
+                let first = &names[chunk[0]];
+                format!(
+                    "{}: generating {first} and {} more: {e}",
+                    self.op,
+                    chunk.len() - 1
+                )
+            })?;
+            for (&i, g) in chunk.iter().zip(&gens) {
+                let reply = reply_of(g);
+                let bytes = serde_json::to_vec(&reply.to_json())?;
+                ctx.memo(&built[i].1, || Ok(bytes))?;
+                out[i] = Some(reply);
+            }
+            done += chunk.len() as u64;
+            ctx.progress(done, total);
+        }
+        out.into_iter()
+            .zip(names)
+            .map(|(r, n)| r.ok_or_else(|| OpError::from(format!("{n} was not answered"))))
+            .collect()
+    }
+
+    fn choice_probabilities(
+        &self,
+        _ctx: &Context,
+        messages: &[ChatMessage],
+        partial: &str,
+        candidates: &[&str],
+    ) -> Result<Option<Vec<f64>>, OpError> {
+        let prompt = self.generator.render_chat(messages, true)? + partial;
+        let lps = self.generator.next_token_logprobs(&prompt, candidates)?;
+        let max = lps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f64> = lps.iter().map(|l| f64::from(l - max).exp()).collect();
+        let sum: f64 = exps.iter().sum();
+        Ok(Some(exps.into_iter().map(|e| e / sum).collect()))
+    }
+}

@@ -1,0 +1,131 @@
+//! Search latency and recall at scale: exact and HNSW search (one query, and a batch of 64),
+//! HNSW build time (serial and parallel insertion), and recall@10 of HNSW against exact.
+//!
+//! Data: `EXPFLOW_BENCH_N` vectors (default 100,000) of dimension 384, drawn as seeded
+//! Gaussian clusters (64 centres, unit-variance noise scaled by 0.3), plus 256 queries from
+//! the same clusters. Run with `cargo bench -p expflow-retrieval --bench search`; set
+//! `EXPFLOW_BENCH_N=20000` for a quick run.
+
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use expflow_retrieval::{ExactIndex, HnswIndex, HnswParams, Metric};
+
+const DIM: usize = 384;
+const CENTRES: usize = 64;
+const QUERIES: usize = 256;
+const BATCH: usize = 64;
+const K: usize = 10;
+const EF: usize = 64;
+
+/// splitmix64: a small seeded generator, so the data needs no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// A standard normal value (Box–Muller).
+    fn normal(&mut self) -> f32 {
+        let (u, v) = (self.uniform(), self.uniform());
+        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+    }
+}
+
+fn clustered(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(7);
+    let centres: Vec<f32> = (0..CENTRES * DIM).map(|_| rng.normal()).collect();
+    let mut rng = Rng(seed);
+    let mut out = Vec::with_capacity(n * DIM);
+    for _ in 0..n {
+        let c = (rng.next_u64() % CENTRES as u64) as usize;
+        out.extend((0..DIM).map(|j| centres[c * DIM + j] + 0.3 * rng.normal()));
+    }
+    out
+}
+
+fn bench_n() -> usize {
+    std::env::var("EXPFLOW_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000)
+}
+
+fn search(c: &mut Criterion) {
+    let n = bench_n();
+    let data = clustered(n, 1);
+    let queries = clustered(QUERIES, 2);
+    let exact = ExactIndex::build(data, DIM, Metric::Cosine).expect("exact index");
+
+    let params = HnswParams::default();
+    let start = Instant::now();
+    let hnsw = HnswIndex::build(exact.clone(), params).expect("hnsw index");
+    let serial = start.elapsed();
+    let start = Instant::now();
+    let parallel = HnswIndex::build(
+        exact.clone(),
+        HnswParams {
+            parallel: true,
+            ..params
+        },
+    )
+    .expect("hnsw index");
+    let par = start.elapsed();
+    for (name, index, took) in [("serial", &hnsw, serial), ("parallel", &parallel, par)] {
+        for ef in [K, EF, 128] {
+            let recall = index.recall_at_k(&queries, K, ef).expect("recall");
+            println!(
+                "n={n} dim={DIM} hnsw build ({name}, M={}, ef_construction={}): {:.2} s; recall@{K} with ef={ef}: {recall:.4}",
+                params.m,
+                params.ef_construction,
+                took.as_secs_f64()
+            );
+        }
+    }
+
+    let mut g = c.benchmark_group(format!("search_n{n}_d{DIM}"));
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    let one = &queries[..DIM];
+    let batch = &queries[..BATCH * DIM];
+    g.bench_function("exact_one_query", |b| {
+        b.iter(|| exact.search(one, K).expect("search"))
+    });
+    g.bench_function(format!("exact_batch_{BATCH}"), |b| {
+        b.iter(|| exact.search_batch(batch, K).expect("search"))
+    });
+    g.bench_function(format!("hnsw_one_query_ef{EF}"), |b| {
+        b.iter(|| hnsw.search(one, K, EF).expect("search"))
+    });
+    g.bench_function(format!("hnsw_batch_{BATCH}_ef{EF}"), |b| {
+        b.iter(|| hnsw.search_batch(batch, K, EF).expect("search"))
+    });
+    g.finish();
+
+    // Build time on a tenth of the data (a full build per sample would take minutes).
+    let small = ExactIndex::build(clustered(n / 10, 3), DIM, Metric::Cosine).expect("index");
+    let mut g = c.benchmark_group(format!("hnsw_build_n{}_d{DIM}", n / 10));
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for parallel in [false, true] {
+        let name = if parallel { "parallel" } else { "serial" };
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || small.clone(),
+                |e| HnswIndex::build(e, HnswParams { parallel, ..params }).expect("build"),
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, search);
+criterion_main!(benches);

@@ -1,0 +1,120 @@
+//! The served models on the native runtime: a Qwen-family [`Generator`] for chat, a BERT
+//! [`TextEncoder`] for embeddings, chosen from `config.json`.
+
+use std::path::Path;
+
+use expflow_encoders::{EncoderError, TextEncoder};
+use expflow_models::{
+    ChatMessage, ContentPart, GenRequest, Generation, Generator, ModelDir, ModelError, Needs,
+};
+
+use crate::error::{Result, ServeError};
+use crate::model::{ChatModel, EmbedModel, Failure};
+use crate::wire::Defaults;
+use crate::{Loaded, LoadedKind};
+
+fn model_failure(e: ModelError) -> Failure {
+    match e {
+        ModelError::Request(_) | ModelError::Media { .. } => Failure::client(e.to_string()),
+        other => Failure::server(other.to_string()),
+    }
+}
+
+impl ChatModel for Generator {
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, Failure> {
+        if let Some(ContentPart::Video { path }) = messages
+            .iter()
+            .flat_map(|m| &m.content)
+            .find(|p| matches!(p, ContentPart::Video { .. }))
+        {
+            return Err(Failure::client(format!(
+                "this model does not take videos ({}); send text (and images, for a vision model)",
+                path.display()
+            )));
+        }
+        self.render_chat(messages, true).map_err(|e| match e {
+            // A template that rejects the conversation (e.g. `raise_exception` on roles).
+            ModelError::Template { .. } => Failure::client(e.to_string()),
+            other => model_failure(other),
+        })
+    }
+
+    fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure> {
+        Generator::generate(self, batch).map_err(model_failure)
+    }
+}
+
+impl EmbedModel for TextEncoder {
+    fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, Failure> {
+        TextEncoder::embed(self, texts).map_err(|e| match e {
+            EncoderError::Param(_) | EncoderError::Tokenizer(_) => Failure::client(e.to_string()),
+            other => Failure::server(other.to_string()),
+        })
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        self.tokenize(std::slice::from_ref(&text.to_string()))
+            .map(|t| t.first().map_or(0, Vec::len))
+            .unwrap_or(0)
+    }
+}
+
+/// Whether a model directory holds a generative model (`true`) or a text encoder.
+pub fn is_generative(dir: &ModelDir) -> Result<bool> {
+    let arch = dir.architecture().unwrap_or("");
+    let mt = dir.model_type().unwrap_or("");
+    if arch.ends_with("ForCausalLM") || arch.ends_with("ForConditionalGeneration") {
+        return Ok(true);
+    }
+    if mt == "bert" || arch.starts_with("Bert") || dir.root.join("modules.json").is_file() {
+        return Ok(false);
+    }
+    if mt.starts_with("qwen") {
+        return Ok(true);
+    }
+    Err(ServeError::Load {
+        dir: dir.root.clone(),
+        message: format!(
+            "config.json has architecture `{arch}` and model_type `{mt}`; expflow serve runs \
+             causal LMs (`…ForCausalLM`, model_type qwen2) for chat and BERT encoders for embeddings"
+        ),
+    })
+}
+
+/// Loads the model in `dir`, served under `name` (default: the directory's name).
+/// `max_tokens` is the reply budget when a request sets none.
+pub fn load(dir: &Path, name: Option<String>, max_tokens: usize) -> Result<Loaded> {
+    let fail = |message: String| ServeError::Load {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let md = ModelDir::open(dir, Needs::Tokenizer).map_err(|e| fail(e.to_string()))?;
+    let device = expflow_models::default_device().map_err(|e| fail(e.to_string()))?;
+    let name = name.unwrap_or_else(|| {
+        dir.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    });
+    let kind = if is_generative(&md)? {
+        let g = Generator::load(&md, &device).map_err(|e| fail(e.to_string()))?;
+        let defaults = Defaults::from_generation_config(md.generation_config.as_ref(), max_tokens);
+        tracing::info!(
+            "loaded generative model `{name}` from {} ({defaults:?})",
+            dir.display()
+        );
+        LoadedKind::Chat {
+            model: std::sync::Arc::new(g),
+            defaults,
+        }
+    } else {
+        let e = TextEncoder::load_default(&md, &device).map_err(|e| fail(e.to_string()))?;
+        tracing::info!(
+            "loaded text encoder `{name}` from {} (dimension {})",
+            dir.display(),
+            e.dim()
+        );
+        LoadedKind::Embed(std::sync::Arc::new(e))
+    };
+    Ok(Loaded { name, kind })
+}

@@ -1,0 +1,179 @@
+//! The HTTP routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//! `GET /stats`, `GET /health`; anything else is a 404 OpenAI error object.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use expflow_models::{ContentPart, GenRequest};
+use serde_json::{Value, json};
+
+use crate::batch::{Queue, Stats};
+use crate::model::{EmbedModel, Failure};
+use crate::wire::{self, ApiError, Defaults};
+
+/// What the server answers with.
+pub enum Served {
+    Chat { queue: Queue, defaults: Defaults },
+    Embed(Arc<dyn EmbedModel>),
+}
+
+/// Shared state of the routes.
+pub struct AppState {
+    pub name: String,
+    pub served: Served,
+    pub render: Option<Arc<dyn crate::model::ChatModel>>,
+    pub stats: Arc<Stats>,
+    pub next_id: AtomicU64,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> ApiError {
+        if f.client {
+            ApiError::bad("", f.message)
+        } else {
+            ApiError::server(f.message)
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/stats", get(stats))
+        .route("/health", get(|| async { "ok" }))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(
+        format!(
+            "no route `{}`; this server has GET /v1/models, POST /v1/chat/completions, POST /v1/embeddings",
+            uri.path()
+        ),
+        "unknown_url",
+    )
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "object": "list",
+        "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "expflow"}],
+    }))
+}
+
+async fn stats(State(s): State<Arc<AppState>>) -> axum::Json<crate::batch::StatsSnapshot> {
+    axum::Json(s.stats.snapshot())
+}
+
+fn check_model(s: &AppState, asked: Option<&str>) -> Result<(), ApiError> {
+    match asked {
+        Some(m) if m != s.name => Err(ApiError::not_found(
+            format!(
+                "the model `{m}` does not exist; this server serves `{}`",
+                s.name
+            ),
+            "model_not_found",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+    let n = s.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let (queue, defaults) = match &s.served {
+        Served::Chat { queue, defaults } => (queue, defaults),
+        Served::Embed(_) => {
+            return Err(ApiError::not_found(
+                format!(
+                    "`{}` is an encoder: it serves POST /v1/embeddings, not chat completions",
+                    s.name
+                ),
+                "wrong_model_kind",
+            ));
+        }
+    };
+    let call = wire::parse_chat(&body, defaults)?;
+    check_model(&s, call.model.as_deref())?;
+    let model = s
+        .render
+        .as_ref()
+        .ok_or_else(|| ApiError::server("no chat model is loaded"))?;
+    let prompt = model.render(&call.messages)?;
+    let images = call
+        .messages
+        .iter()
+        .flat_map(|m| &m.content)
+        .filter_map(|p| match p {
+            ContentPart::Image { path } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    tracing::debug!(request = n, "chat completion queued");
+    let rx = queue.submit(GenRequest {
+        prompt,
+        images,
+        sampling: call.sampling,
+    })?;
+    let generation = rx
+        .await
+        .map_err(|_| ApiError::unavailable("the server is shutting down"))??;
+    let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+    Ok(axum::Json(wire::chat_response(
+        &format!("chatcmpl-{id}"),
+        now(),
+        &s.name,
+        &generation,
+    )))
+}
+
+async fn embeddings(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    s.stats.embedding_requests.fetch_add(1, Ordering::Relaxed);
+    let Served::Embed(model) = &s.served else {
+        return Err(ApiError::not_found(
+            format!(
+                "`{}` is a generative model: it serves POST /v1/chat/completions, not embeddings",
+                s.name
+            ),
+            "wrong_model_kind",
+        ));
+    };
+    let (asked, texts) = wire::parse_embeddings(&body)?;
+    check_model(&s, asked.as_deref())?;
+    let model = Arc::clone(model);
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        let tokens: usize = texts.iter().map(|t| model.count_tokens(t)).sum();
+        model.embed(&texts).map(|v| (v, tokens))
+    })
+    .await
+    .map_err(|e| ApiError::server(format!("the embedding task failed: {e}")))??;
+    Ok(axum::Json(wire::embeddings_response(
+        &s.name, &vectors, tokens,
+    )))
+}

@@ -1,0 +1,23 @@
+//! Qwen2.5-VL on candle, written for expflow (candle-transformers has no `qwen2_5_vl`).
+//!
+//! - [`config`]: the text, vision and preprocessor configs (hub 4.x and transformers 5 layouts);
+//! - [`image`]: `Qwen2VLImageProcessor` semantics: smart resize, Pillow-exact bicubic,
+//!   CLIP normalisation, temporal patches, patchify;
+//! - [`vision`]: the vision tower (window attention, 2-D rotary embeddings, patch merger);
+//! - [`rope`]: multimodal rotary positions (`get_rope_index`) and their cos/sin tables;
+//! - [`text`]: the Qwen2 decoder fed with embeddings and M-RoPE tables;
+//! - [`model`]: [`VisionLanguageModel`]: loading, forward, chat rendering, generation.
+
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod model;
+pub mod rope;
+pub mod text;
+pub mod vision;
+
+pub use config::{TextConfig, VisionConfig, VlmConfig};
+pub use error::{Result, VlmError};
+pub use image::{ImageProcessor, PixelValues, smart_resize};
+pub use model::VisionLanguageModel;
+pub use vision::VisionTower;

@@ -1,0 +1,585 @@
+//! [`VisionLanguageModel`]: a Qwen2.5-VL directory loaded for inference: the processor, the
+//! vision tower, the M-RoPE decoder, the tokenizer and the chat template; prompt logits and
+//! generation (greedy or seeded sampling, stop strings, log-probabilities).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use expflow_models::sampling::{Rng, log_softmax, pick, top_n};
+use expflow_models::{
+    ChatMessage, ChatTemplate, Completion, ContentPart, FinishReason, GenRequest, Generation,
+    ModelDir, Sampling, TokenLogprob,
+};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use crate::config::VlmConfig;
+use crate::error::{Result, VlmError};
+use crate::image::{ImageProcessor, PixelValues};
+use crate::rope::{MRope, VisionSpan, rope_index};
+use crate::text::{TextCache, TextModel};
+use crate::vision::VisionTower;
+
+/// A loaded Qwen2.5-VL model.
+#[derive(Debug)]
+pub struct VisionLanguageModel {
+    pub config: VlmConfig,
+    pub processor: ImageProcessor,
+    vision: VisionTower,
+    text: TextModel,
+    mrope: MRope,
+    tokenizer: Tokenizer,
+    chat: ChatTemplate,
+    eos: Vec<u32>,
+    device: Device,
+}
+
+/// A prompt's state after the prefill: the cache, the last position's logits, the rope delta.
+struct Prefilled {
+    cache: TextCache,
+    last_logits: Vec<f32>,
+    delta: i64,
+    len: usize,
+}
+
+impl VisionLanguageModel {
+    /// Loads a Qwen2.5-VL directory (f32 on CPU, bf16 on a GPU). Accepts the hub's tensor
+    /// names (`model.layers`, `visual`) and transformers ≥ 4.52's (`model.language_model`,
+    /// `model.visual`).
+    pub fn load(dir: &ModelDir, device: &Device) -> Result<VisionLanguageModel> {
+        let dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            DType::BF16
+        };
+        VisionLanguageModel::load_with_dtype(dir, device, dtype)
+    }
+
+    pub fn load_with_dtype(
+        dir: &ModelDir,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<VisionLanguageModel> {
+        let started = Instant::now();
+        let arch = dir.architecture().unwrap_or("");
+        let mt = dir.model_type().unwrap_or("");
+        if !(arch == "Qwen2_5_VLForConditionalGeneration" || mt == "qwen2_5_vl") {
+            return Err(VlmError::Config {
+                path: dir.root.join("config.json"),
+                problem: format!(
+                    "architecture `{arch}` / model_type `{mt}` is not Qwen2.5-VL \
+                     (Qwen2_5_VLForConditionalGeneration, model_type qwen2_5_vl)"
+                ),
+            });
+        }
+        let config = VlmConfig::from_dir(dir)?;
+        let processor = ImageProcessor::from_dir(dir)?;
+        if processor.patch_size != config.vision.patch_size
+            || processor.merge_size != config.vision.spatial_merge_size
+            || processor.temporal_patch_size != config.vision.temporal_patch_size
+        {
+            return Err(VlmError::Config {
+                path: dir.root.join("preprocessor_config.json"),
+                problem: format!(
+                    "patch_size {} / merge_size {} / temporal_patch_size {} differ from vision_config's {} / {} / {}",
+                    processor.patch_size,
+                    processor.merge_size,
+                    processor.temporal_patch_size,
+                    config.vision.patch_size,
+                    config.vision.spatial_merge_size,
+                    config.vision.temporal_patch_size
+                ),
+            });
+        }
+        let (text_prefix, vision_prefix) = if dir
+            .tensors
+            .contains_key("model.language_model.embed_tokens.weight")
+        {
+            ("model.language_model", "model.visual")
+        } else {
+            ("model", "visual")
+        };
+        check_tensors(dir, &config, text_prefix, vision_prefix)?;
+        let vb = dir.var_builder(dtype, device)?;
+        let vision = VisionTower::load(&config.vision, vb.pp(vision_prefix))?;
+        let text = TextModel::load(&config.text, vb.pp(text_prefix), vb.clone())?;
+        let mrope = MRope::new(
+            config.text.head_dim(),
+            config.text.rope_theta,
+            &config.text.mrope_section,
+        );
+        let tokenizer = dir.tokenizer()?;
+        let chat = ChatTemplate::from_dir(dir)?;
+        let eos = eos_ids(dir, &tokenizer);
+        if eos.is_empty() {
+            tracing::warn!(dir = %dir.root.display(), "no eos_token_id found; generation stops only at max_new_tokens or stop strings");
+        }
+        tracing::info!(dir = %dir.root.display(), layers = config.text.num_hidden_layers,
+            vision_depth = config.vision.depth, ?eos, secs = started.elapsed().as_secs_f64(),
+            "vision-language model loaded");
+        Ok(VisionLanguageModel {
+            config,
+            processor,
+            vision,
+            text,
+            mrope,
+            tokenizer,
+            chat,
+            eos,
+            device: device.clone(),
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The token ids that end a completion.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Token ids of `text` (special tokens in the text recognised, none added).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| expflow_models::ModelError::Tokenizer(format!("cannot encode: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens kept.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(self.tokenizer.decode(ids, false).map_err(|e| {
+            expflow_models::ModelError::Tokenizer(format!("cannot decode {ids:?}: {e}"))
+        })?)
+    }
+
+    /// Reads and preprocesses image files.
+    pub fn process_images(&self, paths: &[PathBuf]) -> Result<Vec<PixelValues>> {
+        paths
+            .iter()
+            .map(|p| self.processor.process_file(p))
+            .collect()
+    }
+
+    /// The vision tower's merged features for `images`, concatenated:
+    /// `(Σ tokens, hidden_size)`.
+    pub fn vision_features(&self, images: &[PixelValues]) -> Result<Tensor> {
+        let grids: Vec<[usize; 3]> = images.iter().map(|p| p.grid_thw).collect();
+        let parts = images
+            .iter()
+            .map(|p| p.to_tensor(&self.device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pixels = Tensor::cat(&parts, 0)?;
+        self.vision.forward(&pixels, &grids)
+    }
+
+    /// The prompt for `messages` under the chat template, with the generation prompt
+    /// appended and each image's placeholder holding as many `<|image_pad|>` tokens as the
+    /// image will have; `images` lists the image files in order. Videos are refused.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<GenRequest> {
+        let mut images = Vec::new();
+        for m in messages {
+            for part in &m.content {
+                match part {
+                    ContentPart::Image { path } => images.push(path.clone()),
+                    ContentPart::Video { path } => {
+                        return Err(VlmError::Request(format!(
+                            "{}: video inputs are not supported end to end yet; sample frames and use \
+                             ImageProcessor::process_frames",
+                            path.display()
+                        )));
+                    }
+                    ContentPart::Text { .. } => {}
+                }
+            }
+        }
+        let rendered = self.chat.render(messages, true)?;
+        let pad = self.token_text(self.config.image_token_id)?;
+        let pieces: Vec<&str> = rendered.split(pad.as_str()).collect();
+        if pieces.len() != images.len() + 1 {
+            return Err(VlmError::Request(format!(
+                "the chat template wrote {} image placeholders for {} images",
+                pieces.len() - 1,
+                images.len()
+            )));
+        }
+        let mut prompt = String::from(pieces[0]);
+        for (path, rest) in images.iter().zip(&pieces[1..]) {
+            let n = self.tokens_for_file(path)?;
+            prompt.push_str(&pad.repeat(n));
+            prompt.push_str(rest);
+        }
+        Ok(GenRequest {
+            prompt,
+            images,
+            sampling: Sampling::default(),
+        })
+    }
+
+    /// Prompt token ids with each image's placeholder run checked against, or expanded to,
+    /// the image's token count: a run of exactly that many pads is kept, a single pad is
+    /// expanded, anything else is an error.
+    pub fn prompt_ids(&self, prompt: &str, images: &[PixelValues]) -> Result<Vec<u32>> {
+        let raw = self.encode(prompt)?;
+        let (pad, video) = (self.config.image_token_id, self.config.video_token_id);
+        if raw.contains(&video) {
+            return Err(VlmError::Request(
+                "the prompt has video placeholders; video inputs are not supported end to end yet"
+                    .into(),
+            ));
+        }
+        let merge = self.config.vision.spatial_merge_size;
+        let mut ids = Vec::with_capacity(raw.len());
+        let mut k = 0;
+        let mut i = 0;
+        while i < raw.len() {
+            if raw[i] != pad {
+                ids.push(raw[i]);
+                i += 1;
+                continue;
+            }
+            let run = raw[i..].iter().take_while(|&&t| t == pad).count();
+            let img = images.get(k).ok_or_else(|| {
+                VlmError::Request(format!(
+                    "the prompt has more image placeholders than the {} images given",
+                    images.len()
+                ))
+            })?;
+            let n = img.num_tokens(merge);
+            if run != n && run != 1 {
+                return Err(VlmError::Request(format!(
+                    "image {k} needs {n} placeholder tokens (or 1 to expand); the prompt has {run}"
+                )));
+            }
+            ids.extend(std::iter::repeat_n(pad, n));
+            i += run;
+            k += 1;
+        }
+        if k != images.len() {
+            return Err(VlmError::Request(format!(
+                "{} images given, but the prompt has {k} image placeholders",
+                images.len()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// Logits `(seq, vocab)` in f32 for every position of `ids` (already expanded, see
+    /// [`Self::prompt_ids`]) with `images` merged at the image placeholders.
+    pub fn prompt_logits(&self, ids: &[u32], images: &[PixelValues]) -> Result<Tensor> {
+        let mut cache = self.text.new_cache();
+        let (hidden, _) = self.prefill_hidden(ids, images, &mut cache)?;
+        Ok(self
+            .text
+            .logits(&hidden.squeeze(0)?)?
+            .to_dtype(DType::F32)?)
+    }
+
+    /// The three M-RoPE position rows of `ids` and the delta for later tokens.
+    pub fn positions(&self, ids: &[u32], images: &[PixelValues]) -> Result<crate::rope::RopeIndex> {
+        let spans: Vec<VisionSpan> = images
+            .iter()
+            .map(|p| VisionSpan {
+                grid_thw: p.grid_thw,
+                time_interval: 1.0,
+            })
+            .collect();
+        rope_index(
+            ids,
+            self.config.image_token_id,
+            self.config.video_token_id,
+            &spans,
+            self.config.vision.spatial_merge_size,
+        )
+    }
+
+    fn prefill_hidden(
+        &self,
+        ids: &[u32],
+        images: &[PixelValues],
+        cache: &mut TextCache,
+    ) -> Result<(Tensor, i64)> {
+        if ids.is_empty() {
+            return Err(VlmError::Request("the prompt is empty".into()));
+        }
+        let index = self.positions(ids, images)?;
+        let mut embeds = self.text.embed(ids)?;
+        if !images.is_empty() {
+            let feats = self.vision_features(images)?.to_dtype(embeds.dtype())?;
+            // Row i of the result: embedding i for text, feature k for the k-th pad.
+            let s = ids.len();
+            let mut k = 0u32;
+            let idx: Vec<u32> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    if t == self.config.image_token_id {
+                        k += 1;
+                        s as u32 + k - 1
+                    } else {
+                        i as u32
+                    }
+                })
+                .collect();
+            if k as usize != feats.dim(0)? {
+                return Err(VlmError::Request(format!(
+                    "the prompt has {k} image tokens but the images give {} features",
+                    feats.dim(0)?
+                )));
+            }
+            let all = Tensor::cat(&[&embeds.squeeze(0)?, &feats], 0)?;
+            let idx = Tensor::from_vec(idx, s, &self.device)?;
+            embeds = all.index_select(&idx, 0)?.unsqueeze(0)?;
+        }
+        let (cos, sin) = self
+            .mrope
+            .tables(&index.rows, self.text.dtype(), &self.device)?;
+        let hidden = self.text.forward_embeds(&embeds, &cos, &sin, cache)?;
+        Ok((hidden, index.delta))
+    }
+
+    fn prefill(&self, ids: &[u32], images: &[PixelValues]) -> Result<Prefilled> {
+        let mut cache = self.text.new_cache();
+        let (hidden, delta) = self.prefill_hidden(ids, images, &mut cache)?;
+        let last = hidden.narrow(1, ids.len() - 1, 1)?.squeeze(0)?;
+        let last_logits = self
+            .text
+            .logits(&last)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?;
+        Ok(Prefilled {
+            cache,
+            last_logits,
+            delta,
+            len: ids.len(),
+        })
+    }
+
+    /// Logits of the next position after feeding `token` at index `index`.
+    fn step(
+        &self,
+        token: u32,
+        index: usize,
+        delta: i64,
+        cache: &mut TextCache,
+    ) -> Result<Vec<f32>> {
+        let p = index as i64 + delta;
+        let rows = [vec![p], vec![p], vec![p]];
+        let (cos, sin) = self.mrope.tables(&rows, self.text.dtype(), &self.device)?;
+        let embeds = self.text.embed(&[token])?;
+        let hidden = self.text.forward_embeds(&embeds, &cos, &sin, cache)?;
+        let last = hidden.squeeze(0)?;
+        Ok(self
+            .text
+            .logits(&last)?
+            .squeeze(0)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
+    }
+
+    /// Completes every request: `n` completions each, in request order. Requests run one at
+    /// a time (no batching across requests yet); the `n` samples of a request share one
+    /// prefill.
+    ///
+    /// A completion ends at an end-of-sequence token (not included), at a stop string (the
+    /// text is cut before it; `token_ids` keeps every sampled token), or after
+    /// `max_new_tokens` (or `max_position_embeddings`).
+    pub fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>> {
+        let started = Instant::now();
+        let mut out = Vec::with_capacity(requests.len());
+        let mut new_tokens = 0;
+        for (i, r) in requests.iter().enumerate() {
+            if r.sampling.n == 0 {
+                return Err(VlmError::Request(format!(
+                    "request {i}: sampling.n must be at least 1"
+                )));
+            }
+            let images = self.process_images(&r.images)?;
+            let ids = self.prompt_ids(&r.prompt, &images)?;
+            let max_pos = self.config.text.max_position_embeddings;
+            if ids.len() >= max_pos {
+                return Err(VlmError::Request(format!(
+                    "request {i}: the prompt has {} tokens; max_position_embeddings is {max_pos}",
+                    ids.len()
+                )));
+            }
+            let pre = self.prefill(&ids, &images)?;
+            let mut completions = Vec::with_capacity(r.sampling.n);
+            for k in 0..r.sampling.n {
+                let c = self.complete(
+                    &pre,
+                    &r.sampling,
+                    Rng::for_sample(r.sampling.seed, k as u64),
+                )?;
+                new_tokens += c.token_ids.len();
+                completions.push(c);
+            }
+            out.push(Generation {
+                prompt_tokens: ids.len(),
+                completions,
+            });
+        }
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            requests = requests.len(),
+            new_tokens,
+            secs,
+            tokens_per_s = new_tokens as f64 / secs.max(1e-9),
+            "generated"
+        );
+        Ok(out)
+    }
+
+    fn complete(&self, pre: &Prefilled, s: &Sampling, mut rng: Rng) -> Result<Completion> {
+        let mut cache = pre.cache.clone();
+        let mut logits = pre.last_logits.clone();
+        let mut ids: Vec<u32> = Vec::new();
+        let mut logprobs = Vec::new();
+        let max_pos = self.config.text.max_position_embeddings;
+        let mut finish = FinishReason::Length;
+        let mut text = None;
+        while ids.len() < s.max_new_tokens && pre.len + ids.len() < max_pos {
+            let tok = pick(&logits, s, &mut rng);
+            if self.eos.contains(&tok) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            ids.push(tok);
+            if s.logprobs {
+                let lp = log_softmax(&logits);
+                let mut top = Vec::new();
+                for (id, v) in top_n(&lp, s.top_logprobs) {
+                    top.push((self.decode(&[id])?, v));
+                }
+                logprobs.push(TokenLogprob {
+                    id: tok,
+                    token: self.decode(&[tok])?,
+                    logprob: lp[tok as usize],
+                    top,
+                });
+            }
+            if !s.stop.is_empty() {
+                let so_far = self.decode(&ids)?;
+                let cut = s
+                    .stop
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .filter_map(|x| so_far.find(x.as_str()))
+                    .min();
+                if let Some(at) = cut {
+                    text = Some(so_far[..at].to_string());
+                    finish = FinishReason::Stop;
+                    break;
+                }
+            }
+            if ids.len() >= s.max_new_tokens || pre.len + ids.len() >= max_pos {
+                break;
+            }
+            logits = self.step(tok, pre.len + ids.len() - 1, pre.delta, &mut cache)?;
+        }
+        let text = match text {
+            Some(t) => t,
+            None => self.decode(&ids)?,
+        };
+        Ok(Completion {
+            text,
+            token_ids: ids,
+            finish_reason: finish,
+            logprobs: s.logprobs.then_some(logprobs),
+        })
+    }
+
+    fn token_text(&self, id: u32) -> Result<String> {
+        self.tokenizer.id_to_token(id).ok_or_else(|| {
+            VlmError::Request(format!(
+                "token id {id} (image_token_id in config.json) is not in the tokenizer"
+            ))
+        })
+    }
+
+    fn tokens_for_file(&self, path: &Path) -> Result<usize> {
+        let (w, h) = image::image_dimensions(path).map_err(|e| VlmError::Image {
+            path: path.to_path_buf(),
+            problem: format!("cannot read the image's size: {e}"),
+        })?;
+        self.processor.num_image_tokens(h as usize, w as usize)
+    }
+}
+
+fn check_tensors(dir: &ModelDir, c: &VlmConfig, text: &str, vision: &str) -> Result<()> {
+    let t = &c.text;
+    let v = &c.vision;
+    let (h, hd) = (t.hidden_size, t.head_dim());
+    let mut need = vec![
+        (format!("{text}.embed_tokens.weight"), vec![t.vocab_size, h]),
+        (format!("{text}.norm.weight"), vec![h]),
+        (
+            format!("{vision}.patch_embed.proj.weight"),
+            vec![
+                v.hidden_size,
+                v.in_channels,
+                v.temporal_patch_size,
+                v.patch_size,
+                v.patch_size,
+            ],
+        ),
+        (
+            format!("{vision}.merger.mlp.2.weight"),
+            vec![v.out_hidden_size, v.hidden_size * v.merge_unit()],
+        ),
+    ];
+    if !t.tie_word_embeddings {
+        need.push(("lm_head.weight".into(), vec![t.vocab_size, h]));
+    }
+    for l in 0..t.num_hidden_layers {
+        need.push((
+            format!("{text}.layers.{l}.self_attn.k_proj.weight"),
+            vec![t.kv_heads() * hd, h],
+        ));
+    }
+    for b in 0..v.depth {
+        need.push((
+            format!("{vision}.blocks.{b}.attn.qkv.weight"),
+            vec![3 * v.hidden_size, v.hidden_size],
+        ));
+    }
+    for (name, shape) in need {
+        dir.expect_tensor(&name, &shape)?;
+    }
+    Ok(())
+}
+
+/// `eos_token_id` from `generation_config.json`, else from the config, else `<|im_end|>`.
+fn eos_ids(dir: &ModelDir, tok: &Tokenizer) -> Vec<u32> {
+    let parse = |v: &Value| -> Vec<u32> {
+        match v {
+            Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as u32))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let from_gen = dir
+        .generation_value("eos_token_id")
+        .map(parse)
+        .unwrap_or_default();
+    if !from_gen.is_empty() {
+        return from_gen;
+    }
+    let text = dir.sub_config("text_config").unwrap_or(&dir.config);
+    let from_cfg = text
+        .get("eos_token_id")
+        .or_else(|| dir.config.get("eos_token_id"))
+        .map(parse)
+        .unwrap_or_default();
+    if !from_cfg.is_empty() {
+        return from_cfg;
+    }
+    tok.token_to_id("<|im_end|>").into_iter().collect()
+}
