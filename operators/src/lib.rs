@@ -2,7 +2,8 @@
 //! - `io`: `load` (a file into a table) and `export` (a table into a file);
 //! - `table`: `table.select`, `table.filter`, `table.join`, `table.concat`, `table.sort`,
 //!   `table.dedupe`, `table.sample`, `table.split`;
-//! - `command`: run a shell command over the node's input and output paths.
+//! - `command`: run a shell command over the node's input and output paths;
+//! - `embed`, `infer`, `retrieval`, `score`, `expstar`, `mac`: see docs/models.md and the family pages.
 //!
 //! [`registry`] returns all of them. Table artifacts are read and written through
 //! [`table_io`], whose pinned Parquet writer makes equal content give equal bytes.
