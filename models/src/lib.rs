@@ -14,6 +14,7 @@ pub mod dir;
 pub mod error;
 pub mod generate;
 pub mod qwen2;
+pub mod resize;
 pub mod sampling;
 pub mod tiny;
 
