@@ -300,6 +300,40 @@ impl Backend for OpenAi {
 /// `n`, `stop`, `logprobs`, `top_logprobs` and `sampling_seed`; the bool says whether a
 /// seed was given.
 pub fn sampling(op: &'static str, map: &Map<String, Value>) -> Result<(Sampling, bool)> {
+    let (base, seeded) = base_sampling(op, map)?;
+    let p = Params::new(op, map);
+    let n = p.u64("n")?;
+    if n == 0 || n > 16 {
+        return Err(OperatorError::param(
+            op,
+            "n",
+            format!("is {n}; use 1 to 16"),
+        ));
+    }
+    let logprobs = p.bool("logprobs")?;
+    let top_logprobs = p.u64("top_logprobs")?;
+    if top_logprobs > 20 || (top_logprobs > 0 && !logprobs) {
+        return Err(OperatorError::param(
+            op,
+            "top_logprobs",
+            format!("is {top_logprobs}; use 0 to 20, with `logprobs: true`"),
+        ));
+    }
+    Ok((
+        Sampling {
+            stop: p.opt_strings("stop")?.unwrap_or_default(),
+            n: n as usize,
+            logprobs,
+            top_logprobs: top_logprobs as usize,
+            ..base
+        },
+        seeded,
+    ))
+}
+
+/// The part of [`sampling`] every inference operator takes: `temperature`, `top_p`, `top_k`,
+/// `max_tokens` and `sampling_seed` (one completion, no stop strings, no log-probabilities).
+pub fn base_sampling(op: &'static str, map: &Map<String, Value>) -> Result<(Sampling, bool)> {
     let p = Params::new(op, map);
     let temperature = p.f64("temperature")?;
     if !(0.0..=2.0).contains(&temperature) {
@@ -317,29 +351,12 @@ pub fn sampling(op: &'static str, map: &Map<String, Value>) -> Result<(Sampling,
             format!("is {top_p}; use a value in (0, 1]"),
         ));
     }
-    let n = p.u64("n")?;
-    if n == 0 || n > 16 {
-        return Err(OperatorError::param(
-            op,
-            "n",
-            format!("is {n}; use 1 to 16"),
-        ));
-    }
     let max_tokens = p.u64("max_tokens")?;
     if max_tokens == 0 {
         return Err(OperatorError::param(
             op,
             "max_tokens",
             "is 0; use at least 1",
-        ));
-    }
-    let logprobs = p.bool("logprobs")?;
-    let top_logprobs = p.u64("top_logprobs")?;
-    if top_logprobs > 20 || (top_logprobs > 0 && !logprobs) {
-        return Err(OperatorError::param(
-            op,
-            "top_logprobs",
-            format!("is {top_logprobs}; use 0 to 20, with `logprobs: true`"),
         ));
     }
     let seed = p.opt_u64("sampling_seed")?;
@@ -349,11 +366,8 @@ pub fn sampling(op: &'static str, map: &Map<String, Value>) -> Result<(Sampling,
             top_p,
             top_k: p.u64("top_k")? as usize,
             max_new_tokens: max_tokens as usize,
-            stop: p.opt_strings("stop")?.unwrap_or_default(),
-            n: n as usize,
             seed: seed.unwrap_or(0),
-            logprobs,
-            top_logprobs: top_logprobs as usize,
+            ..Sampling::default()
         },
         seed.is_some(),
     ))

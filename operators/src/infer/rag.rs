@@ -62,31 +62,7 @@ impl Config {
     fn parse(map: &Map<String, Value>) -> Result<Config> {
         let p = Params::new(KIND, map);
         let backend = BackendKind::parse(KIND, map)?;
-        let temperature = p.f64("temperature")?;
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(OperatorError::param(
-                KIND,
-                "temperature",
-                format!("is {temperature}; use 0 to 2"),
-            ));
-        }
-        let top_p = p.f64("top_p")?;
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(OperatorError::param(
-                KIND,
-                "top_p",
-                format!("is {top_p}; use a value in (0, 1]"),
-            ));
-        }
-        let max_tokens = p.u64("max_tokens")?;
-        if max_tokens == 0 {
-            return Err(OperatorError::param(
-                KIND,
-                "max_tokens",
-                "is 0; use at least 1",
-            ));
-        }
-        let seed = p.opt_u64("sampling_seed")?;
+        let (sampling, send_seed) = super::backend::base_sampling(KIND, map)?;
         let threshold = p.opt_f64("threshold")?;
         if let Some(t) = threshold {
             if !(0.0..=1.0).contains(&t) {
@@ -114,15 +90,8 @@ impl Config {
             ));
         }
         Ok(Config {
-            sampling: Sampling {
-                temperature,
-                top_p,
-                top_k: p.u64("top_k")? as usize,
-                max_new_tokens: max_tokens as usize,
-                seed: seed.unwrap_or(0),
-                ..Sampling::default()
-            },
-            send_seed: seed.is_some(),
+            sampling,
+            send_seed,
             threshold,
             passages: passages as usize,
             json_dump: p.choice("second_turn", &["paragraph", "json_dump"])? == "json_dump",
