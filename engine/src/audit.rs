@@ -58,6 +58,8 @@ pub fn audit(
         run_id: run_id.clone(),
         run_dir: ws.run_dir(&run_id),
         scratch_dir: ws.scratch_dir(&run_id),
+        // A re-execution starts from nothing: never from a run's saved state.
+        resume_root: ws.scratch_dir(&run_id).join("resume"),
         cancel: CancelToken::new(),
     };
     let mut out = Vec::new();
@@ -115,7 +117,7 @@ pub fn audit(
             outputs: material.outputs.clone(),
             resources: op.signature().resources,
             retries: 0,
-            determinism: op.signature().determinism,
+            determinism: op.determinism(&material.params),
             deps: Vec::new(),
             loc: Loc::default(),
         };

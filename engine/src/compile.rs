@@ -328,7 +328,11 @@ impl Builder<'_> {
             self.nodes.push(CNode {
                 name,
                 base: spec.name.clone(),
-                determinism: sig.determinism,
+                determinism: if schema_ok {
+                    op.determinism(&filled)
+                } else {
+                    sig.determinism
+                },
                 op: op.clone(),
                 params: filled,
                 inputs: BTreeMap::new(),

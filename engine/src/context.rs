@@ -68,6 +68,8 @@ pub struct Context {
     /// Created on first use (most operators never need one).
     pub(crate) scratch: PathBuf,
     pub(crate) scratch_ready: std::sync::OnceLock<()>,
+    /// Resumable state of this node key (see [`Context::resume_dir`]).
+    pub(crate) resume: PathBuf,
     /// Opened on first write, so a quiet node leaves no file behind.
     pub(crate) log: Mutex<Option<File>>,
     pub(crate) log_path: PathBuf,
@@ -168,6 +170,21 @@ impl Context {
             }
         });
         &self.scratch
+    }
+
+    /// A directory for state that lets a long node resume where an interrupted attempt
+    /// stopped (training checkpoints): one per node key, kept when the node fails or the run
+    /// is interrupted, found again by the next run of the same key, and removed once the
+    /// node's outputs are stored. Never an output: nothing in it is recorded. Created on
+    /// first call.
+    pub fn resume_dir(&self) -> Result<&Path, OpError> {
+        std::fs::create_dir_all(&self.resume).map_err(|e| {
+            OpError::from(format!(
+                "cannot create the resume directory {}: {e}",
+                self.resume.display()
+            ))
+        })?;
+        Ok(&self.resume)
     }
 
     /// The node log file, opened (appending) on first use.

@@ -108,6 +108,19 @@ impl Harness {
         }
         let log_path = self.dir.join(format!("node-{}.log", self.runs));
         let seed = params.get("seed").and_then(Value::as_u64).unwrap_or(0);
+        // Same operator, params and inputs → same resume directory, as a node key would.
+        let mut h = blake3::Hasher::new();
+        h.update(op.kind().as_bytes());
+        h.update(
+            serde_json::to_string(&params)
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        for (port, input) in &ins {
+            h.update(port.as_bytes());
+            h.update(input.digest.to_hex().as_bytes());
+        }
+        let resume = self.dir.join("resume").join(h.finalize().to_hex().as_str());
         let ctx = Context {
             node: "test".into(),
             op_kind: op.kind().into(),
@@ -117,6 +130,7 @@ impl Harness {
             outputs: outs,
             scratch,
             scratch_ready: std::sync::OnceLock::new(),
+            resume,
             log: Mutex::new(None),
             log_path: log_path.clone(),
             cancel: CancelToken::new(),
@@ -130,6 +144,9 @@ impl Harness {
             secrets: Mutex::new(Vec::new()),
         };
         op.run(&ctx)?;
+        if ctx.resume.exists() {
+            drop(std::fs::remove_dir_all(&ctx.resume));
+        }
         let memo = ctx.memo_counts();
         Ok(HarnessRun {
             outputs: ctx

@@ -26,6 +26,9 @@ pub struct NodeEnv {
     pub run_id: String,
     pub run_dir: PathBuf,
     pub scratch_dir: PathBuf,
+    /// Where nodes keep resumable state between attempts and runs, one directory per key
+    /// (see [`Context::resume_dir`]).
+    pub resume_root: PathBuf,
     pub cancel: CancelToken,
 }
 
@@ -274,6 +277,7 @@ fn run_in(
             tmp
         },
         scratch_ready: std::sync::OnceLock::new(),
+        resume: env.resume_root.join(key.to_hex()),
         log: Mutex::new(None),
         log_path: log_path.clone(),
         cancel: env.cancel.clone(),
@@ -354,6 +358,10 @@ fn run_in(
                 size,
             },
         );
+    }
+    // The outputs are stored: resumable state has served its purpose.
+    if ctx.resume.exists() {
+        drop(std::fs::remove_dir_all(&ctx.resume));
     }
     let duration_ms = now_ms().saturating_sub(started);
     let memo = ctx.memo_counts();

@@ -262,6 +262,12 @@ pub trait Operator: Send + Sync + 'static {
     fn check(&self, _params: &serde_json::Map<String, Value>) -> Vec<String> {
         Vec::new()
     }
+    /// How reproducible this node's outputs are with these (filled-in) parameters; the
+    /// signature's value unless an operator's parameters change it (a sampling backend
+    /// that is reproducible for a seed locally but not through a remote server).
+    fn determinism(&self, _params: &serde_json::Map<String, Value>) -> Determinism {
+        self.signature().determinism
+    }
     fn run(&self, ctx: &Context) -> Result<(), OpError>;
 }
 

@@ -145,6 +145,7 @@ pub async fn run(
         run_id: run_id.to_string(),
         run_dir: ws.run_dir(run_id),
         scratch_dir: ws.scratch_dir(run_id),
+        resume_root: ws.resume_root(),
         cancel: cancel.clone(),
     };
     let inputs = ingest_inputs(&env, p, &selected).await?;

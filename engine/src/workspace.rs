@@ -118,6 +118,12 @@ impl Workspace {
     pub fn scratch_dir(&self, run_id: &str) -> PathBuf {
         self.root.join("scratch").join(run_id)
     }
+
+    /// Resumable node state, one directory per node key; kept across failed and
+    /// interrupted runs, removed when the node's outputs are stored.
+    pub fn resume_root(&self) -> PathBuf {
+        self.root.join("resume")
+    }
 }
 
 impl Drop for Workspace {

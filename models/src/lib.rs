@@ -6,7 +6,8 @@
 //! - [`chat`]: chat templates (Jinja via minijinja, ChatML fallback);
 //! - [`generate`]: [`Generator`]: batched generation, sampling, log-probabilities;
 //! - [`sampling`]: token selection and log-softmax on plain slices;
-//! - [`tiny`]: tiny random-weight Qwen2 directories for tests and benches.
+//! - [`tiny`]: tiny random-weight Qwen2 directories for tests and benches;
+//! - [`trainable`]: what a trainer needs from a model ([`Trainable`]).
 
 pub mod api;
 pub mod chat;
@@ -17,6 +18,7 @@ pub mod qwen2;
 pub mod resize;
 pub mod sampling;
 pub mod tiny;
+pub mod trainable;
 
 pub use api::{
     ChatMessage, Completion, ContentPart, FinishReason, GenRequest, Generation, Pooling, Sampling,
@@ -28,6 +30,7 @@ pub use error::{ModelError, Result};
 pub use generate::Generator;
 pub use qwen2::{Adapter, KvCache, Linear, Qwen2, Qwen2Config};
 pub use tiny::{TinySpec, write_tiny_qwen2};
+pub use trainable::{IGNORE, TrainSequence, Trainable};
 
 /// The device to run on: CPU, or the first CUDA device when built with `cuda` and one is
 /// visible (respecting `CUDA_VISIBLE_DEVICES`, which the engine sets per node).

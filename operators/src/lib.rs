@@ -24,6 +24,8 @@ pub mod retrieval;
 pub mod score;
 pub mod table;
 pub mod table_io;
+pub mod tools;
+pub mod train;
 
 #[cfg(test)]
 mod testing;

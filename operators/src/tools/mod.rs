@@ -1,0 +1,1 @@
+//! Adapters for the external tools researchers run today: LLaMA-Factory, ms-swift, vllm_infer.

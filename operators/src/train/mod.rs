@@ -1,0 +1,1 @@
+//! Fine-tuning operators (`train.*`), native on candle through `expflow-train`.

@@ -1,0 +1,1 @@
+//! expflow's native fine-tuning on candle.
