@@ -299,6 +299,10 @@ impl Operator for Chat {
         }
     }
 
+    fn determinism(&self, params: &Map<String, Value>) -> Determinism {
+        super::determinism(params)
+    }
+
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
         problems(check_all(params))
     }

@@ -17,7 +17,7 @@ pub mod rows;
 pub use chat::Chat;
 pub use rag::RagInfer;
 
-use expflow_engine::{Context, OpError};
+use expflow_engine::{Context, Determinism, OpError};
 use serde_json::{Map, Value};
 
 use backend::{Backend, Media, OpenAi};
@@ -85,4 +85,16 @@ pub fn open_backend(ctx: &Context, op: &'static str) -> Result<Box<dyn Backend>,
         } => Box::new(OpenAi::new(ctx, op, client, model, media)?),
         BackendKind::Native { batch_size } => Box::new(native::Native::load(ctx, op, batch_size)?),
     })
+}
+
+/// How reproducible an inference node is: a remote server promises nothing; the native
+/// runtime is deterministic when greedy and reproducible for a seed when sampling.
+pub fn determinism(map: &Map<String, Value>) -> Determinism {
+    let native = map.get("backend").and_then(Value::as_str) == Some("native");
+    let greedy = map.get("temperature").and_then(Value::as_f64) == Some(0.0);
+    match (native, greedy) {
+        (false, _) => Determinism::Nondeterministic,
+        (true, true) => Determinism::Deterministic,
+        (true, false) => Determinism::Seeded,
+    }
 }

@@ -444,6 +444,10 @@ impl Operator for RagInfer {
         }
     }
 
+    fn determinism(&self, params: &Map<String, Value>) -> Determinism {
+        super::determinism(params)
+    }
+
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
         problems(Config::parse(params))
     }
