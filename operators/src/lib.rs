@@ -60,6 +60,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::EvalRows));
     r.register(Arc::new(expstar::ExportSwift));
     r.register(Arc::new(expstar::ExportLlamaFactory));
+    r.register(Arc::new(expstar::Knowledge));
+    r.register(Arc::new(expstar::Queries));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
     r.register(Arc::new(embed::EmbedText));
