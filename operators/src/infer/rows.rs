@@ -175,14 +175,93 @@ pub fn parse_messages(
     Ok(out)
 }
 
-/// Puts media parts before the text of the last user message.
+/// Puts media parts into the last user message: where its text has one `<image>` /
+/// `<video>` placeholder per image / video (LLaMA-Factory's and ms-swift's convention), each
+/// placeholder is replaced by its part, in order; otherwise the parts go before the text.
 pub fn attach(messages: &mut [ChatMessage], media: Vec<ContentPart>) {
     if media.is_empty() {
         return;
     }
-    if let Some(m) = messages.iter_mut().rev().find(|m| m.role == "user") {
+    let Some(m) = messages.iter_mut().rev().find(|m| m.role == "user") else {
+        return;
+    };
+    let is_image = |p: &ContentPart| matches!(p, ContentPart::Image { .. });
+    let images = media.iter().filter(|p| is_image(p)).count();
+    let videos = media.len() - images;
+    let text = m.joined_text();
+    let only_text = m
+        .content
+        .iter()
+        .all(|p| matches!(p, ContentPart::Text { .. }));
+    if only_text
+        && text.matches("<image>").count() == images
+        && text.matches("<video>").count() == videos
+    {
+        let (mut imgs, mut vids) = (
+            media.iter().filter(|p| is_image(p)).cloned(),
+            media.iter().filter(|p| !is_image(p)).cloned(),
+        );
+        let mut parts = Vec::new();
+        let mut rest = text.as_str();
+        loop {
+            let next = [("<image>", true), ("<video>", false)]
+                .into_iter()
+                .filter_map(|(tag, img)| rest.find(tag).map(|at| (at, tag, img)))
+                .min_by_key(|(at, _, _)| *at);
+            let Some((at, tag, img)) = next else {
+                break;
+            };
+            if at > 0 {
+                parts.push(ContentPart::Text {
+                    text: rest[..at].to_string(),
+                });
+            }
+            parts.extend(if img { imgs.next() } else { vids.next() });
+            rest = &rest[at + tag.len()..];
+        }
+        if !rest.is_empty() {
+            parts.push(ContentPart::Text {
+                text: rest.to_string(),
+            });
+        }
+        m.content = parts;
+    } else {
         let mut parts = media;
         parts.append(&mut m.content);
         m.content = parts;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(p: &str) -> ContentPart {
+        ContentPart::Image { path: p.into() }
+    }
+
+    fn text(t: &str) -> ContentPart {
+        ContentPart::Text { text: t.into() }
+    }
+
+    #[test]
+    fn placeholders_take_the_media_in_order_else_media_go_first() {
+        let mut m = vec![ChatMessage::text("user", "Story<image><image>Which?")];
+        attach(&mut m, vec![image("a.png"), image("b.png")]);
+        assert_eq!(
+            m[0].content,
+            [
+                text("Story"),
+                image("a.png"),
+                image("b.png"),
+                text("Which?")
+            ]
+        );
+        let mut m = vec![ChatMessage::text("user", "<image> only one tag")];
+        attach(&mut m, vec![image("a.png"), image("b.png")]);
+        assert_eq!(
+            m[0].content,
+            [image("a.png"), image("b.png"), text("<image> only one tag")]
+        );
     }
 }
