@@ -157,6 +157,9 @@ enum Command {
         /// Runs to keep per pipeline.
         #[arg(long, default_value_t = 3)]
         keep: usize,
+        /// Also delete the resumable state of interrupted training nodes (.expflow/resume).
+        #[arg(long)]
+        drop_resume: bool,
         #[arg(long)]
         json: bool,
     },
@@ -335,8 +338,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Gc {
             dry_run,
             keep,
+            drop_resume,
             json,
-        } => maint::gc(&ws_arg, keep, dry_run, json),
+        } => maint::gc(&ws_arg, keep, dry_run, drop_resume, json),
         Command::Pin { run_id } => maint::pin(&ws_arg, &run_id, true),
         Command::Unpin { run_id } => maint::pin(&ws_arg, &run_id, false),
         Command::Score {

@@ -113,17 +113,66 @@ pub fn audit(
     Ok(if ok { 0 } else { code::MISMATCH })
 }
 
-pub fn gc(ws_arg: &Option<PathBuf>, keep: usize, dry_run: bool, json: bool) -> Result<u8> {
+/// Bytes of the files under `p` (symbolic links not followed).
+fn dir_size(p: &std::path::Path) -> u64 {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(p)
+            .map(|d| d.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+/// Resumable node states (directories under `.expflow/resume`) and their total size.
+fn resume_states(root: &std::path::Path) -> (Vec<PathBuf>, u64) {
+    let mut dirs = Vec::new();
+    let mut bytes = 0;
+    if let Ok(entries) = std::fs::read_dir(root) {
+        for e in entries.flatten() {
+            bytes += dir_size(&e.path());
+            dirs.push(e.path());
+        }
+    }
+    dirs.sort();
+    (dirs, bytes)
+}
+
+pub fn gc(
+    ws_arg: &Option<PathBuf>,
+    keep: usize,
+    dry_run: bool,
+    drop_resume: bool,
+    json: bool,
+) -> Result<u8> {
     let ws = open(ws_arg, "gc")?;
     let r = expflow_cache::gc(&ws.cas, ws.store.as_ref(), keep, dry_run)?;
+    let (states, state_bytes) = resume_states(&ws.resume_root());
+    if drop_resume && !dry_run {
+        for d in &states {
+            std::fs::remove_dir_all(d)?;
+        }
+    }
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"dry_run": dry_run, "blobs_removed": r.blobs_removed, "bytes_removed": r.bytes_removed, "records_removed": r.records_removed, "blobs_kept": r.blobs_kept, "bytes_kept": r.bytes_kept})
+                &json!({"dry_run": dry_run, "blobs_removed": r.blobs_removed, "bytes_removed": r.bytes_removed, "records_removed": r.records_removed, "blobs_kept": r.blobs_kept, "bytes_kept": r.bytes_kept, "resume_states": states.len(), "resume_bytes": state_bytes, "resume_dropped": drop_resume})
             )?
         );
     } else {
+        if !states.is_empty() {
+            let what = if drop_resume {
+                if dry_run { "would remove" } else { "removed" }
+            } else {
+                "kept (remove with --drop-resume)"
+            };
+            println!(
+                "{} resumable node state(s) ({}) {what}",
+                states.len(),
+                human_bytes(state_bytes)
+            );
+        }
         let verb = if dry_run { "would remove" } else { "removed" };
         println!(
             "{verb} {} blobs ({}) and {} records; kept {} blobs ({})",

@@ -70,6 +70,30 @@ fn gc_keeps_what_recent_runs_reach_and_dry_run_deletes_nothing() {
 }
 
 #[test]
+fn gc_keeps_resumable_state_unless_told_to_drop_it() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // What an interrupted training node leaves behind (see Context::resume_dir).
+    p.write(
+        ".expflow/resume/0123abcd/step-5/adapter.safetensors",
+        "weights",
+    );
+    let kept = json(&p.expflow(&["gc", "--json"]));
+    assert_eq!(kept["resume_states"], 1);
+    assert_eq!(kept["resume_bytes"], 7);
+    assert!(p.path(".expflow/resume/0123abcd").is_dir());
+    let dry = json(&p.expflow(&["gc", "--drop-resume", "--dry-run", "--json"]));
+    assert_eq!(dry["resume_states"], 1);
+    assert!(
+        p.path(".expflow/resume/0123abcd").is_dir(),
+        "a dry run keeps it"
+    );
+    json(&p.expflow(&["gc", "--drop-resume", "--json"]));
+    assert!(!p.path(".expflow/resume/0123abcd").exists());
+}
+
+#[test]
 fn pinned_runs_survive_gc() {
     let p = Project::new();
     p.write("pipe.yaml", PIPE);
