@@ -103,6 +103,15 @@ impl Generator {
         &self.tokenizer
     }
 
+    /// The id right-padded and left-padded positions carry.
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The token ids that end a completion.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos

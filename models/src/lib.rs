@@ -18,6 +18,7 @@ pub mod qwen2;
 pub mod resize;
 pub mod sampling;
 pub mod tiny;
+pub mod train_impl;
 pub mod trainable;
 
 pub use api::{
