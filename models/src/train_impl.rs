@@ -124,6 +124,25 @@ impl Trainable for Generator {
     fn device(&self) -> &Device {
         Generator::device(self)
     }
+
+    fn complete(&self, messages: &[ChatMessage], max_new_tokens: usize) -> Result<String> {
+        let prompt = self.render_chat(messages, true)?;
+        let req = crate::GenRequest {
+            prompt,
+            images: Vec::new(),
+            sampling: crate::Sampling {
+                max_new_tokens,
+                ..crate::Sampling::default()
+            },
+        };
+        let out = self.generate(&[req])?;
+        Ok(out
+            .into_iter()
+            .next()
+            .and_then(|g| g.completions.into_iter().next())
+            .map(|c| c.text)
+            .unwrap_or_default())
+    }
 }
 
 #[cfg(test)]

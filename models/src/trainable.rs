@@ -54,4 +54,11 @@ pub trait Trainable {
     fn set_differentiable(&mut self, on: bool);
 
     fn device(&self) -> &Device;
+
+    /// The greedy completion of a conversation, for task metrics while evaluating.
+    fn complete(&self, _messages: &[ChatMessage], _max_new_tokens: usize) -> Result<String> {
+        Err(crate::error::ModelError::Request(
+            "this model cannot generate during training evaluation".into(),
+        ))
+    }
 }

@@ -77,6 +77,10 @@ pub fn registry() -> Registry {
     r.register(Arc::new(mac::Cot));
     r.register(Arc::new(infer::Chat));
     r.register(Arc::new(infer::RagInfer));
+    r.register(Arc::new(train::TinyModel));
+    r.register(Arc::new(train::Sft));
+    r.register(Arc::new(train::ReferenceLogprobs));
+    r.register(Arc::new(train::Dpo));
     r.register(Arc::new(retrieval::Bm25IndexOp));
     r.register(Arc::new(retrieval::VectorIndexOp));
     r.register(Arc::new(retrieval::Fuse));

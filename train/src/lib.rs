@@ -20,6 +20,7 @@ pub mod sft;
 pub mod sizes;
 pub mod trainer;
 
+pub use candle_core::Tensor;
 pub use error::{Result, TrainError};
 pub use lora::{Lora, LoraConfig};
 pub use trainer::{Hooks, LoopConfig, MetricRow, Objective, Outcome, train};

@@ -1,0 +1,356 @@
+//! What `train.sft`, `train.dpo` and `train.reference_logprobs` share: the parameters of the
+//! loop and of LoRA, reading training rows, loading the base model, the metrics table, and
+//! writing the trained model (merged, or the PEFT adapter alone).
+
+use std::path::Path;
+
+use expflow_engine::{Context, OpError, ParamKind, ParamSpec};
+use expflow_models::{Generator, ModelDir, Needs};
+use expflow_train::optim::AdamWConfig;
+use expflow_train::schedule::Scheduler;
+use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, MetricRow, peft};
+use polars::prelude::*;
+use serde_json::{Map, Value, json};
+
+use crate::error::{OperatorError, Result};
+use crate::params::Params;
+use crate::table_io::{read_table, write_table};
+
+/// Parameters of the loop and LoRA, with the defaults of each operator.
+pub struct Defaults {
+    pub rank: u64,
+    pub alpha: f64,
+    pub lr: f64,
+    pub epochs: u64,
+}
+
+pub fn loop_params(d: &Defaults) -> Vec<ParamSpec> {
+    let p = ParamSpec::with_default;
+    vec![
+        p(
+            "backend",
+            ParamKind::String,
+            json!("native"),
+            "native (candle, in-process), llamafactory or swift",
+        ),
+        p("lora_rank", ParamKind::Int, json!(d.rank), "LoRA rank r"),
+        p(
+            "lora_alpha",
+            ParamKind::Float,
+            json!(d.alpha),
+            "LoRA alpha (scale alpha / r)",
+        ),
+        p(
+            "lora_dropout",
+            ParamKind::Float,
+            json!(0.0),
+            "dropout on the LoRA input",
+        ),
+        p(
+            "target_modules",
+            ParamKind::List,
+            json!(["all-linear"]),
+            "linears that get adapters: names like q_proj, v_proj, or all-linear (all but lm_head)",
+        ),
+        p(
+            "learning_rate",
+            ParamKind::Float,
+            json!(d.lr),
+            "peak learning rate",
+        ),
+        p(
+            "epochs",
+            ParamKind::Int,
+            json!(d.epochs),
+            "passes over the data (when max_steps is 0)",
+        ),
+        p(
+            "max_steps",
+            ParamKind::Int,
+            json!(0),
+            "optimizer steps; 0: use epochs",
+        ),
+        p(
+            "batch_size",
+            ParamKind::Int,
+            json!(1),
+            "rows (pairs for DPO) per micro-batch",
+        ),
+        p(
+            "grad_accum",
+            ParamKind::Int,
+            json!(1),
+            "micro-batches per optimizer step",
+        ),
+        p(
+            "warmup_ratio",
+            ParamKind::Float,
+            json!(0.05),
+            "share of steps warming up linearly",
+        ),
+        p(
+            "scheduler",
+            ParamKind::String,
+            json!("linear"),
+            "constant, linear or cosine (Hugging Face's, with warmup)",
+        ),
+        p(
+            "weight_decay",
+            ParamKind::Float,
+            json!(0.0),
+            "AdamW decoupled weight decay",
+        ),
+        p(
+            "max_grad_norm",
+            ParamKind::Float,
+            json!(1.0),
+            "global gradient-norm clip; 0: none",
+        ),
+        p(
+            "max_len",
+            ParamKind::Int,
+            json!(4096),
+            "tokens per sequence (longer ones are cut)",
+        ),
+        p(
+            "logging_steps",
+            ParamKind::Int,
+            json!(1),
+            "a metrics row every this many steps",
+        ),
+        p(
+            "eval_steps",
+            ParamKind::Int,
+            json!(0),
+            "evaluate on `dev` every this many steps and at the end; 0: never",
+        ),
+        p(
+            "best_metric",
+            ParamKind::String,
+            json!(""),
+            "evaluation metric that picks the kept adapter (eval_loss, eval_accuracy, ...); empty: keep the last",
+        ),
+        p(
+            "greater_is_better",
+            ParamKind::Bool,
+            json!(false),
+            "whether a larger best_metric is better",
+        ),
+        p(
+            "checkpoint_steps",
+            ParamKind::Int,
+            json!(50),
+            "save resumable state every this many steps (an interrupted node resumes from it); 0: never",
+        ),
+        p(
+            "merge",
+            ParamKind::Bool,
+            json!(true),
+            "output a full model with the adapter merged in (and the adapter in adapter/); false: the PEFT adapter alone",
+        ),
+        p(
+            "seed",
+            ParamKind::Int,
+            json!(42),
+            "data order, LoRA initialisation and dropout",
+        ),
+    ]
+}
+
+/// The loop and LoRA settings of `map`.
+pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<(LoopConfig, LoraConfig)> {
+    let p = Params::new(op, map);
+    let bad = |name: &str, why: String| OperatorError::param(op, name, why);
+    let scheduler =
+        Scheduler::parse(p.str("scheduler")?).map_err(|e| bad("scheduler", e.to_string()))?;
+    let rank = p.u64("lora_rank")? as usize;
+    if rank == 0 {
+        return Err(bad(
+            "lora_rank",
+            "is 0; use at least 1 (ExpStar: 16 for SFT, 4 for DPO)".into(),
+        ));
+    }
+    let dropout = p.f64("lora_dropout")?;
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(bad(
+            "lora_dropout",
+            format!("is {dropout}; use a value in [0, 1)"),
+        ));
+    }
+    let lr = p.f64("learning_rate")?;
+    if lr.is_nan() || lr <= 0.0 {
+        return Err(bad(
+            "learning_rate",
+            format!("is {lr}; it must be positive"),
+        ));
+    }
+    let (epochs, max_steps) = (p.u64("epochs")? as usize, p.u64("max_steps")? as usize);
+    if epochs == 0 && max_steps == 0 {
+        return Err(bad(
+            "epochs",
+            "and max_steps are both 0: nothing to train".into(),
+        ));
+    }
+    let (batch, accum) = (p.u64("batch_size")? as usize, p.u64("grad_accum")? as usize);
+    if batch == 0 || accum == 0 {
+        return Err(bad(
+            "batch_size",
+            "and grad_accum must be at least 1".into(),
+        ));
+    }
+    let warmup = p.f64("warmup_ratio")?;
+    if !(0.0..=1.0).contains(&warmup) {
+        return Err(bad(
+            "warmup_ratio",
+            format!("is {warmup}; use a value in [0, 1]"),
+        ));
+    }
+    let best = p.str("best_metric")?;
+    let seed = p.u64("seed")?;
+    let cfg = LoopConfig {
+        epochs,
+        max_steps,
+        batch_size: batch,
+        grad_accum: accum,
+        learning_rate: lr,
+        scheduler,
+        warmup_ratio: warmup,
+        max_grad_norm: p.f64("max_grad_norm")?,
+        adamw: AdamWConfig {
+            weight_decay: p.f64("weight_decay")?,
+            ..AdamWConfig::default()
+        },
+        logging_steps: p.u64("logging_steps")? as usize,
+        eval_steps: p.u64("eval_steps")? as usize,
+        best_metric: (!best.is_empty()).then(|| best.to_string()),
+        greater_is_better: p.bool("greater_is_better")?,
+        checkpoint_steps: p.u64("checkpoint_steps")? as usize,
+        seed,
+    };
+    let lora = LoraConfig {
+        rank,
+        alpha: p.f64("lora_alpha")?,
+        dropout,
+        targets: p.strings("target_modules")?,
+        seed,
+    };
+    Ok((cfg, lora))
+}
+
+/// Rows of a training input: JSON Lines, a JSON array, or a table (Parquet).
+pub fn read_rows(op: &'static str, path: &Path) -> Result<Vec<Value>, OpError> {
+    let head = std::fs::read(path).map_err(|e| OperatorError::io("cannot read", path, e))?;
+    if head.starts_with(b"PAR1") {
+        let mut df = read_table(path)?;
+        let mut buf = Vec::new();
+        JsonWriter::new(&mut buf)
+            .with_json_format(JsonFormat::JsonLines)
+            .finish(&mut df)
+            .map_err(|e| OperatorError::polars(op, "converting the table to rows", e))?;
+        return String::from_utf8_lossy(&buf)
+            .lines()
+            .map(|l| serde_json::from_str(l).map_err(|e| OpError::from(e.to_string())))
+            .collect();
+    }
+    Ok(expflow_train::data::read_rows(path)?)
+}
+
+/// The `model` input loaded for training (f32 on CPU).
+pub fn load_model(
+    ctx: &Context,
+    op: &'static str,
+) -> Result<(Generator, std::path::PathBuf), OpError> {
+    let input = ctx.input("model")?;
+    let dir = ModelDir::open(&input.path, Needs::Tokenizer).map_err(|e| {
+        OperatorError::data(
+            op,
+            format!(
+                "input `model` ({}) is not a usable model directory: {e}",
+                input.path.display()
+            ),
+        )
+    })?;
+    let device = expflow_models::default_device()?;
+    let g = Generator::load(&dir, &device)?;
+    ctx.log(&format!(
+        "base model {} (weights blake3 {}), device {device:?}",
+        input.path.display(),
+        dir.weight_digest()?
+    ));
+    Ok((g, input.path.clone()))
+}
+
+/// Logging, progress and cancellation wired to the node context.
+pub fn with_hooks<T>(ctx: &Context, f: impl FnOnce(&Hooks) -> T) -> T {
+    let log = |m: &str| ctx.log(m);
+    let progress = |d: usize, t: usize| ctx.progress(d as u64, t as u64);
+    let cancel = |_: usize| ctx.is_cancelled();
+    let hooks = Hooks {
+        cancel: Some(&cancel),
+        progress: Some(&progress),
+        log: Some(&log),
+    };
+    f(&hooks)
+}
+
+/// The metrics table: `step`, `epoch`, `lr`, `loss`, `grad_norm`, then one column per
+/// logged value (null where a row lacks it), in name order.
+pub fn metrics_table(op: &'static str, rows: &[MetricRow]) -> Result<DataFrame> {
+    let mut names: Vec<&String> = rows.iter().flat_map(|r| r.values.keys()).collect();
+    names.sort();
+    names.dedup();
+    let mut cols = vec![
+        Column::new(
+            "step".into(),
+            rows.iter().map(|r| r.step as i64).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
+        ),
+        Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<_>>()),
+        Column::new(
+            "loss".into(),
+            rows.iter().map(|r| r.loss).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "grad_norm".into(),
+            rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>(),
+        ),
+    ];
+    for n in names {
+        cols.push(Column::new(
+            n.as_str().into(),
+            rows.iter()
+                .map(|r| r.values.get(n).copied())
+                .collect::<Vec<_>>(),
+        ));
+    }
+    DataFrame::new(rows.len(), cols)
+        .map_err(|e| OperatorError::polars(op, "building the metrics table", e))
+}
+
+pub fn write_metrics(ctx: &Context, op: &'static str, rows: &[MetricRow]) -> Result<(), OpError> {
+    let mut df = metrics_table(op, rows)?;
+    write_table(&mut df, &ctx.output("metrics")?.path)?;
+    Ok(())
+}
+
+/// Writes the `model` output: merged into a full model directory with the adapter in
+/// `adapter/`, or the PEFT adapter files alone.
+pub fn write_model(ctx: &Context, base: &Path, lora: &Lora, merge: bool) -> Result<(), OpError> {
+    let out = &ctx.output("model")?.path;
+    let base_name = ctx.input("model")?.digest.to_hex();
+    if merge {
+        peft::merge(base, lora, out)?;
+        peft::save_adapter(&out.join("adapter"), lora, &base_name)?;
+    } else {
+        peft::save_adapter(out, lora, &base_name)?;
+    }
+    Ok(())
+}
+
+/// The resume directory for the native trainer's checkpoints.
+pub fn checkpoints(ctx: &Context) -> Result<std::path::PathBuf, OpError> {
+    Ok(ctx.resume_dir()?.join("native"))
+}

@@ -1,0 +1,242 @@
+//! `train.sft`: LoRA supervised fine-tuning. Inputs `data` (ms-swift `messages` rows or
+//! LLaMA-Factory alpaca rows; JSON Lines, a JSON array or a table), optional `dev` (same
+//! forms), `model` (the base model directory). Outputs `model` (merged model directory with
+//! the PEFT adapter in `adapter/`, or the adapter alone with `merge: false`) and `metrics`
+//! (step, epoch, lr, loss, grad_norm, eval_loss and the task metric).
+//!
+//! The `native` backend trains in-process on candle (`expflow-train`): resumable from its
+//! last checkpoint after an interruption, with the same final weights as an uninterrupted
+//! run. `llamafactory` and `swift` hand the same settings to those tools.
+
+use std::collections::BTreeMap;
+
+use expflow_engine::{
+    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
+    Resources, Signature,
+};
+use expflow_models::{ChatMessage, Trainable};
+use expflow_train::sft::Sft as SftObjective;
+use expflow_train::{Lora, Objective, train};
+use serde_json::{Map, Value, json};
+
+use super::common::{self, Defaults};
+use crate::error::{OperatorError, Result};
+use crate::params::{Params, problems};
+
+pub struct Sft;
+
+const KIND: &str = "train.sft";
+
+pub const BACKENDS: [&str; 3] = ["native", "llamafactory", "swift"];
+
+/// `eval_loss` on the dev set and, with `eval_metric`, a task metric of greedy generations
+/// against the dev answers (`accuracy`: the first option letter; `rouge_l`: ROUGE-L F).
+struct WithTask {
+    inner: SftObjective,
+    dev: Vec<(Vec<ChatMessage>, String)>,
+    metric: String,
+    max_new_tokens: usize,
+}
+
+impl Objective for WithTask {
+    fn items(&self) -> usize {
+        self.inner.items()
+    }
+
+    fn micro(
+        &mut self,
+        model: &dyn Trainable,
+        items: &[usize],
+    ) -> expflow_train::Result<(expflow_train::Tensor, f64, BTreeMap<String, f64>)> {
+        self.inner.micro(model, items)
+    }
+
+    fn evaluate(
+        &mut self,
+        model: &mut dyn Trainable,
+    ) -> expflow_train::Result<BTreeMap<String, f64>> {
+        let mut out = self.inner.evaluate(model)?;
+        if self.metric == "none" || self.dev.is_empty() {
+            return Ok(out);
+        }
+        let mut total = 0f64;
+        for (prompt, answer) in &self.dev {
+            let hyp = model.complete(prompt, self.max_new_tokens)?;
+            total += match self.metric.as_str() {
+                "accuracy" => {
+                    let first = |s: &str| {
+                        expflow_metrics::accuracy::extract(s, "ABCD")
+                            .ok()
+                            .and_then(|(c, _)| c)
+                    };
+                    f64::from(u8::from(
+                        first(&hyp).is_some() && first(&hyp) == first(answer),
+                    ))
+                }
+                _ => expflow_metrics::rouge::rouge_l(&hyp, &[answer.as_str()], false).fmeasure,
+            };
+        }
+        out.insert(
+            format!("eval_{}", self.metric),
+            total / self.dev.len() as f64,
+        );
+        Ok(out)
+    }
+}
+
+fn check_all(map: &Map<String, Value>) -> Result<()> {
+    let p = Params::new(KIND, map);
+    p.choice("backend", &BACKENDS)?;
+    p.choice("eval_metric", &["none", "accuracy", "rouge_l"])?;
+    common::parse(KIND, map)?;
+    Ok(())
+}
+
+impl Operator for Sft {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn signature(&self) -> Signature {
+        let mut params = common::loop_params(&Defaults {
+            rank: 16,
+            alpha: 32.0,
+            lr: 1e-4,
+            epochs: 3,
+        });
+        params.push(ParamSpec::with_default(
+            "eval_metric",
+            ParamKind::String,
+            json!("none"),
+            "task metric of greedy generations on `dev` at each evaluation: none, accuracy (first option letter) or rouge_l",
+        ));
+        params.push(ParamSpec::with_default(
+            "eval_max_tokens",
+            ParamKind::Int,
+            json!(64),
+            "tokens generated per dev row for eval_metric",
+        ));
+        Signature {
+            inputs: Ports::Fixed(vec![
+                Port::new(
+                    "data",
+                    PortType::File,
+                    "training rows: ms-swift {messages} or alpaca {system, instruction, input, output}; JSON Lines, JSON or a table",
+                ),
+                Port::new("dev", PortType::File, "evaluation rows, same forms").optional(),
+                Port::new("model", PortType::Model, "the base model directory").optional(),
+                Port::new(
+                    "dataset",
+                    PortType::Dir,
+                    "llamafactory: an existing LLaMA-Factory dataset directory (dataset_info.json)",
+                )
+                .optional(),
+            ]),
+            outputs: Ports::Fixed(vec![
+                Port::new(
+                    "model",
+                    PortType::Model,
+                    "the fine-tuned model (merged, with the adapter in adapter/), or the PEFT adapter alone",
+                ),
+                Port::new(
+                    "metrics",
+                    PortType::Table,
+                    "step, epoch, lr, loss, grad_norm, eval_loss, eval_<metric>",
+                ),
+            ]),
+            params,
+            determinism: Determinism::Seeded,
+            resources: Resources::default(),
+        }
+    }
+
+    fn determinism(&self, params: &Map<String, Value>) -> Determinism {
+        match params.get("backend").and_then(Value::as_str) {
+            Some("native") | None => Determinism::Seeded,
+            // GPU training through external tools is not bit-reproducible.
+            Some(_) => Determinism::Nondeterministic,
+        }
+    }
+
+    fn check(&self, params: &Map<String, Value>) -> Vec<String> {
+        problems(check_all(params))
+    }
+
+    fn run(&self, ctx: &Context) -> Result<(), OpError> {
+        let p = Params::new(KIND, ctx.params());
+        match p.choice("backend", &BACKENDS)? {
+            "native" => {}
+            other => return Err(format!("{KIND}: backend `{other}` is not wired yet").into()),
+        }
+        let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
+        let max_len = p.u64("max_len")? as usize;
+        let (mut model, base) = common::load_model(ctx, KIND)?;
+        let train_rows = common::read_rows(KIND, &ctx.input("data")?.path)?;
+        let convs = expflow_train::data::sft_conversations(&train_rows)
+            .map_err(|e| OperatorError::data(KIND, format!("input `data`: {e}")))?;
+        if convs.iter().flatten().any(|m| {
+            let t = m.joined_text();
+            t.contains("<video>") || t.contains("<image>")
+        }) {
+            ctx.log("note: rows carry <image>/<video> placeholders; this text model trains on them as plain text");
+        }
+        let train_seqs = SftObjective::encode(&model, &convs, max_len, "data")?;
+        let (dev_seqs, dev_pairs) = match ctx.inputs().get("dev") {
+            Some(dev) => {
+                let rows = common::read_rows(KIND, &dev.path)?;
+                let convs = expflow_train::data::sft_conversations(&rows)
+                    .map_err(|e| OperatorError::data(KIND, format!("input `dev`: {e}")))?;
+                let seqs = SftObjective::encode(&model, &convs, max_len, "dev")?;
+                let pairs = convs
+                    .into_iter()
+                    .map(|mut c| {
+                        let answer = c.pop().map(|m| m.joined_text()).unwrap_or_default();
+                        (c, answer)
+                    })
+                    .collect();
+                (seqs, pairs)
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let tokens: usize = train_seqs.iter().map(|s| s.ids.len()).sum();
+        let lora = Lora::attach(&mut model, &lora_cfg)?;
+        ctx.log(&format!(
+            "SFT: {} rows ({tokens} tokens), {} dev rows; LoRA r {} alpha {} on {} linears ({} trainable parameters)",
+            train_seqs.len(),
+            dev_seqs.len(),
+            lora_cfg.rank,
+            lora_cfg.alpha,
+            lora.layers.len(),
+            lora.parameters()
+        ));
+        let mut obj = WithTask {
+            inner: SftObjective {
+                train: train_seqs,
+                dev: dev_seqs,
+                eval_batch: cfg.batch_size.max(4),
+            },
+            dev: dev_pairs,
+            metric: p.str("eval_metric")?.to_string(),
+            max_new_tokens: p.u64("eval_max_tokens")? as usize,
+        };
+        let ckpt = common::checkpoints(ctx)?;
+        std::fs::create_dir_all(&ckpt).map_err(|e| OperatorError::io("cannot create", &ckpt, e))?;
+        let out = common::with_hooks(ctx, |hooks| {
+            train(&mut model, &lora, &mut obj, &cfg, Some(&ckpt), hooks)
+        })?;
+        if out.resumed_from > 0 {
+            ctx.log(&format!(
+                "resumed at step {} of {}",
+                out.resumed_from, out.total_steps
+            ));
+        }
+        common::write_metrics(ctx, KIND, &out.rows)?;
+        lora.set_training(false);
+        common::write_model(ctx, &base, &lora, p.bool("merge")?)?;
+        Ok(())
+    }
+}

