@@ -81,6 +81,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(train::Sft));
     r.register(Arc::new(train::ReferenceLogprobs));
     r.register(Arc::new(train::Dpo));
+    r.register(Arc::new(tools::VllmInfer));
     r.register(Arc::new(retrieval::Bm25IndexOp));
     r.register(Arc::new(retrieval::VectorIndexOp));
     r.register(Arc::new(retrieval::Fuse));

@@ -249,6 +249,7 @@ impl Operator for Dpo {
                 "cDPO's epsilon, in [0, 0.5)",
             ),
         ]);
+        params.extend(crate::tools::backend_params());
         Signature {
             inputs: Ports::Fixed(vec![
                 data_port(),
@@ -256,7 +257,8 @@ impl Operator for Dpo {
                     "model",
                     PortType::Model,
                     "the model to improve (the SFT result); also the reference when `reference` is absent",
-                ),
+                )
+                .optional(),
                 Port::new(
                     "reference",
                     PortType::Table,
@@ -296,8 +298,11 @@ impl Operator for Dpo {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let p = Params::new(KIND, ctx.params());
         match p.choice("backend", &BACKENDS)? {
-            "native" => {}
-            other => return Err(format!("{KIND}: backend `{other}` is not wired yet").into()),
+            "llamafactory" => {
+                return crate::tools::llamafactory::train(ctx, crate::tools::Stage::Dpo);
+            }
+            "swift" => return crate::tools::swift::train(ctx, crate::tools::Stage::Dpo),
+            _ => {}
         }
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let (mut model, base) = common::load_model(ctx, KIND)?;

@@ -120,6 +120,7 @@ impl Operator for Sft {
             json!(64),
             "tokens generated per dev row for eval_metric",
         ));
+        params.extend(crate::tools::backend_params());
         Signature {
             inputs: Ports::Fixed(vec![
                 Port::new(
@@ -169,8 +170,11 @@ impl Operator for Sft {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let p = Params::new(KIND, ctx.params());
         match p.choice("backend", &BACKENDS)? {
-            "native" => {}
-            other => return Err(format!("{KIND}: backend `{other}` is not wired yet").into()),
+            "llamafactory" => {
+                return crate::tools::llamafactory::train(ctx, crate::tools::Stage::Sft);
+            }
+            "swift" => return crate::tools::swift::train(ctx, crate::tools::Stage::Sft),
+            _ => {}
         }
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let max_len = p.u64("max_len")? as usize;

@@ -1,0 +1,68 @@
+//! The external training tools for real, on a tiny Qwen2 on CPU, when they are installed
+//! (`llamafactory-cli`, `swift` on PATH). Each test says SKIPPED otherwise: CI machines have
+//! neither; the configs and command lines they get are covered by the golden tests in
+//! `operators/src/tools/tests.rs`.
+
+use std::path::Path;
+
+use expflow_engine::PortType;
+use expflow_engine::harness::Harness;
+use expflow_models::{TinySpec, write_tiny_qwen2};
+use expflow_operators::train::Sft;
+use serde_json::json;
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+fn rows(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("rows.jsonl");
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"step {i}\"}}, {{\"role\": \"assistant\", \"content\": \"heat the flask\"}}]}}\n"
+        ));
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn real_run(backend: &str, program: &str, install: &str) {
+    if !on_path(program) {
+        eprintln!("SKIPPED: {program} is not installed ({install})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let corpus: Vec<String> = (0..20)
+        .map(|i| format!("step {i} heat the flask"))
+        .collect();
+    write_tiny_qwen2(&model, &TinySpec::default(), &corpus).unwrap();
+    let data = rows(dir.path());
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let run = h
+        .run(
+            &Sft,
+            &[("data", PortType::File, data.as_path()), ("model", PortType::Model, model.as_path())],
+            json!({"backend": backend, "template": "qwen", "bf16": false, "max_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "max_len": 256, "merge": false, "checkpoint_steps": 2}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{backend}: {e}"));
+    assert!(run.outputs["model"].join("adapter_config.json").is_file());
+    assert!(std::fs::metadata(&run.outputs["metrics"]).unwrap().len() > 0);
+}
+
+#[test]
+fn llamafactory_trains_a_tiny_model_when_installed() {
+    real_run(
+        "llamafactory",
+        "llamafactory-cli",
+        "pip install llamafactory",
+    );
+}
+
+#[test]
+fn swift_trains_a_tiny_model_when_installed() {
+    real_run("swift", "swift", "pip install ms-swift");
+}
