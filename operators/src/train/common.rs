@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use expflow_engine::{Context, OpError, ParamKind, ParamSpec};
+use expflow_engine::{Context, Determinism, OpError, ParamKind, ParamSpec};
 use expflow_models::{Generator, ModelDir, Needs};
 use expflow_train::optim::AdamWConfig;
 use expflow_train::schedule::Scheduler;
@@ -353,4 +353,28 @@ pub fn write_model(ctx: &Context, base: &Path, lora: &Lora, merge: bool) -> Resu
 /// The resume directory for the native trainer's checkpoints.
 pub fn checkpoints(ctx: &Context) -> Result<std::path::PathBuf, OpError> {
     Ok(ctx.resume_dir()?.join("native"))
+}
+
+/// Native training is reproducible for a seed; GPU training through external tools is not
+/// bit-reproducible.
+pub fn determinism(params: &Map<String, Value>) -> Determinism {
+    match params.get("backend").and_then(Value::as_str) {
+        Some("native") | None => Determinism::Seeded,
+        Some(_) => Determinism::Nondeterministic,
+    }
+}
+
+/// Runs the stage through an external tool when `backend` names one; `None` for `native`.
+pub fn run_external(
+    ctx: &Context,
+    op: &'static str,
+    stage: crate::tools::Stage,
+) -> Option<Result<(), OpError>> {
+    let p = Params::new(op, ctx.params());
+    match p.choice("backend", &super::sft::BACKENDS) {
+        Err(e) => Some(Err(e.into())),
+        Ok("llamafactory") => Some(crate::tools::llamafactory::train(ctx, stage)),
+        Ok("swift") => Some(crate::tools::swift::train(ctx, stage)),
+        Ok(_) => None,
+    }
 }

@@ -285,10 +285,7 @@ impl Operator for Dpo {
     }
 
     fn determinism(&self, params: &Map<String, Value>) -> Determinism {
-        match params.get("backend").and_then(Value::as_str) {
-            Some("native") | None => Determinism::Seeded,
-            Some(_) => Determinism::Nondeterministic,
-        }
+        common::determinism(params)
     }
 
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
@@ -296,14 +293,10 @@ impl Operator for Dpo {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
-        let p = Params::new(KIND, ctx.params());
-        match p.choice("backend", &BACKENDS)? {
-            "llamafactory" => {
-                return crate::tools::llamafactory::train(ctx, crate::tools::Stage::Dpo);
-            }
-            "swift" => return crate::tools::swift::train(ctx, crate::tools::Stage::Dpo),
-            _ => {}
+        if let Some(done) = common::run_external(ctx, KIND, crate::tools::Stage::Dpo) {
+            return done;
         }
+        let p = Params::new(KIND, ctx.params());
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let (mut model, base) = common::load_model(ctx, KIND)?;
         let pairs = encoded(ctx, KIND, &model, p.u64("max_len")? as usize)?;

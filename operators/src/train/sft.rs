@@ -156,11 +156,7 @@ impl Operator for Sft {
     }
 
     fn determinism(&self, params: &Map<String, Value>) -> Determinism {
-        match params.get("backend").and_then(Value::as_str) {
-            Some("native") | None => Determinism::Seeded,
-            // GPU training through external tools is not bit-reproducible.
-            Some(_) => Determinism::Nondeterministic,
-        }
+        common::determinism(params)
     }
 
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
@@ -168,14 +164,10 @@ impl Operator for Sft {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
-        let p = Params::new(KIND, ctx.params());
-        match p.choice("backend", &BACKENDS)? {
-            "llamafactory" => {
-                return crate::tools::llamafactory::train(ctx, crate::tools::Stage::Sft);
-            }
-            "swift" => return crate::tools::swift::train(ctx, crate::tools::Stage::Sft),
-            _ => {}
+        if let Some(done) = common::run_external(ctx, KIND, crate::tools::Stage::Sft) {
+            return done;
         }
+        let p = Params::new(KIND, ctx.params());
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let max_len = p.u64("max_len")? as usize;
         let (mut model, base) = common::load_model(ctx, KIND)?;
