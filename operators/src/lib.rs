@@ -112,14 +112,17 @@ mod tests {
         "expstar.eval_rows",
         "expstar.export_llamafactory",
         "expstar.export_swift",
+        "expstar.knowledge",
         "expstar.merge",
         "expstar.postprocess",
+        "expstar.queries",
         "expstar.rag_infer",
         "expstar.scan",
         "expstar.split",
         "expstar.step_meta",
         "expstar.template_rows",
         "infer.chat",
+        "infer.vllm_infer",
         "load",
         "mac.cot",
         "mac.export_answers",
@@ -144,6 +147,10 @@ mod tests {
         "table.select",
         "table.sort",
         "table.split",
+        "train.dpo",
+        "train.reference_logprobs",
+        "train.sft",
+        "train.tiny_model",
     ];
 
     /// A valid value for each required parameter, by operator and name.
@@ -156,6 +163,8 @@ mod tests {
             ("mac.cot", "model") => json!("teacher"),
             ("infer.chat" | "expstar.rag_infer", "backend") => json!("native"),
             ("mac.vary_templates", "templates") => json!([{"name": "t"}]),
+            ("infer.vllm_infer", "script") => json!("/opt/LLaMA-Factory/scripts/vllm_infer.py"),
+            ("infer.vllm_infer", "dataset_name") => json!("mac_test"),
             ("embed.text" | "embed.image" | "embed.video", "column") => json!("text"),
             (_, "columns" | "by") => json!(["x"]),
             (_, "group") => json!("x"),
@@ -172,13 +181,26 @@ mod tests {
         }
     }
 
+    /// The defaults of `kind`'s parameters, with a test value for each required one.
+    fn filled(kind: &str) -> Map<String, Value> {
+        let sig = registry().get(kind).unwrap().signature();
+        let mut given = Map::new();
+        for spec in &sig.params {
+            if spec.default.is_none() {
+                given.insert(spec.name.to_string(), required_value(kind, spec.name));
+            }
+        }
+        let (filled, problems) = fill_defaults(&sig, &given);
+        assert!(problems.is_empty(), "{kind}: {problems:?}");
+        filled
+    }
+
     #[test]
     fn defaults_pass_the_schema_and_the_checks() {
         let r = registry();
         for kind in r.kinds() {
             let op = r.get(kind).unwrap();
             let sig = op.signature();
-            let mut given = Map::new();
             for spec in &sig.params {
                 if let Some(d) = &spec.default {
                     assert!(
@@ -187,14 +209,10 @@ mod tests {
                         spec.name,
                         spec.kind.as_str()
                     );
-                } else {
-                    given.insert(spec.name.to_string(), required_value(kind, spec.name));
                 }
             }
-            let (filled, problems) = fill_defaults(&sig, &given);
-            assert!(problems.is_empty(), "{kind}: {problems:?}");
             // Two operators need one of a pair of optional parameters.
-            let mut filled = filled;
+            let mut filled = filled(kind);
             match kind {
                 "table.sample" => filled.insert("n".into(), json!(3)),
                 "table.join" => filled.insert("on".into(), json!(["x"])),
@@ -208,12 +226,13 @@ mod tests {
     fn seeded_operators_take_a_seed() {
         let r = registry();
         for kind in r.kinds() {
-            let sig = r.get(kind).unwrap().signature();
+            let op = r.get(kind).unwrap();
+            let sig = op.signature();
             let has_seed = sig.param("seed").is_some_and(|p| p.kind == ParamKind::Int);
             assert_eq!(
-                sig.determinism == Determinism::Seeded,
+                op.determinism(&filled(kind)) == Determinism::Seeded,
                 has_seed,
-                "{kind}: seeded operators, and only they, have an integer `seed`"
+                "{kind}: seeded operators (with default parameters), and only they, have an integer `seed`"
             );
         }
     }

@@ -4,61 +4,21 @@
 //! Data: `EXPFLOW_BENCH_N` vectors (default 100,000) of dimension 384, drawn as seeded
 //! Gaussian clusters (64 centres, unit-variance noise scaled by 0.3), plus 256 queries from
 //! the same clusters. Run with `cargo bench -p expflow-retrieval --bench search`; set
-//! `EXPFLOW_BENCH_N=20000` for a quick run.
+//! `EXPFLOW_BENCH_N=20000` for a quick run, `EXPFLOW_BENCH_SKIP_BUILD_GROUP=1` to skip the
+//! repeated builds on a tenth of the data. `--bench load` measures loading a saved index.
 
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use expflow_retrieval::{ExactIndex, HnswIndex, HnswParams, Metric};
 
-const DIM: usize = 384;
-const CENTRES: usize = 64;
+mod data;
+use data::{DIM, bench_n, clustered};
+
 const QUERIES: usize = 256;
 const BATCH: usize = 64;
 const K: usize = 10;
 const EF: usize = 64;
-
-/// splitmix64: a small seeded generator, so the data needs no extra crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// A standard normal value (Box–Muller).
-    fn normal(&mut self) -> f32 {
-        let (u, v) = (self.uniform(), self.uniform());
-        ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
-    }
-}
-
-fn clustered(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = Rng(7);
-    let centres: Vec<f32> = (0..CENTRES * DIM).map(|_| rng.normal()).collect();
-    let mut rng = Rng(seed);
-    let mut out = Vec::with_capacity(n * DIM);
-    for _ in 0..n {
-        let c = (rng.next_u64() % CENTRES as u64) as usize;
-        out.extend((0..DIM).map(|j| centres[c * DIM + j] + 0.3 * rng.normal()));
-    }
-    out
-}
-
-fn bench_n() -> usize {
-    std::env::var("EXPFLOW_BENCH_N")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000)
-}
 
 fn search(c: &mut Criterion) {
     let n = bench_n();
@@ -110,6 +70,9 @@ fn search(c: &mut Criterion) {
     });
     g.finish();
 
+    if std::env::var_os("EXPFLOW_BENCH_SKIP_BUILD_GROUP").is_some() {
+        return;
+    }
     // Build time on a tenth of the data (a full build per sample would take minutes).
     let small = ExactIndex::build(clustered(n / 10, 3), DIM, Metric::Cosine).expect("index");
     let mut g = c.benchmark_group(format!("hnsw_build_n{}_d{DIM}", n / 10));

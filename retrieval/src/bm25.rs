@@ -1,4 +1,4 @@
-//! Okapi BM25 over [`crate::tokenize`] tokens.
+//! Okapi BM25 over [`crate::tokenize()`] tokens.
 //!
 //! score(q, d) = Σ over query tokens t (repeats count) of
 //! idf(t) · tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl)), with

@@ -7,11 +7,17 @@
 //! then `|q' − x'|² = |q|² + R² − 2·q·x`, which orders exactly as `−q·x`. The returned scores
 //! are the exact inner products (or cosines), ranked by score, then index.
 //!
+//! **Graph.** `hnsw_rs` builds the graph; its neighbour lists are then copied out (see
+//! [`crate::graph`]) and `hnsw_rs`'s structure, with its copy of the vectors, is dropped.
+//! Search runs on those lists with the distance `−q·x` on the index's own vectors (the same
+//! order as the augmented distance above), so a graph saved with the index and read back
+//! searches exactly like the freshly built one.
+//!
 //! **Determinism.** `hnsw_rs` draws node levels from its own generator seeded with a fixed
 //! constant; it offers no seed parameter. Serial insertion (in row order) therefore builds
 //! the same graph every time, and that is the default. `parallel: true` inserts with rayon,
 //! which is faster but whose graph depends on thread timing, so results may differ
-//! slightly between builds.
+//! slightly between builds (a saved graph is searched the same way after every load).
 //!
 //! **Logging.** `hnsw_rs` logs through the `log` crate (info level at construction). Nothing
 //! is printed unless the program installs a `log` consumer; the expflow CLI's tracing
@@ -23,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RetrievalError};
 use crate::exact::ExactIndex;
+use crate::graph::Graph;
 use crate::hit::{Hit, rank_order};
 
 /// The largest layer count `hnsw_rs` supports.
@@ -82,7 +89,7 @@ impl Distance<f32> for SquaredL2 {
 pub struct HnswIndex {
     exact: ExactIndex,
     params: HnswParams,
-    graph: Hnsw<'static, f32, SquaredL2>,
+    graph: Graph,
 }
 
 impl std::fmt::Debug for HnswIndex {
@@ -93,6 +100,24 @@ impl std::fmt::Debug for HnswIndex {
             .field("params", &self.params)
             .finish()
     }
+}
+
+/// The inner product in f32 with eight partial sums (fast; used only to steer the search).
+fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `row` with the MIPS augmentation coordinate for the largest norm `r`.
@@ -139,12 +164,28 @@ impl HnswIndex {
                 graph.insert_slice((v, i));
             }
         }
+        let graph = Graph::from_hnsw(&graph, n)?;
         tracing::debug!(count = n, m = params.m, "built an HNSW graph");
         Ok(HnswIndex {
             exact,
             params,
             graph,
         })
+    }
+
+    /// An index over `exact` with a graph read back from an artifact.
+    pub(crate) fn with_graph(exact: ExactIndex, params: HnswParams, graph: Graph) -> HnswIndex {
+        HnswIndex {
+            exact,
+            params,
+            graph,
+        }
+    }
+
+    /// The graph, as `hnsw.graph` stores it.
+    pub(crate) fn graph_bytes(&self) -> Vec<u8> {
+        self.graph
+            .to_bytes(self.params.m, self.params.ef_construction)
     }
 
     pub fn params(&self) -> HnswParams {
@@ -172,14 +213,15 @@ impl HnswIndex {
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
-        let mut q_aug = q.clone();
-        q_aug.push(0.0);
-        let found = self.graph.search(&q_aug, k, ef.max(k));
+        // The `ef` candidates are rescored exactly and the best `k` of them kept.
+        let found = self
+            .graph
+            .search(|i| -dot_f32(&q, self.exact.row(i)), ef.max(k));
         let mut hits: Vec<Hit> = found
             .iter()
-            .map(|n| Hit {
-                index: n.d_id,
-                score: self.exact.dot(&q, n.d_id),
+            .map(|&(_, i)| Hit {
+                index: i,
+                score: self.exact.dot(&q, i),
             })
             .collect();
         hits.sort_by(rank_order);

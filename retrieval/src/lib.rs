@@ -1,8 +1,9 @@
 //! expflow's retrieval indexes:
 //! - [`bm25`]: Okapi BM25 over Unicode words, with CJK characters as single tokens;
 //! - [`exact`]: exact inner-product (or cosine) search, batched through a candle matmul;
-//! - [`hnsw`]: approximate search with `hnsw_rs`, rescored exactly, with recall against
-//!   exact search;
+//! - [`hnsw`]: approximate search on a graph built by `hnsw_rs`, rescored exactly, with recall
+//!   against exact search;
+//! - [`graph`]: the HNSW graph's neighbour lists, their search and their file format;
 //! - [`fusion`]: ExpStar's text + video query fusion for vectors from one shared space;
 //! - [`store`]: index artifacts on disk (same inputs, same bytes).
 //!
@@ -12,6 +13,7 @@ pub mod bm25;
 pub mod error;
 pub mod exact;
 pub mod fusion;
+pub mod graph;
 pub mod hit;
 pub mod hnsw;
 pub mod store;

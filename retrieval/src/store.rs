@@ -1,10 +1,13 @@
 //! Index artifacts: a directory holding `index.json` (format, kind, dim, metric, params,
 //! count, ids) and either `vectors.f32` (row-major little-endian f32, normalised under
-//! cosine) or `bm25.json` (stopwords, document lengths, postings sorted by term).
+//! cosine) or `bm25.json` (stopwords, document lengths, postings sorted by term). An HNSW
+//! index also holds its graph in `hnsw.graph` (layout in [`crate::graph`]), so loading it
+//! reads the graph instead of building it again.
 //!
 //! Every file is written from sorted or ordered data with a fixed serialiser, so equal
-//! inputs give equal bytes. An HNSW graph is not stored: loading rebuilds it from the saved
-//! vectors and parameters, which gives the same graph when `parallel` is false.
+//! inputs give equal bytes. An HNSW artifact without `hnsw.graph` (written before the graph
+//! was stored, or by [`Index::save_hnsw_unbuilt`]) still loads: the graph is rebuilt from the
+//! saved vectors and parameters, which gives the same graph when `parallel` is false.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use serde_json::Value;
 use crate::bm25::{Bm25Index, Bm25Params};
 use crate::error::{Result, RetrievalError};
 use crate::exact::{ExactIndex, Metric};
+use crate::graph::Graph;
 use crate::hit::Hit;
 use crate::hnsw::{HnswIndex, HnswParams};
 
@@ -25,6 +29,7 @@ pub const VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "index.json";
 pub const VECTORS_FILE: &str = "vectors.f32";
 pub const BM25_FILE: &str = "bm25.json";
+pub const GRAPH_FILE: &str = "hnsw.graph";
 
 /// The search structure of an [`Index`].
 #[derive(Debug)]
@@ -170,8 +175,8 @@ impl Index {
     }
 
     /// Writes the HNSW index artifact of `ids` and `exact` with `params` into `dir` without
-    /// building the graph (loading builds it), exactly as [`Index::save`] of the built index
-    /// would.
+    /// building the graph: the files [`Index::save`] of the built index would write, less
+    /// `hnsw.graph`, so every load builds the graph.
     pub fn save_hnsw_unbuilt(
         dir: &Path,
         ids: &[String],
@@ -209,7 +214,10 @@ impl Index {
                 write(&path, &bytes)
             }
             IndexKind::Exact(e) => write_vectors(&dir.join(VECTORS_FILE), e.data()),
-            IndexKind::Hnsw(h) => write_vectors(&dir.join(VECTORS_FILE), h.exact().data()),
+            IndexKind::Hnsw(h) => {
+                write_vectors(&dir.join(VECTORS_FILE), h.exact().data())?;
+                write(&dir.join(GRAPH_FILE), &h.graph_bytes())
+            }
         }
     }
 
@@ -263,7 +271,10 @@ impl Index {
                 } else {
                     let params: HnswParams = serde_json::from_value(m.params.clone())
                         .map_err(|e| bad(format!("hnsw params: {e}")))?;
-                    IndexKind::Hnsw(HnswIndex::build(exact, params)?)
+                    params
+                        .validate()
+                        .map_err(|e| bad(format!("hnsw params: {e}")))?;
+                    IndexKind::Hnsw(load_hnsw(dir, exact, params)?)
                 }
             }
             other => {
@@ -322,6 +333,28 @@ fn write(path: &Path, bytes: &[u8]) -> Result<()> {
 fn write_vectors(path: &Path, data: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
     write(path, &bytes)
+}
+
+/// The HNSW index over `exact`: its graph from `hnsw.graph`, or built again when the artifact
+/// has no graph file.
+fn load_hnsw(dir: &Path, exact: ExactIndex, params: HnswParams) -> Result<HnswIndex> {
+    let path = dir.join(GRAPH_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let graph =
+                Graph::from_bytes(&path, &bytes, exact.len(), params.m, params.ef_construction)?;
+            Ok(HnswIndex::with_graph(exact, params, graph))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::info!(
+                index = %dir.display(),
+                count = exact.len(),
+                "the HNSW index has no {GRAPH_FILE} (written by an older expflow or unbuilt); building its graph"
+            );
+            HnswIndex::build(exact, params)
+        }
+        Err(e) => Err(RetrievalError::io("cannot read", &path, e)),
+    }
 }
 
 fn read_vectors(path: &Path, count: usize, dim: usize) -> Result<Vec<f32>> {
@@ -444,16 +477,140 @@ mod tests {
             loaded.search_vectors(&q, 3, 50).unwrap(),
             build()[2].search_vectors(&q, 3, 50).unwrap()
         );
-        // The unbuilt HNSW artifact is the built one's, byte for byte.
+        // The unbuilt HNSW artifact is the built one's, byte for byte, less the graph.
         let e = ExactIndex::build(vectors(), 3, Metric::InnerProduct).unwrap();
         let du = dir.path().join("unbuilt");
         Index::save_hnsw_unbuilt(&du, &ids(20), &e, HnswParams::default()).unwrap();
-        assert_eq!(files(&du), files(&dir.path().join("a2")));
+        let mut built = files(&dir.path().join("a2"));
+        built.retain(|(name, _)| name != GRAPH_FILE);
+        assert_eq!(files(&du), built);
         let m = std::fs::read_to_string(dir.path().join("a1").join(MANIFEST_FILE)).unwrap();
         assert!(
             m.contains("\"kind\": \"exact\"") && m.contains("\"metric\": \"cosine\""),
             "{m}"
         );
+    }
+
+    /// Seeded pseudo-random values in [-1, 1) (splitmix64).
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn hnsw_index(parallel: bool) -> Index {
+        let params = HnswParams {
+            m: 8,
+            ef_construction: 64,
+            parallel,
+        };
+        Index::hnsw(ids(1500), random(1500 * 12, 11), 12, Metric::Cosine, params).unwrap()
+    }
+
+    #[test]
+    fn a_saved_hnsw_graph_loads_back_and_searches_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let queries = random(40 * 12, 12);
+        for parallel in [false, true] {
+            let built = hnsw_index(parallel);
+            let d = dir.path().join(format!("p{parallel}"));
+            built.save(&d).unwrap();
+            let graph = std::fs::read(d.join(GRAPH_FILE)).unwrap();
+            assert!(
+                graph.starts_with(b"EXPHNSW1") && graph.len() > 1500 * 8,
+                "{}",
+                graph.len()
+            );
+            let loaded = Index::load(&d).unwrap();
+            for ef in [10, 40, 200] {
+                assert_eq!(
+                    loaded.search_vectors(&queries, 10, ef).unwrap(),
+                    built.search_vectors(&queries, 10, ef).unwrap(),
+                    "parallel {parallel}, ef {ef}"
+                );
+            }
+            if !parallel {
+                // A second serial build writes the same graph, byte for byte.
+                let d2 = dir.path().join("second");
+                hnsw_index(false).save(&d2).unwrap();
+                assert_eq!(files(&d), files(&d2));
+            }
+            // The loaded graph is the saved one (also for a parallel build, whose graph a
+            // rebuild would not reproduce).
+            let again = dir.path().join(format!("again{parallel}"));
+            loaded.save(&again).unwrap();
+            assert_eq!(files(&d), files(&again));
+        }
+    }
+
+    #[test]
+    fn an_hnsw_artifact_without_its_graph_is_rebuilt_identically() {
+        let dir = tempfile::tempdir().unwrap();
+        let built = hnsw_index(false);
+        built.save(dir.path()).unwrap();
+        let saved = files(dir.path());
+        std::fs::remove_file(dir.path().join(GRAPH_FILE)).unwrap();
+        let rebuilt = Index::load(dir.path()).unwrap();
+        let queries = random(40 * 12, 13);
+        assert_eq!(
+            rebuilt.search_vectors(&queries, 10, 50).unwrap(),
+            built.search_vectors(&queries, 10, 50).unwrap()
+        );
+        let d = dir.path().join("resaved");
+        rebuilt.save(&d).unwrap();
+        assert_eq!(files(&d), saved);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_graph_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        hnsw_index(false).save(dir.path()).unwrap();
+        let g = dir.path().join(GRAPH_FILE);
+        let bytes = std::fs::read(&g).unwrap();
+        let load_err = |b: &[u8]| {
+            std::fs::write(&g, b).unwrap();
+            Index::load(dir.path()).unwrap_err().to_string()
+        };
+        let e = load_err(&bytes[..bytes.len() - 3]);
+        assert!(
+            e.contains("hnsw.graph") && e.contains("ends too early") && e.contains("delete it"),
+            "{e}"
+        );
+        let e = load_err(&[&bytes[..], &[0]].concat());
+        assert!(e.contains("1 bytes after the last row"), "{e}");
+        let e = load_err(b"not a graph");
+        assert!(e.contains("does not start with `EXPHNSW1`"), "{e}");
+        // A graph of another index (other parameters) is refused, not searched.
+        let other = dir.path().join("other");
+        Index::hnsw(
+            ids(1500),
+            random(1500 * 12, 11),
+            12,
+            Metric::Cosine,
+            HnswParams::default(),
+        )
+        .unwrap()
+        .save(&other)
+        .unwrap();
+        let e = load_err(&std::fs::read(other.join(GRAPH_FILE)).unwrap());
+        assert!(
+            e.contains("M 16, ef_construction 200") && e.contains("M 8, ef_construction 64"),
+            "{e}"
+        );
+        // A neighbour out of range: the last neighbour id of the last row set to 1500.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        bad[n - 4..].copy_from_slice(&1500u32.to_le_bytes());
+        let e = load_err(&bad);
+        assert!(e.contains("neighbour 1500 on layer"), "{e}");
     }
 
     #[test]

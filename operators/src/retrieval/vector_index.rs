@@ -1,13 +1,13 @@
 //! `retrieve.vector_index`: a table of ids and embeddings (a list-of-floats column) → an
 //! exact or HNSW `index` (see `expflow_retrieval::{exact, hnsw}`). The artifact holds the
-//! vectors and the HNSW parameters; the graph is rebuilt, by deterministic serial insertion,
-//! where the index is searched.
+//! vectors, the HNSW parameters and the graph (built once here, by deterministic serial
+//! insertion unless `parallel`), so searching nodes load it instead of rebuilding it.
 
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
     Resources, Signature,
 };
-use expflow_retrieval::{ExactIndex, HnswParams, Index, Metric};
+use expflow_retrieval::{HnswParams, Index, Metric};
 use serde_json::{Map, Value, json};
 
 use super::{flatten, id_column, lib_error, vector_column, write_index};
@@ -138,18 +138,15 @@ impl Operator for VectorIndexOp {
                 write_index(ctx, KIND, &index)
             }
             Some(params) => {
-                // The graph is built where the index is loaded; building it here too would
-                // only cost time.
-                let exact = ExactIndex::build(data, dim, cfg.metric).map_err(lib_error(KIND))?;
-                Index::save_hnsw_unbuilt(&ctx.output("index")?.path, &ids, &exact, params)
-                    .map_err(lib_error(KIND))?;
+                let index =
+                    Index::hnsw(ids, data, dim, cfg.metric, params).map_err(lib_error(KIND))?;
                 ctx.log(&format!(
                     "index: {} hnsw vectors, dimension {dim}, M {}, ef_construction {}",
-                    ids.len(),
+                    index.len(),
                     params.m,
                     params.ef_construction
                 ));
-                Ok(())
+                write_index(ctx, KIND, &index)
             }
         }
     }
