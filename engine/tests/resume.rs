@@ -111,13 +111,21 @@ fn failed_attempts_leave_state_that_the_next_run_resumes_and_success_removes() {
     let dir = tempfile::tempdir().unwrap();
     let first = run(dir.path());
     assert_eq!(first.status, "failed", "{first:?}");
-    assert_eq!(resume_entries(dir.path()), 1, "the failed node keeps its state");
+    assert_eq!(
+        resume_entries(dir.path()),
+        1,
+        "the failed node keeps its state"
+    );
     let second = run(dir.path());
     assert_eq!(second.status, "failed");
     let third = run(dir.path());
     assert_eq!(third.status, "ok", "{:?}", third.errors);
     assert!(third.executed.contains(&"count".to_string()));
-    assert_eq!(resume_entries(dir.path()), 0, "stored outputs end the state");
+    assert_eq!(
+        resume_entries(dir.path()),
+        0,
+        "stored outputs end the state"
+    );
     let again = run(dir.path());
     assert!(again.executed.is_empty(), "{again:?}");
 }
