@@ -41,7 +41,10 @@ fn checkpoint_exists(p: &Project) -> bool {
     };
     keys.flatten().any(|k| {
         std::fs::read_dir(k.path().join("native"))
-            .map(|d| d.flatten().any(|e| !e.file_name().to_string_lossy().ends_with(".partial")))
+            .map(|d| {
+                d.flatten()
+                    .any(|e| !e.file_name().to_string_lossy().ends_with(".partial"))
+            })
             .unwrap_or(false)
     })
 }
@@ -61,8 +64,14 @@ fn an_interrupted_training_node_resumes_to_the_same_model() {
         .unwrap();
     let started = Instant::now();
     while !checkpoint_exists(&p) {
-        assert!(started.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        assert!(child.try_wait().unwrap().is_none(), "the run ended before a checkpoint");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before a checkpoint"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     // Ctrl-C: the node saves its state and the run stops without a record of it.
@@ -75,13 +84,22 @@ fn an_interrupted_training_node_resumes_to_the_same_model() {
     again.expect_code(0);
     assert_eq!(again.executed(), vec!["sft".to_string()]);
     let log = String::from_utf8_lossy(&p.expflow(&["log", "sft"]).stdout).into_owned();
-    assert!(log.contains("resuming from the checkpoint at step"), "{log}");
-    for f in ["model/model.safetensors", "model/adapter/adapter_model.safetensors"] {
+    assert!(
+        log.contains("resuming from the checkpoint at step"),
+        "{log}"
+    );
+    for f in [
+        "model/model.safetensors",
+        "model/adapter/adapter_model.safetensors",
+    ] {
         assert_eq!(
             std::fs::read(p.path(f)).unwrap(),
             std::fs::read(whole.path(f)).unwrap(),
             "{f} differs from the uninterrupted run"
         );
     }
-    assert!(!p.path(".expflow/resume").read_dir().unwrap().any(|_| true), "stored outputs end the state");
+    assert!(
+        !p.path(".expflow/resume").read_dir().unwrap().any(|_| true),
+        "stored outputs end the state"
+    );
 }

@@ -126,8 +126,9 @@ impl Operator for Sft {
                 Port::new(
                     "data",
                     PortType::File,
-                    "training rows: ms-swift {messages} or alpaca {system, instruction, input, output}; JSON Lines, JSON or a table",
-                ),
+                    "training rows: ms-swift {messages} or alpaca {system, instruction, input, output}; JSON Lines, JSON or a table (llamafactory: or the `dataset` input)",
+                )
+                .optional(),
                 Port::new("dev", PortType::File, "evaluation rows, same forms").optional(),
                 Port::new("model", PortType::Model, "the base model directory").optional(),
                 Port::new(
@@ -171,7 +172,13 @@ impl Operator for Sft {
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let max_len = p.u64("max_len")? as usize;
         let (mut model, base) = common::load_model(ctx, KIND)?;
-        let train_rows = common::read_rows(KIND, &ctx.input("data")?.path)?;
+        let data = ctx.inputs().get("data").ok_or_else(|| {
+            OperatorError::data(
+                KIND,
+                "the native backend needs the `data` input (training rows)",
+            )
+        })?;
+        let train_rows = common::read_rows(KIND, &data.path)?;
         let convs = expflow_train::data::sft_conversations(&train_rows)
             .map_err(|e| OperatorError::data(KIND, format!("input `data`: {e}")))?;
         if convs.iter().flatten().any(|m| {
