@@ -214,7 +214,8 @@ pub fn training_yaml(
         put("save_strategy", "steps".into());
         put("save_steps", save.to_string());
     } else {
-        put("save_strategy", "no".into());
+        // Quoted: YAML 1.1 (PyYAML) reads a bare `no` as false.
+        put("save_strategy", yaml_value(&json!("no")));
     }
     put("plot_loss", "false".into());
     put("overwrite_output_dir", "false".into());

@@ -249,14 +249,19 @@ pub fn metric_rows(entries: &[Value]) -> Vec<MetricRow> {
                 values.insert(k.clone(), x);
             }
         }
+        let (loss, grad_norm) = (num("loss"), num("grad_norm"));
+        if loss.is_none() && grad_norm.is_none() && values.is_empty() {
+            // A closing line with only timings and counters.
+            continue;
+        }
         out.push(MetricRow {
             step: step as usize,
             epoch: num("epoch").unwrap_or(f64::NAN),
             lr: num("lr")
                 .or_else(|| num("learning_rate"))
                 .unwrap_or(f64::NAN),
-            loss: num("loss"),
-            grad_norm: num("grad_norm"),
+            loss,
+            grad_norm,
             values,
         });
     }
