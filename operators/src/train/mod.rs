@@ -13,3 +13,6 @@ pub mod tiny_model;
 pub use dpo::{Dpo, ReferenceLogprobs};
 pub use sft::Sft;
 pub use tiny_model::TinyModel;
+
+#[cfg(test)]
+mod tests;

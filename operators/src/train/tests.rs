@@ -1,0 +1,144 @@
+//! The training operators through the harness on a tiny model: SFT with a dev set, a task
+//! metric from greedy generations and best-adapter selection; DPO against a reference table;
+//! the tiny model's bytes for the same rows.
+
+use std::path::Path;
+
+use expflow_engine::PortType;
+use expflow_engine::harness::Harness;
+use serde_json::json;
+
+use super::{Dpo, ReferenceLogprobs, Sft, TinyModel};
+use crate::testing::{column_i64, table_from_bytes};
+
+fn rows(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("rows.jsonl");
+    let mut text = String::new();
+    for i in 0..4 {
+        text.push_str(&format!(
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"step {i}\"}}, {{\"role\": \"assistant\", \"content\": \"heat the flask slowly\"}}], \"rejected_response\": \"drop it\"}}\n"
+        ));
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn tiny(h: &mut Harness, data: &Path) -> std::path::PathBuf {
+    let run = h
+        .run(
+            &TinyModel,
+            &[("text", PortType::File, data)],
+            json!({"params": 100000, "vocab": 300}),
+            &[],
+        )
+        .unwrap();
+    run.outputs["model"].clone()
+}
+
+#[test]
+fn sft_evaluates_a_task_metric_and_dpo_uses_the_reference_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = rows(dir.path());
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let model = tiny(&mut h, &data);
+    let again = tiny(&mut h, &data);
+    let bytes = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+    assert_eq!(bytes(&model), bytes(&again), "same rows, same tiny model");
+    let sft = h
+        .run(
+            &Sft,
+            &[
+                ("data", PortType::File, data.as_path()),
+                ("dev", PortType::File, data.as_path()),
+                ("model", PortType::Model, model.as_path()),
+            ],
+            json!({"max_steps": 6, "learning_rate": 0.01, "lora_rank": 4, "lora_alpha": 8.0, "eval_steps": 3,
+                   "eval_metric": "rouge_l", "eval_max_tokens": 8, "best_metric": "eval_rouge_l", "greater_is_better": true}),
+            &[],
+        )
+        .unwrap();
+    let metrics = table_from_bytes(&std::fs::read(&sft.outputs["metrics"]).unwrap());
+    let names: Vec<String> = metrics
+        .get_column_names()
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        names.contains(&"eval_rouge_l".to_string()) && names.contains(&"eval_loss".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(
+        column_i64(&metrics, "step").len(),
+        6 + 2,
+        "six steps and two evaluations"
+    );
+    assert!(sft.log.contains("SFT: 4 rows"), "{}", sft.log);
+    let merged = &sft.outputs["model"];
+    assert!(
+        merged.join("model.safetensors").is_file()
+            && merged.join("adapter/adapter_config.json").is_file()
+    );
+
+    let reference = h
+        .run(
+            &ReferenceLogprobs,
+            &[
+                ("data", PortType::File, data.as_path()),
+                ("model", PortType::Model, merged.as_path()),
+            ],
+            json!({}),
+            &[],
+        )
+        .unwrap();
+    let table = &reference.outputs["table"];
+    let dpo = h
+        .run(
+            &Dpo,
+            &[
+                ("data", PortType::File, data.as_path()),
+                ("model", PortType::Model, merged.as_path()),
+                ("reference", PortType::Table, table.as_path()),
+            ],
+            json!({"max_steps": 2, "learning_rate": 0.001, "merge": false}),
+            &[],
+        )
+        .unwrap();
+    let m = table_from_bytes(&std::fs::read(&dpo.outputs["metrics"]).unwrap());
+    let first: Vec<Option<f64>> = m.column("loss").unwrap().f64().unwrap().iter().collect();
+    assert!(
+        (first[0].unwrap() - std::f64::consts::LN_2).abs() < 1e-4,
+        "{first:?}"
+    );
+    assert!(
+        dpo.outputs["model"]
+            .join("adapter_model.safetensors")
+            .is_file()
+    );
+    // A reference table from other data is refused, naming the mismatch.
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(
+        &other,
+        std::fs::read_to_string(&data)
+            .unwrap()
+            .lines()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
+    .unwrap();
+    let err = h
+        .run(
+            &Dpo,
+            &[
+                ("data", PortType::File, other.as_path()),
+                ("model", PortType::Model, merged.as_path()),
+                ("reference", PortType::Table, table.as_path()),
+            ],
+            json!({"max_steps": 1}),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("has 4 rows for 2 pairs"), "{err}");
+}
