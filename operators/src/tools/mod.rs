@@ -128,8 +128,8 @@ pub fn string_map(
     }
 }
 
-/// Training rows for a tool: ms-swift rows kept, alpaca rows turned into messages (and the
-/// reverse for LLaMA-Factory, in its own module).
+/// The rows of the input `port` (JSON Lines, a JSON array or a table); each tool's module
+/// converts them to the form it reads.
 pub fn rows(ctx: &Context, op: &'static str, port: &str) -> Result<Vec<Value>, OpError> {
     crate::train::common::read_rows(op, &ctx.input(port)?.path)
 }

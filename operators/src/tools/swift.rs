@@ -143,7 +143,7 @@ pub fn command_line(
 /// ms-swift rows: as given, or alpaca rows turned into `messages` (and preference rows into
 /// `messages` + `rejected_response`).
 pub fn swift_rows(rows: &[Value], stage: Stage) -> Result<Vec<Value>> {
-    let pairs_or_convs = |i: usize, e: expflow_train::TrainError| {
+    let bad_row = |i: usize, e: expflow_train::TrainError| {
         OperatorError::data("train", format!("row {}: {e}", i + 1))
     };
     rows.iter()
@@ -161,12 +161,12 @@ pub fn swift_rows(rows: &[Value], stage: Stage) -> Result<Vec<Value>> {
             match stage {
                 Stage::Sft => {
                     let c = expflow_train::data::sft_conversations(std::slice::from_ref(r))
-                        .map_err(|e| pairs_or_convs(i, e))?;
+                        .map_err(|e| bad_row(i, e))?;
                     out.insert("messages".into(), Value::Array(msgs(&c[0])));
                 }
                 Stage::Dpo => {
                     let p = expflow_train::data::pairs(std::slice::from_ref(r))
-                        .map_err(|e| pairs_or_convs(i, e))?;
+                        .map_err(|e| bad_row(i, e))?;
                     let mut m = msgs(&p[0].prompt);
                     m.push(serde_json::json!({"role": "assistant", "content": p[0].chosen}));
                     out.insert("messages".into(), Value::Array(m));
