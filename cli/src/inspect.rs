@@ -71,7 +71,19 @@ fn latest_events(root: &std::path::Path, run: Option<&str>) -> Result<(String, P
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| !n.starts_with("audit-"))
                 .collect();
-            ids.sort();
+            // Run ids are second-resolution timestamps with a random suffix: two runs within
+            // one second sort by the suffix, so order by the start time in their events.
+            let started = |id: &String| -> u64 {
+                std::fs::read_to_string(runs.join(id).join("events.jsonl"))
+                    .ok()
+                    .and_then(|t| {
+                        let first = t.lines().next()?.to_string();
+                        serde_json::from_str::<serde_json::Value>(&first).ok()
+                    })
+                    .and_then(|v| v["t_ms"].as_u64())
+                    .unwrap_or(0)
+            };
+            ids.sort_by_cached_key(|id| (started(id), id.clone()));
             match ids.pop() {
                 Some(id) => id,
                 None => bail!(EngineError::Usage("this workspace has no runs yet".into())),

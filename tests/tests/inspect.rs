@@ -88,3 +88,24 @@ fn explain_names_the_changed_field() {
         "{ex}"
     );
 }
+
+#[test]
+fn log_shows_the_latest_run_even_within_one_second() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // Two runs started in the same second: their ids sort by a random suffix, the opposite
+    // of the order they ran in.
+    for (id, t, text) in [
+        ("29991231-235959-ffff", 4_102_444_799_000u64, "earlier\n"),
+        ("29991231-235959-0000", 4_102_444_799_500u64, "later\n"),
+    ] {
+        p.write(
+            &format!(".expflow/runs/{id}/events.jsonl"),
+            &format!("{{\"t_ms\":{t},\"event\":\"run_started\",\"run_id\":\"{id}\",\"pipeline\":\"pl\",\"pipeline_path\":\"pipe.yaml\",\"pid\":1,\"jobs\":1,\"nodes\":2}}\n"),
+        );
+        p.write(&format!(".expflow/runs/{id}/logs/a.log"), text);
+    }
+    let out = p.expflow(&["log", "a"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "later\n");
+}
