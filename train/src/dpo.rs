@@ -54,21 +54,19 @@ pub struct RefLogps {
     pub rejected_tokens: usize,
 }
 
+/// `prompt` + `answer` tokenised with only the answer labelled; `prompt_len` is the
+/// prompt's own token count (earlier assistant turns belong to the prompt).
 fn answer_only(
     model: &dyn Trainable,
     prompt: &[ChatMessage],
+    prompt_len: usize,
     answer: &str,
     max_len: usize,
 ) -> Result<TrainSequence> {
     let mut msgs = prompt.to_vec();
     msgs.push(ChatMessage::text("assistant", answer));
     let mut seq = model.encode_chat(&msgs, max_len)?;
-    // Earlier assistant turns belong to the prompt: keep only the last turn's labels.
-    let prefix = model
-        .encode_chat(prompt, usize::MAX)?
-        .ids
-        .len()
-        .min(seq.ids.len());
+    let prefix = prompt_len.min(seq.ids.len());
     for l in &mut seq.labels[..prefix] {
         *l = IGNORE;
     }
@@ -85,8 +83,9 @@ pub fn encode_pairs(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let chosen = answer_only(model, &p.prompt, &p.chosen, max_len)?;
-            let rejected = answer_only(model, &p.prompt, &p.rejected, max_len)?;
+            let prompt_len = model.encode_chat(&p.prompt, usize::MAX)?.ids.len();
+            let chosen = answer_only(model, &p.prompt, prompt_len, &p.chosen, max_len)?;
+            let rejected = answer_only(model, &p.prompt, prompt_len, &p.rejected, max_len)?;
             if chosen.trained_tokens() == 0 || rejected.trained_tokens() == 0 {
                 return Err(TrainError::Data(format!(
                     "pair {}: an answer has no token within max_len {max_len}; raise max_len",

@@ -10,7 +10,7 @@
 //! per distinct text or file, so an edit recomputes only what changed.
 
 mod bertscore;
-mod common;
+pub(crate) mod common;
 mod image;
 mod text;
 mod video;

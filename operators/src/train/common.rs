@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use expflow_engine::{Context, Determinism, OpError, ParamKind, ParamSpec};
-use expflow_models::{Generator, ModelDir, Needs};
+use expflow_models::{Generator, Needs};
 use expflow_train::optim::AdamWConfig;
 use expflow_train::schedule::Scheduler;
 use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, MetricRow, peft};
@@ -260,24 +260,11 @@ pub fn load_model(
     ctx: &Context,
     op: &'static str,
 ) -> Result<(Generator, std::path::PathBuf), OpError> {
-    let input = ctx.input("model")?;
-    let dir = ModelDir::open(&input.path, Needs::Tokenizer).map_err(|e| {
-        OperatorError::data(
-            op,
-            format!(
-                "input `model` ({}) is not a usable model directory: {e}",
-                input.path.display()
-            ),
-        )
-    })?;
+    let model = crate::embed::common::open_model(ctx, op, Needs::Tokenizer)?;
     let device = expflow_models::default_device()?;
-    let g = Generator::load(&dir, &device)?;
-    ctx.log(&format!(
-        "base model {} (weights blake3 {}), device {device:?}",
-        input.path.display(),
-        dir.weight_digest()?
-    ));
-    Ok((g, input.path.clone()))
+    crate::embed::common::log_device(ctx, &device);
+    let g = Generator::load(&model.dir, &device)?;
+    Ok((g, model.dir.root.clone()))
 }
 
 /// Logging, progress and cancellation wired to the node context.
@@ -350,9 +337,11 @@ pub fn write_model(ctx: &Context, base: &Path, lora: &Lora, merge: bool) -> Resu
     Ok(())
 }
 
-/// The resume directory for the native trainer's checkpoints.
+/// The resume directory for the native trainer's checkpoints (created).
 pub fn checkpoints(ctx: &Context) -> Result<std::path::PathBuf, OpError> {
-    Ok(ctx.resume_dir()?.join("native"))
+    let dir = ctx.resume_dir()?.join("native");
+    std::fs::create_dir_all(&dir).map_err(|e| OperatorError::io("cannot create", &dir, e))?;
+    Ok(dir)
 }
 
 /// Native training is reproducible for a seed; GPU training through external tools is not

@@ -325,7 +325,6 @@ impl Operator for Dpo {
             label_smoothing: p.f64("label_smoothing")?,
         };
         let ckpt = common::checkpoints(ctx)?;
-        std::fs::create_dir_all(&ckpt).map_err(|e| OperatorError::io("cannot create", &ckpt, e))?;
         let out = common::with_hooks(ctx, |hooks| {
             train(&mut model, &lora, &mut obj, &cfg, Some(&ckpt), hooks)
         })?;

@@ -69,9 +69,8 @@ impl Objective for WithTask {
                             .ok()
                             .and_then(|(c, _)| c)
                     };
-                    f64::from(u8::from(
-                        first(&hyp).is_some() && first(&hyp) == first(answer),
-                    ))
+                    let got = first(&hyp);
+                    f64::from(u8::from(got.is_some() && got == first(answer)))
                 }
                 _ => expflow_metrics::rouge::rouge_l(&hyp, &[answer.as_str()], false).fmeasure,
             };
@@ -227,7 +226,6 @@ impl Operator for Sft {
             max_new_tokens: p.u64("eval_max_tokens")? as usize,
         };
         let ckpt = common::checkpoints(ctx)?;
-        std::fs::create_dir_all(&ckpt).map_err(|e| OperatorError::io("cannot create", &ckpt, e))?;
         let out = common::with_hooks(ctx, |hooks| {
             train(&mut model, &lora, &mut obj, &cfg, Some(&ckpt), hooks)
         })?;
