@@ -275,6 +275,8 @@ pub struct Qwen2 {
     norm: Tensor,
     lm_head: Linear,
     inv_freq: Vec<f32>,
+    /// Module-name prefixes of the decoder (`model`) and of `lm_head` (empty at the root).
+    prefix: (String, String),
     /// Use composite ops that keep autograd (for training) instead of fused kernels.
     pub differentiable: bool,
 }
@@ -292,13 +294,19 @@ impl Qwen2 {
 
     /// Builds the model from a `VarBuilder` with Hugging Face's tensor names.
     pub fn from_var_builder(config: Qwen2Config, vb: VarBuilder) -> Result<Qwen2> {
+        Qwen2::from_parts(config, vb.pp("model"), vb)
+    }
+
+    /// Builds the decoder from `m`, rooted where `embed_tokens`, `layers` and `norm` live
+    /// (`model`, or `model.language_model` in a vision-language checkpoint), and `head`,
+    /// rooted where `lm_head` lives.
+    pub fn from_parts(config: Qwen2Config, m: VarBuilder, head: VarBuilder) -> Result<Qwen2> {
         let (h, i) = (config.hidden_size, config.intermediate_size);
         let (heads, kv_heads, hd) = (
             config.num_attention_heads,
             config.kv_heads(),
             config.head_dim(),
         );
-        let m = vb.pp("model");
         let embed_w = m.get((config.vocab_size, h), "embed_tokens.weight")?;
         let embed = Embedding::new(embed_w.clone(), h);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
@@ -333,7 +341,7 @@ impl Qwen2 {
                 adapter: None,
             }
         } else {
-            Linear::load(&vb, "lm_head", config.vocab_size, h, false)?
+            Linear::load(&head, "lm_head", config.vocab_size, h, false)?
         };
         // As transformers: 1 / theta^(2j/d), in f32.
         let inv_freq = (0..hd / 2)
@@ -346,6 +354,7 @@ impl Qwen2 {
             norm,
             lm_head,
             inv_freq,
+            prefix: (m.prefix(), head.prefix()),
             differentiable: false,
         })
     }
@@ -355,11 +364,12 @@ impl Qwen2 {
     }
 
     /// Every projection by its Hugging Face module name (`model.layers.0.self_attn.q_proj`,
-    /// `lm_head`, ...), for attaching adapters.
+    /// `lm_head`, ...; the prefixes the model was loaded from), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::new();
+        let (m, head) = &self.prefix;
         for (l, layer) in self.layers.iter_mut().enumerate() {
-            let p = format!("model.layers.{l}");
+            let p = format!("{m}.layers.{l}");
             let a = &mut layer.attn;
             out.push((format!("{p}.self_attn.q_proj"), &mut a.q_proj));
             out.push((format!("{p}.self_attn.k_proj"), &mut a.k_proj));
@@ -370,7 +380,12 @@ impl Qwen2 {
             out.push((format!("{p}.mlp.up_proj"), &mut f.up_proj));
             out.push((format!("{p}.mlp.down_proj"), &mut f.down_proj));
         }
-        out.push(("lm_head".to_string(), &mut self.lm_head));
+        let head = if head.is_empty() {
+            "lm_head".to_string()
+        } else {
+            format!("{head}.lm_head")
+        };
+        out.push((head, &mut self.lm_head));
         out
     }
 
@@ -388,9 +403,38 @@ impl Qwen2 {
         ids: &Tensor,
         positions: &Tensor,
         key_mask: &Tensor,
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let (b, s) = ids.dims2()?;
+        if positions.dims2()? != (b, s) {
+            return Err(ModelError::Request(format!(
+                "positions have shape {:?}; expected ({b}, {s})",
+                positions.dims()
+            )));
+        }
+        let dtype = self.norm.dtype();
+        let (cos, sin) = self.rope_tables(positions, dtype)?;
+        let x = self.embed.forward(ids)?;
+        self.forward_embeds(&x, &cos, &sin, key_mask, cache)
+    }
+
+    /// Token embeddings `(batch, seq, hidden)` of `ids` `(batch, seq)`.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed.forward(ids)?)
+    }
+
+    /// Like [`Qwen2::forward_hidden`], from input embeddings `(batch, seq, hidden)` and
+    /// rotary tables `cos`/`sin` of shape `(batch or 1, 1, seq, head_dim)` computed by the
+    /// caller (the vision-language model's M-RoPE).
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        key_mask: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = embeds.dims3()?;
         let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
         let (mb, mt) = key_mask.dims2()?;
         if mb != b || mt != past + s {
@@ -399,28 +443,29 @@ impl Qwen2 {
                 past + s
             )));
         }
-        if positions.dims2()? != (b, s) {
-            return Err(ModelError::Request(format!(
-                "positions have shape {:?}; expected ({b}, {s})",
-                positions.dims()
-            )));
-        }
         let dtype = self.norm.dtype();
         let mask = additive_mask(key_mask, s, past)?.to_dtype(dtype)?;
-        let (cos, sin) = self.rope_tables(positions, dtype)?;
-        let mut x = self.embed.forward(ids)?;
+        let mut x = embeds.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = self.rms_norm(&x, &layer.input_norm)?;
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let a = layer
                 .attn
-                .forward(&normed, &cos, &sin, &mask, slot, self.differentiable)?;
+                .forward(&normed, cos, sin, &mask, slot, self.differentiable)?;
             x = (x + a)?;
             let normed = self.rms_norm(&x, &layer.post_norm)?;
             let m = layer.mlp.forward(&normed)?;
             x = (x + m)?;
         }
         Ok(self.rms_norm(&x, &self.norm)?)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.norm.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.norm.device()
     }
 
     /// Logits of hidden states: `(..., hidden)` to `(..., vocab)`.
@@ -538,11 +583,15 @@ impl Attention {
         let v = repeat_kv(v, rep)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        // Softmax in f32 whatever the weights' dtype (as transformers does).
+        let dtype = scores.dtype();
+        let scores = scores.to_dtype(DType::F32)?;
         let probs = if differentiable {
             candle_nn::ops::softmax(&scores, D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        }
+        .to_dtype(dtype)?;
         let out = probs.matmul(&v)?;
         let out = out
             .transpose(1, 2)?

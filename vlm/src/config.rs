@@ -2,7 +2,7 @@
 //! top level, `rope_scaling.mrope_section`) and transformers 5's (`text_config`,
 //! `rope_parameters.mrope_section`).
 
-use expflow_models::ModelDir;
+use expflow_models::{ModelDir, Qwen2Config};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -53,6 +53,24 @@ impl TextConfig {
 
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
+    }
+
+    /// The same decoder as `expflow_models`' Qwen2 config (its rotary tables are replaced
+    /// by M-RoPE's at run time).
+    pub fn qwen2(&self) -> Qwen2Config {
+        Qwen2Config {
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_hidden_layers,
+            num_attention_heads: self.num_attention_heads,
+            num_key_value_heads: self.num_key_value_heads,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings,
+            hidden_act: self.hidden_act.clone(),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //!   CLIP normalisation, temporal patches, patchify;
 //! - [`vision`]: the vision tower (window attention, 2-D rotary embeddings, patch merger);
 //! - [`rope`]: multimodal rotary positions (`get_rope_index`) and their cos/sin tables;
-//! - [`text`]: the Qwen2 decoder fed with embeddings and M-RoPE tables;
+//! - the decoder is `expflow_models::Qwen2`, fed with embeddings and M-RoPE tables;
 //! - [`model`]: [`VisionLanguageModel`]: loading, forward, chat rendering, generation.
 
 pub mod config;
@@ -13,7 +13,6 @@ pub mod error;
 pub mod image;
 pub mod model;
 pub mod rope;
-pub mod text;
 pub mod vision;
 
 pub use config::{TextConfig, VisionConfig, VlmConfig};

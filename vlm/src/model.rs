@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use expflow_models::sampling::{Rng, log_softmax, pick, top_n};
 use expflow_models::{
     ChatMessage, ChatTemplate, Completion, ContentPart, FinishReason, GenRequest, Generation,
-    ModelDir, Sampling, TokenLogprob,
+    KvCache, ModelDir, Qwen2, Sampling, TokenLogprob,
 };
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -18,7 +18,6 @@ use crate::config::VlmConfig;
 use crate::error::{Result, VlmError};
 use crate::image::{ImageProcessor, PixelValues};
 use crate::rope::{MRope, VisionSpan, rope_index};
-use crate::text::{TextCache, TextModel};
 use crate::vision::VisionTower;
 
 /// A loaded Qwen2.5-VL model.
@@ -27,7 +26,7 @@ pub struct VisionLanguageModel {
     pub config: VlmConfig,
     pub processor: ImageProcessor,
     vision: VisionTower,
-    text: TextModel,
+    text: Qwen2,
     mrope: MRope,
     tokenizer: Tokenizer,
     chat: ChatTemplate,
@@ -37,7 +36,7 @@ pub struct VisionLanguageModel {
 
 /// A prompt's state after the prefill: the cache, the last position's logits, the rope delta.
 struct Prefilled {
-    cache: TextCache,
+    cache: KvCache,
     last_logits: Vec<f32>,
     delta: i64,
     len: usize,
@@ -103,7 +102,7 @@ impl VisionLanguageModel {
         check_tensors(dir, &config, text_prefix, vision_prefix)?;
         let vb = dir.var_builder(dtype, device)?;
         let vision = VisionTower::load(&config.vision, vb.pp(vision_prefix))?;
-        let text = TextModel::load(&config.text, vb.pp(text_prefix), vb.clone())?;
+        let text = Qwen2::from_parts(config.text.qwen2(), vb.pp(text_prefix), vb.clone())?;
         let mrope = MRope::new(
             config.text.head_dim(),
             config.text.rope_theta,
@@ -300,13 +299,13 @@ impl VisionLanguageModel {
         &self,
         ids: &[u32],
         images: &[PixelValues],
-        cache: &mut TextCache,
+        cache: &mut KvCache,
     ) -> Result<(Tensor, i64)> {
         if ids.is_empty() {
             return Err(VlmError::Request("the prompt is empty".into()));
         }
         let index = self.positions(ids, images)?;
-        let mut embeds = self.text.embed(ids)?;
+        let mut embeds = self.embed_ids(ids)?;
         if !images.is_empty() {
             let feats = self.vision_features(images)?.to_dtype(embeds.dtype())?;
             // Row i of the result: embedding i for text, feature k for the k-th pad.
@@ -337,8 +336,29 @@ impl VisionLanguageModel {
         let (cos, sin) = self
             .mrope
             .tables(&index.rows, self.text.dtype(), &self.device)?;
-        let hidden = self.text.forward_embeds(&embeds, &cos, &sin, cache)?;
+        let hidden = self.run_decoder(&embeds, &cos, &sin, cache)?;
         Ok((hidden, index.delta))
+    }
+
+    /// Token embeddings `(1, seq, hidden)` of one sequence.
+    fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        let t = Tensor::from_slice(ids, (1, ids.len()), &self.device)?;
+        Ok(self.text.embed(&t)?)
+    }
+
+    /// One unpadded sequence through the decoder, causal over `cache` and the new positions.
+    fn run_decoder(
+        &self,
+        embeds: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let t = cache.len() + embeds.dim(1)?;
+        let keys = Tensor::ones((1, t), DType::U8, &self.device)?;
+        Ok(self
+            .text
+            .forward_embeds(embeds, cos, sin, &keys, Some(cache))?)
     }
 
     fn prefill(&self, ids: &[u32], images: &[PixelValues]) -> Result<Prefilled> {
@@ -360,18 +380,12 @@ impl VisionLanguageModel {
     }
 
     /// Logits of the next position after feeding `token` at index `index`.
-    fn step(
-        &self,
-        token: u32,
-        index: usize,
-        delta: i64,
-        cache: &mut TextCache,
-    ) -> Result<Vec<f32>> {
+    fn step(&self, token: u32, index: usize, delta: i64, cache: &mut KvCache) -> Result<Vec<f32>> {
         let p = index as i64 + delta;
         let rows = [vec![p], vec![p], vec![p]];
         let (cos, sin) = self.mrope.tables(&rows, self.text.dtype(), &self.device)?;
-        let embeds = self.text.embed(&[token])?;
-        let hidden = self.text.forward_embeds(&embeds, &cos, &sin, cache)?;
+        let embeds = self.embed_ids(&[token])?;
+        let hidden = self.run_decoder(&embeds, &cos, &sin, cache)?;
         let last = hidden.squeeze(0)?;
         Ok(self
             .text
