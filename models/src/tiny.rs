@@ -84,7 +84,7 @@ pub fn write_tiny_qwen2(dir: &Path, spec: &TinySpec, corpus: &[String]) -> Resul
         )));
     }
     fs::create_dir_all(dir).map_err(|e| ModelError::io("create", dir, e))?;
-    write_tokenizer(dir, spec.vocab, corpus)?;
+    write_tokenizer(dir, spec.vocab, corpus, &SPECIAL_TOKENS)?;
     let id = |i: usize| i as u32;
     let (eot, im_end) = (id(0), id(2));
     let config = json!({
@@ -120,10 +120,15 @@ pub fn write_tiny_qwen2(dir: &Path, spec: &TinySpec, corpus: &[String]) -> Resul
     write_json(dir, "tokenizer_config.json", &tok_config)?;
     let cfg: Qwen2Config = serde_json::from_value(config)
         .map_err(|e| ModelError::Request(format!("tiny config: {e}")))?;
-    write_weights(&dir.join("model.safetensors"), &cfg, spec.seed)
+    write_weights(
+        &dir.join("model.safetensors"),
+        &cfg.expected_tensors(),
+        spec.seed,
+    )
 }
 
-fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> Result<()> {
+/// Writes `v` pretty-printed to `dir/name`.
+pub fn write_json(dir: &Path, name: &str, v: &serde_json::Value) -> Result<()> {
     let path = dir.join(name);
     let text =
         serde_json::to_string_pretty(v).map_err(|e| ModelError::bad(&path, e.to_string()))?;
@@ -138,10 +143,17 @@ type Trainable = TokenizerImpl<
     DecoderWrapper,
 >;
 
-fn write_tokenizer(dir: &Path, vocab: usize, corpus: &[String]) -> Result<()> {
+/// Trains a byte-level BPE tokenizer of `vocab` entries on `corpus`, `specials` first (ids
+/// from 0), and writes `dir/tokenizer.json`.
+pub fn write_tokenizer(
+    dir: &Path,
+    vocab: usize,
+    corpus: &[String],
+    specials: &[&str],
+) -> Result<()> {
     let terr =
         |e: tokenizers::Error| ModelError::Tokenizer(format!("training the tiny tokenizer: {e}"));
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+    let specials: Vec<AddedToken> = specials
         .iter()
         .map(|t| AddedToken::from(t.to_string(), true))
         .collect();
@@ -166,14 +178,19 @@ fn write_tokenizer(dir: &Path, vocab: usize, corpus: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Seeded weights, uniform in `±1/sqrt(fan_in)` (embeddings `±1`, norms 1), in a
-/// safetensors file written byte for byte the same for the same config and seed.
-fn write_weights(path: &Path, cfg: &Qwen2Config, seed: u64) -> Result<()> {
+/// Seeded weights for `names` (tensor name and shape), uniform in `±1/sqrt(fan_in)`
+/// (embeddings `±1`; norm weights 1: names ending `norm.weight`, and 1-D `norm`/`ln_`
+/// weights), in a safetensors file written byte for byte the same for the same list and seed.
+pub fn write_weights(path: &Path, names: &[(String, Vec<usize>)], seed: u64) -> Result<()> {
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    for (k, (name, shape)) in cfg.expected_tensors().into_iter().enumerate() {
+    for (k, (name, shape)) in names.iter().cloned().enumerate() {
         let n: usize = shape.iter().product();
         let mut rng = Rng::for_sample(seed, k as u64);
-        let values: Vec<f32> = if name.ends_with("norm.weight") {
+        let norm = name.ends_with("norm.weight")
+            || (shape.len() == 1
+                && name.ends_with(".weight")
+                && (name.contains("norm") || name.contains("ln_")));
+        let values: Vec<f32> = if norm {
             vec![1.0; n]
         } else {
             let bound = if name.contains("embed_tokens") {

@@ -164,13 +164,17 @@ pub struct VlmConfig {
 impl VlmConfig {
     /// Reads and checks the config of `dir`.
     pub fn from_dir(dir: &ModelDir) -> Result<VlmConfig> {
-        let path = dir.root.join("config.json");
+        VlmConfig::from_value(&dir.config, &dir.root.join("config.json"))
+    }
+
+    /// Reads and checks a parsed `config.json` (`path` names it in errors).
+    pub fn from_value(top: &Value, path: &std::path::Path) -> Result<VlmConfig> {
         let bad = |problem: String| VlmError::Config {
-            path: path.clone(),
+            path: path.to_path_buf(),
             problem,
         };
-        let top = &dir.config;
-        let text_value = dir.sub_config("text_config").unwrap_or(top);
+        let sub = |key: &str| top.get(key).filter(|v| v.is_object());
+        let text_value = sub("text_config").unwrap_or(top);
         let mut text: TextConfig = serde_json::from_value(text_value.clone())
             .map_err(|e| bad(format!("text config: {e}")))?;
         if text_value.get("tie_word_embeddings").is_none() {
@@ -188,8 +192,7 @@ impl VlmConfig {
                         .into(),
                 )
             })?;
-        let vision_value = dir
-            .sub_config("vision_config")
+        let vision_value = sub("vision_config")
             .ok_or_else(|| bad("no `vision_config`; this is not a Qwen2.5-VL checkpoint".into()))?;
         let mut vision: VisionConfig = serde_json::from_value(vision_value.clone())
             .map_err(|e| bad(format!("vision_config: {e}")))?;

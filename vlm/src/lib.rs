@@ -13,10 +13,13 @@ pub mod error;
 pub mod image;
 pub mod model;
 pub mod rope;
+pub mod tiny;
+mod train;
 pub mod vision;
 
 pub use config::{TextConfig, VisionConfig, VlmConfig};
 pub use error::{Result, VlmError};
 pub use image::{ImageProcessor, PixelValues, smart_resize};
 pub use model::VisionLanguageModel;
+pub use tiny::{TinyVlmSpec, write_tiny_vlm};
 pub use vision::VisionTower;

@@ -25,13 +25,13 @@ use crate::vision::VisionTower;
 pub struct VisionLanguageModel {
     pub config: VlmConfig,
     pub processor: ImageProcessor,
-    vision: VisionTower,
-    text: Qwen2,
-    mrope: MRope,
-    tokenizer: Tokenizer,
-    chat: ChatTemplate,
+    pub(crate) vision: VisionTower,
+    pub(crate) text: Qwen2,
+    pub(crate) mrope: MRope,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) chat: ChatTemplate,
     eos: Vec<u32>,
-    device: Device,
+    pub(crate) device: Device,
 }
 
 /// A prompt's state after the prefill: the cache, the last position's logits, the rope delta.
@@ -305,6 +305,17 @@ impl VisionLanguageModel {
             return Err(VlmError::Request("the prompt is empty".into()));
         }
         let index = self.positions(ids, images)?;
+        let embeds = self.merged_embeds(ids, images)?;
+        let (cos, sin) = self
+            .mrope
+            .tables(&index.rows, self.text.dtype(), &self.device)?;
+        let hidden = self.run_decoder(&embeds, &cos, &sin, cache)?;
+        Ok((hidden, index.delta))
+    }
+
+    /// Embeddings `(1, seq, hidden)` of `ids` with the vision features of `images` in place
+    /// of the image placeholders, in order.
+    pub(crate) fn merged_embeds(&self, ids: &[u32], images: &[PixelValues]) -> Result<Tensor> {
         let mut embeds = self.embed_ids(ids)?;
         if !images.is_empty() {
             let feats = self.vision_features(images)?.to_dtype(embeds.dtype())?;
@@ -333,11 +344,7 @@ impl VisionLanguageModel {
             let idx = Tensor::from_vec(idx, s, &self.device)?;
             embeds = all.index_select(&idx, 0)?.unsqueeze(0)?;
         }
-        let (cos, sin) = self
-            .mrope
-            .tables(&index.rows, self.text.dtype(), &self.device)?;
-        let hidden = self.run_decoder(&embeds, &cos, &sin, cache)?;
-        Ok((hidden, index.delta))
+        Ok(embeds)
     }
 
     /// Token embeddings `(1, seq, hidden)` of one sequence.
@@ -507,7 +514,7 @@ impl VisionLanguageModel {
         })
     }
 
-    fn token_text(&self, id: u32) -> Result<String> {
+    pub(crate) fn token_text(&self, id: u32) -> Result<String> {
         self.tokenizer.id_to_token(id).ok_or_else(|| {
             VlmError::Request(format!(
                 "token id {id} (image_token_id in config.json) is not in the tokenizer"
@@ -515,7 +522,7 @@ impl VisionLanguageModel {
         })
     }
 
-    fn tokens_for_file(&self, path: &Path) -> Result<usize> {
+    pub(crate) fn tokens_for_file(&self, path: &Path) -> Result<usize> {
         let (w, h) = image::image_dimensions(path).map_err(|e| VlmError::Image {
             path: path.to_path_buf(),
             problem: format!("cannot read the image's size: {e}"),

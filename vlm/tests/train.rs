@@ -1,0 +1,156 @@
+//! The tiny Qwen2.5-VL writer and the training interface: deterministic directories that
+//! load, conversations with images labelled on assistant turns only, and batched training
+//! logits equal to each sequence's own forward pass.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use expflow_models::{ChatMessage, ContentPart, IGNORE, ModelDir, Needs, Trainable};
+use expflow_vlm::{TinyVlmSpec, VisionLanguageModel, write_tiny_vlm};
+
+fn corpus() -> Vec<String> {
+    (0..30)
+        .map(|i| format!("Which cover matches story {i}? A. the cell B. the star C. the river"))
+        .collect()
+}
+
+fn image(i: usize) -> PathBuf {
+    let name = if i == 0 { "a.png" } else { "b.png" };
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn tiny() -> (tempfile::TempDir, VisionLanguageModel) {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_vlm(dir.path(), &TinyVlmSpec::default(), &corpus()).unwrap();
+    let md = ModelDir::open(dir.path(), Needs::Tokenizer).unwrap();
+    let m = VisionLanguageModel::load(&md, &Device::Cpu).unwrap();
+    (dir, m)
+}
+
+fn conversation(img: usize, answer: &str) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage {
+            role: "user".into(),
+            content: vec![
+                ContentPart::Image { path: image(img) },
+                ContentPart::Text {
+                    text: "Which story? A. the cell B. the star".into(),
+                },
+            ],
+        },
+        ChatMessage::text("assistant", answer),
+    ]
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[test]
+fn the_tiny_writer_is_deterministic_and_loads() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let spec = TinyVlmSpec::default();
+    write_tiny_vlm(a.path(), &spec, &corpus()).unwrap();
+    write_tiny_vlm(b.path(), &spec, &corpus()).unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "model.safetensors",
+    ] {
+        assert_eq!(
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+            "{f} differs between two writes"
+        );
+    }
+    let other = tempfile::tempdir().unwrap();
+    let mut seeded = spec.clone();
+    seeded.text.seed = 1;
+    write_tiny_vlm(other.path(), &seeded, &corpus()).unwrap();
+    assert_ne!(
+        std::fs::read(a.path().join("model.safetensors")).unwrap(),
+        std::fs::read(other.path().join("model.safetensors")).unwrap()
+    );
+    let md = ModelDir::open(a.path(), Needs::Tokenizer).unwrap();
+    let m = VisionLanguageModel::load(&md, &Device::Cpu).unwrap();
+    let req = m.render_chat(&conversation(0, "A")[..1]).unwrap();
+    let out = m.generate(&[req]).unwrap();
+    assert_eq!(out[0].completions.len(), 1);
+}
+
+#[test]
+fn image_tokens_and_prompts_are_not_labelled() {
+    let (_d, m) = tiny();
+    let seq = m
+        .encode_chat(&conversation(0, "B. the star"), 4096)
+        .unwrap();
+    assert_eq!(seq.images, vec![image(0)]);
+    let pad = m.config.image_token_id;
+    let pads = seq.ids.iter().filter(|&&t| t == pad).count();
+    let pv = m.process_images(&seq.images).unwrap();
+    assert_eq!(pads, pv[0].num_tokens(m.config.vision.spatial_merge_size));
+    let trained: Vec<u32> = seq
+        .labels
+        .iter()
+        .filter(|&&l| l != IGNORE)
+        .map(|&l| l as u32)
+        .collect();
+    assert_eq!(m.decode(&trained).unwrap(), "B. the star<|im_end|>\n");
+    // The sequence is the rendered conversation with the placeholder expanded.
+    let rendered = m.decode(&seq.ids).unwrap();
+    assert!(rendered.starts_with("<|im_start|>system\nYou are a helpful assistant.<|im_end|>"));
+    assert!(rendered.ends_with("<|im_start|>assistant\nB. the star<|im_end|>\n"));
+    // A cut inside the image drops the image and cuts before its placeholder.
+    let start = seq.ids.iter().position(|&t| t == pad).unwrap();
+    let cut = m.encode_chat(&conversation(0, "B"), start + 2).unwrap();
+    assert_eq!(cut.ids, seq.ids[..start]);
+    assert!(cut.images.is_empty());
+}
+
+#[test]
+fn batched_training_logits_match_each_sequence_alone() {
+    let (_d, mut m) = tiny();
+    m.set_differentiable(true);
+    let a = m.encode_chat(&conversation(0, "A"), 4096).unwrap();
+    let b = m
+        .encode_chat(&conversation(1, "B. the star, long answer"), 4096)
+        .unwrap();
+    assert_ne!(a.ids.len(), b.ids.len());
+    let both = m.train_logits(&[&a, &b]).unwrap();
+    for (row, s) in [&a, &b].into_iter().enumerate() {
+        let alone = m.train_logits(&[s]).unwrap();
+        let n = s.ids.len();
+        let part = both.narrow(0, row, 1).unwrap().narrow(1, 0, n).unwrap();
+        let d = max_diff(&part, &alone);
+        assert!(d < 1e-4, "row {row}: padding changed the logits by {d}");
+        // And equal to the inference path's logits.
+        let pv = m.process_images(&s.images).unwrap();
+        let inf = m.prompt_logits(&s.ids, &pv).unwrap().unsqueeze(0).unwrap();
+        let d = max_diff(&alone, &inf);
+        assert!(
+            d < 1e-4,
+            "row {row}: training and inference logits differ by {d}"
+        );
+    }
+}
+
+#[test]
+fn adapters_attach_to_the_language_model_only() {
+    let (_d, mut m) = tiny();
+    let names: Vec<String> = m.linears_mut().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"model.layers.0.self_attn.q_proj".to_string()));
+    assert!(names.contains(&"lm_head".to_string()));
+    assert!(names.iter().all(|n| !n.contains("visual")));
+}
