@@ -52,6 +52,69 @@ impl ChatMessage {
     }
 }
 
+/// Puts media parts into a conversation. Where the text-only messages hold one `<image>` /
+/// `<video>` placeholder per image / video (LLaMA-Factory's and ms-swift's convention), each
+/// placeholder is replaced by its part, in order across the messages; otherwise the parts go
+/// before the text of the last user message.
+pub fn place_media(messages: &mut [ChatMessage], media: Vec<ContentPart>) {
+    if media.is_empty() {
+        return;
+    }
+    let is_image = |p: &ContentPart| matches!(p, ContentPart::Image { .. });
+    let images = media.iter().filter(|p| is_image(p)).count();
+    let videos = media.len() - images;
+    let text_only = |m: &ChatMessage| {
+        m.content
+            .iter()
+            .all(|p| matches!(p, ContentPart::Text { .. }))
+    };
+    let count = |tag: &str| -> usize {
+        messages
+            .iter()
+            .filter(|m| text_only(m))
+            .map(|m| m.joined_text().matches(tag).count())
+            .sum()
+    };
+    if count("<image>") == images && count("<video>") == videos {
+        let mut imgs = media.iter().filter(|p| is_image(p)).cloned();
+        let mut vids = media.iter().filter(|p| !is_image(p)).cloned();
+        for m in messages.iter_mut().filter(|m| text_only(m)) {
+            let text = m.joined_text();
+            if !text.contains("<image>") && !text.contains("<video>") {
+                continue;
+            }
+            let mut parts = Vec::new();
+            let mut rest = text.as_str();
+            loop {
+                let next = [("<image>", true), ("<video>", false)]
+                    .into_iter()
+                    .filter_map(|(tag, img)| rest.find(tag).map(|at| (at, tag, img)))
+                    .min_by_key(|(at, _, _)| *at);
+                let Some((at, tag, img)) = next else {
+                    break;
+                };
+                if at > 0 {
+                    parts.push(ContentPart::Text {
+                        text: rest[..at].to_string(),
+                    });
+                }
+                parts.extend(if img { imgs.next() } else { vids.next() });
+                rest = &rest[at + tag.len()..];
+            }
+            if !rest.is_empty() {
+                parts.push(ContentPart::Text {
+                    text: rest.to_string(),
+                });
+            }
+            m.content = parts;
+        }
+    } else if let Some(m) = messages.iter_mut().rev().find(|m| m.role == "user") {
+        let mut parts = media;
+        parts.append(&mut m.content);
+        m.content = parts;
+    }
+}
+
 /// How to pick tokens. `temperature == 0` is greedy; otherwise tokens are sampled with a
 /// generator seeded from `seed` (and the sample's index when `n > 1`), so the same request
 /// gives the same text on the same hardware and thread count.

@@ -23,7 +23,7 @@ pub mod trainable;
 
 pub use api::{
     ChatMessage, Completion, ContentPart, FinishReason, GenRequest, Generation, Pooling, Sampling,
-    TokenLogprob,
+    TokenLogprob, place_media,
 };
 pub use chat::ChatTemplate;
 pub use dir::{ModelDir, Needs};

@@ -106,3 +106,74 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         );
     }
 }
+
+#[test]
+fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
+    let p = Project::new();
+    std::fs::copy(pipelines().join("macbench.yaml"), p.path("macbench.yaml")).unwrap();
+    copy_dir(&pipelines().join("data/macbench"), &p.path("data/macbench"));
+
+    let first = p.run("macbench.yaml", &[]);
+    first.expect_code(0);
+    for node in ["base", "sft", "answers_i2t", "answers_t2i", "accuracy"] {
+        assert!(
+            first.executed().contains(&node.to_string()),
+            "{node} did not run: {:?}",
+            first.executed()
+        );
+    }
+    // The model is a Qwen2.5-VL and training saw the images.
+    let out = p.expflow(&["log", "sft"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("Qwen2.5-VL"), "{log}");
+    let losses: Vec<f64> = log
+        .lines()
+        .filter(|l| l.contains("step ") && l.contains(" loss "))
+        .filter_map(|l| {
+            l.split(" loss ")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert!(losses.len() > 4, "{log}");
+    assert!(
+        losses[losses.len() - 1] < losses[0] * 0.7,
+        "training on the images and answers lowers the loss: {losses:?}"
+    );
+    let metrics = read_json(&p, "results/macbench/accuracy.json");
+    let key_i2t = read_json(&p, "results/macbench/key_image2text.json");
+    let key_t2i = read_json(&p, "results/macbench/key_text2image.json");
+    let keys = |v: &Value| {
+        v.as_object()
+            .map(|o| o.len())
+            .or_else(|| v.as_array().map(Vec::len))
+            .unwrap() as u64
+    };
+    assert_eq!(
+        metrics["n"].as_u64(),
+        Some(keys(&key_i2t) + keys(&key_t2i)),
+        "every test item of both tasks is scored: {metrics}"
+    );
+    let acc = metrics["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc), "{metrics}");
+    assert!(
+        p.read("results/macbench/accuracy.csv")
+            .starts_with("group,name")
+    );
+
+    assert!(
+        executed(&p, &[], "macbench.yaml").is_empty(),
+        "a second run executes nothing"
+    );
+    let after_edit = executed(&p, &["--set", "sft_lr=0.02"], "macbench.yaml");
+    assert!(after_edit.contains(&"sft".to_string()), "{after_edit:?}");
+    for node in &after_edit {
+        assert!(
+            ["sft", "answers_i2t", "answers_t2i", "answers", "accuracy"].contains(&node.as_str()),
+            "{node} re-ran after an SFT edit: {after_edit:?}"
+        );
+    }
+}

@@ -12,6 +12,7 @@
 pub mod data;
 pub mod dpo;
 pub mod error;
+pub mod llamafactory;
 pub mod lora;
 pub mod optim;
 pub mod peft;

@@ -74,14 +74,18 @@ pub fn write_tiny_vlm(dir: &Path, spec: &TinyVlmSpec, corpus: &[String]) -> Resu
             specials.len()
         )));
     }
-    if t.heads == 0 || t.kv_heads == 0 || t.hidden % t.heads != 0 || t.heads % t.kv_heads != 0 {
+    if t.heads == 0
+        || t.kv_heads == 0
+        || !t.hidden.is_multiple_of(t.heads)
+        || !t.heads.is_multiple_of(t.kv_heads)
+    {
         return Err(bad(format!(
             "hidden {} must split into {} heads, and heads into {} key/value heads",
             t.hidden, t.heads, t.kv_heads
         )));
     }
     let head_dim = t.hidden / t.heads;
-    if head_dim % 8 != 0 {
+    if !head_dim.is_multiple_of(8) {
         return Err(bad(format!(
             "the text head dimension {head_dim} must be a multiple of 8 (M-RoPE splits it in \
              temporal, height and width sections)"

@@ -48,6 +48,8 @@ struct Columns {
     image: String,
     video: String,
     system_prompt: Option<String>,
+    /// The system text joins the user turn (`system\nuser`) instead of being a system message.
+    system_in_user: bool,
 }
 
 fn parse_columns(map: &Map<String, Value>) -> Result<Columns> {
@@ -59,6 +61,7 @@ fn parse_columns(map: &Map<String, Value>) -> Result<Columns> {
         image: p.str("image_column")?.to_string(),
         video: p.str("video_column")?.to_string(),
         system_prompt: p.opt_str("system_prompt")?.map(str::to_owned),
+        system_in_user: p.choice("system_as", &["system", "user"])? == "user",
     })
 }
 
@@ -119,11 +122,24 @@ fn requests(
                 let sys = system
                     .as_ref()
                     .and_then(|s| s[i].clone())
-                    .or_else(|| cols.system_prompt.clone());
-                if let Some(s) = sys {
-                    m.push(ChatMessage::text("system", &s));
+                    .or_else(|| cols.system_prompt.clone())
+                    .filter(|s| !s.is_empty());
+                let user = user[i].as_deref().unwrap_or("");
+                match sys {
+                    Some(s) if cols.system_in_user => {
+                        let joined = if user.is_empty() {
+                            s
+                        } else {
+                            format!("{s}\n{user}")
+                        };
+                        m.push(ChatMessage::text("user", &joined));
+                    }
+                    Some(s) => {
+                        m.push(ChatMessage::text("system", &s));
+                        m.push(ChatMessage::text("user", user));
+                    }
+                    None => m.push(ChatMessage::text("user", user)),
                 }
-                m.push(ChatMessage::text("user", user[i].as_deref().unwrap_or("")));
                 m
             })
             .collect()
@@ -261,6 +277,11 @@ impl Operator for Chat {
                 ParamKind::String,
                 Value::Null,
                 "the system prompt when there is no system column",
+            ),
+            s(
+                "system_as",
+                "system",
+                "system: a system message; user: the system text and a newline before the user text (LLaMA-Factory's alpaca columns {prompt: system, query: input}, as mac.export_llamafactory registers them)",
             ),
         ];
         params.extend(sampling_params(256));

@@ -1,5 +1,6 @@
-//! The native backend: the `model` input loaded with `expflow_models::Generator`, prompts
-//! rendered with its chat template and generated in batches of `batch_size`. Each request is
+//! The native backend: the `model` input loaded in-process (a Qwen2.5-VL directory as the
+//! vision-language model, anything else with `expflow_models::Generator`), prompts rendered
+//! with its chat template and generated in batches of `batch_size`. Each request is
 //! memoised under the model's digest, the rendered prompt, the image digests and the
 //! sampling, so a re-run generates only what changed.
 
@@ -9,13 +10,21 @@ use expflow_models::{
 };
 use serde_json::{Value, json};
 
+use expflow_vlm::VisionLanguageModel;
+
 use super::backend::{Backend, ChatReq, Digests};
 use super::openai::{Choice, Reply};
 use crate::error::OperatorError;
 
+/// The loaded model.
+enum Engine {
+    Text(Box<Generator>),
+    Vision(Box<VisionLanguageModel>),
+}
+
 pub struct Native {
     op: &'static str,
-    generator: Generator,
+    engine: Engine,
     /// The model artifact's digest (it names the weights, config and tokenizer).
     model: String,
     batch_size: usize,
@@ -46,16 +55,22 @@ impl Native {
         })?;
         let dir = ModelDir::open(&input.path, Needs::Tokenizer)?;
         let device = expflow_models::default_device()?;
-        let generator = Generator::load(&dir, &device)?;
+        let vision = crate::train::common::is_vision_language(&dir);
+        let engine = if vision {
+            Engine::Vision(Box::new(VisionLanguageModel::load(&dir, &device)?))
+        } else {
+            Engine::Text(Box::new(Generator::load(&dir, &device)?))
+        };
         ctx.log(&format!(
-            "native backend: model {} (weights {}), device {:?}",
+            "native backend: {} model {} (weights {}), device {:?}",
+            if vision { "vision-language" } else { "text" },
             input.digest.to_hex(),
             dir.weight_digest()?,
             device
         ));
         Ok(Native {
             op,
-            generator,
+            engine,
             model: input.digest.to_hex(),
             batch_size: batch_size.max(1),
             digests: Digests::default(),
@@ -73,7 +88,7 @@ impl Native {
                 }
                 ContentPart::Video { path } => {
                     return Err(format!(
-                        "{}: {name}: the native generator does not take videos ({}); drop the video column or use the openai backend",
+                        "{}: {name}: the native backend does not take videos yet ({}); drop the video column or use the openai backend",
                         self.op,
                         path.display()
                     )
@@ -82,7 +97,21 @@ impl Native {
                 ContentPart::Text { .. } => {}
             }
         }
-        let prompt = self.generator.render_chat(&req.messages, true)?;
+        let prompt = match &self.engine {
+            Engine::Text(g) => {
+                if !images.is_empty() {
+                    return Err(format!(
+                        "{}: {name}: the model is a text model and the prompt has {} image(s); \
+                         use a vision-language model (Qwen2.5-VL) or drop the image column",
+                        self.op,
+                        images.len()
+                    )
+                    .into());
+                }
+                g.render_chat(&req.messages, true)?
+            }
+            Engine::Vision(v) => v.render_chat(&req.messages)?.prompt,
+        };
         let memo = json!({
             "backend": "native",
             "model": self.model,
@@ -170,7 +199,11 @@ impl Backend for Native {
         for chunk in todo.chunks(self.batch_size) {
             ctx.check_cancelled()?;
             let batch: Vec<GenRequest> = chunk.iter().map(|&i| built[i].0.clone()).collect();
-            let gens = self.generator.generate(&batch).map_err(|e| {
+            let gens = match &self.engine {
+                Engine::Text(g) => g.generate(&batch).map_err(|e| e.to_string()),
+                Engine::Vision(v) => v.generate(&batch).map_err(|e| e.to_string()),
+            }
+            .map_err(|e| {
                 let first = &names[chunk[0]];
                 format!(
                     "{}: generating {first} and {} more: {e}",
@@ -200,8 +233,12 @@ impl Backend for Native {
         partial: &str,
         candidates: &[&str],
     ) -> Result<Option<Vec<f64>>, OpError> {
-        let prompt = self.generator.render_chat(messages, true)? + partial;
-        let lps = self.generator.next_token_logprobs(&prompt, candidates)?;
+        let Engine::Text(g) = &self.engine else {
+            // Not implemented for the vision-language model yet: callers fall back to text.
+            return Ok(None);
+        };
+        let prompt = g.render_chat(messages, true)? + partial;
+        let lps = g.next_token_logprobs(&prompt, candidates)?;
         let max = lps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f64> = lps.iter().map(|l| f64::from(l - max).exp()).collect();
         let sum: f64 = exps.iter().sum();

@@ -175,61 +175,9 @@ pub fn parse_messages(
     Ok(out)
 }
 
-/// Puts media parts into the last user message: where its text has one `<image>` /
-/// `<video>` placeholder per image / video (LLaMA-Factory's and ms-swift's convention), each
-/// placeholder is replaced by its part, in order; otherwise the parts go before the text.
+/// Puts media parts into the messages: see [`expflow_models::place_media`].
 pub fn attach(messages: &mut [ChatMessage], media: Vec<ContentPart>) {
-    if media.is_empty() {
-        return;
-    }
-    let Some(m) = messages.iter_mut().rev().find(|m| m.role == "user") else {
-        return;
-    };
-    let is_image = |p: &ContentPart| matches!(p, ContentPart::Image { .. });
-    let images = media.iter().filter(|p| is_image(p)).count();
-    let videos = media.len() - images;
-    let text = m.joined_text();
-    let only_text = m
-        .content
-        .iter()
-        .all(|p| matches!(p, ContentPart::Text { .. }));
-    if only_text
-        && text.matches("<image>").count() == images
-        && text.matches("<video>").count() == videos
-    {
-        let (mut imgs, mut vids) = (
-            media.iter().filter(|p| is_image(p)).cloned(),
-            media.iter().filter(|p| !is_image(p)).cloned(),
-        );
-        let mut parts = Vec::new();
-        let mut rest = text.as_str();
-        loop {
-            let next = [("<image>", true), ("<video>", false)]
-                .into_iter()
-                .filter_map(|(tag, img)| rest.find(tag).map(|at| (at, tag, img)))
-                .min_by_key(|(at, _, _)| *at);
-            let Some((at, tag, img)) = next else {
-                break;
-            };
-            if at > 0 {
-                parts.push(ContentPart::Text {
-                    text: rest[..at].to_string(),
-                });
-            }
-            parts.extend(if img { imgs.next() } else { vids.next() });
-            rest = &rest[at + tag.len()..];
-        }
-        if !rest.is_empty() {
-            parts.push(ContentPart::Text {
-                text: rest.to_string(),
-            });
-        }
-        m.content = parts;
-    } else {
-        let mut parts = media;
-        parts.append(&mut m.content);
-        m.content = parts;
-    }
+    expflow_models::place_media(messages, media);
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub fn backend_params() -> Vec<ParamSpec> {
             "dataset_name",
             ParamKind::String,
             json!(""),
-            "llamafactory: the dataset of the `dataset` input to train on",
+            "llamafactory and native: the dataset of the `dataset` input to train on",
         ),
         p(
             "bf16",

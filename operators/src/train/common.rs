@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use expflow_engine::{Context, Determinism, OpError, ParamKind, ParamSpec};
-use expflow_models::{Generator, Needs};
+use expflow_models::{ChatMessage, ContentPart, Generator, ModelDir, Needs, Trainable};
 use expflow_train::optim::AdamWConfig;
 use expflow_train::schedule::Scheduler;
 use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, MetricRow, peft};
@@ -255,16 +255,126 @@ pub fn read_rows(op: &'static str, path: &Path) -> Result<Vec<Value>, OpError> {
     Ok(expflow_train::data::read_rows(path)?)
 }
 
-/// The `model` input loaded for training (f32 on CPU).
-pub fn load_model(
-    ctx: &Context,
-    op: &'static str,
-) -> Result<(Generator, std::path::PathBuf), OpError> {
+/// The `model` input loaded for training (f32 on CPU): a Qwen2.5-VL directory as the
+/// vision-language model, anything else as a Qwen2 text model.
+pub fn load_model(ctx: &Context, op: &'static str) -> Result<Loaded, OpError> {
     let model = crate::embed::common::open_model(ctx, op, Needs::Tokenizer)?;
     let device = expflow_models::default_device()?;
     crate::embed::common::log_device(ctx, &device);
-    let g = Generator::load(&model.dir, &device)?;
-    Ok((g, model.dir.root.clone()))
+    let vision = is_vision_language(&model.dir);
+    let m: Box<dyn Trainable> = if vision {
+        ctx.log("model: Qwen2.5-VL (adapters on the language model; vision tower frozen)");
+        Box::new(expflow_vlm::VisionLanguageModel::load(&model.dir, &device)?)
+    } else {
+        Box::new(Generator::load(&model.dir, &device)?)
+    };
+    Ok(Loaded {
+        model: m,
+        base: model.dir.root.clone(),
+        vision,
+    })
+}
+
+/// A model loaded for training.
+pub struct Loaded {
+    pub model: Box<dyn Trainable>,
+    /// Its directory.
+    pub base: std::path::PathBuf,
+    /// Whether it is a vision-language model.
+    pub vision: bool,
+}
+
+/// The native backend's SFT conversations from `input` (`data` or `dev`): a rows file, or
+/// for `data` without one, dataset `dataset_name` of the `dataset` input (a LLaMA-Factory
+/// dataset directory). For a vision-language model (`vision`), each row's `images` replace
+/// its `<image>` placeholders (paths relative to the `media` input, else to the dataset
+/// directory); a text model sees the placeholders as text.
+pub fn sft_conversations(
+    ctx: &Context,
+    op: &'static str,
+    input: &str,
+    vision: bool,
+) -> Result<Option<Vec<Vec<ChatMessage>>>, OpError> {
+    let (rows, base) = match ctx.inputs().get(input) {
+        Some(file) => (read_rows(op, &file.path)?, None),
+        None if input == "data" => {
+            let Some(dir) = ctx.inputs().get("dataset") else {
+                return Err(OperatorError::data(
+                    op,
+                    "the native backend needs the `data` input (training rows) or the `dataset` \
+                     input (a LLaMA-Factory dataset directory) with `dataset_name`",
+                )
+                .into());
+            };
+            let name = Params::new(op, ctx.params())
+                .str("dataset_name")?
+                .to_string();
+            if name.is_empty() {
+                return Err(OperatorError::param(
+                    op,
+                    "dataset_name",
+                    "is empty: name the dataset of the `dataset` input to train on",
+                )
+                .into());
+            }
+            let rows = expflow_train::llamafactory::dataset_rows(&dir.path, &name)?;
+            (rows, Some(dir.path.clone()))
+        }
+        None => return Ok(None),
+    };
+    let mut convs = expflow_train::data::sft_conversations(&rows)
+        .map_err(|e| OperatorError::data(op, format!("input `{input}`: {e}")))?;
+    let media_dir = ctx.inputs().get("media").map(|m| m.path.clone()).or(base);
+    let mut placeholders = false;
+    for (i, (conv, row)) in convs.iter_mut().zip(&rows).enumerate() {
+        let (images, videos) = expflow_train::llamafactory::row_media(row);
+        if !vision {
+            placeholders |= conv.iter().any(|m| {
+                let t = m.joined_text();
+                t.contains("<image>") || t.contains("<video>")
+            });
+            continue;
+        }
+        let mut parts = Vec::new();
+        for (list, image) in [(images, true), (videos, false)] {
+            for p in list {
+                let path = match &media_dir {
+                    Some(d) if !std::path::Path::new(&p).is_absolute() => d.join(&p),
+                    _ => std::path::PathBuf::from(&p),
+                };
+                if !path.is_file() {
+                    return Err(OperatorError::data(
+                        op,
+                        format!(
+                            "input `{input}` row {}: media file {} does not exist; connect the \
+                             `media` input to the directory the paths are relative to",
+                            i + 1,
+                            path.display()
+                        ),
+                    )
+                    .into());
+                }
+                parts.push(if image {
+                    ContentPart::Image { path }
+                } else {
+                    ContentPart::Video { path }
+                });
+            }
+        }
+        expflow_models::place_media(conv, parts);
+    }
+    if placeholders {
+        ctx.log(&format!(
+            "note: `{input}` rows carry <image>/<video> placeholders; this text model trains on them as plain text"
+        ));
+    }
+    Ok(Some(convs))
+}
+
+/// Whether a model directory holds a Qwen2.5-VL checkpoint.
+pub fn is_vision_language(dir: &ModelDir) -> bool {
+    dir.model_type() == Some("qwen2_5_vl")
+        || dir.architecture() == Some("Qwen2_5_VLForConditionalGeneration")
 }
 
 /// Logging, progress and cancellation wired to the node context.

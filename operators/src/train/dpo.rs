@@ -182,9 +182,9 @@ impl Operator for ReferenceLogprobs {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let p = Params::new(REF, ctx.params());
-        let (model, _) = common::load_model(ctx, REF)?;
-        let pairs = encoded(ctx, REF, &model, p.u64("max_len")? as usize)?;
-        let refs = reference_logps(&model, &pairs, p.u64("batch_size")? as usize)?;
+        let model = common::load_model(ctx, REF)?.model;
+        let pairs = encoded(ctx, REF, model.as_ref(), p.u64("max_len")? as usize)?;
+        let refs = reference_logps(model.as_ref(), &pairs, p.u64("batch_size")? as usize)?;
         ctx.log(&format!(
             "reference log-probabilities of {} pairs",
             refs.len()
@@ -298,16 +298,18 @@ impl Operator for Dpo {
         }
         let p = Params::new(KIND, ctx.params());
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
-        let (mut model, base) = common::load_model(ctx, KIND)?;
-        let pairs = encoded(ctx, KIND, &model, p.u64("max_len")? as usize)?;
+        let common::Loaded {
+            mut model, base, ..
+        } = common::load_model(ctx, KIND)?;
+        let pairs = encoded(ctx, KIND, model.as_ref(), p.u64("max_len")? as usize)?;
         let reference = match ctx.inputs().get("reference") {
             Some(r) => read_refs(&r.path, &pairs)?,
             None => {
                 ctx.log("no `reference` input: computing reference log-probabilities with the input model");
-                reference_logps(&model, &pairs, cfg.batch_size.max(4))?
+                reference_logps(model.as_ref(), &pairs, cfg.batch_size.max(4))?
             }
         };
-        let lora = Lora::attach(&mut model, &lora_cfg)?;
+        let lora = Lora::attach(model.as_mut(), &lora_cfg)?;
         let loss = Loss::parse(p.str("loss")?)?;
         ctx.log(&format!(
             "DPO ({loss:?}, beta {}): {} pairs; LoRA r {} alpha {} ({} trainable parameters)",
@@ -326,7 +328,7 @@ impl Operator for Dpo {
         };
         let ckpt = common::checkpoints(ctx)?;
         let out = common::with_hooks(ctx, |hooks| {
-            train(&mut model, &lora, &mut obj, &cfg, Some(&ckpt), hooks)
+            train(model.as_mut(), &lora, &mut obj, &cfg, Some(&ckpt), hooks)
         })?;
         common::write_metrics(ctx, KIND, &out.rows)?;
         common::write_model(ctx, &base, &lora, p.bool("merge")?)?;

@@ -20,7 +20,7 @@ use expflow_train::{Lora, Objective, train};
 use serde_json::{Map, Value, json};
 
 use super::common::{self, Defaults};
-use crate::error::{OperatorError, Result};
+use crate::error::Result;
 use crate::params::{Params, problems};
 
 pub struct Sft;
@@ -125,7 +125,7 @@ impl Operator for Sft {
                 Port::new(
                     "data",
                     PortType::File,
-                    "training rows: ms-swift {messages} or alpaca {system, instruction, input, output}; JSON Lines, JSON or a table (llamafactory: or the `dataset` input)",
+                    "training rows: ms-swift {messages} or alpaca {system, instruction, input, output}, optional `images`; JSON Lines, JSON or a table (or the `dataset` input)",
                 )
                 .optional(),
                 Port::new("dev", PortType::File, "evaluation rows, same forms").optional(),
@@ -133,7 +133,13 @@ impl Operator for Sft {
                 Port::new(
                     "dataset",
                     PortType::Dir,
-                    "llamafactory: an existing LLaMA-Factory dataset directory (dataset_info.json)",
+                    "llamafactory and native: a LLaMA-Factory dataset directory (dataset_info.json); trains on `dataset_name`",
+                )
+                .optional(),
+                Port::new(
+                    "media",
+                    PortType::Dir,
+                    "native: the directory relative image paths of `data`/`dev` are in",
                 )
                 .optional(),
             ]),
@@ -170,29 +176,16 @@ impl Operator for Sft {
         let p = Params::new(KIND, ctx.params());
         let (cfg, lora_cfg) = common::parse(KIND, ctx.params())?;
         let max_len = p.u64("max_len")? as usize;
-        let (mut model, base) = common::load_model(ctx, KIND)?;
-        let data = ctx.inputs().get("data").ok_or_else(|| {
-            OperatorError::data(
-                KIND,
-                "the native backend needs the `data` input (training rows)",
-            )
-        })?;
-        let train_rows = common::read_rows(KIND, &data.path)?;
-        let convs = expflow_train::data::sft_conversations(&train_rows)
-            .map_err(|e| OperatorError::data(KIND, format!("input `data`: {e}")))?;
-        if convs.iter().flatten().any(|m| {
-            let t = m.joined_text();
-            t.contains("<video>") || t.contains("<image>")
-        }) {
-            ctx.log("note: rows carry <image>/<video> placeholders; this text model trains on them as plain text");
-        }
-        let train_seqs = SftObjective::encode(&model, &convs, max_len, "data")?;
-        let (dev_seqs, dev_pairs) = match ctx.inputs().get("dev") {
-            Some(dev) => {
-                let rows = common::read_rows(KIND, &dev.path)?;
-                let convs = expflow_train::data::sft_conversations(&rows)
-                    .map_err(|e| OperatorError::data(KIND, format!("input `dev`: {e}")))?;
-                let seqs = SftObjective::encode(&model, &convs, max_len, "dev")?;
+        let common::Loaded {
+            mut model,
+            base,
+            vision,
+        } = common::load_model(ctx, KIND)?;
+        let convs = common::sft_conversations(ctx, KIND, "data", vision)?.unwrap_or_default();
+        let train_seqs = SftObjective::encode(model.as_ref(), &convs, max_len, "data")?;
+        let (dev_seqs, dev_pairs) = match common::sft_conversations(ctx, KIND, "dev", vision)? {
+            Some(convs) => {
+                let seqs = SftObjective::encode(model.as_ref(), &convs, max_len, "dev")?;
                 let pairs = convs
                     .into_iter()
                     .map(|mut c| {
@@ -205,7 +198,7 @@ impl Operator for Sft {
             None => (Vec::new(), Vec::new()),
         };
         let tokens: usize = train_seqs.iter().map(|s| s.ids.len()).sum();
-        let lora = Lora::attach(&mut model, &lora_cfg)?;
+        let lora = Lora::attach(model.as_mut(), &lora_cfg)?;
         ctx.log(&format!(
             "SFT: {} rows ({tokens} tokens), {} dev rows; LoRA r {} alpha {} on {} linears ({} trainable parameters)",
             train_seqs.len(),
@@ -227,7 +220,7 @@ impl Operator for Sft {
         };
         let ckpt = common::checkpoints(ctx)?;
         let out = common::with_hooks(ctx, |hooks| {
-            train(&mut model, &lora, &mut obj, &cfg, Some(&ckpt), hooks)
+            train(model.as_mut(), &lora, &mut obj, &cfg, Some(&ckpt), hooks)
         })?;
         if out.resumed_from > 0 {
             ctx.log(&format!(

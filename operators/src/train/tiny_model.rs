@@ -1,7 +1,8 @@
 //! `train.tiny_model`: a small Qwen2 made from scratch for CPU experiments: a byte-level BPE
 //! tokenizer trained on the text of the input rows (with ChatML and self-RAG special tokens)
-//! and seeded random weights of about `params` parameters. Same rows and parameters, same
-//! bytes.
+//! and seeded random weights of about `params` parameters; with `kind: vision_language`, a
+//! Qwen2.5-VL around that language model (a small vision tower, the vision special tokens,
+//! the Qwen2-VL chat template). Same rows and parameters, same bytes.
 
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
@@ -98,6 +99,18 @@ impl Operator for TinyModel {
                     "max_position_embeddings of the config",
                 ),
                 ParamSpec::with_default("seed", ParamKind::Int, json!(0), "weight initialisation"),
+                ParamSpec::with_default(
+                    "kind",
+                    ParamKind::String,
+                    json!("text"),
+                    "text (a Qwen2) or vision_language (a Qwen2.5-VL: this language model, a small vision tower and 4 vision special tokens)",
+                ),
+                ParamSpec::with_default(
+                    "image_tokens",
+                    ParamKind::Int,
+                    json!(16),
+                    "vision_language: at most this many tokens per image (images are resized to at most 784 pixels per token)",
+                ),
             ],
             determinism: Determinism::Seeded,
             resources: Resources::default(),
@@ -119,7 +132,18 @@ impl Operator for TinyModel {
         let spec =
             expflow_train::sizes::spec_for_params(p.u64("params")? as usize, vocab, p.u64("seed")?);
         let out = &ctx.output("model")?.path;
-        expflow_models::write_tiny_qwen2(out, &spec, &corpus)?;
+        let vision = p.choice("kind", &["text", "vision_language"])? == "vision_language";
+        if vision {
+            let image_tokens = (p.u64("image_tokens")? as usize).max(4);
+            let vspec = expflow_vlm::TinyVlmSpec {
+                text: spec.clone(),
+                max_pixels: image_tokens * 28 * 28,
+                ..expflow_vlm::TinyVlmSpec::default()
+            };
+            expflow_vlm::write_tiny_vlm(out, &vspec, &corpus)?;
+        } else {
+            expflow_models::write_tiny_qwen2(out, &spec, &corpus)?;
+        }
         // Positions: the tiny writer's default is short; rotary embeddings have no hard limit.
         let cfg_path = out.join("config.json");
         let mut cfg: Value = serde_json::from_slice(
@@ -133,7 +157,8 @@ impl Operator for TinyModel {
         std::fs::write(&cfg_path, text)
             .map_err(|e| OperatorError::io("cannot write", &cfg_path, e))?;
         ctx.log(&format!(
-            "tiny Qwen2: {} parameters (hidden {}, {} layers, {} heads, {} kv heads, intermediate {}, vocab {}), tokenizer trained on {} texts",
+            "tiny {}: {} parameters in the language model (hidden {}, {} layers, {} heads, {} kv heads, intermediate {}, vocab {}), tokenizer trained on {} texts",
+            if vision { "Qwen2.5-VL" } else { "Qwen2" },
             expflow_train::sizes::qwen2_params(&spec),
             spec.hidden,
             spec.layers,
