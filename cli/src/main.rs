@@ -202,8 +202,34 @@ enum DbCommand {
     Rebuild,
 }
 
+/// Lets `expflow show ... | head` end quietly when the reader closes the pipe, as other
+/// command-line tools do, instead of panicking in `println!`. Rust ignores SIGPIPE by
+/// default; commands that write (run, gc, ...) and the server keep that, so a closed pipe
+/// never stops them half-way.
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread is spawned; SIG_DFL is a valid
+    // disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Read-only commands whose output is often piped into `head` or `less`.
+    if matches!(
+        cli.command,
+        Command::Plan { .. }
+            | Command::Explain { .. }
+            | Command::Status { .. }
+            | Command::Log { .. }
+            | Command::Lineage { .. }
+            | Command::Show { .. }
+            | Command::Graph { .. }
+    ) {
+        restore_sigpipe();
+    }
     // hnsw_rs logs its build parameters at info level through `log`; keep that for -vv.
     let filter = match cli.verbose {
         0 => "warn",

@@ -189,3 +189,28 @@ fn lineage_show_graph_and_log() {
     assert_eq!(status["records"], 2);
     assert_eq!(status["runs"][0]["run_id"], run.summary["run_id"]);
 }
+
+#[test]
+fn show_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let p = Project::new();
+    p.write(
+        "pipe.yaml",
+        "pipeline: m\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"seq 1 200000 > ${out.o}\"\n",
+    );
+    p.run("pipe.yaml", &[]).expect_code(0);
+    let mut child = Command::new(expflow_tests::expflow_bin())
+        .args(["show", "a.o", "--rows", "100000"])
+        .current_dir(p.path(""))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    // The reader is gone (as `| head` exits); expflow must not panic.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
