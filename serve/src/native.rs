@@ -1,5 +1,6 @@
-//! The served models on the native runtime: a Qwen-family [`Generator`] for chat, a BERT
-//! [`TextEncoder`] for embeddings, chosen from `config.json`.
+//! The served models on the native runtime: a Qwen-family [`Generator`] or a Qwen2.5-VL
+//! [`VisionLanguageModel`] for chat, a BERT [`TextEncoder`] for embeddings, chosen from
+//! `config.json`.
 
 use std::path::Path;
 
@@ -7,6 +8,7 @@ use expflow_encoders::{EncoderError, TextEncoder};
 use expflow_models::{
     ChatMessage, ContentPart, GenRequest, Generation, Generator, ModelDir, ModelError, Needs,
 };
+use expflow_vlm::{VisionLanguageModel, VlmError};
 
 use crate::error::{Result, ServeError};
 use crate::model::{ChatModel, EmbedModel, Failure};
@@ -41,6 +43,27 @@ impl ChatModel for Generator {
 
     fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure> {
         Generator::generate(self, batch).map_err(model_failure)
+    }
+}
+
+impl ChatModel for VisionLanguageModel {
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, Failure> {
+        // The prompt holds one `<|image_pad|>` per image token, as the processor expands it.
+        self.render_chat(messages)
+            .map(|r| r.prompt)
+            .map_err(vlm_failure)
+    }
+
+    fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure> {
+        VisionLanguageModel::generate(self, batch).map_err(vlm_failure)
+    }
+}
+
+fn vlm_failure(e: VlmError) -> Failure {
+    match e {
+        VlmError::Model(m) => model_failure(m),
+        VlmError::Request(_) | VlmError::Image { .. } => Failure::client(e.to_string()),
+        other => Failure::server(other.to_string()),
     }
 }
 
@@ -97,16 +120,19 @@ pub fn load(dir: &Path, name: Option<String>, max_tokens: usize) -> Result<Loade
             .unwrap_or_else(|| "model".into())
     });
     let kind = if is_generative(&md)? {
-        let g = Generator::load(&md, &device).map_err(|e| fail(e.to_string()))?;
         let defaults = Defaults::from_generation_config(md.generation_config.as_ref(), max_tokens);
+        let model: std::sync::Arc<dyn ChatModel> = if expflow_vlm::is_qwen2_5_vl(&md) {
+            let m = VisionLanguageModel::load(&md, &device).map_err(|e| fail(e.to_string()))?;
+            std::sync::Arc::new(m)
+        } else {
+            let g = Generator::load(&md, &device).map_err(|e| fail(e.to_string()))?;
+            std::sync::Arc::new(g)
+        };
         tracing::info!(
             "loaded generative model `{name}` from {} ({defaults:?})",
             dir.display()
         );
-        LoadedKind::Chat {
-            model: std::sync::Arc::new(g),
-            defaults,
-        }
+        LoadedKind::Chat { model, defaults }
     } else {
         let e = TextEncoder::load_default(&md, &device).map_err(|e| fail(e.to_string()))?;
         tracing::info!(

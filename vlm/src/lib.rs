@@ -20,6 +20,6 @@ pub mod vision;
 pub use config::{TextConfig, VisionConfig, VlmConfig};
 pub use error::{Result, VlmError};
 pub use image::{ImageProcessor, PixelValues, smart_resize};
-pub use model::VisionLanguageModel;
+pub use model::{VisionLanguageModel, is_qwen2_5_vl};
 pub use tiny::{TinyVlmSpec, write_tiny_vlm};
 pub use vision::VisionTower;

@@ -20,6 +20,12 @@ use crate::image::{ImageProcessor, PixelValues};
 use crate::rope::{MRope, VisionSpan, rope_index};
 use crate::vision::VisionTower;
 
+/// Whether `dir` holds a Qwen2.5-VL checkpoint (by `model_type` or architecture).
+pub fn is_qwen2_5_vl(dir: &ModelDir) -> bool {
+    dir.model_type() == Some("qwen2_5_vl")
+        || dir.architecture() == Some("Qwen2_5_VLForConditionalGeneration")
+}
+
 /// A loaded Qwen2.5-VL model.
 #[derive(Debug)]
 pub struct VisionLanguageModel {
@@ -63,7 +69,7 @@ impl VisionLanguageModel {
         let started = Instant::now();
         let arch = dir.architecture().unwrap_or("");
         let mt = dir.model_type().unwrap_or("");
-        if !(arch == "Qwen2_5_VLForConditionalGeneration" || mt == "qwen2_5_vl") {
+        if !is_qwen2_5_vl(dir) {
             return Err(VlmError::Config {
                 path: dir.root.join("config.json"),
                 problem: format!(

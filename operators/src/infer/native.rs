@@ -55,7 +55,7 @@ impl Native {
         })?;
         let dir = ModelDir::open(&input.path, Needs::Tokenizer)?;
         let device = expflow_models::default_device()?;
-        let vision = crate::train::common::is_vision_language(&dir);
+        let vision = expflow_vlm::is_qwen2_5_vl(&dir);
         let engine = if vision {
             Engine::Vision(Box::new(VisionLanguageModel::load(&dir, &device)?))
         } else {

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use expflow_engine::{Context, Determinism, OpError, ParamKind, ParamSpec};
-use expflow_models::{ChatMessage, ContentPart, Generator, ModelDir, Needs, Trainable};
+use expflow_models::{ChatMessage, ContentPart, Generator, Needs, Trainable};
 use expflow_train::optim::AdamWConfig;
 use expflow_train::schedule::Scheduler;
 use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, MetricRow, peft};
@@ -261,7 +261,7 @@ pub fn load_model(ctx: &Context, op: &'static str) -> Result<Loaded, OpError> {
     let model = crate::embed::common::open_model(ctx, op, Needs::Tokenizer)?;
     let device = expflow_models::default_device()?;
     crate::embed::common::log_device(ctx, &device);
-    let vision = is_vision_language(&model.dir);
+    let vision = expflow_vlm::is_qwen2_5_vl(&model.dir);
     let m: Box<dyn Trainable> = if vision {
         ctx.log("model: Qwen2.5-VL (adapters on the language model; vision tower frozen)");
         Box::new(expflow_vlm::VisionLanguageModel::load(&model.dir, &device)?)
@@ -369,12 +369,6 @@ pub fn sft_conversations(
         ));
     }
     Ok(Some(convs))
-}
-
-/// Whether a model directory holds a Qwen2.5-VL checkpoint.
-pub fn is_vision_language(dir: &ModelDir) -> bool {
-    dir.model_type() == Some("qwen2_5_vl")
-        || dir.architecture() == Some("Qwen2_5_VLForConditionalGeneration")
 }
 
 /// Logging, progress and cancellation wired to the node context.
