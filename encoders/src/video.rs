@@ -133,6 +133,11 @@ fn frame_count(video: &Path) -> Result<usize> {
     })
 }
 
+/// The stream's frame rate (`r_frame_rate`) and frame (packet) count, from ffprobe.
+pub fn probe(video: &Path) -> Result<(f64, usize)> {
+    Ok((frame_rate(video)?, frame_count(video)?))
+}
+
 /// The frame numbers [`FrameSampling::Uniform`] picks out of `n` frames.
 pub fn uniform_indices(n: usize, k: usize) -> Vec<usize> {
     if n == 0 || k == 0 {

@@ -111,6 +111,7 @@ fn bench(c: &mut Criterion) {
             .map(|i| GenRequest {
                 prompt: prompt(i),
                 images: vec![],
+                videos: Vec::new(),
                 sampling: Sampling {
                     max_new_tokens: NEW_TOKENS,
                     ..Sampling::default()

@@ -160,6 +160,9 @@ pub struct GenRequest {
     pub prompt: String,
     #[serde(default)]
     pub images: Vec<PathBuf>,
+    /// Video files in the order of their placeholders (vision-language models).
+    #[serde(default)]
+    pub videos: Vec<PathBuf>,
     #[serde(default)]
     pub sampling: Sampling,
 }

@@ -152,10 +152,11 @@ impl Generator {
         let started = Instant::now();
         let mut prompts = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
-            if !r.images.is_empty() {
+            if !r.images.is_empty() || !r.videos.is_empty() {
                 return Err(ModelError::Request(format!(
-                    "request {i} has {} images, but this Qwen2 model is text-only",
-                    r.images.len()
+                    "request {i} has {} images and {} videos, but this Qwen2 model is text-only",
+                    r.images.len(),
+                    r.videos.len()
                 )));
             }
             if r.sampling.n == 0 {

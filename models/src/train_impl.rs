@@ -130,6 +130,7 @@ impl Trainable for Generator {
         let req = crate::GenRequest {
             prompt,
             images: Vec::new(),
+            videos: Vec::new(),
             sampling: crate::Sampling {
                 max_new_tokens,
                 ..crate::Sampling::default()

@@ -49,6 +49,7 @@ fn req(prompt: &str, sampling: Sampling) -> GenRequest {
     GenRequest {
         prompt: prompt.to_string(),
         images: vec![],
+        videos: Vec::new(),
         sampling,
     }
 }
@@ -336,6 +337,7 @@ fn a_generator_is_shared_across_threads_and_renders_chat() {
     });
     let with_image = GenRequest {
         images: vec!["a.png".into()],
+        videos: Vec::new(),
         ..req(&prompt, greedy(2))
     };
     let e = g.generate(&[with_image]).unwrap_err().to_string();

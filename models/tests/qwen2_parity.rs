@@ -163,6 +163,7 @@ fn greedy_continuations_match_transformers_generate() {
             .map(|c| GenRequest {
                 prompt: c["prompt"].as_str().unwrap().to_string(),
                 images: vec![],
+                videos: Vec::new(),
                 sampling: sampling.clone(),
             })
             .collect();

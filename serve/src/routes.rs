@@ -123,19 +123,19 @@ async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<axum::Json<
         .as_ref()
         .ok_or_else(|| ApiError::server("no chat model is loaded"))?;
     let prompt = model.render(&call.messages)?;
-    let images = call
-        .messages
-        .iter()
-        .flat_map(|m| &m.content)
-        .filter_map(|p| match p {
-            ContentPart::Image { path } => Some(path.clone()),
-            _ => None,
-        })
-        .collect();
+    let (mut images, mut videos) = (Vec::new(), Vec::new());
+    for p in call.messages.iter().flat_map(|m| &m.content) {
+        match p {
+            ContentPart::Image { path } => images.push(path.clone()),
+            ContentPart::Video { path } => videos.push(path.clone()),
+            ContentPart::Text { .. } => {}
+        }
+    }
     tracing::debug!(request = n, "chat completion queued");
     let rx = queue.submit(GenRequest {
         prompt,
         images,
+        videos,
         sampling: call.sampling,
     })?;
     let generation = rx

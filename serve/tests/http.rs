@@ -42,6 +42,7 @@ fn direct(g: &Generator, user: &str, sampling: Sampling) -> Vec<String> {
         .generate(&[GenRequest {
             prompt,
             images: vec![],
+            videos: Vec::new(),
             sampling,
         }])
         .unwrap();

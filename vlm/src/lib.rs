@@ -15,6 +15,7 @@ pub mod model;
 pub mod rope;
 pub mod tiny;
 mod train;
+pub mod video;
 pub mod vision;
 
 pub use config::{TextConfig, VisionConfig, VlmConfig};

@@ -18,12 +18,41 @@ use crate::config::VlmConfig;
 use crate::error::{Result, VlmError};
 use crate::image::{ImageProcessor, PixelValues};
 use crate::rope::{MRope, VisionSpan, rope_index};
+use crate::video::{MAX_FRAMES, Video, load_video};
 use crate::vision::VisionTower;
 
 /// Whether `dir` holds a Qwen2.5-VL checkpoint (by `model_type` or architecture).
 pub fn is_qwen2_5_vl(dir: &ModelDir) -> bool {
     dir.model_type() == Some("qwen2_5_vl")
         || dir.architecture() == Some("Qwen2_5_VLForConditionalGeneration")
+}
+
+/// An image or a video, preprocessed, as the prompt places it.
+#[derive(Clone, Debug)]
+pub(crate) struct Visual {
+    pub pixels: PixelValues,
+    /// Videos: seconds per temporal grid step; `None` for images.
+    pub seconds_per_grid: Option<f64>,
+}
+
+impl Visual {
+    pub fn image(pixels: PixelValues) -> Visual {
+        Visual {
+            pixels,
+            seconds_per_grid: None,
+        }
+    }
+
+    pub fn video(v: Video) -> Visual {
+        Visual {
+            pixels: v.pixels,
+            seconds_per_grid: Some(v.seconds_per_grid),
+        }
+    }
+
+    pub fn images(images: &[PixelValues]) -> Vec<Visual> {
+        images.iter().cloned().map(Visual::image).collect()
+    }
 }
 
 /// A loaded Qwen2.5-VL model.
@@ -183,26 +212,29 @@ impl VisionLanguageModel {
 
     /// The prompt for `messages` under the chat template, with the generation prompt
     /// appended and each image's placeholder holding as many `<|image_pad|>` tokens as the
-    /// image will have; `images` lists the image files in order. Videos are refused.
+    /// image will have; `images` and `videos` list the files in order. A video keeps its
+    /// single `<|video_pad|>`, expanded when its frames are sampled (see
+    /// [`Self::prompt_ids`]).
     pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<GenRequest> {
         let mut images = Vec::new();
-        for m in messages {
-            for part in &m.content {
-                match part {
-                    ContentPart::Image { path } => images.push(path.clone()),
-                    ContentPart::Video { path } => {
-                        return Err(VlmError::Request(format!(
-                            "{}: video inputs are not supported end to end yet; sample frames and use \
-                             ImageProcessor::process_frames",
-                            path.display()
-                        )));
-                    }
-                    ContentPart::Text { .. } => {}
-                }
+        let mut videos = Vec::new();
+        for part in messages.iter().flat_map(|m| &m.content) {
+            match part {
+                ContentPart::Image { path } => images.push(path.clone()),
+                ContentPart::Video { path } => videos.push(path.clone()),
+                ContentPart::Text { .. } => {}
             }
         }
         let rendered = self.chat.render(messages, true)?;
         let pad = self.token_text(self.config.image_token_id)?;
+        let video_pad = self.token_text(self.config.video_token_id)?;
+        let written = rendered.matches(video_pad.as_str()).count();
+        if written != videos.len() {
+            return Err(VlmError::Request(format!(
+                "the chat template wrote {written} video placeholders for {} videos",
+                videos.len()
+            )));
+        }
         let pieces: Vec<&str> = rendered.split(pad.as_str()).collect();
         if pieces.len() != images.len() + 1 {
             return Err(VlmError::Request(format!(
@@ -220,63 +252,95 @@ impl VisionLanguageModel {
         Ok(GenRequest {
             prompt,
             images,
+            videos,
             sampling: Sampling::default(),
         })
+    }
+
+    /// Reads, samples and preprocesses video files (see [`crate::video`]).
+    pub fn process_videos(&self, paths: &[PathBuf]) -> Result<Vec<Video>> {
+        paths
+            .iter()
+            .map(|p| load_video(&self.processor, p, MAX_FRAMES))
+            .collect()
     }
 
     /// Prompt token ids with each image's placeholder run checked against, or expanded to,
     /// the image's token count: a run of exactly that many pads is kept, a single pad is
     /// expanded, anything else is an error.
     pub fn prompt_ids(&self, prompt: &str, images: &[PixelValues]) -> Result<Vec<u32>> {
-        let raw = self.encode(prompt)?;
-        let (pad, video) = (self.config.image_token_id, self.config.video_token_id);
-        if raw.contains(&video) {
-            return Err(VlmError::Request(
-                "the prompt has video placeholders; video inputs are not supported end to end yet"
-                    .into(),
-            ));
-        }
+        Ok(self.expand(&self.encode(prompt)?, images, &[])?.0)
+    }
+
+    /// [`Self::prompt_ids`] for images and videos: the ids, and the visual inputs in the
+    /// order their placeholders appear.
+    fn expand(
+        &self,
+        raw: &[u32],
+        images: &[PixelValues],
+        videos: &[Video],
+    ) -> Result<(Vec<u32>, Vec<Visual>)> {
+        let (image_pad, video_pad) = (self.config.image_token_id, self.config.video_token_id);
         let merge = self.config.vision.spatial_merge_size;
         let mut ids = Vec::with_capacity(raw.len());
-        let mut k = 0;
+        let mut media = Vec::new();
+        let (mut next_image, mut next_video) = (images.iter(), videos.iter());
         let mut i = 0;
         while i < raw.len() {
-            if raw[i] != pad {
-                ids.push(raw[i]);
+            let t = raw[i];
+            if t != image_pad && t != video_pad {
+                ids.push(t);
                 i += 1;
                 continue;
             }
-            let run = raw[i..].iter().take_while(|&&t| t == pad).count();
-            let img = images.get(k).ok_or_else(|| {
-                VlmError::Request(format!(
-                    "the prompt has more image placeholders than the {} images given",
-                    images.len()
-                ))
-            })?;
-            let n = img.num_tokens(merge);
+            let run = raw[i..].iter().take_while(|&&x| x == t).count();
+            let (kind, visual) = if t == image_pad {
+                let img = next_image.next().ok_or_else(|| {
+                    VlmError::Request(format!(
+                        "the prompt has more image placeholders than the {} images given",
+                        images.len()
+                    ))
+                })?;
+                ("image", Visual::image(img.clone()))
+            } else {
+                let v = next_video.next().ok_or_else(|| {
+                    VlmError::Request(format!(
+                        "the prompt has more video placeholders than the {} videos given",
+                        videos.len()
+                    ))
+                })?;
+                ("video", Visual::video(v.clone()))
+            };
+            let n = visual.pixels.num_tokens(merge);
             if run != n && run != 1 {
                 return Err(VlmError::Request(format!(
-                    "image {k} needs {n} placeholder tokens (or 1 to expand); the prompt has {run}"
+                    "{kind} {} needs {n} placeholder tokens (or 1 to expand); the prompt has {run}",
+                    media.len()
                 )));
             }
-            ids.extend(std::iter::repeat_n(pad, n));
+            ids.extend(std::iter::repeat_n(t, n));
+            media.push(visual);
             i += run;
-            k += 1;
         }
-        if k != images.len() {
+        let (left_i, left_v) = (next_image.count(), next_video.count());
+        if left_i + left_v > 0 {
             return Err(VlmError::Request(format!(
-                "{} images given, but the prompt has {k} image placeholders",
-                images.len()
+                "{} images and {} videos given, but the prompt has placeholders for {} and {}",
+                images.len(),
+                videos.len(),
+                images.len() - left_i,
+                videos.len() - left_v
             )));
         }
-        Ok(ids)
+        Ok((ids, media))
     }
 
     /// Logits `(seq, vocab)` in f32 for every position of `ids` (already expanded, see
     /// [`Self::prompt_ids`]) with `images` merged at the image placeholders.
     pub fn prompt_logits(&self, ids: &[u32], images: &[PixelValues]) -> Result<Tensor> {
         let mut cache = self.text.new_cache();
-        let (hidden, _) = self.prefill_hidden(ids, images, &mut cache)?;
+        let media = Visual::images(images);
+        let (hidden, _) = self.prefill_hidden(ids, &media, &mut cache)?;
         Ok(self
             .text
             .logits(&hidden.squeeze(0)?)?
@@ -285,11 +349,21 @@ impl VisionLanguageModel {
 
     /// The three M-RoPE position rows of `ids` and the delta for later tokens.
     pub fn positions(&self, ids: &[u32], images: &[PixelValues]) -> Result<crate::rope::RopeIndex> {
-        let spans: Vec<VisionSpan> = images
+        self.media_positions(ids, &Visual::images(images))
+    }
+
+    /// The position rows for visual inputs in placeholder order.
+    pub(crate) fn media_positions(
+        &self,
+        ids: &[u32],
+        media: &[Visual],
+    ) -> Result<crate::rope::RopeIndex> {
+        let tps = self.config.vision.tokens_per_second;
+        let spans: Vec<VisionSpan> = media
             .iter()
-            .map(|p| VisionSpan {
-                grid_thw: p.grid_thw,
-                time_interval: 1.0,
+            .map(|m| VisionSpan {
+                grid_thw: m.pixels.grid_thw,
+                time_interval: m.seconds_per_grid.map_or(1.0, |s| tps * s),
             })
             .collect();
         rope_index(
@@ -304,14 +378,14 @@ impl VisionLanguageModel {
     fn prefill_hidden(
         &self,
         ids: &[u32],
-        images: &[PixelValues],
+        media: &[Visual],
         cache: &mut KvCache,
     ) -> Result<(Tensor, i64)> {
         if ids.is_empty() {
             return Err(VlmError::Request("the prompt is empty".into()));
         }
-        let index = self.positions(ids, images)?;
-        let embeds = self.merged_embeds(ids, images)?;
+        let index = self.media_positions(ids, media)?;
+        let embeds = self.merged_embeds(ids, media)?;
         let (cos, sin) = self
             .mrope
             .tables(&index.rows, self.text.dtype(), &self.device)?;
@@ -319,12 +393,13 @@ impl VisionLanguageModel {
         Ok((hidden, index.delta))
     }
 
-    /// Embeddings `(1, seq, hidden)` of `ids` with the vision features of `images` in place
-    /// of the image placeholders, in order.
-    pub(crate) fn merged_embeds(&self, ids: &[u32], images: &[PixelValues]) -> Result<Tensor> {
+    /// Embeddings `(1, seq, hidden)` of `ids` with the vision features of `media` in place
+    /// of the image and video placeholders, in order.
+    pub(crate) fn merged_embeds(&self, ids: &[u32], media: &[Visual]) -> Result<Tensor> {
         let mut embeds = self.embed_ids(ids)?;
-        if !images.is_empty() {
-            let feats = self.vision_features(images)?.to_dtype(embeds.dtype())?;
+        if !media.is_empty() {
+            let pixels: Vec<PixelValues> = media.iter().map(|m| m.pixels.clone()).collect();
+            let feats = self.vision_features(&pixels)?.to_dtype(embeds.dtype())?;
             // Row i of the result: embedding i for text, feature k for the k-th pad.
             let s = ids.len();
             let mut k = 0u32;
@@ -332,7 +407,7 @@ impl VisionLanguageModel {
                 .iter()
                 .enumerate()
                 .map(|(i, &t)| {
-                    if t == self.config.image_token_id {
+                    if t == self.config.image_token_id || t == self.config.video_token_id {
                         k += 1;
                         s as u32 + k - 1
                     } else {
@@ -342,7 +417,7 @@ impl VisionLanguageModel {
                 .collect();
             if k as usize != feats.dim(0)? {
                 return Err(VlmError::Request(format!(
-                    "the prompt has {k} image tokens but the images give {} features",
+                    "the prompt has {k} image and video tokens but the inputs give {} features",
                     feats.dim(0)?
                 )));
             }
@@ -374,9 +449,9 @@ impl VisionLanguageModel {
             .forward_embeds(embeds, cos, sin, &keys, Some(cache))?)
     }
 
-    fn prefill(&self, ids: &[u32], images: &[PixelValues]) -> Result<Prefilled> {
+    fn prefill(&self, ids: &[u32], media: &[Visual]) -> Result<Prefilled> {
         let mut cache = self.text.new_cache();
-        let (hidden, delta) = self.prefill_hidden(ids, images, &mut cache)?;
+        let (hidden, delta) = self.prefill_hidden(ids, media, &mut cache)?;
         let last = hidden.narrow(1, ids.len() - 1, 1)?.squeeze(0)?;
         let last_logits = self
             .text
@@ -426,7 +501,8 @@ impl VisionLanguageModel {
                 )));
             }
             let images = self.process_images(&r.images)?;
-            let ids = self.prompt_ids(&r.prompt, &images)?;
+            let videos = self.process_videos(&r.videos)?;
+            let (ids, media) = self.expand(&self.encode(&r.prompt)?, &images, &videos)?;
             let max_pos = self.config.text.max_position_embeddings;
             if ids.len() >= max_pos {
                 return Err(VlmError::Request(format!(
@@ -434,7 +510,7 @@ impl VisionLanguageModel {
                     ids.len()
                 )));
             }
-            let pre = self.prefill(&ids, &images)?;
+            let pre = self.prefill(&ids, &media)?;
             let mut completions = Vec::with_capacity(r.sampling.n);
             for k in 0..r.sampling.n {
                 let c = self.complete(

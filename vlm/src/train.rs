@@ -12,7 +12,7 @@ use expflow_models::{
 };
 
 use crate::error::VlmError;
-use crate::model::VisionLanguageModel;
+use crate::model::{VisionLanguageModel, Visual};
 
 fn model_error(e: VlmError) -> ModelError {
     match e {
@@ -98,10 +98,10 @@ impl VisionLanguageModel {
         let (mut embeds, mut coss, mut sins, mut keys) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for seq in batch {
-            let images = self.process_images(&seq.images)?;
+            let media = Visual::images(&self.process_images(&seq.images)?);
             let s = seq.ids.len();
-            let mut e = self.merged_embeds(&seq.ids, &images)?;
-            let mut rows = self.positions(&seq.ids, &images)?.rows;
+            let mut e = self.merged_embeds(&seq.ids, &media)?;
+            let mut rows = self.media_positions(&seq.ids, &media)?.rows;
             if s < len {
                 let zeros = Tensor::zeros((1, len - s, hidden), e.dtype(), &self.device)?;
                 e = Tensor::cat(&[&e, &zeros], 1)?;

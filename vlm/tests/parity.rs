@@ -172,6 +172,7 @@ fn greedy_generation_matches_transformers() {
     let req = GenRequest {
         prompt: exp["rendered"].as_str().unwrap().to_string(),
         images: images(),
+        videos: Vec::new(),
         sampling: Sampling {
             max_new_tokens: want.len(),
             ..Sampling::default()
@@ -198,6 +199,7 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut() {
     let req = GenRequest {
         prompt: exp["rendered"].as_str().unwrap().to_string(),
         images: images(),
+        videos: Vec::new(),
         sampling,
     };
     let a = m.generate(std::slice::from_ref(&req)).unwrap();
@@ -247,6 +249,7 @@ fn mismatched_images_are_refused() {
     let req = GenRequest {
         prompt: exp["rendered"].as_str().unwrap().to_string(),
         images: images()[..1].to_vec(),
+        videos: Vec::new(),
         sampling: Sampling {
             max_new_tokens: 2,
             ..Sampling::default()

@@ -154,3 +154,65 @@ fn adapters_attach_to_the_language_model_only() {
     assert!(names.contains(&"lm_head".to_string()));
     assert!(names.iter().all(|n| !n.contains("visual")));
 }
+
+fn has_ffmpeg() -> bool {
+    std::process::Command::new("ffmpeg")
+        .arg("-version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn videos_are_sampled_into_video_tokens_and_generate() {
+    if !has_ffmpeg() {
+        eprintln!("SKIPPED: ffmpeg is not installed (apt-get install ffmpeg)");
+        return;
+    }
+    let (dir, m) = tiny();
+    // 2 s at 10 fps, 64 × 64: 4 frames at 2 fps, 56 × 56 after resizing, 2 temporal
+    // patches of 4 × 4 patches: 2 · 16 / 4 = 8 video tokens.
+    let video = dir.path().join("clip.mp4");
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x64:rate=10",
+        ])
+        .args(["-t", "2", "-pix_fmt", "yuv420p", "-y"])
+        .arg(&video)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let messages = vec![ChatMessage {
+        role: "user".into(),
+        content: vec![
+            ContentPart::Video {
+                path: video.clone(),
+            },
+            ContentPart::Text {
+                text: "Narrate the step.".into(),
+            },
+        ],
+    }];
+    let req = m.render_chat(&messages).unwrap();
+    assert_eq!(req.videos, vec![video.clone()]);
+    let text_tokens = m.encode(&req.prompt).unwrap().len();
+    let v = &m.process_videos(std::slice::from_ref(&video)).unwrap()[0];
+    assert_eq!(v.pixels.grid_thw, [2, 4, 4]);
+    assert!(
+        (v.seconds_per_grid - 1.0).abs() < 1e-9,
+        "{}",
+        v.seconds_per_grid
+    );
+    let out = m.generate(std::slice::from_ref(&req)).unwrap();
+    // The single placeholder became 8 video tokens.
+    assert_eq!(out[0].prompt_tokens, text_tokens - 1 + 8);
+    let again = m.generate(&[req]).unwrap();
+    assert_eq!(
+        out[0].completions[0].token_ids,
+        again[0].completions[0].token_ids
+    );
+}

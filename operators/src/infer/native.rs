@@ -78,8 +78,8 @@ impl Native {
     }
 
     fn gen_request(&self, req: &ChatReq, name: &str) -> Result<(GenRequest, Value), OpError> {
-        let mut images = Vec::new();
-        let mut image_digests = Vec::new();
+        let (mut images, mut videos) = (Vec::new(), Vec::new());
+        let (mut image_digests, mut video_digests) = (Vec::new(), Vec::new());
         for p in req.messages.iter().flat_map(|m| &m.content) {
             match p {
                 ContentPart::Image { path } => {
@@ -87,24 +87,21 @@ impl Native {
                     images.push(path.clone());
                 }
                 ContentPart::Video { path } => {
-                    return Err(format!(
-                        "{}: {name}: the native backend does not take videos yet ({}); drop the video column or use the openai backend",
-                        self.op,
-                        path.display()
-                    )
-                    .into());
+                    video_digests.push(self.digests.of(self.op, path)?);
+                    videos.push(path.clone());
                 }
                 ContentPart::Text { .. } => {}
             }
         }
         let prompt = match &self.engine {
             Engine::Text(g) => {
-                if !images.is_empty() {
+                if !images.is_empty() || !videos.is_empty() {
                     return Err(format!(
-                        "{}: {name}: the model is a text model and the prompt has {} image(s); \
-                         use a vision-language model (Qwen2.5-VL) or drop the image column",
+                        "{}: {name}: the model is a text model and the prompt has {} image(s) and \
+                         {} video(s); use a vision-language model (Qwen2.5-VL) or drop the media columns",
                         self.op,
-                        images.len()
+                        images.len(),
+                        videos.len()
                     )
                     .into());
                 }
@@ -112,17 +109,22 @@ impl Native {
             }
             Engine::Vision(v) => v.render_chat(&req.messages)?.prompt,
         };
-        let memo = json!({
+        let mut memo = json!({
             "backend": "native",
             "model": self.model,
             "prompt": prompt,
             "images": image_digests,
             "sampling": req.sampling,
         });
+        // Only with videos, so that the memo keys of earlier requests stay the same.
+        if !video_digests.is_empty() {
+            memo["videos"] = json!(video_digests);
+        }
         Ok((
             GenRequest {
                 prompt,
                 images,
+                videos,
                 sampling: req.sampling.clone(),
             },
             memo,
