@@ -467,6 +467,28 @@ impl VisionLanguageModel {
         })
     }
 
+    /// The log-probability that the token after `req`'s prompt (its images and videos
+    /// included) is the first token of each candidate (e.g. `"A"`, `"[Retrieval]"`).
+    pub fn next_token_logprobs<S: AsRef<str>>(
+        &self,
+        req: &GenRequest,
+        candidates: &[S],
+    ) -> Result<Vec<f32>> {
+        let images = self.process_images(&req.images)?;
+        let videos = self.process_videos(&req.videos)?;
+        let (ids, media) = self.expand(&self.encode(&req.prompt)?, &images, &videos)?;
+        let lp = log_softmax(&self.prefill(&ids, &media)?.last_logits);
+        candidates
+            .iter()
+            .map(|c| {
+                let first = *self.encode(c.as_ref())?.first().ok_or_else(|| {
+                    VlmError::Request(format!("candidate {:?} has no tokens", c.as_ref()))
+                })?;
+                Ok(lp[first as usize])
+            })
+            .collect()
+    }
+
     /// Logits of the next position after feeding `token` at index `index`.
     fn step(&self, token: u32, index: usize, delta: i64, cache: &mut KvCache) -> Result<Vec<f32>> {
         let p = index as i64 + delta;

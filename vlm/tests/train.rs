@@ -216,3 +216,25 @@ fn videos_are_sampled_into_video_tokens_and_generate() {
         again[0].completions[0].token_ids
     );
 }
+
+#[test]
+fn next_token_logprobs_are_the_last_prompt_position_s() {
+    let (_d, m) = tiny();
+    let req = m.render_chat(&conversation(1, "A")[..1]).unwrap();
+    let got = m.next_token_logprobs(&req, &["A", "B"]).unwrap();
+    let pv = m.process_images(&req.images).unwrap();
+    let ids = m.prompt_ids(&req.prompt, &pv).unwrap();
+    let logits = m.prompt_logits(&ids, &pv).unwrap();
+    let last: Vec<f32> = logits.get(ids.len() - 1).unwrap().to_vec1().unwrap();
+    let max = last.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max + last.iter().map(|x| (x - max).exp()).sum::<f32>().ln();
+    for (c, lp) in ["A", "B"].iter().zip(&got) {
+        let id = m.encode(c).unwrap()[0] as usize;
+        assert!(
+            (lp - (last[id] - lse)).abs() < 1e-4,
+            "{c}: {lp} vs {}",
+            last[id] - lse
+        );
+    }
+    assert!(got.iter().all(|l| *l < 0.0));
+}

@@ -235,12 +235,17 @@ impl Backend for Native {
         partial: &str,
         candidates: &[&str],
     ) -> Result<Option<Vec<f64>>, OpError> {
-        let Engine::Text(g) = &self.engine else {
-            // Not implemented for the vision-language model yet: callers fall back to text.
-            return Ok(None);
+        let lps = match &self.engine {
+            Engine::Text(g) => {
+                let prompt = g.render_chat(messages, true)? + partial;
+                g.next_token_logprobs(&prompt, candidates)?
+            }
+            Engine::Vision(v) => {
+                let mut req = v.render_chat(messages)?;
+                req.prompt.push_str(partial);
+                v.next_token_logprobs(&req, candidates)?
+            }
         };
-        let prompt = g.render_chat(messages, true)? + partial;
-        let lps = g.next_token_logprobs(&prompt, candidates)?;
         let max = lps.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let exps: Vec<f64> = lps.iter().map(|l| f64::from(l - max).exp()).collect();
         let sum: f64 = exps.iter().sum();
