@@ -7,14 +7,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
-use crate::api::{
-    ChatMessage, Completion, FinishReason, GenRequest, Generation, Sampling, TokenLogprob,
-};
+use crate::api::{ChatMessage, GenRequest, Generation};
 use crate::chat::ChatTemplate;
+use crate::decoding::Row;
 use crate::dir::ModelDir;
 use crate::error::{ModelError, Result};
 use crate::qwen2::Qwen2;
-use crate::sampling::{Rng, log_softmax, pick, top_n};
+use crate::sampling::log_softmax;
 
 /// A loaded causal language model with its tokenizer and chat template.
 #[derive(Debug)]
@@ -27,17 +26,6 @@ pub struct Generator {
     device: Device,
     /// Most sequences run together in one batch (default 16).
     pub max_batch: usize,
-}
-
-/// One sequence being generated.
-struct Row<'a> {
-    prompt: &'a [u32],
-    sampling: &'a Sampling,
-    rng: Rng,
-    ids: Vec<u32>,
-    logprobs: Vec<TokenLogprob>,
-    text: Option<String>,
-    finish: Option<FinishReason>,
 }
 
 impl Generator {
@@ -180,21 +168,19 @@ impl Generator {
             prompts.push(ids);
         }
         let mut rows = Vec::new();
+        let mut row_prompts = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             for k in 0..r.sampling.n {
-                rows.push(Row {
-                    prompt: &prompts[i],
-                    sampling: &r.sampling,
-                    rng: Rng::for_sample(r.sampling.seed, k as u64),
-                    ids: Vec::new(),
-                    logprobs: Vec::new(),
-                    text: None,
-                    finish: None,
-                });
+                rows.push(Row::new(prompts[i].len(), &r.sampling, k));
+                row_prompts.push(prompts[i].as_slice());
             }
         }
-        for chunk in rows.chunks_mut(self.max_batch.max(1)) {
-            self.run_batch(chunk)?;
+        let max_batch = self.max_batch.max(1);
+        for (chunk, ps) in rows
+            .chunks_mut(max_batch)
+            .zip(row_prompts.chunks(max_batch))
+        {
+            self.run_batch(chunk, ps)?;
         }
         let new_tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
         let secs = started.elapsed().as_secs_f64();
@@ -212,16 +198,7 @@ impl Generator {
         for (i, r) in requests.iter().enumerate() {
             let mut completions = Vec::with_capacity(r.sampling.n);
             for row in rows.by_ref().take(r.sampling.n) {
-                let text = match row.text {
-                    Some(t) => t,
-                    None => self.decode(&row.ids)?,
-                };
-                completions.push(Completion {
-                    text,
-                    token_ids: row.ids,
-                    finish_reason: row.finish.unwrap_or(FinishReason::Length),
-                    logprobs: r.sampling.logprobs.then_some(row.logprobs),
-                });
+                completions.push(row.into_completion(&self.tokenizer)?);
             }
             out.push(Generation {
                 prompt_tokens: prompts[i].len(),
@@ -231,23 +208,18 @@ impl Generator {
         Ok(out)
     }
 
-    fn run_batch(&self, rows: &mut [Row]) -> Result<()> {
+    fn run_batch(&self, rows: &mut [Row], prompts: &[&[u32]]) -> Result<()> {
         let b = rows.len();
-        let len = rows.iter().map(|r| r.prompt.len()).max().unwrap_or(0);
+        let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let max_pos = self.model.config.max_position_embeddings;
         let mut ids = Vec::with_capacity(b * len);
         let mut pos = Vec::with_capacity(b * len);
         let mut mask = Vec::with_capacity(b * len);
-        for r in rows.iter_mut() {
-            let pad = len - r.prompt.len();
-            ids.extend(std::iter::repeat_n(self.pad, pad).chain(r.prompt.iter().copied()));
-            pos.extend(std::iter::repeat_n(0u32, pad).chain(0..r.prompt.len() as u32));
-            mask.extend(
-                std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, r.prompt.len())),
-            );
-            if r.sampling.max_new_tokens == 0 {
-                r.finish = Some(FinishReason::Length);
-            }
+        for p in prompts {
+            let pad = len - p.len();
+            ids.extend(std::iter::repeat_n(self.pad, pad).chain(p.iter().copied()));
+            pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
+            mask.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, p.len())));
         }
         let mut cache = self.model.new_cache();
         let mut ids_t = Tensor::from_vec(ids, (b, len), &self.device)?;
@@ -267,23 +239,14 @@ impl Generator {
                 .to_vec2::<f32>()?;
             for (r, lg) in rows.iter_mut().zip(&logits) {
                 if r.finish.is_none() {
-                    self.advance(r, lg, max_pos)?;
+                    r.advance(lg, &self.eos, &self.tokenizer, max_pos)?;
                 }
             }
             step += 1;
-            let next: Vec<u32> = rows
-                .iter()
-                .map(|r| {
-                    if r.finish.is_none() {
-                        *r.ids.last().unwrap_or(&self.pad)
-                    } else {
-                        self.pad
-                    }
-                })
-                .collect();
+            let next: Vec<u32> = rows.iter().map(|r| r.next_input(self.pad)).collect();
             let next_pos: Vec<u32> = rows
                 .iter()
-                .map(|r| (r.prompt.len() + step - 1) as u32)
+                .map(|r| (r.prompt_len + step - 1) as u32)
                 .collect();
             // The new column of the mask: one more real key for every row.
             let mut grown = Vec::with_capacity(b * (len + step));
@@ -294,48 +257,6 @@ impl Generator {
             mask = grown;
             ids_t = Tensor::from_vec(next, (b, 1), &self.device)?;
             pos_t = Tensor::from_vec(next_pos, (b, 1), &self.device)?;
-        }
-        Ok(())
-    }
-
-    /// Picks the next token of `r` from `logits` and updates its state.
-    fn advance(&self, r: &mut Row, logits: &[f32], max_pos: usize) -> Result<()> {
-        let tok = pick(logits, r.sampling, &mut r.rng);
-        if self.eos.contains(&tok) {
-            r.finish = Some(FinishReason::Stop);
-            return Ok(());
-        }
-        r.ids.push(tok);
-        if r.sampling.logprobs {
-            let lp = log_softmax(logits);
-            let mut top = Vec::new();
-            for (id, v) in top_n(&lp, r.sampling.top_logprobs) {
-                top.push((self.decode(&[id])?, v));
-            }
-            r.logprobs.push(TokenLogprob {
-                id: tok,
-                token: self.decode(&[tok])?,
-                logprob: lp[tok as usize],
-                top,
-            });
-        }
-        if !r.sampling.stop.is_empty() {
-            let text = self.decode(&r.ids)?;
-            let cut = r
-                .sampling
-                .stop
-                .iter()
-                .filter(|s| !s.is_empty())
-                .filter_map(|s| text.find(s.as_str()))
-                .min();
-            if let Some(at) = cut {
-                r.text = Some(text[..at].to_string());
-                r.finish = Some(FinishReason::Stop);
-                return Ok(());
-            }
-        }
-        if r.ids.len() >= r.sampling.max_new_tokens || r.prompt.len() + r.ids.len() >= max_pos {
-            r.finish = Some(FinishReason::Length);
         }
         Ok(())
     }

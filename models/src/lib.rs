@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod decoding;
 pub mod dir;
 pub mod error;
 pub mod generate;

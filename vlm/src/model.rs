@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use expflow_models::sampling::{Rng, log_softmax, pick, top_n};
+use expflow_models::decoding::Row;
+use expflow_models::sampling::log_softmax;
 use expflow_models::{
-    ChatMessage, ChatTemplate, Completion, ContentPart, FinishReason, GenRequest, Generation,
-    KvCache, ModelDir, Qwen2, Sampling, TokenLogprob,
+    ChatMessage, ChatTemplate, ContentPart, GenRequest, Generation, KvCache, ModelDir, Qwen2,
+    Sampling,
 };
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -60,6 +61,8 @@ impl Visual {
 pub struct VisionLanguageModel {
     pub config: VlmConfig,
     pub processor: ImageProcessor,
+    /// Most sequences decoded together (default 8).
+    pub max_batch: usize,
     pub(crate) vision: VisionTower,
     pub(crate) text: Qwen2,
     pub(crate) mrope: MRope,
@@ -69,12 +72,13 @@ pub struct VisionLanguageModel {
     pub(crate) device: Device,
 }
 
-/// A prompt's state after the prefill: the cache, the last position's logits, the rope delta.
-struct Prefilled {
-    cache: KvCache,
-    last_logits: Vec<f32>,
-    delta: i64,
+/// A request ready to decode: its ids, embeddings with the visual features merged in, and
+/// M-RoPE positions.
+struct Prepared {
     len: usize,
+    embeds: Tensor,
+    rows: [Vec<i64>; 3],
+    delta: i64,
 }
 
 impl VisionLanguageModel {
@@ -162,6 +166,7 @@ impl VisionLanguageModel {
             chat,
             eos,
             device: device.clone(),
+            max_batch: 8,
         })
     }
 
@@ -449,22 +454,17 @@ impl VisionLanguageModel {
             .forward_embeds(embeds, cos, sin, &keys, Some(cache))?)
     }
 
-    fn prefill(&self, ids: &[u32], media: &[Visual]) -> Result<Prefilled> {
+    /// The last position's logits after `ids`.
+    fn last_logits(&self, ids: &[u32], media: &[Visual]) -> Result<Vec<f32>> {
         let mut cache = self.text.new_cache();
-        let (hidden, delta) = self.prefill_hidden(ids, media, &mut cache)?;
+        let (hidden, _) = self.prefill_hidden(ids, media, &mut cache)?;
         let last = hidden.narrow(1, ids.len() - 1, 1)?.squeeze(0)?;
-        let last_logits = self
+        Ok(self
             .text
             .logits(&last)?
             .squeeze(0)?
             .to_dtype(DType::F32)?
-            .to_vec1()?;
-        Ok(Prefilled {
-            cache,
-            last_logits,
-            delta,
-            len: ids.len(),
-        })
+            .to_vec1()?)
     }
 
     /// The log-probability that the token after `req`'s prompt (its images and videos
@@ -477,7 +477,7 @@ impl VisionLanguageModel {
         let images = self.process_images(&req.images)?;
         let videos = self.process_videos(&req.videos)?;
         let (ids, media) = self.expand(&self.encode(&req.prompt)?, &images, &videos)?;
-        let lp = log_softmax(&self.prefill(&ids, &media)?.last_logits);
+        let lp = log_softmax(&self.last_logits(&ids, &media)?);
         candidates
             .iter()
             .map(|c| {
@@ -489,33 +489,18 @@ impl VisionLanguageModel {
             .collect()
     }
 
-    /// Logits of the next position after feeding `token` at index `index`.
-    fn step(&self, token: u32, index: usize, delta: i64, cache: &mut KvCache) -> Result<Vec<f32>> {
-        let p = index as i64 + delta;
-        let rows = [vec![p], vec![p], vec![p]];
-        let (cos, sin) = self.mrope.tables(&rows, self.text.dtype(), &self.device)?;
-        let embeds = self.embed_ids(&[token])?;
-        let hidden = self.run_decoder(&embeds, &cos, &sin, cache)?;
-        let last = hidden.squeeze(0)?;
-        Ok(self
-            .text
-            .logits(&last)?
-            .squeeze(0)?
-            .to_dtype(DType::F32)?
-            .to_vec1()?)
-    }
-
-    /// Completes every request: `n` completions each, in request order. Requests run one at
-    /// a time (no batching across requests yet); the `n` samples of a request share one
-    /// prefill.
+    /// Completes every request: `n` completions each, in request order. Sequences (the
+    /// `n` samples of each request) run together in left-padded batches of up to
+    /// `max_batch`, each with its own M-RoPE positions; a request's visual features are
+    /// computed once for all its samples.
     ///
     /// A completion ends at an end-of-sequence token (not included), at a stop string (the
     /// text is cut before it; `token_ids` keeps every sampled token), or after
     /// `max_new_tokens` (or `max_position_embeddings`).
     pub fn generate(&self, requests: &[GenRequest]) -> Result<Vec<Generation>> {
         let started = Instant::now();
-        let mut out = Vec::with_capacity(requests.len());
-        let mut new_tokens = 0;
+        let max_pos = self.config.text.max_position_embeddings;
+        let mut prepared = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
             if r.sampling.n == 0 {
                 return Err(VlmError::Request(format!(
@@ -525,97 +510,139 @@ impl VisionLanguageModel {
             let images = self.process_images(&r.images)?;
             let videos = self.process_videos(&r.videos)?;
             let (ids, media) = self.expand(&self.encode(&r.prompt)?, &images, &videos)?;
-            let max_pos = self.config.text.max_position_embeddings;
+            if ids.is_empty() {
+                return Err(VlmError::Request(format!(
+                    "request {i}: the prompt is empty"
+                )));
+            }
             if ids.len() >= max_pos {
                 return Err(VlmError::Request(format!(
                     "request {i}: the prompt has {} tokens; max_position_embeddings is {max_pos}",
                     ids.len()
                 )));
             }
-            let pre = self.prefill(&ids, &media)?;
-            let mut completions = Vec::with_capacity(r.sampling.n);
-            for k in 0..r.sampling.n {
-                let c = self.complete(
-                    &pre,
-                    &r.sampling,
-                    Rng::for_sample(r.sampling.seed, k as u64),
-                )?;
-                new_tokens += c.token_ids.len();
-                completions.push(c);
-            }
-            out.push(Generation {
-                prompt_tokens: ids.len(),
-                completions,
+            let index = self.media_positions(&ids, &media)?;
+            prepared.push(Prepared {
+                len: ids.len(),
+                embeds: self.merged_embeds(&ids, &media)?,
+                rows: index.rows,
+                delta: index.delta,
             });
         }
+        let mut rows = Vec::new();
+        let mut owner = Vec::new();
+        for (i, r) in requests.iter().enumerate() {
+            for k in 0..r.sampling.n {
+                rows.push(Row::new(prepared[i].len, &r.sampling, k));
+                owner.push(&prepared[i]);
+            }
+        }
+        let max_batch = self.max_batch.max(1);
+        for (chunk, preps) in rows.chunks_mut(max_batch).zip(owner.chunks(max_batch)) {
+            self.run_batch(chunk, preps)?;
+        }
+        let new_tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             requests = requests.len(),
+            sequences = rows.len(),
             new_tokens,
             secs,
             tokens_per_s = new_tokens as f64 / secs.max(1e-9),
             "generated"
         );
+        let mut rows = rows.into_iter();
+        let mut out = Vec::with_capacity(requests.len());
+        for (r, p) in requests.iter().zip(&prepared) {
+            let completions = rows
+                .by_ref()
+                .take(r.sampling.n)
+                .map(|row| row.into_completion(&self.tokenizer))
+                .collect::<expflow_models::Result<Vec<_>>>()?;
+            out.push(Generation {
+                prompt_tokens: p.len,
+                completions,
+            });
+        }
         Ok(out)
     }
 
-    fn complete(&self, pre: &Prefilled, s: &Sampling, mut rng: Rng) -> Result<Completion> {
-        let mut cache = pre.cache.clone();
-        let mut logits = pre.last_logits.clone();
-        let mut ids: Vec<u32> = Vec::new();
-        let mut logprobs = Vec::new();
+    /// Decodes one batch: a left-padded prefill of the merged embeddings, then one token per
+    /// sequence per step at position `index + delta` in all three M-RoPE rows.
+    fn run_batch(&self, rows: &mut [Row], preps: &[&Prepared]) -> Result<()> {
+        let b = rows.len();
+        let len = preps.iter().map(|p| p.len).max().unwrap_or(0);
+        let hidden = self.config.text.hidden_size;
+        let dtype = self.text.dtype();
         let max_pos = self.config.text.max_position_embeddings;
-        let mut finish = FinishReason::Length;
-        let mut text = None;
-        while ids.len() < s.max_new_tokens && pre.len + ids.len() < max_pos {
-            let tok = pick(&logits, s, &mut rng);
-            if self.eos.contains(&tok) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            ids.push(tok);
-            if s.logprobs {
-                let lp = log_softmax(&logits);
-                let mut top = Vec::new();
-                for (id, v) in top_n(&lp, s.top_logprobs) {
-                    top.push((self.decode(&[id])?, v));
-                }
-                logprobs.push(TokenLogprob {
-                    id: tok,
-                    token: self.decode(&[tok])?,
-                    logprob: lp[tok as usize],
-                    top,
-                });
-            }
-            if !s.stop.is_empty() {
-                let so_far = self.decode(&ids)?;
-                let cut = s
-                    .stop
-                    .iter()
-                    .filter(|x| !x.is_empty())
-                    .filter_map(|x| so_far.find(x.as_str()))
-                    .min();
-                if let Some(at) = cut {
-                    text = Some(so_far[..at].to_string());
-                    finish = FinishReason::Stop;
-                    break;
+        let (mut embeds, mut coss, mut sins, mut mask) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in preps {
+            let pad = len - p.len;
+            let mut e = p.embeds.clone();
+            let mut rows3 = p.rows.clone();
+            if pad > 0 {
+                let zeros = Tensor::zeros((1, pad, hidden), e.dtype(), &self.device)?;
+                e = Tensor::cat(&[&zeros, &e], 1)?;
+                for r in &mut rows3 {
+                    r.splice(0..0, std::iter::repeat_n(0, pad));
                 }
             }
-            if ids.len() >= s.max_new_tokens || pre.len + ids.len() >= max_pos {
-                break;
-            }
-            logits = self.step(tok, pre.len + ids.len() - 1, pre.delta, &mut cache)?;
+            let (cos, sin) = self.mrope.tables(&rows3, dtype, &self.device)?;
+            embeds.push(e);
+            coss.push(cos);
+            sins.push(sin);
+            mask.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, p.len)));
         }
-        let text = match text {
-            Some(t) => t,
-            None => self.decode(&ids)?,
-        };
-        Ok(Completion {
-            text,
-            token_ids: ids,
-            finish_reason: finish,
-            logprobs: s.logprobs.then_some(logprobs),
-        })
+        let mut cache = self.text.new_cache();
+        let mut x = Tensor::cat(&embeds, 0)?;
+        let mut cos = Tensor::cat(&coss, 0)?;
+        let mut sin = Tensor::cat(&sins, 0)?;
+        let mut width = len;
+        while rows.iter().any(|r| r.finish.is_none()) {
+            let keys = Tensor::from_vec(mask.clone(), (b, width), &self.device)?;
+            let h = self
+                .text
+                .forward_embeds(&x, &cos, &sin, &keys, Some(&mut cache))?;
+            let s = h.dim(1)?;
+            let logits = self
+                .text
+                .logits(&h.narrow(1, s - 1, 1)?.squeeze(1)?)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (r, lg) in rows.iter_mut().zip(&logits) {
+                if r.finish.is_none() {
+                    r.advance(lg, &self.eos, &self.tokenizer, max_pos)?;
+                }
+            }
+            if rows.iter().all(|r| r.finish.is_some()) {
+                break;
+            }
+            let next: Vec<u32> = rows.iter().map(|r| r.next_input(0)).collect();
+            // The token just picked sits at index `prompt_len + ids.len() - 1`.
+            let pos: Vec<i64> = rows
+                .iter()
+                .zip(preps)
+                .map(|(r, p)| (p.len + r.ids.len()).saturating_sub(1) as i64 + p.delta)
+                .collect();
+            let (c, sn) =
+                self.mrope
+                    .tables(&[pos.clone(), pos.clone(), pos], dtype, &self.device)?;
+            let hd = c.dim(3)?;
+            cos = c.reshape((b, 1, 1, hd))?;
+            sin = sn.reshape((b, 1, 1, hd))?;
+            x = self
+                .text
+                .embed(&Tensor::from_vec(next, (b, 1), &self.device)?)?;
+            let mut grown = Vec::with_capacity(b * (width + 1));
+            for chunk in mask.chunks(width) {
+                grown.extend_from_slice(chunk);
+                grown.push(1u8);
+            }
+            mask = grown;
+            width += 1;
+        }
+        Ok(())
     }
 
     pub(crate) fn token_text(&self, id: u32) -> Result<String> {

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use expflow_models::{ChatMessage, ContentPart, IGNORE, ModelDir, Needs, Trainable};
+use expflow_models::{
+    ChatMessage, ContentPart, GenRequest, IGNORE, ModelDir, Needs, Sampling, Trainable,
+};
 use expflow_vlm::{TinyVlmSpec, VisionLanguageModel, write_tiny_vlm};
 
 fn corpus() -> Vec<String> {
@@ -237,4 +239,55 @@ fn next_token_logprobs_are_the_last_prompt_position_s() {
         );
     }
     assert!(got.iter().all(|l| *l < 0.0));
+}
+
+#[test]
+fn batched_generation_equals_one_request_at_a_time() {
+    let (_d, mut m) = tiny();
+    let sampled = Sampling {
+        max_new_tokens: 6,
+        temperature: 1.0,
+        seed: 3,
+        n: 2,
+        ..Sampling::default()
+    };
+    let greedy = Sampling {
+        max_new_tokens: 9,
+        logprobs: true,
+        top_logprobs: 2,
+        ..Sampling::default()
+    };
+    let reqs = vec![
+        GenRequest {
+            sampling: greedy.clone(),
+            ..m.render_chat(&conversation(0, "A")[..1]).unwrap()
+        },
+        GenRequest {
+            sampling: sampled,
+            ..m.render_chat(&[ChatMessage::text("user", "Which story? A. the cell")])
+                .unwrap()
+        },
+        GenRequest {
+            sampling: greedy,
+            ..m.render_chat(&conversation(1, "B")[..1]).unwrap()
+        },
+    ];
+    m.max_batch = 8;
+    let together = m.generate(&reqs).unwrap();
+    m.max_batch = 1;
+    let alone = m.generate(&reqs).unwrap();
+    assert_eq!(together.len(), 3);
+    assert_eq!(together[1].completions.len(), 2);
+    for (t, a) in together.iter().zip(&alone) {
+        assert_eq!(t.prompt_tokens, a.prompt_tokens);
+        for (x, y) in t.completions.iter().zip(&a.completions) {
+            assert_eq!(x.token_ids, y.token_ids);
+            assert_eq!(x.text, y.text);
+            if let (Some(lx), Some(ly)) = (&x.logprobs, &y.logprobs) {
+                for (p, q) in lx.iter().zip(ly) {
+                    assert!((p.logprob - q.logprob).abs() < 1e-4);
+                }
+            }
+        }
+    }
 }
