@@ -201,6 +201,17 @@ pub struct Generation {
     pub completions: Vec<Completion>,
 }
 
+impl Generation {
+    /// The first completion's text (empty when there is none).
+    pub fn into_first_text(self) -> String {
+        self.completions
+            .into_iter()
+            .next()
+            .map(|c| c.text)
+            .unwrap_or_default()
+    }
+}
+
 /// How an encoder turns token states into one vector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

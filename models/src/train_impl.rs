@@ -140,8 +140,7 @@ impl Trainable for Generator {
         Ok(out
             .into_iter()
             .next()
-            .and_then(|g| g.completions.into_iter().next())
-            .map(|c| c.text)
+            .map(|g| g.into_first_text())
             .unwrap_or_default())
     }
 }

@@ -166,8 +166,7 @@ impl Trainable for VisionLanguageModel {
             Ok(out
                 .into_iter()
                 .next()
-                .and_then(|g| g.completions.into_iter().next())
-                .map(|c| c.text)
+                .map(|g| g.into_first_text())
                 .unwrap_or_default())
         };
         run().map_err(model_error)

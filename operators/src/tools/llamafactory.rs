@@ -326,22 +326,7 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     let model = base_model(ctx, op)?;
     let output_dir = work.join("output");
     let (dataset_dir, dataset, eval) = match ctx.inputs().get("dataset") {
-        Some(d) => {
-            let name = ctx
-                .params()
-                .get("dataset_name")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            if name.is_empty() {
-                return Err(OperatorError::param(
-                    op,
-                    "dataset_name",
-                    "is empty: name the dataset of the `dataset` input to train on",
-                )
-                .into());
-            }
-            (d.path.clone(), name.to_string(), None)
-        }
+        Some(d) => (d.path.clone(), super::dataset_name(op, ctx.params())?, None),
         None => {
             let dir = work.join("data");
             std::fs::create_dir_all(&dir)

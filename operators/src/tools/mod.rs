@@ -102,6 +102,22 @@ pub fn backend_params() -> Vec<ParamSpec> {
     ]
 }
 
+/// The `dataset_name` parameter, which must name a dataset when the `dataset` input is used.
+pub fn dataset_name(op: &'static str, map: &Map<String, Value>) -> Result<String> {
+    let name = map
+        .get("dataset_name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.is_empty() {
+        return Err(OperatorError::param(
+            op,
+            "dataset_name",
+            "is empty: name the dataset of the `dataset` input to train on",
+        ));
+    }
+    Ok(name.to_string())
+}
+
 /// The `extra` or `env` map parameter as ordered (key, text) pairs.
 pub fn string_map(
     op: &'static str,

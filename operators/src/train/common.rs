@@ -306,17 +306,7 @@ pub fn sft_conversations(
                 )
                 .into());
             };
-            let name = Params::new(op, ctx.params())
-                .str("dataset_name")?
-                .to_string();
-            if name.is_empty() {
-                return Err(OperatorError::param(
-                    op,
-                    "dataset_name",
-                    "is empty: name the dataset of the `dataset` input to train on",
-                )
-                .into());
-            }
+            let name = crate::tools::dataset_name(op, ctx.params())?;
             let rows = expflow_train::llamafactory::dataset_rows(&dir.path, &name)?;
             (rows, Some(dir.path.clone()))
         }
