@@ -446,7 +446,10 @@ impl Store for SledStore {
 }
 
 /// Fails with [`CacheError::DbLocked`] if another open handle holds sled's lock on
-/// `db_path/db` (sled itself reports this only as an I/O error).
+/// `db_path/db` (sled itself reports this only as an I/O error). A handle of this process
+/// that was just dropped releases the lock only when sled's background flusher lets go of
+/// the file, a few milliseconds later (longer on a busy machine), so the lock is retried for
+/// up to a second before the database counts as held.
 pub(crate) fn check_not_locked(db_path: &Path) -> Result<()> {
     let lock_file = db_path.join("db");
     let file = match std::fs::OpenOptions::new().read(true).open(&lock_file) {
@@ -454,13 +457,21 @@ pub(crate) fn check_not_locked(db_path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(CacheError::io("cannot open", &lock_file, e)),
     };
-    match file.try_lock() {
-        Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CacheError::DbLocked {
-            path: db_path.to_path_buf(),
-        }),
-        Err(std::fs::TryLockError::Error(e)) => Err(CacheError::io("cannot lock", &lock_file, e)),
+    for attempt in 0..20 {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                debug!(attempt, "the database lock is held; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(CacheError::io("cannot lock", &lock_file, e));
+            }
+        }
     }
+    Err(CacheError::DbLocked {
+        path: db_path.to_path_buf(),
+    })
 }
 
 fn open_error(db_path: &Path, e: sled::Error) -> CacheError {
