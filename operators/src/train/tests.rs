@@ -142,3 +142,18 @@ fn sft_evaluates_a_task_metric_and_dpo_uses_the_reference_table() {
         .to_string();
     assert!(err.contains("has 4 rows for 2 pairs"), "{err}");
 }
+
+#[test]
+fn tiny_model_kind_is_checked_before_running() {
+    use expflow_engine::Operator;
+    let mut params = serde_json::Map::new();
+    params.insert("kind".into(), json!("vlm"));
+    let problems = TinyModel.check(&params);
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("kind") && problems[0].contains("vision_language"),
+        "{problems:?}"
+    );
+    params.insert("kind".into(), json!("vision_language"));
+    assert!(TinyModel.check(&params).is_empty());
+}

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::common;
 use crate::error::{OperatorError, Result};
-use crate::params::Params;
+use crate::params::{Params, problems};
 
 pub struct TinyModel;
 
@@ -115,6 +115,11 @@ impl Operator for TinyModel {
             determinism: Determinism::Seeded,
             resources: Resources::default(),
         }
+    }
+
+    fn check(&self, params: &serde_json::Map<String, Value>) -> Vec<String> {
+        let p = Params::new(KIND, params);
+        problems(p.choice("kind", &["text", "vision_language"]).map(|_| ()))
     }
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
