@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
+use expflow_engine::Operator;
 use expflow_engine::PortType;
 use expflow_engine::harness::Harness;
 use expflow_models::{TinySpec, write_tiny_qwen2};
-use expflow_operators::train::Sft;
+use expflow_operators::train::{Dpo, Sft};
 use serde_json::json;
 
 fn on_path(program: &str) -> bool {
@@ -16,19 +17,35 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-fn rows(dir: &Path) -> std::path::PathBuf {
+/// Four training rows (ms-swift form); preference rows add a rejected answer.
+fn rows(dir: &Path, preference: bool) -> std::path::PathBuf {
     let p = dir.join("rows.jsonl");
     let mut text = String::new();
     for i in 0..4 {
+        let rejected = if preference {
+            ", \"rejected_response\": \"cool the flask\""
+        } else {
+            ""
+        };
         text.push_str(&format!(
-            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"step {i}\"}}, {{\"role\": \"assistant\", \"content\": \"heat the flask\"}}]}}\n"
+            "{{\"messages\": [{{\"role\": \"user\", \"content\": \"step {i}\"}}, {{\"role\": \"assistant\", \"content\": \"heat the flask\"}}]{rejected}}}\n"
         ));
     }
     std::fs::write(&p, text).unwrap();
     p
 }
 
-fn real_run(backend: &str, program: &str, install: &str) {
+fn real_run(backend: &str, program: &str, install: &str, extra: serde_json::Value) {
+    real_run_stage(backend, program, install, extra, false);
+}
+
+fn real_run_stage(
+    backend: &str,
+    program: &str,
+    install: &str,
+    extra: serde_json::Value,
+    dpo: bool,
+) {
     if !on_path(program) {
         eprintln!("SKIPPED: {program} is not installed ({install})");
         return;
@@ -39,13 +56,14 @@ fn real_run(backend: &str, program: &str, install: &str) {
         .map(|i| format!("step {i} heat the flask"))
         .collect();
     write_tiny_qwen2(&model, &TinySpec::default(), &corpus).unwrap();
-    let data = rows(dir.path());
+    let data = rows(dir.path(), dpo);
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let op: &dyn Operator = if dpo { &Dpo } else { &Sft };
     let run = h
         .run(
-            &Sft,
+            op,
             &[("data", PortType::File, data.as_path()), ("model", PortType::Model, model.as_path())],
-            json!({"backend": backend, "template": "qwen", "bf16": false, "max_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "max_len": 256, "merge": false, "checkpoint_steps": 2}),
+            json!({"backend": backend, "template": "qwen", "bf16": false, "max_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "max_len": 256, "merge": false, "checkpoint_steps": 2, "extra": extra}),
             &[],
         )
         .unwrap_or_else(|e| panic!("{backend}: {e}"));
@@ -59,10 +77,29 @@ fn llamafactory_trains_a_tiny_model_when_installed() {
         "llamafactory",
         "llamafactory-cli",
         "pip install llamafactory",
+        json!({}),
     );
 }
 
 #[test]
 fn swift_trains_a_tiny_model_when_installed() {
-    real_run("swift", "swift", "pip install ms-swift");
+    // A local directory is ambiguous to ms-swift (qwen2 or qwen2_gte; several chat
+    // templates): name both.
+    real_run(
+        "swift",
+        "swift",
+        "pip install ms-swift",
+        json!({"model_type": "qwen2", "template": "qwen"}),
+    );
+}
+
+#[test]
+fn swift_dpo_trains_a_tiny_model_when_installed() {
+    real_run_stage(
+        "swift",
+        "swift",
+        "pip install ms-swift",
+        json!({"model_type": "qwen2", "template": "qwen"}),
+        true,
+    );
 }

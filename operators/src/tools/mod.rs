@@ -198,12 +198,50 @@ pub fn run_tool(
     })?;
     if !status.success() {
         return Err(format!(
-            "{program} failed ({status}); the end of its output:\n{}",
-            ctx.log_tail(20)
+            "{program} failed ({status}); {}",
+            failure_excerpt(&ctx.log_tail(400))
         )
         .into());
     }
     Ok(())
+}
+
+/// What a failed tool printed that explains the failure: its first Python traceback in
+/// `tail` (under torchrun the worker's own, its lines prefixed `[rank0]: `, comes before the
+/// launcher's, which only says that a child failed), else the last 20 lines.
+pub fn failure_excerpt(tail: &str) -> String {
+    let unprefixed = |l: &'_ str| -> String {
+        match l.strip_prefix("[rank").and_then(|r| r.split_once("]: ")) {
+            Some((n, rest)) if n.chars().all(|c| c.is_ascii_digit()) => rest.to_string(),
+            _ => l.to_string(),
+        }
+    };
+    let owned: Vec<String> = tail.lines().map(unprefixed).collect();
+    let lines: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let first = lines.iter().position(|l| {
+        l.trim_start()
+            .starts_with("Traceback (most recent call last)")
+    });
+    match first {
+        Some(i) => {
+            // The traceback ends at its exception line (the first unindented line after it).
+            let end = lines[i + 1..]
+                .iter()
+                .position(|l| !l.starts_with(' ') && !l.is_empty())
+                .map_or(lines.len(), |k| i + 1 + k + 1);
+            let shown = &lines[i..end.min(lines.len())];
+            let cut = shown.len().saturating_sub(30);
+            format!(
+                "its error:\n{}{}",
+                if cut > 0 { "…\n" } else { "" },
+                shown[cut..].join("\n")
+            )
+        }
+        None => {
+            let from = lines.len().saturating_sub(20);
+            format!("the end of its output:\n{}", lines[from..].join("\n"))
+        }
+    }
 }
 
 fn last_progress(log: &Path) -> Option<(u64, u64)> {

@@ -31,7 +31,47 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
 }
 
-/// The command line after the program name, and the environment.
+/// A TCP port nobody listens on at the moment (the OS picks it).
+fn free_port() -> Option<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+    Some(l.local_addr().ok()?.port())
+}
+
+/// The major version of the ms-swift that `program` runs: the interpreter on its `#!` line
+/// asked for `swift.__version__`. `None` when that cannot be told (the 3.x flags are used).
+pub fn installed_major(program: &str) -> Option<u32> {
+    let path = if program.contains('/') {
+        PathBuf::from(program)
+    } else {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())?
+    };
+    let head = std::fs::read(&path).ok()?;
+    let first = String::from_utf8_lossy(&head[..head.len().min(512)])
+        .lines()
+        .next()?
+        .to_string();
+    let python = first
+        .strip_prefix("#!")?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let out = Command::new(python)
+        .args(["-c", "import swift; print(swift.__version__)"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The command line after the program name, and the environment. `major` is the installed
+/// ms-swift's major version (4 renamed `--train_type` to `--tuner_type`).
+#[allow(clippy::too_many_arguments)]
 pub fn command_line(
     op: &'static str,
     params: &Map<String, Value>,
@@ -40,6 +80,7 @@ pub fn command_line(
     data: &Path,
     dev: Option<&Path>,
     output_dir: &Path,
+    major: u32,
 ) -> Result<Invocation> {
     let p = Params::new(op, params);
     let mut a: Vec<String> = Vec::new();
@@ -48,7 +89,12 @@ pub fn command_line(
         a.push(v);
     };
     flag("model", model.to_string());
-    flag("train_type", "lora".into());
+    let tuner = if major >= 4 {
+        "tuner_type"
+    } else {
+        "train_type"
+    };
+    flag(tuner, "lora".into());
     flag("dataset", data.display().to_string());
     match dev {
         Some(d) => flag("val_dataset", d.display().to_string()),
@@ -250,6 +296,12 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
         None
     };
     let output_dir = work.join("output");
+    let program = match ctx.params().get("tool").and_then(Value::as_str) {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ => "swift".to_string(),
+    };
+    let major = installed_major(&program).unwrap_or(3);
+    ctx.log(&format!("ms-swift {major}.x flags"));
     let Invocation { args, env } = command_line(
         op,
         ctx.params(),
@@ -258,13 +310,17 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
         &data,
         dev.as_deref(),
         &output_dir,
+        major,
     )?;
-    let program = match ctx.params().get("tool").and_then(Value::as_str) {
-        Some(t) if !t.is_empty() => t.to_string(),
-        _ => "swift".to_string(),
-    };
     let mut cmd = Command::new(program);
     cmd.args(&args).current_dir(&work);
+    // ms-swift starts torchrun, whose rendezvous port defaults to 29500: two training nodes
+    // at once (or another job) would collide, so each run gets a free port unless one is set.
+    let port_set =
+        env.iter().any(|(k, _)| k == "MASTER_PORT") || std::env::var_os("MASTER_PORT").is_some();
+    if let Some(port) = free_port().filter(|_| !port_set) {
+        cmd.env("MASTER_PORT", port.to_string());
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }

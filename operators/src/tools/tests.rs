@@ -107,11 +107,28 @@ fn swift_command_lines_sft_and_dpo() {
         Path::new("/w/train.jsonl"),
         None,
         Path::new("/w/output"),
+        3,
     )
     .unwrap();
     insta::assert_snapshot!(
         "swift_sft_command",
         format!("{env:?}\nswift {}", args.join(" "))
+    );
+    // ms-swift 4 names the flag --tuner_type; nothing else differs.
+    let v4 = swift::command_line(
+        "train.sft",
+        &p,
+        Stage::Sft,
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        Path::new("/w/train.jsonl"),
+        None,
+        Path::new("/w/output"),
+        4,
+    )
+    .unwrap();
+    assert_eq!(
+        v4.args.join(" "),
+        args.join(" ").replace("--train_type", "--tuner_type")
     );
     let p = dpo_params(json!({"backend": "swift", "env": {"FPS_MAX_FRAMES": 32}}));
     let swift::Invocation { args, env } = swift::command_line(
@@ -122,6 +139,7 @@ fn swift_command_lines_sft_and_dpo() {
         Path::new("/w/rl.jsonl"),
         Some(Path::new("/w/dev.jsonl")),
         Path::new("/w/output"),
+        3,
     )
     .unwrap();
     insta::assert_snapshot!(
