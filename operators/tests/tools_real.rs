@@ -1,6 +1,7 @@
-//! The external training tools for real, on a tiny Qwen2 on CPU, when they are installed
-//! (`llamafactory-cli`, `swift` on PATH). Each test says SKIPPED otherwise: CI machines have
-//! neither; the configs and command lines they get are covered by the golden tests in
+//! The external tools for real, on a tiny Qwen2, when they are installed: `llamafactory-cli`
+//! and `swift` on PATH (SFT, and DPO for ms-swift, on CPU), and `scripts/vllm_infer.py` with
+//! vLLM (a GPU; see its test). Each test says SKIPPED otherwise: CI machines have none of
+//! them; the configs and command lines they get are covered by the golden tests in
 //! `operators/src/tools/tests.rs`.
 
 use std::path::Path;
@@ -102,4 +103,66 @@ fn swift_dpo_trains_a_tiny_model_when_installed() {
         json!({"model_type": "qwen2", "template": "qwen"}),
         true,
     );
+}
+
+/// `infer.vllm_infer` for real needs vLLM (a GPU) and LLaMA-Factory's `scripts/vllm_infer.py`:
+/// set `EXPFLOW_VLLM_INFER_SCRIPT` to the script and `EXPFLOW_VLLM_PYTHON` to a Python that
+/// imports both (default `python3`).
+#[test]
+fn vllm_infer_answers_a_dataset_when_installed() {
+    use polars::prelude::*;
+    let Some(script) = std::env::var_os("EXPFLOW_VLLM_INFER_SCRIPT") else {
+        eprintln!(
+            "SKIPPED: EXPFLOW_VLLM_INFER_SCRIPT is not set (LLaMA-Factory's scripts/vllm_infer.py; vLLM needs a GPU)"
+        );
+        return;
+    };
+    let python = std::env::var("EXPFLOW_VLLM_PYTHON").unwrap_or_else(|_| "python3".into());
+    let importable = std::process::Command::new(&python)
+        .args(["-c", "import vllm, llamafactory"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !importable {
+        eprintln!("SKIPPED: {python} cannot import vllm and llamafactory");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("tiny");
+    let corpus: Vec<String> = (0..20)
+        .map(|i| format!("step {i} heat the flask"))
+        .collect();
+    write_tiny_qwen2(&model, &TinySpec::default(), &corpus).unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(
+        data.join("dataset_info.json"),
+        json!({"steps": {"file_name": "steps.json", "formatting": "alpaca"}}).to_string(),
+    )
+    .unwrap();
+    let rows: Vec<_> = (0..3)
+        .map(|i| json!({"instruction": format!("step {i}"), "input": "", "output": "heat the flask"}))
+        .collect();
+    std::fs::write(data.join("steps.json"), json!(rows).to_string()).unwrap();
+    let mut ids = df!("id" => ["a", "b", "c"]).unwrap();
+    let table = dir.path().join("ids.parquet");
+    expflow_operators::table_io::write_table(&mut ids, &table).unwrap();
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let run = h
+        .run(
+            &expflow_operators::tools::VllmInfer,
+            &[
+                ("table", PortType::Table, table.as_path()),
+                ("dataset", PortType::Dir, data.as_path()),
+                ("model", PortType::Model, model.as_path()),
+            ],
+            json!({"script": script.to_string_lossy(), "dataset_name": "steps", "python": python,
+                   "template": "qwen", "max_new_tokens": 4, "cutoff_len": 256}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("vllm_infer: {e}"));
+    let out = expflow_operators::table_io::read_table(&run.outputs["table"]).unwrap();
+    assert_eq!(out.height(), 3);
+    for c in ["id", "prompt", "predict", "label"] {
+        assert!(out.column(c).is_ok(), "no `{c}` column");
+    }
 }
