@@ -15,6 +15,7 @@ pub mod decoding;
 pub mod dir;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod qwen2;
 pub mod resize;
 pub mod sampling;
