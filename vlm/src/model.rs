@@ -28,31 +28,32 @@ pub fn is_qwen2_5_vl(dir: &ModelDir) -> bool {
         || dir.architecture() == Some("Qwen2_5_VLForConditionalGeneration")
 }
 
-/// An image or a video, preprocessed, as the prompt places it.
-#[derive(Clone, Debug)]
-pub(crate) struct Visual {
-    pub pixels: PixelValues,
+/// An image or a video, preprocessed, as the prompt places it (borrowed: pixel buffers are
+/// never copied).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Visual<'a> {
+    pub pixels: &'a PixelValues,
     /// Videos: seconds per temporal grid step; `None` for images.
     pub seconds_per_grid: Option<f64>,
 }
 
-impl Visual {
-    pub fn image(pixels: PixelValues) -> Visual {
+impl<'a> Visual<'a> {
+    pub fn image(pixels: &'a PixelValues) -> Visual<'a> {
         Visual {
             pixels,
             seconds_per_grid: None,
         }
     }
 
-    pub fn video(v: Video) -> Visual {
+    pub fn video(v: &'a Video) -> Visual<'a> {
         Visual {
-            pixels: v.pixels,
+            pixels: &v.pixels,
             seconds_per_grid: Some(v.seconds_per_grid),
         }
     }
 
-    pub fn images(images: &[PixelValues]) -> Vec<Visual> {
-        images.iter().cloned().map(Visual::image).collect()
+    pub fn images(images: &'a [PixelValues]) -> Vec<Visual<'a>> {
+        images.iter().map(Visual::image).collect()
     }
 }
 
@@ -206,6 +207,10 @@ impl VisionLanguageModel {
     /// The vision tower's merged features for `images`, concatenated:
     /// `(Σ tokens, hidden_size)`.
     pub fn vision_features(&self, images: &[PixelValues]) -> Result<Tensor> {
+        self.features(&images.iter().collect::<Vec<_>>())
+    }
+
+    fn features(&self, images: &[&PixelValues]) -> Result<Tensor> {
         let grids: Vec<[usize; 3]> = images.iter().map(|p| p.grid_thw).collect();
         let parts = images
             .iter()
@@ -279,12 +284,12 @@ impl VisionLanguageModel {
 
     /// [`Self::prompt_ids`] for images and videos: the ids, and the visual inputs in the
     /// order their placeholders appear.
-    fn expand(
+    fn expand<'a>(
         &self,
         raw: &[u32],
-        images: &[PixelValues],
-        videos: &[Video],
-    ) -> Result<(Vec<u32>, Vec<Visual>)> {
+        images: &'a [PixelValues],
+        videos: &'a [Video],
+    ) -> Result<(Vec<u32>, Vec<Visual<'a>>)> {
         let (image_pad, video_pad) = (self.config.image_token_id, self.config.video_token_id);
         let merge = self.config.vision.spatial_merge_size;
         let mut ids = Vec::with_capacity(raw.len());
@@ -306,7 +311,7 @@ impl VisionLanguageModel {
                         images.len()
                     ))
                 })?;
-                ("image", Visual::image(img.clone()))
+                ("image", Visual::image(img))
             } else {
                 let v = next_video.next().ok_or_else(|| {
                     VlmError::Request(format!(
@@ -314,7 +319,7 @@ impl VisionLanguageModel {
                         videos.len()
                     ))
                 })?;
-                ("video", Visual::video(v.clone()))
+                ("video", Visual::video(v))
             };
             let n = visual.pixels.num_tokens(merge);
             if run != n && run != 1 {
@@ -403,8 +408,8 @@ impl VisionLanguageModel {
     pub(crate) fn merged_embeds(&self, ids: &[u32], media: &[Visual]) -> Result<Tensor> {
         let mut embeds = self.embed_ids(ids)?;
         if !media.is_empty() {
-            let pixels: Vec<PixelValues> = media.iter().map(|m| m.pixels.clone()).collect();
-            let feats = self.vision_features(&pixels)?.to_dtype(embeds.dtype())?;
+            let pixels: Vec<&PixelValues> = media.iter().map(|m| m.pixels).collect();
+            let feats = self.features(&pixels)?.to_dtype(embeds.dtype())?;
             // Row i of the result: embedding i for text, feature k for the k-th pad.
             let s = ids.len();
             let mut k = 0u32;

@@ -98,7 +98,8 @@ impl VisionLanguageModel {
         let (mut embeds, mut coss, mut sins, mut keys) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for seq in batch {
-            let media = Visual::images(&self.process_images(&seq.images)?);
+            let pixels = self.process_images(&seq.images)?;
+            let media = Visual::images(&pixels);
             let s = seq.ids.len();
             let mut e = self.merged_embeds(&seq.ids, &media)?;
             let mut rows = self.media_positions(&seq.ids, &media)?.rows;

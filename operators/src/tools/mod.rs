@@ -158,6 +158,12 @@ pub fn work_dir(ctx: &Context, name: &str) -> Result<PathBuf, OpError> {
     Ok(d)
 }
 
+/// A TCP port nobody listens on at the moment (the OS picks it).
+fn free_port() -> Option<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
+    Some(l.local_addr().ok()?.port())
+}
+
 /// Runs `cmd`, reporting progress from the JSON-lines log `log` (its `current_steps` /
 /// `total_steps`, or `global_step/max_steps` as ms-swift writes) while it runs. A missing
 /// program is an error saying what to install.
@@ -168,6 +174,13 @@ pub fn run_tool(
     install: &str,
 ) -> Result<(), OpError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
+    // The tools start torchrun, whose rendezvous port defaults to 29500: two training nodes
+    // at once (or another job) would collide, so each run gets a free port unless one is set.
+    let port_set = cmd.get_envs().any(|(k, _)| k == "MASTER_PORT")
+        || std::env::var_os("MASTER_PORT").is_some();
+    if let Some(port) = free_port().filter(|_| !port_set) {
+        cmd.env("MASTER_PORT", port.to_string());
+    }
     ctx.log(&format!(
         "running {program} {}",
         cmd.get_args()

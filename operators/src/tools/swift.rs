@@ -31,12 +31,6 @@ pub struct Invocation {
     pub env: Vec<(String, String)>,
 }
 
-/// A TCP port nobody listens on at the moment (the OS picks it).
-fn free_port() -> Option<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).ok()?;
-    Some(l.local_addr().ok()?.port())
-}
-
 /// The major version of the ms-swift that `program` runs: the interpreter on its `#!` line
 /// asked for `swift.__version__`. `None` when that cannot be told (the 3.x flags are used).
 pub fn installed_major(program: &str) -> Option<u32> {
@@ -314,13 +308,6 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     )?;
     let mut cmd = Command::new(program);
     cmd.args(&args).current_dir(&work);
-    // ms-swift starts torchrun, whose rendezvous port defaults to 29500: two training nodes
-    // at once (or another job) would collide, so each run gets a free port unless one is set.
-    let port_set =
-        env.iter().any(|(k, _)| k == "MASTER_PORT") || std::env::var_os("MASTER_PORT").is_some();
-    if let Some(port) = free_port().filter(|_| !port_set) {
-        cmd.env("MASTER_PORT", port.to_string());
-    }
     for (k, v) in env {
         cmd.env(k, v);
     }
