@@ -15,7 +15,7 @@ use super::*;
 use crate::table_io::{read_table, write_table};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../encoders/tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/encoders/tests/fixtures")
 }
 
 fn bert() -> PathBuf {
