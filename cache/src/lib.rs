@@ -1,6 +1,10 @@
 //! expflow's cache: BLAKE3 digests, the content-addressed blob store (CAS), the record
 //! store (sled plus a journal it can be rebuilt from), the stat cache, verify and gc.
 //!
+//! Dependencies: the bottom of the workspace. It may use blake3, sled and serde, and no other
+//! expflow crate. Everything else may depend on it (the engine, the model runtime's weight
+//! digests, the cli); it must never learn about pipelines, operators or models.
+//!
 //! On disk, under the workspace's `.expflow/`:
 //! - `cas/<2 hex>/<64 hex>`: immutable blobs named by the BLAKE3 of their bytes
 //!   (`b3sum` agrees); a directory is a manifest blob listing its files.

@@ -1,4 +1,8 @@
 //! The `expflow` command line.
+//!
+//! Dependencies: every library crate it exposes (engine, cache, operators, serve, and the
+//! runtime crates for `score`, `synth` and `serve`); the only crate that may use anyhow.
+//! Nothing depends on it.
 
 mod inspect;
 mod maint;

@@ -1,5 +1,10 @@
 //! expflow's engine: pipeline files, the graph, keys, the operator trait and registry,
 //! plan/explain, the scheduler and executors, and the event log.
+//!
+//! Dependencies: `expflow-cache` and general-purpose crates only (petgraph, serde-saphyr,
+//! tokio). It must not depend on any operator or model crate: operators plug in through the
+//! [`operator::Operator`] trait and a [`operator::Registry`] handed to it. `expflow-operators`
+//! and the cli depend on it; the model runtime under `operators/runtime/` must not.
 
 pub mod audit;
 pub mod canonical;

@@ -7,6 +7,13 @@
 //!
 //! [`registry`] returns all of them. Table artifacts are read and written through
 //! [`table_io`], whose pinned Parquet writer makes equal content give equal bytes.
+//!
+//! Dependencies: the engine (the `Operator` trait, `Context`), the cache, polars, and the
+//! model runtime crates under `operators/runtime/` (models, vlm, encoders, retrieval, train,
+//! metrics), which it drives. Only the cli (and `expflow-serve`'s tests) depend on it; the
+//! engine, the cache and the runtime crates must not. Inside the crate, families import the
+//! shared modules (`error`, `params`, `table_io`, `train_io`) and a few others one way
+//! (`train` uses `tools`, never the reverse); `tests/layout.rs` checks there is no circle.
 
 use std::sync::Arc;
 
@@ -26,6 +33,7 @@ pub mod table;
 pub mod table_io;
 pub mod tools;
 pub mod train;
+pub mod train_io;
 
 #[cfg(test)]
 mod testing;

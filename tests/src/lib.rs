@@ -1,5 +1,8 @@
 //! Helpers for expflow's workspace integration tests: a project in a temporary directory,
 //! the `expflow` binary, and reading which nodes executed from a run's event log.
+//!
+//! Dependencies: none from expflow at build time; the tests drive the `expflow` binary as a
+//! user would. Nothing depends on this crate.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -391,7 +391,7 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     if entries.is_empty() {
         entries = state["log_history"].as_array().cloned().unwrap_or_default();
     }
-    crate::train::common::write_metrics(ctx, op, &metric_rows(&entries))?;
+    crate::train_io::write_metrics(ctx, op, &metric_rows(&entries))?;
     let adapter = best_or(&state, &output_dir);
     ctx.log(&format!("adapter from {}", adapter.display()));
     let out = &ctx.output("model")?.path;

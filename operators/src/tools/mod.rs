@@ -147,7 +147,7 @@ pub fn string_map(
 /// The rows of the input `port` (JSON Lines, a JSON array or a table); each tool's module
 /// converts them to the form it reads.
 pub fn rows(ctx: &Context, op: &'static str, port: &str) -> Result<Vec<Value>, OpError> {
-    crate::train::common::read_rows(op, &ctx.input(port)?.path)
+    crate::train_io::read_rows(op, &ctx.input(port)?.path)
 }
 
 /// Where a tool's training writes (kept in the node's resume directory, so an interrupted

@@ -333,7 +333,7 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
     let entries = read_json_lines(&run.join("logging.jsonl"));
-    crate::train::common::write_metrics(ctx, op, &metric_rows(&entries))?;
+    crate::train_io::write_metrics(ctx, op, &metric_rows(&entries))?;
     let adapter = best_or(&state, &last);
     ctx.log(&format!("adapter from {}", adapter.display()));
     let out = &ctx.output("model")?.path;

@@ -10,10 +10,10 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::testing::table_from_bytes;
-use crate::train::Sft;
+
 
 fn sft_params(extra: Value) -> Map<String, Value> {
-    let sig = Sft.signature();
+    let sig = crate::registry().get("train.sft").unwrap().signature();
     let mut given = extra.as_object().cloned().unwrap_or_default();
     given.entry("backend").or_insert(json!("llamafactory"));
     let (filled, problems) = expflow_engine::params::fill_defaults(&sig, &given);
@@ -22,7 +22,7 @@ fn sft_params(extra: Value) -> Map<String, Value> {
 }
 
 fn dpo_params(extra: Value) -> Map<String, Value> {
-    let sig = crate::train::Dpo.signature();
+    let sig = crate::registry().get("train.dpo").unwrap().signature();
     let given = extra.as_object().cloned().unwrap_or_default();
     let (filled, problems) = expflow_engine::params::fill_defaults(&sig, &given);
     assert!(problems.is_empty(), "{problems:?}");

@@ -1,6 +1,7 @@
 //! What `train.sft`, `train.dpo` and `train.reference_logprobs` share: the parameters of the
-//! loop and of LoRA, reading training rows, loading the base model, the metrics table, and
-//! writing the trained model (merged, or the PEFT adapter alone).
+//! loop and of LoRA, loading the base model, the conversations of a training input, and
+//! writing the trained model (merged, or the PEFT adapter alone). Rows and metrics tables are
+//! in `train_io`, which the external tools use too.
 
 use std::path::Path;
 
@@ -237,24 +238,6 @@ pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<(LoopConfig, 
     Ok((cfg, lora))
 }
 
-/// Rows of a training input: JSON Lines, a JSON array, or a table (Parquet).
-pub fn read_rows(op: &'static str, path: &Path) -> Result<Vec<Value>, OpError> {
-    let head = std::fs::read(path).map_err(|e| OperatorError::io("cannot read", path, e))?;
-    if head.starts_with(b"PAR1") {
-        let mut df = read_table(path)?;
-        let mut buf = Vec::new();
-        JsonWriter::new(&mut buf)
-            .with_json_format(JsonFormat::JsonLines)
-            .finish(&mut df)
-            .map_err(|e| OperatorError::polars(op, "converting the table to rows", e))?;
-        return String::from_utf8_lossy(&buf)
-            .lines()
-            .map(|l| serde_json::from_str(l).map_err(|e| OpError::from(e.to_string())))
-            .collect();
-    }
-    Ok(expflow_train::data::read_rows(path)?)
-}
-
 /// The `model` input loaded for training (f32 on CPU): a Qwen2.5-VL directory as the
 /// vision-language model, anything else as a Qwen2 text model.
 pub fn load_model(ctx: &Context, op: &'static str) -> Result<Loaded, OpError> {
@@ -296,7 +279,7 @@ pub fn sft_conversations(
     vision: bool,
 ) -> Result<Option<Vec<Vec<ChatMessage>>>, OpError> {
     let (rows, base) = match ctx.inputs().get(input) {
-        Some(file) => (read_rows(op, &file.path)?, None),
+        Some(file) => (crate::train_io::read_rows(op, &file.path)?, None),
         None if input == "data" => {
             let Some(dir) = ctx.inputs().get("dataset") else {
                 return Err(OperatorError::data(
@@ -372,49 +355,6 @@ pub fn with_hooks<T>(ctx: &Context, f: impl FnOnce(&Hooks) -> T) -> T {
         log: Some(&log),
     };
     f(&hooks)
-}
-
-/// The metrics table: `step`, `epoch`, `lr`, `loss`, `grad_norm`, then one column per
-/// logged value (null where a row lacks it), in name order.
-pub fn metrics_table(op: &'static str, rows: &[MetricRow]) -> Result<DataFrame> {
-    let mut names: Vec<&String> = rows.iter().flat_map(|r| r.values.keys()).collect();
-    names.sort();
-    names.dedup();
-    let mut cols = vec![
-        Column::new(
-            "step".into(),
-            rows.iter().map(|r| r.step as i64).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "epoch".into(),
-            rows.iter().map(|r| r.epoch).collect::<Vec<_>>(),
-        ),
-        Column::new("lr".into(), rows.iter().map(|r| r.lr).collect::<Vec<_>>()),
-        Column::new(
-            "loss".into(),
-            rows.iter().map(|r| r.loss).collect::<Vec<_>>(),
-        ),
-        Column::new(
-            "grad_norm".into(),
-            rows.iter().map(|r| r.grad_norm).collect::<Vec<_>>(),
-        ),
-    ];
-    for n in names {
-        cols.push(Column::new(
-            n.as_str().into(),
-            rows.iter()
-                .map(|r| r.values.get(n).copied())
-                .collect::<Vec<_>>(),
-        ));
-    }
-    DataFrame::new(rows.len(), cols)
-        .map_err(|e| OperatorError::polars(op, "building the metrics table", e))
-}
-
-pub fn write_metrics(ctx: &Context, op: &'static str, rows: &[MetricRow]) -> Result<(), OpError> {
-    let mut df = metrics_table(op, rows)?;
-    write_table(&mut df, &ctx.output("metrics")?.path)?;
-    Ok(())
 }
 
 /// Writes the `model` output: merged into a full model directory with the adapter in

@@ -39,7 +39,7 @@ fn encoded(
     model: &dyn expflow_models::Trainable,
     max_len: usize,
 ) -> Result<Vec<EncodedPair>, OpError> {
-    let rows = common::read_rows(op, &ctx.input("data")?.path)?;
+    let rows = crate::train_io::read_rows(op, &ctx.input("data")?.path)?;
     let pairs = expflow_train::data::pairs(&rows)
         .map_err(|e| OperatorError::data(op, format!("input `data`: {e}")))?;
     Ok(encode_pairs(model, &pairs, max_len)?)
@@ -330,7 +330,7 @@ impl Operator for Dpo {
         let out = common::with_hooks(ctx, |hooks| {
             train(model.as_mut(), &lora, &mut obj, &cfg, Some(&ckpt), hooks)
         })?;
-        common::write_metrics(ctx, KIND, &out.rows)?;
+        crate::train_io::write_metrics(ctx, KIND, &out.rows)?;
         common::write_model(ctx, &base, &lora, p.bool("merge")?)?;
         Ok(())
     }

@@ -228,7 +228,7 @@ impl Operator for Sft {
                 out.resumed_from, out.total_steps
             ));
         }
-        common::write_metrics(ctx, KIND, &out.rows)?;
+        crate::train_io::write_metrics(ctx, KIND, &out.rows)?;
         lora.set_training(false);
         common::write_model(ctx, &base, &lora, p.bool("merge")?)?;
         Ok(())

@@ -124,7 +124,7 @@ impl Operator for TinyModel {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let p = Params::new(KIND, ctx.params());
-        let rows = common::read_rows(KIND, &ctx.input("text")?.path)?;
+        let rows = crate::train_io::read_rows(KIND, &ctx.input("text")?.path)?;
         let corpus = texts(&rows, &p.opt_strings("columns")?.unwrap_or_default());
         if corpus.is_empty() {
             return Err(OperatorError::data(

@@ -1,6 +1,10 @@
 //! expflow's encoders on candle: BERT-family text encoders, CLIP image and text towers, video
 //! embeddings from frames sampled with ffmpeg, and BERTScore.
 //!
+//! Dependencies: candle and `expflow-models` (model directories, devices). It knows nothing of
+//! pipelines: the engine and cache must not be needed here. `expflow-vlm`, `expflow-serve` and
+//! `expflow-operators` depend on it.
+//!
 //! - [`text`]: [`TextEncoder`], mean / CLS / last-token / max pooling, optional L2;
 //! - [`defaults`]: the pooling and normalisation a sentence-transformers directory asks for;
 //! - [`clip`]: [`ClipModel`], both towers with their projections;

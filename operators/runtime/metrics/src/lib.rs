@@ -1,6 +1,10 @@
 //! Evaluation metrics that agree with the field's reference implementations, without files
 //! or tables (the `score.*` operators and `expflow score` apply them):
 //!
+//! Dependencies: none from expflow (plain Rust, rayon, and WordNet's files at run time).
+//! `expflow-operators` and the cli depend on it; it must not depend on tables, models or the
+//! engine.
+//!
 //! - [`bleu`]: sacrebleu 2.x BLEU (corpus and sentence; `13a`, `intl`, `zh`, `char`);
 //! - [`rouge`]: Google rouge-score's ROUGE-L, with NLTK's Porter stemmer ([`porter`]);
 //! - [`meteor`]: NLTK's `meteor_score`, with WordNet 3.0 from Debian's `wordnet-base`

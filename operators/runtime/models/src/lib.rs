@@ -1,5 +1,10 @@
 //! expflow's native model runtime on candle (CPU; the `cuda` feature for GPUs).
 //!
+//! Dependencies: candle, tokenizers, minijinja, and `expflow-cache` for weight digests only.
+//! It must not depend on the engine or the operators: it is the runtime they drive.
+//! `expflow-encoders`, `expflow-vlm`, `expflow-train`, `expflow-serve` and `expflow-operators`
+//! depend on it.
+//!
 //! - [`dir`]: Hugging-Face-style model directories, checked before any weight is read;
 //! - [`api`]: request and result types shared with the server and the operators;
 //! - [`qwen2`]: the Qwen2/Qwen2.5 decoder (batched, caller-owned KV cache, adapter hooks);

@@ -7,6 +7,9 @@
 //! - [`fusion`]: ExpStar's text + video query fusion for vectors from one shared space;
 //! - [`store`]: index artifacts on disk (same inputs, same bytes).
 //!
+//! Dependencies: candle (batched search) and hnsw_rs; no other expflow crate, and nothing
+//! about pipelines or models. `expflow-operators` depends on it.
+//!
 //! Every search ranks by score descending, then document index ascending.
 
 pub mod bm25;

@@ -1,5 +1,9 @@
 //! expflow's OpenAI-compatible server on the native model runtime (`expflow serve`).
 //!
+//! Dependencies: axum and tokio, `expflow-models`, `expflow-encoders` and `expflow-vlm`. The
+//! engine and the operators appear only among its dev-dependencies (tests that run pipelines
+//! against a live server); the cli depends on it for `expflow serve`, and no other crate may.
+//!
 //! A generative model directory is served at `POST /v1/chat/completions`, an encoder at
 //! `POST /v1/embeddings`; both list themselves at `GET /v1/models`. Chat requests are
 //! batched ([`batch`]): one thread collects requests for up to `batch_wait` or `max_batch`

@@ -8,6 +8,9 @@
 //! - [`sft`], [`dpo`]: the two objectives (DPO: sigmoid/cDPO, IPO, hinge);
 //! - [`peft`]: adapters in PEFT's layout, and merging into a full model directory;
 //! - [`sizes`]: a tiny Qwen2's shape for a parameter budget.
+//!
+//! Dependencies: candle and `expflow-models` (through `Trainable`). No engine, no tables: the
+//! `train.*` operators in `expflow-operators` wrap it, and only they may depend on it.
 
 pub mod data;
 pub mod dpo;

@@ -1,5 +1,9 @@
 //! Qwen2.5-VL on candle, written for expflow (candle-transformers has no `qwen2_5_vl`).
 //!
+//! Dependencies: candle, `expflow-models` (the decoder, chat templates) and `expflow-encoders`
+//! (video frame sampling through ffmpeg). No engine. `expflow-serve` and `expflow-operators`
+//! depend on it.
+//!
 //! - [`config`]: the text, vision and preprocessor configs (hub 4.x and transformers 5 layouts);
 //! - [`image`]: `Qwen2VLImageProcessor` semantics: smart resize, Pillow-exact bicubic,
 //!   CLIP normalisation, temporal patches, patchify;
