@@ -73,4 +73,3 @@ pub fn write_metrics(ctx: &Context, op: &'static str, rows: &[MetricRow]) -> Res
     write_table(&mut df, &ctx.output("metrics")?.path)?;
     Ok(())
 }
-

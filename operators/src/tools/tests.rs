@@ -11,7 +11,6 @@ use serde_json::{Map, Value, json};
 use super::*;
 use crate::testing::table_from_bytes;
 
-
 fn sft_params(extra: Value) -> Map<String, Value> {
     let sig = crate::registry().get("train.sft").unwrap().signature();
     let mut given = extra.as_object().cloned().unwrap_or_default();
@@ -258,7 +257,7 @@ fn run_sft(
     std::fs::write(&data, rows).unwrap();
     let mut h = expflow_engine::harness::Harness::new(&dir.join("work space"))?;
     let run = h.run(
-        &Sft,
+        crate::registry().get("train.sft").unwrap().as_ref(),
         &[("data", PortType::File, data.as_path())],
         json!({"backend": "llamafactory", "tool": tool.display().to_string(), "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "merge": false}),
         &[],

@@ -9,13 +9,11 @@ use expflow_engine::{Context, Determinism, OpError, ParamKind, ParamSpec};
 use expflow_models::{ChatMessage, ContentPart, Generator, Needs, Trainable};
 use expflow_train::optim::AdamWConfig;
 use expflow_train::schedule::Scheduler;
-use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, MetricRow, peft};
-use polars::prelude::*;
+use expflow_train::{Hooks, LoopConfig, Lora, LoraConfig, peft};
 use serde_json::{Map, Value, json};
 
 use crate::error::{OperatorError, Result};
 use crate::params::Params;
-use crate::table_io::{read_table, write_table};
 
 /// Parameters of the loop and LoRA, with the defaults of each operator.
 pub struct Defaults {

@@ -10,7 +10,6 @@ use expflow_engine::{
 };
 use serde_json::{Value, json};
 
-use super::common;
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
