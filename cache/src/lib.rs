@@ -9,6 +9,7 @@
 mod cas;
 mod digest;
 mod error;
+pub mod fuzzing;
 mod gc;
 mod journal;
 mod manifest;

@@ -2,12 +2,14 @@
 //! plan/explain, the scheduler and executors, and the event log.
 
 pub mod audit;
+pub mod budget;
 pub mod canonical;
 pub mod compile;
 pub mod context;
 pub mod diag;
 pub mod error;
 pub mod events;
+pub mod fuzzing;
 pub mod harness;
 pub mod interp;
 pub mod key;
