@@ -110,12 +110,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                     Some("use letters, digits, `_` and `-`, e.g. `pipeline: demo`".into()),
                 ),
             },
-            "params" => {
-                spec.params = map_entries(v, "params", diags);
-                for (name, n) in &spec.params {
-                    check_finite(n, &format!("parameter `{name}`"), diags);
-                }
-            }
+            "params" => spec.params = map_entries(v, "params", diags),
             "inputs" => {
                 for (name, n) in map_entries(v, "inputs", diags) {
                     if !valid_name(&name, false) {
@@ -278,21 +273,11 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                     }
                 }
             }
-            "params" => {
-                node.params = map_entries(v, &format!("nodes.{name}.params"), diags);
-                for (pname, n) in &node.params {
-                    check_finite(n, &format!("parameter `{pname}` of node `{name}`"), diags);
-                }
-            }
+            "params" => node.params = map_entries(v, &format!("nodes.{name}.params"), diags),
             "matrix" => {
                 for (var, vals) in map_entries(v, &format!("nodes.{name}.matrix"), diags) {
                     match &vals.value {
                         YValue::Seq(items) if !items.is_empty() => {
-                            check_finite(
-                                &vals,
-                                &format!("matrix variable `{var}` of node `{name}`"),
-                                diags,
-                            );
                             node.matrix.push((var, items.clone(), vals.loc.clone()))
                         }
                         _ => diags.push(
@@ -373,24 +358,6 @@ fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, No
             }
         })
         .collect()
-}
-
-/// Reports every infinite or NaN number in `n`: JSON, and so a node key, cannot hold one
-/// (it would read as null, and `.inf`, `.nan` and `null` would give the same key).
-fn check_finite(n: &Node, what: &str, diags: &mut Diagnostics) {
-    match &n.value {
-        YValue::Float(f) if !f.is_finite() => diags.push(
-            &n.loc,
-            format!("{what}: `{f}` is not a finite number"),
-            Some("parameters are hashed as JSON, which has no infinity or NaN: write a finite number, or quote it as a string".into()),
-        ),
-        YValue::Seq(items) => items.iter().for_each(|i| check_finite(i, what, diags)),
-        YValue::Map(entries) => entries.iter().for_each(|(k, v)| {
-            check_finite(k, what, diags);
-            check_finite(v, what, diags);
-        }),
-        _ => {}
-    }
 }
 
 fn check_duplicates(entries: &[(Node, Node)], what: &str, diags: &mut Diagnostics) {

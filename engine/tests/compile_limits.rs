@@ -120,17 +120,16 @@ fn honest_sweeps_still_compile() {
 
 #[test]
 fn infinite_and_nan_numbers_are_refused_where_they_are() {
-    let yaml = "pipeline: p\nparams: {a: .inf}\nnodes:\n  n:\n    op: t.take\n    params: {value: [1, -.inf]}\n  m:\n    op: t.take\n    matrix: {x: [1, .nan]}\n";
-    let e = compile_text(yaml).unwrap_err();
-    assert!(e.contains("2:15: parameter `a`: `inf` is not a finite number"), "{e}");
-    assert!(
-        e.contains("6:25: parameter `value` of node `n`: `-inf` is not a finite number"),
-        "{e}"
-    );
-    assert!(
-        e.contains("9:22: matrix variable `x` of node `m`: `NaN` is not a finite number"),
-        "{e}"
-    );
+    // JSON, and so a key, has no infinity or NaN: were they read, `.inf`, `.nan` and `null`
+    // would hash alike. The YAML reader refuses them, naming the place.
+    for (yaml, at) in [
+        ("pipeline: p\nparams: {a: .inf}\nnodes:\n  n: {op: t.take}\n", "2:13"),
+        ("pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [1, -.inf]}\n", "5:25"),
+        ("pipeline: p\nnodes:\n  m:\n    op: t.take\n    matrix: {x: [1, .nan]}\n", "5:21"),
+    ] {
+        let e = compile_text(yaml).unwrap_err();
+        assert!(e.starts_with(&format!("{at}: invalid YAML: non-finite float")), "{e}");
+    }
     // Quoted, they are strings.
     let ok = "pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [\".inf\", \".nan\"]}\n";
     assert_eq!(compile_text(ok), Ok(1));

@@ -245,7 +245,7 @@ fn pipeline(v: &Value, c: &mut Choices) -> String {
     let value = if indirect {
         " \"${params.v}\"".to_string()
     } else {
-        node(v, 6, c)
+        node(v, 8, c)
     };
     let node_lines = if c.pick(2) == 0 {
         format!("    op: prop.take\n    params:\n      value:{value}\n")
