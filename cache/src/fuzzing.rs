@@ -66,7 +66,11 @@ pub fn record(bytes: &[u8]) -> usize {
         && let Ok(m) = Manifest::parse(text)
     {
         // A parsed manifest is canonical: it writes back to the same text.
-        assert_eq!(m.to_text(), text, "a parsed manifest must write back unchanged");
+        assert_eq!(
+            m.to_text(),
+            text,
+            "a parsed manifest must write back unchanged"
+        );
         let _ = m.total_size();
         ok += 1;
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use expflow_engine::{
-    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
-    Registry, Resources, Signature, budget, compile,
+    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,
+    Resources, Signature, budget, compile,
 };
 use serde_json::json;
 
@@ -123,14 +123,27 @@ fn infinite_and_nan_numbers_are_refused_where_they_are() {
     // JSON, and so a key, has no infinity or NaN: were they read, `.inf`, `.nan` and `null`
     // would hash alike. The YAML reader refuses them, naming the place.
     for (yaml, at) in [
-        ("pipeline: p\nparams: {a: .inf}\nnodes:\n  n: {op: t.take}\n", "2:13"),
-        ("pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [1, -.inf]}\n", "5:25"),
-        ("pipeline: p\nnodes:\n  m:\n    op: t.take\n    matrix: {x: [1, .nan]}\n", "5:21"),
+        (
+            "pipeline: p\nparams: {a: .inf}\nnodes:\n  n: {op: t.take}\n",
+            "2:13",
+        ),
+        (
+            "pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [1, -.inf]}\n",
+            "5:25",
+        ),
+        (
+            "pipeline: p\nnodes:\n  m:\n    op: t.take\n    matrix: {x: [1, .nan]}\n",
+            "5:21",
+        ),
     ] {
         let e = compile_text(yaml).unwrap_err();
-        assert!(e.starts_with(&format!("{at}: invalid YAML: non-finite float")), "{e}");
+        assert!(
+            e.starts_with(&format!("{at}: invalid YAML: non-finite float")),
+            "{e}"
+        );
     }
     // Quoted, they are strings.
-    let ok = "pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [\".inf\", \".nan\"]}\n";
+    let ok =
+        "pipeline: p\nnodes:\n  n:\n    op: t.take\n    params: {value: [\".inf\", \".nan\"]}\n";
     assert_eq!(compile_text(ok), Ok(1));
 }

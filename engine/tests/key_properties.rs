@@ -8,8 +8,8 @@ use std::sync::Arc;
 use expflow_cache::Digest;
 use expflow_engine::fuzzing::{PIPELINE_FILE, bare_key};
 use expflow_engine::{
-    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
-    Registry, Resources, Signature, canonical, compile,
+    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,
+    Resources, Signature, canonical, compile,
 };
 use proptest::prelude::*;
 use serde_json::{Map, Number, Value, json};
@@ -127,9 +127,7 @@ impl Choices {
 
 fn is_plain_safe(s: &str) -> bool {
     let reserved = ["null", "true", "false", "y", "n", "yes", "no", "on", "off"];
-    !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-        && !reserved.contains(&s)
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_') && !reserved.contains(&s)
 }
 
 fn string(s: &str, c: &mut Choices) -> String {
@@ -230,7 +228,11 @@ fn node(v: &Value, indent: usize, c: &mut Choices) -> String {
                 if c.pick(5) == 0 {
                     out.push_str(&format!("\n{pad}# a comment"));
                 }
-                out.push_str(&format!("\n{pad}{}:{}", string(k, c), node(v, indent + 2, c)));
+                out.push_str(&format!(
+                    "\n{pad}{}:{}",
+                    string(k, c),
+                    node(v, indent + 2, c)
+                ));
             }
         }
         _ => unreachable!(),
