@@ -139,6 +139,13 @@ pub(crate) fn read_entries_from(path: &Path, offset: u64) -> Result<(Vec<Entry>,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
         Err(e) => return Err(CacheError::io("cannot read the journal", path, e)),
     }
+    Ok(parse_entries(&bytes, path, offset))
+}
+
+/// The entries in journal text `bytes` (read from byte `offset` of `path`, which only names
+/// it in warnings), and how many non-blank lines could not be read. Never fails: a line that
+/// is not an entry is counted and skipped.
+pub(crate) fn parse_entries(bytes: &[u8], path: &Path, offset: u64) -> (Vec<Entry>, usize) {
     let mut entries = Vec::new();
     let mut bad = 0;
     for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
@@ -153,5 +160,5 @@ pub(crate) fn read_entries_from(path: &Path, offset: u64) -> Result<(Vec<Entry>,
             }
         }
     }
-    Ok((entries, bad))
+    (entries, bad)
 }

@@ -13,6 +13,7 @@
 mod cas;
 mod digest;
 mod error;
+pub mod fuzzing;
 mod gc;
 mod journal;
 mod manifest;

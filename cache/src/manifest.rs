@@ -49,9 +49,11 @@ impl Manifest {
         Digest::of_bytes(self.to_text().as_bytes())
     }
 
-    /// Sum of the file sizes.
+    /// Sum of the file sizes (saturating: a manifest read from bytes may claim any sizes).
     pub fn total_size(&self) -> u64 {
-        self.entries.iter().map(|e| e.size).sum()
+        self.entries
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size))
     }
 
     /// Checks that every path is a safe relative path, modes are 0o644 or 0o755, and no
@@ -190,6 +192,14 @@ mod tests {
             entries: vec![a.entries[1].clone(), a.entries[0].clone()],
         };
         assert_eq!(a.digest(), b.digest(), "order of entries must not matter");
+    }
+
+    #[test]
+    fn sizes_that_overflow_saturate() {
+        let hex = Digest::of_bytes(b"x").to_hex();
+        let text = format!("644 {hex} {max} a\n644 {hex} {max} b\n", max = u64::MAX);
+        let m = Manifest::parse(&text).unwrap();
+        assert_eq!(m.total_size(), u64::MAX);
     }
 
     #[test]

@@ -82,15 +82,15 @@ pub fn rebuild(expflow_dir: &Path, cas: &Cas) -> Result<RebuildReport> {
 
 /// The final state the journal describes.
 #[derive(Default)]
-struct State {
-    records: BTreeMap<Digest, Record>,
-    last: BTreeMap<(String, String), Digest>,
-    runs: BTreeMap<String, RunInfo>,
-    pins: BTreeSet<String>,
+pub(crate) struct State {
+    pub(crate) records: BTreeMap<Digest, Record>,
+    pub(crate) last: BTreeMap<(String, String), Digest>,
+    pub(crate) runs: BTreeMap<String, RunInfo>,
+    pub(crate) pins: BTreeSet<String>,
 }
 
 impl State {
-    fn replay(entries: Vec<Entry>) -> State {
+    pub(crate) fn replay(entries: Vec<Entry>) -> State {
         let mut s = State::default();
         for e in entries {
             match e {

@@ -81,7 +81,7 @@ pub struct SledStore {
 }
 
 #[derive(Serialize, Deserialize)]
-struct StatValue {
+pub(crate) struct StatValue {
     stat: StatKey,
     digest: Digest,
 }
@@ -278,11 +278,7 @@ impl SledStore {
         what: impl FnOnce() -> String,
         bytes: &[u8],
     ) -> Result<T> {
-        serde_json::from_slice(bytes).map_err(|e| CacheError::Decode {
-            what: what(),
-            path: self.db_path.clone(),
-            reason: e.to_string(),
-        })
+        decode(what, &self.db_path, bytes)
     }
 
     fn get_json<T: DeserializeOwned>(
@@ -309,6 +305,19 @@ impl SledStore {
 }
 
 const META_JOURNAL_LEN: &[u8] = b"journal_len";
+
+/// Decodes a database value (JSON), naming `what` and the database in the error.
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: impl FnOnce() -> String,
+    db_path: &Path,
+    bytes: &[u8],
+) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::Decode {
+        what: what(),
+        path: db_path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
 
 fn last_key(pipeline: &str, node: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(pipeline.len() + node.len() + 1);

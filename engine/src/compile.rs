@@ -8,6 +8,7 @@ use std::sync::Arc;
 use petgraph::graph::DiGraph;
 use serde_json::{Map, Value};
 
+use crate::budget::{self, Budget};
 use crate::diag::{Diagnostics, Loc, closest};
 use crate::error::{EngineError, Result};
 use crate::interp::{self, InterpError, Reference};
@@ -121,6 +122,7 @@ pub fn compile(
         nodes: Vec::new(),
         sigs: HashMap::new(),
         refs: Vec::new(),
+        budget: Budget::for_text(text.len()),
     };
     for node in &spec.nodes {
         b.expand(node);
@@ -242,6 +244,8 @@ struct Builder<'a> {
     sigs: HashMap<&'static str, Arc<crate::Signature>>,
     /// Per node: its unresolved `in` references, and its matrix point.
     refs: Vec<(Vec<InRef>, Point)>,
+    /// What the pipeline may expand into: node instances and copied parameter values.
+    budget: Budget,
 }
 
 impl Builder<'_> {
@@ -271,6 +275,34 @@ impl Builder<'_> {
             return;
         };
         let sig = self.signature(op.as_ref());
+        // Each instance costs one, plus its parameters as written.
+        let per_instance = 1 + spec
+            .params
+            .iter()
+            .map(|(_, n)| budget::yaml_values(n))
+            .sum::<usize>();
+        let count = spec
+            .matrix
+            .iter()
+            .try_fold(1usize, |acc, (_, values, _)| acc.checked_mul(values.len()));
+        if !count
+            .and_then(|c| c.checked_mul(per_instance))
+            .is_some_and(|cost| self.budget.charge(cost))
+        {
+            let loc = spec.matrix.first().map_or(&spec.loc, |(_, _, loc)| loc);
+            let points = count.map_or("more than 2^64".to_string(), |c| c.to_string());
+            self.diags.push(
+                loc,
+                format!(
+                    "node `{}` expands to {points} sweep points; with its parameters the \
+                     pipeline would hold more than {} values",
+                    spec.name,
+                    self.budget.limit()
+                ),
+                Some("sweep fewer values, or split the sweep over several pipelines".into()),
+            );
+            return;
+        }
         let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
         for (var, values, _) in &spec.matrix {
             points = points
@@ -443,6 +475,16 @@ impl Builder<'_> {
                     } else {
                         cur.and_then(|c| c.get(part))
                     };
+                }
+                if let Some(v) = cur
+                    && !self.budget.charge(budget::json_values(v))
+                {
+                    return Err(err(format!(
+                        "`${{params.{}}}` is copied so often that the pipeline would hold more \
+                         than {} values; refer to a smaller parameter, or fewer times",
+                        r.path,
+                        self.budget.limit()
+                    )));
                 }
                 cur.cloned().map(Some).ok_or_else(|| {
                     let names: Vec<&str> = self.params.keys().map(String::as_str).collect();

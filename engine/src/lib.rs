@@ -7,12 +7,14 @@
 //! and the cli depend on it; the model runtime under `operators/runtime/` must not.
 
 pub mod audit;
+pub mod budget;
 pub mod canonical;
 pub mod compile;
 pub mod context;
 pub mod diag;
 pub mod error;
 pub mod events;
+pub mod fuzzing;
 pub mod harness;
 pub mod interp;
 pub mod key;

@@ -2,8 +2,9 @@
 //! hand-made tree, clip cutting with the real ffmpeg (bytes and per-step memoisation),
 //! golden comparisons against `../shared/fixtures/expstar-demo`, and the dataset stages.
 //!
-//! Tests that need ffmpeg or the shared fixtures print `SKIPPED: …` and return when these
-//! are missing, so their absence is visible in the output rather than silent.
+//! Tests that need ffmpeg or the shared fixtures say `SKIPPED: …` and return when these are
+//! missing, so their absence is visible in the output rather than silent; under `CI=true`
+//! they fail instead (`.ci/run` provides both).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,10 +29,10 @@ fn fixtures() -> Option<PathBuf> {
     if p.is_dir() {
         Some(p)
     } else {
-        eprintln!(
-            "SKIPPED: {} is missing (the ../shared checkout)",
+        expflow_tests::skip::skip_or_fail(&format!(
+            "{} is missing (the ../shared checkout)",
             p.display()
-        );
+        ));
         None
     }
 }
@@ -40,7 +41,9 @@ fn have_ffmpeg() -> bool {
     let ok = Command::new("ffmpeg").arg("-version").output().is_ok()
         && Command::new("ffprobe").arg("-version").output().is_ok();
     if !ok {
-        eprintln!("SKIPPED: ffmpeg/ffprobe are not installed (apt-get install ffmpeg)");
+        expflow_tests::skip::skip_or_fail(
+            "ffmpeg/ffprobe are not installed (apt-get install ffmpeg)",
+        );
     }
     ok
 }

@@ -48,7 +48,7 @@ fn real_run_stage(
     dpo: bool,
 ) {
     if !on_path(program) {
-        eprintln!("SKIPPED: {program} is not installed ({install})");
+        expflow_tests::skip::skip(&format!("{program} is not installed ({install})"));
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -112,8 +112,8 @@ fn swift_dpo_trains_a_tiny_model_when_installed() {
 fn vllm_infer_answers_a_dataset_when_installed() {
     use polars::prelude::*;
     let Some(script) = std::env::var_os("EXPFLOW_VLLM_INFER_SCRIPT") else {
-        eprintln!(
-            "SKIPPED: EXPFLOW_VLLM_INFER_SCRIPT is not set (LLaMA-Factory's scripts/vllm_infer.py; vLLM needs a GPU)"
+        expflow_tests::skip::skip(
+            "EXPFLOW_VLLM_INFER_SCRIPT is not set (LLaMA-Factory's scripts/vllm_infer.py; vLLM needs a GPU)",
         );
         return;
     };
@@ -123,7 +123,7 @@ fn vllm_infer_answers_a_dataset_when_installed() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !importable {
-        eprintln!("SKIPPED: {python} cannot import vllm and llamafactory");
+        expflow_tests::skip::skip(&format!("{python} cannot import vllm and llamafactory"));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! Helpers for expflow's workspace integration tests: a project in a temporary directory,
-//! the `expflow` binary, and reading which nodes executed from a run's event log.
+//! the `expflow` binary, and reading which nodes executed from a run's event log; and
+//! [`skip`], how every test of the workspace skips for a missing dependency.
 //!
 //! Dependencies: none from expflow at build time; the tests drive the `expflow` binary as a
 //! user would. Nothing depends on this crate.
@@ -8,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+pub mod skip;
 
 /// The `expflow` binary built by `cargo test --workspace` (the cli package has integration
 /// tests, so cargo builds its binary next to this test executable).

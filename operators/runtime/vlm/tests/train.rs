@@ -167,7 +167,7 @@ fn has_ffmpeg() -> bool {
 #[test]
 fn videos_are_sampled_into_video_tokens_and_generate() {
     if !has_ffmpeg() {
-        eprintln!("SKIPPED: ffmpeg is not installed (apt-get install ffmpeg)");
+        expflow_tests::skip::skip_or_fail("ffmpeg is not installed (apt-get install ffmpeg)");
         return;
     }
     let (dir, m) = tiny();
