@@ -209,7 +209,7 @@ fn max_nodes_counts_the_whole_pipeline_and_can_be_raised() {
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains(
-            "p.yaml:10:14: node `b` (3 nodes) takes the pipeline over the limit of 8 nodes (6 before it)"
+            "p.yaml:10:17: node `b` (3 nodes) takes the pipeline over the limit of 8 nodes (6 before it)"
         ),
         "{stderr}"
     );

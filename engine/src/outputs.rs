@@ -37,7 +37,7 @@ pub(crate) fn check_destinations(
             Err(problem) => {
                 diags.push(
                     &o.key_loc,
-                    format!("output `{}`: {problem}", o.path),
+                    format!("output {}: {problem}", quoted(&o.path)),
                     Some(format!(
                         "write a path inside the pipeline's directory, e.g. `{}`",
                         suggestion(o)
@@ -235,6 +235,15 @@ fn normalise(path: &str) -> Result<PathBuf, String> {
             Err("inside the workspace `.expflow/`, which only expflow writes".into())
         }
         Some(_) => Ok(rel),
+    }
+}
+
+/// A destination as written, quoted so that an empty or blank one is visible.
+fn quoted(path: &str) -> String {
+    if path.trim().is_empty() {
+        format!("{path:?}")
+    } else {
+        format!("`{path}`")
     }
 }
 
