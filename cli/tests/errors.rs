@@ -177,7 +177,11 @@ nodes:
     );
     assert_eq!(code, 2);
     assert_eq!(count(&stderr, "must be a non-empty list"), 2, "{stderr}");
-    assert_eq!(count(&stderr, "`nodes.d.matrix` must be a map"), 1, "{stderr}");
+    assert_eq!(
+        count(&stderr, "`nodes.d.matrix` must be a map"),
+        1,
+        "{stderr}"
+    );
     assert_eq!(count(&stderr, "no matrix variable"), 0, "{stderr}");
     assert_eq!(count(&stderr, "must be given"), 0, "{stderr}");
     assert!(stderr.contains("has 3 problems"), "{stderr}");

@@ -71,7 +71,10 @@ fn a_destination_outside_the_pipeline_directory_is_refused_and_nothing_is_touche
     assert_eq!(read(&precious.join("thesis.tex")), "years of work\n");
     assert_eq!(std::fs::read_dir(&precious).unwrap().count(), 1);
     assert!(!marker.exists(), "no node ran");
-    assert!(!proj.join(".expflow").exists(), "the workspace was not even opened");
+    assert!(
+        !proj.join(".expflow").exists(),
+        "the workspace was not even opened"
+    );
 }
 
 #[test]
@@ -94,10 +97,7 @@ fn every_unsafe_destination_is_refused_at_its_key() {
   results/./: a.d
   fine/one.txt: a.o
 "#;
-    let text = pipeline(outputs).replace(
-        "nodes:\n",
-        "inputs:\n  raw: data/raw.txt\nnodes:\n",
-    );
+    let text = pipeline(outputs).replace("nodes:\n", "inputs:\n  raw: data/raw.txt\nnodes:\n");
     write(&proj.join("p.yaml"), &text);
     let marker = root.path().join("marker");
     let (code, stderr) = run(&proj, &marker, &["run", "p.yaml"]);

@@ -14,8 +14,8 @@ use crate::error::{EngineError, Result};
 use crate::interp::{self, InterpError, Reference};
 use crate::limits::{self, DEFAULT_MAX_NODES};
 use crate::operator::{Determinism, Operator, PortType, Ports, Registry, Resources};
-use crate::params::{ParamProblem, fill_defaults};
 use crate::outputs;
+use crate::params::{ParamProblem, fill_defaults};
 use crate::spec::{self, NodeSpec, PipelineSpec};
 
 /// A compiled pipeline: nodes in topological order.

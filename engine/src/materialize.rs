@@ -200,7 +200,9 @@ fn on_disk(ws: &Workspace, manifest: &Manifest, dest: &Path, key: &str) -> Resul
         ));
     }
     let Some(entry) = manifest.entries.get(key) else {
-        return Ok(OnDisk::Foreign("exists, and expflow did not write it".into()));
+        return Ok(OnDisk::Foreign(
+            "exists, and expflow did not write it".into(),
+        ));
     };
     let digest = match digest_path_cached(dest, ws.store.as_ref()) {
         Ok((d, _)) => d,
@@ -322,10 +324,7 @@ fn sibling(dest: &Path, what: &str, n: u32) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    dest.with_file_name(format!(
-        ".{name}.expflow-{what}-{}-{n}",
-        std::process::id()
-    ))
+    dest.with_file_name(format!(".{name}.expflow-{what}-{}-{n}", std::process::id()))
 }
 
 /// Recreates the directory whose manifest is `digest` in the empty directory `root`.
@@ -510,7 +509,10 @@ fn rename2(_from: &Path, _to: &Path, _how: Rename2) -> io::Result<()> {
 
 /// The kernel or file system does not offer `renameat2`'s flags.
 fn unsupported(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP))
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -577,8 +579,13 @@ mod tests {
 
     #[test]
     fn swaps_every_combination_of_file_and_directory_leaving_nothing_beside() {
-        for swap in [swap_in as fn(&Path, &Path) -> io::Result<()>, swap_by_renames] {
-            for (dest_dir, staged_dir) in [(true, true), (false, true), (true, false), (false, false)] {
+        for swap in [
+            swap_in as fn(&Path, &Path) -> io::Result<()>,
+            swap_by_renames,
+        ] {
+            for (dest_dir, staged_dir) in
+                [(true, true), (false, true), (true, false), (false, false)]
+            {
                 let (t, dest, staged) = setup(dest_dir, staged_dir);
                 let want = if staged_dir { tree(&staged) } else { vec![] };
                 swap(&staged, &dest).unwrap();
@@ -611,4 +618,3 @@ mod tests {
         }
     }
 }
-

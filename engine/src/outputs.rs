@@ -79,7 +79,9 @@ pub(crate) fn check_destinations(
         });
         if let Some((what, r)) = clash {
             let message = match r {
-                Relation::Same => format!("output `{}` is {what}: a run would overwrite it", o.path),
+                Relation::Same => {
+                    format!("output `{}` is {what}: a run would overwrite it", o.path)
+                }
                 Relation::Inside => format!("output `{}` is inside {what}", o.path),
                 Relation::Contains => format!("output `{}` contains {what}", o.path),
             };
@@ -102,10 +104,7 @@ pub(crate) fn check_destinations(
             let Some(r) = relation(rel, other_rel) else {
                 continue;
             };
-            let place = format!(
-                "the output `{}` (line {})",
-                other.path, other.key_loc.line
-            );
+            let place = format!("the output `{}` (line {})", other.path, other.key_loc.line);
             let message = match r {
                 Relation::Same => format!("output `{}` is the same path as {place}", o.path),
                 Relation::Inside => format!("output `{}` is inside {place}", o.path),
@@ -225,7 +224,10 @@ fn normalise(path: &str) -> Result<PathBuf, String> {
                 rel.push(name);
             }
             Component::RootDir | Component::Prefix(_) => {
-                return Err("an absolute path; outputs are written only inside the pipeline's directory".into());
+                return Err(
+                    "an absolute path; outputs are written only inside the pipeline's directory"
+                        .into(),
+                );
             }
         }
     }
@@ -309,7 +311,10 @@ fn real(p: &Path) -> PathBuf {
             }
             return out;
         }
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
             (Some(name), Some(parent)) => {
                 rest.push(name);
                 existing = parent.to_path_buf();
@@ -326,7 +331,10 @@ mod tests {
 
     #[test]
     fn normalises_and_refuses() {
-        assert_eq!(normalise("./results//a.txt"), Ok(PathBuf::from("results/a.txt")));
+        assert_eq!(
+            normalise("./results//a.txt"),
+            Ok(PathBuf::from("results/a.txt"))
+        );
         assert!(normalise("").is_err());
         assert!(normalise("  ").is_err());
         assert!(normalise(".").is_err());
@@ -339,7 +347,10 @@ mod tests {
         assert!(normalise(".expflow/x").is_err());
         assert!(normalise("./.expflow").is_err());
         assert_eq!(normalise("~x/y"), Ok(PathBuf::from("~x/y")));
-        assert_eq!(normalise("results/.expflow"), Ok(PathBuf::from("results/.expflow")));
+        assert_eq!(
+            normalise("results/.expflow"),
+            Ok(PathBuf::from("results/.expflow"))
+        );
     }
 
     #[test]

@@ -8,7 +8,10 @@ use expflow_engine::compile::{CompileOptions, compile_with};
 use expflow_engine::{Diagnostics, Registry, limits::DEFAULT_MAX_NODES, spec};
 
 fn matrix_pipeline(vars: usize, len: usize) -> String {
-    let values = (0..len).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let values = (0..len)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut yaml = String::from("pipeline: big\nnodes:\n  sweep:\n    op: command\n    matrix:\n");
     for v in 0..vars {
         yaml.push_str(&format!("      v{v}: [{values}]\n"));

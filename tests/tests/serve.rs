@@ -77,7 +77,8 @@ fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Val
 }
 
 fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../operators/runtime/models/tests/fixtures/qwen2/tiny")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../operators/runtime/models/tests/fixtures/qwen2/tiny")
 }
 
 const PIPE: &str = r#"
