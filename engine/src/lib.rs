@@ -20,6 +20,7 @@ pub mod params;
 pub mod plan;
 pub mod run;
 pub mod spec;
+mod topo;
 pub mod workspace;
 pub mod yaml;
 
