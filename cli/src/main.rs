@@ -53,6 +53,9 @@ struct PipelineArgs {
     /// Override a global parameter, e.g. `--set seed=7` or `--set train.lr=2e-4`.
     #[arg(long = "set", value_name = "NAME=VALUE")]
     sets: Vec<String>,
+    /// Refuse a pipeline whose matrices expand to more nodes than this.
+    #[arg(long, value_name = "N", default_value_t = expflow_engine::limits::DEFAULT_MAX_NODES)]
+    max_nodes: usize,
 }
 
 #[derive(Subcommand)]
@@ -73,6 +76,10 @@ enum Command {
         /// Print one JSON object at the end: run_id, executed, cached, failed, skipped.
         #[arg(long)]
         json: bool,
+        /// Replace what is at an `outputs:` destination even if expflow did not write it
+        /// (or it was edited since); the old content is replaced atomically.
+        #[arg(long)]
+        force_outputs: bool,
     },
     /// Show what a run would do, and why, without running anything.
     Plan {
@@ -287,11 +294,14 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
 }
 
 fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
-    let sets = parse_sets(&p.sets)?;
-    Ok(expflow_engine::compile::load(
+    let opts = expflow_engine::CompileOptions {
+        overrides: parse_sets(&p.sets)?,
+        max_nodes: p.max_nodes,
+    };
+    Ok(expflow_engine::compile::load_with(
         &p.pipeline,
         &registry(),
-        &sets,
+        &opts,
     )?)
 }
 
@@ -318,7 +328,18 @@ fn dispatch(cli: Cli) -> Result<u8> {
             jobs,
             keep_going,
             json,
-        } => run(&ws_arg, &p, target, jobs, keep_going, json),
+            force_outputs,
+        } => run(
+            &ws_arg,
+            &p,
+            RunFlags {
+                targets: target,
+                jobs,
+                keep_going,
+                json,
+                force_outputs,
+            },
+        ),
         Command::Plan { p, target, json } => {
             let pipeline = load(&p)?;
             let ws = open_for(&ws_arg, &p.pipeline, "plan", &pipeline.name, None)?;
@@ -387,14 +408,23 @@ fn dispatch(cli: Cli) -> Result<u8> {
     }
 }
 
-fn run(
-    ws_arg: &Option<PathBuf>,
-    p: &PipelineArgs,
+/// `expflow run`'s own flags.
+struct RunFlags {
     targets: Vec<String>,
     jobs: Option<usize>,
     keep_going: bool,
     json: bool,
-) -> Result<u8> {
+    force_outputs: bool,
+}
+
+fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8> {
+    let RunFlags {
+        targets,
+        jobs,
+        keep_going,
+        json,
+        force_outputs,
+    } = flags;
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
     let ws = open_for(
@@ -407,6 +437,7 @@ fn run(
     let mut opts = RunOptions {
         keep_going,
         targets,
+        force_outputs,
         ..RunOptions::default()
     };
     if let Some(j) = jobs {

@@ -114,3 +114,116 @@ fn help_lists_the_commands() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(stdout);
 }
+
+/// How many times `needle` occurs in `hay`.
+fn count(hay: &str, needle: &str) -> usize {
+    hay.matches(needle).count()
+}
+
+#[test]
+fn a_missing_input_file_is_reported_once_not_at_each_use() {
+    let (code, stderr) = check(
+        r#"pipeline: x
+inputs:
+  raw: missing.csv
+  bad: [not, a, path]
+nodes:
+  rows:
+    op: load
+    in: {src: inputs.raw}
+  again:
+    op: load
+    in: {src: inputs.raw}
+  other:
+    op: load
+    in: {src: inputs.bad}
+  next:
+    op: table.sort
+    in: {table: gone.table}
+    params: {by: [x]}
+  gone:
+    op: lod
+"#,
+    );
+    assert_eq!(code, 2);
+    assert_eq!(count(&stderr, "cannot read missing.csv"), 1, "{stderr}");
+    assert_eq!(count(&stderr, "must be a path"), 1, "{stderr}");
+    assert_eq!(count(&stderr, "unknown operator `lod`"), 1, "{stderr}");
+    assert_eq!(count(&stderr, "unknown input"), 0, "{stderr}");
+    assert_eq!(count(&stderr, "unknown node"), 0, "{stderr}");
+    assert!(stderr.contains("has 3 problems"), "{stderr}");
+}
+
+#[test]
+fn a_bad_matrix_value_is_reported_once() {
+    let (code, stderr) = check(
+        r#"pipeline: x
+nodes:
+  t:
+    op: command
+    out: {o: table}
+    params: {run: "echo > ${out.o}"}
+  c:
+    op: table.sample
+    matrix: {n: [], seed: 5}
+    in: {table: t.o}
+    params: {n: "${matrix.n}", seed: "${matrix.seed}"}
+  d:
+    op: table.sample
+    matrix: 7
+    in: {table: t.o}
+    params: {n: "${matrix.n}"}
+"#,
+    );
+    assert_eq!(code, 2);
+    assert_eq!(count(&stderr, "must be a non-empty list"), 2, "{stderr}");
+    assert_eq!(
+        count(&stderr, "`nodes.d.matrix` must be a map"),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(count(&stderr, "no matrix variable"), 0, "{stderr}");
+    assert_eq!(count(&stderr, "must be given"), 0, "{stderr}");
+    assert!(stderr.contains("has 3 problems"), "{stderr}");
+}
+
+#[test]
+fn a_matrix_over_the_node_limit_is_refused() {
+    let values = (0..10_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        "pipeline: x\nnodes:\n  small:\n    op: command\n    out: {{o: file}}\n    params: {{run: \"echo > ${{out.o}}\"}}\n  big:\n    op: command\n    matrix:\n      a: [{values}]\n      b: [{values}]\n      c: [{values}]\n    out: {{o: file}}\n    params: {{run: \"echo ${{matrix.a}} > ${{out.o}}\"}}\n"
+    );
+    let (code, stderr) = check(&yaml);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn max_nodes_counts_the_whole_pipeline_and_can_be_raised() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "pipeline: x\nnodes:\n  a:\n    op: command\n    matrix: {i: [1, 2, 3], j: [1, 2]}\n    out: {o: file}\n    params: {run: \"echo ${matrix.i} > ${out.o}\"}\n  b:\n    op: command\n    matrix: {i: [1, 2, 3]}\n    out: {o: file}\n    params: {run: \"echo ${matrix.i} > ${out.o}\"}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = expflow(dir.path(), &["graph", "p.yaml", "--max-nodes", "8"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "p.yaml:10:17: node `b` (3 nodes) takes the pipeline over the limit of 8 nodes (6 before it)"
+        ),
+        "{stderr}"
+    );
+    let (code, _, stderr) = expflow(dir.path(), &["plan", "p.yaml", "--max-nodes", "5"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("the matrix of node `a` expands to 3 × 2 = 6 nodes, over the limit of 5"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = expflow(dir.path(), &["plan", "p.yaml", "--max-nodes", "9"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.matches("[i=").count(), 9, "{stdout}");
+}

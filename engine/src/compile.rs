@@ -1,20 +1,23 @@
 //! From a pipeline file to a checked, matrix-expanded, topologically ordered pipeline.
 //! Every problem is collected and reported at once with file:line:column and a hint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use petgraph::graph::DiGraph;
 use serde_json::{Map, Value};
 
 use crate::budget::{self, Budget};
 use crate::diag::{Diagnostics, Loc, closest};
 use crate::error::{EngineError, Result};
 use crate::interp::{self, InterpError, Reference};
+use crate::limits::{self, DEFAULT_MAX_NODES};
 use crate::operator::{Determinism, Operator, PortType, Ports, Registry, Resources};
+use crate::outputs;
 use crate::params::{ParamProblem, fill_defaults};
 use crate::spec::{self, NodeSpec, PipelineSpec};
+use crate::topo;
 
 /// A compiled pipeline: nodes in topological order.
 #[derive(Clone)]
@@ -75,8 +78,35 @@ impl Pipeline {
     }
 }
 
+/// How to compile: `--set` overrides and limits.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// `--set` values: dotted path → value.
+    pub overrides: Vec<(String, Value)>,
+    /// The most nodes the pipeline may expand to (matrices included).
+    pub max_nodes: usize,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            overrides: Vec::new(),
+            max_nodes: DEFAULT_MAX_NODES,
+        }
+    }
+}
+
 /// Reads and compiles a pipeline file. `overrides` are `--set` values: dotted path → value.
 pub fn load(file: &Path, registry: &Registry, overrides: &[(String, Value)]) -> Result<Pipeline> {
+    let opts = CompileOptions {
+        overrides: overrides.to_vec(),
+        ..CompileOptions::default()
+    };
+    load_with(file, registry, &opts)
+}
+
+/// [`load`] with options.
+pub fn load_with(file: &Path, registry: &Registry, opts: &CompileOptions) -> Result<Pipeline> {
     let text = std::fs::read_to_string(file).map_err(|e| {
         EngineError::Usage(format!(
             "cannot read the pipeline file {}: {e}",
@@ -84,7 +114,7 @@ pub fn load(file: &Path, registry: &Registry, overrides: &[(String, Value)]) -> 
         ))
     })?;
     let file = std::path::absolute(file).map_err(|e| EngineError::io(file, e))?;
-    compile(&file, &text, registry, overrides).map_err(EngineError::Invalid)
+    compile_with(&file, &text, registry, opts).map_err(EngineError::Invalid)
 }
 
 /// Compiles pipeline text. `file` names it in messages and anchors relative paths.
@@ -93,6 +123,20 @@ pub fn compile(
     text: &str,
     registry: &Registry,
     overrides: &[(String, Value)],
+) -> std::result::Result<Pipeline, Diagnostics> {
+    let opts = CompileOptions {
+        overrides: overrides.to_vec(),
+        ..CompileOptions::default()
+    };
+    compile_with(file, text, registry, &opts)
+}
+
+/// [`compile`] with options.
+pub fn compile_with(
+    file: &Path,
+    text: &str,
+    registry: &Registry,
+    opts: &CompileOptions,
 ) -> std::result::Result<Pipeline, Diagnostics> {
     let display = file
         .file_name()
@@ -105,7 +149,7 @@ pub fn compile(
         .iter()
         .map(|(k, v)| (k.clone(), v.to_json()))
         .collect();
-    for (path, value) in overrides {
+    for (path, value) in &opts.overrides {
         if let Err(msg) = set_path(&mut params, path, value.clone()) {
             diags.push(
                 &Loc::default(),
@@ -114,7 +158,20 @@ pub fn compile(
             );
         }
     }
+    // Nothing is expanded unless the whole pipeline fits.
+    if !limits::check_node_count(&spec, opts.max_nodes, &mut diags) {
+        diags.sort();
+        return Err(diags);
+    }
     let inputs = check_inputs(&spec, &mut diags);
+    // Declared but unusable: their own errors are reported, references to them are not.
+    let bad_inputs: HashSet<String> = spec
+        .inputs
+        .iter()
+        .map(|i| i.name.clone())
+        .filter(|n| !inputs.contains_key(n))
+        .chain(spec.bad_inputs.iter().cloned())
+        .collect();
     let mut b = Builder {
         registry,
         params: &params,
@@ -123,13 +180,19 @@ pub fn compile(
         sigs: HashMap::new(),
         refs: Vec::new(),
         budget: Budget::for_text(text.len()),
+        bad_nodes: spec.bad_nodes.iter().cloned().collect(),
+        bad_matrix: Vec::new(),
+        matrix_unreadable: false,
+        hit_bad_matrix: Cell::new(false),
     };
     for node in &spec.nodes {
         b.expand(node);
     }
-    let nodes = b.resolve_inputs(&inputs);
-    let outputs = b.resolve_outputs(&spec, &nodes);
-    let order = order(&nodes, &mut diags);
+    let nodes = b.resolve_inputs(&inputs, &bad_inputs);
+    let bad_nodes = std::mem::take(&mut b.bad_nodes);
+    let dests = outputs::check_destinations(&spec, &mut diags);
+    let outputs = outputs::resolve(&spec, &dests, &nodes, &bad_nodes, &mut diags);
+    let order = topo::order(&nodes, &mut diags);
     if !diags.is_empty() {
         diags.sort();
         diags.items.dedup();
@@ -235,6 +298,10 @@ type Point = Vec<(String, Value)>;
 /// An unresolved `in:` entry: port, reference text, where it was written.
 type InRef = (String, String, Loc);
 
+/// A node's matrix variables whose values were invalid, and whether its `matrix:` could not
+/// be read at all.
+type BadMatrix = (Vec<String>, bool);
+
 struct Builder<'a> {
     registry: &'a Registry,
     params: &'a Map<String, Value>,
@@ -242,10 +309,20 @@ struct Builder<'a> {
     nodes: Vec<CNode>,
     /// Signatures by operator kind, built once (they allocate their parameter specs).
     sigs: HashMap<&'static str, Arc<crate::Signature>>,
-    /// Per node: its unresolved `in` references, and its matrix point.
-    refs: Vec<(Vec<InRef>, Point)>,
     /// What the pipeline may expand into: node instances and copied parameter values.
     budget: Budget,
+    /// Per node: its unresolved `in` references, its matrix point, and whether a `${matrix.X}`
+    /// it cannot resolve was reported already (see `is_bad_matrix`).
+    refs: Vec<(Vec<InRef>, Point, BadMatrix)>,
+    /// Nodes declared but not built (an unknown operator, ...): already reported, so
+    /// references to them are not.
+    bad_nodes: HashSet<String>,
+    /// The node being expanded: its matrix variables whose values were invalid, and whether
+    /// its `matrix:` could not be read at all (both already reported).
+    bad_matrix: Vec<String>,
+    matrix_unreadable: bool,
+    /// Set when an interpolation failed on such a variable (not reported again).
+    hit_bad_matrix: Cell<bool>,
 }
 
 impl Builder<'_> {
@@ -257,7 +334,10 @@ impl Builder<'_> {
     }
 
     fn expand(&mut self, spec: &NodeSpec) {
+        self.bad_matrix = spec.bad_matrix.clone();
+        self.matrix_unreadable = spec.matrix_unreadable;
         let Some(op) = self.registry.get(&spec.op).cloned() else {
+            self.bad_nodes.insert(spec.name.clone());
             if !spec.op.is_empty() {
                 let hint = match closest(&spec.op, self.registry.kinds()) {
                     Some(c) => format!("did you mean `{c}`?"),
@@ -321,24 +401,34 @@ impl Builder<'_> {
         for point in points {
             let name = instance_name(&spec.name, &point);
             let mut given = Map::new();
+            // Parameters whose value could not be computed (reported once, here): checks
+            // that need their value are skipped.
+            let mut failed = HashSet::new();
             for (pname, pnode) in &spec.params {
                 let allow_io = spec.op == "command" && pname == "run";
+                self.hit_bad_matrix.set(false);
                 match self.interpolate(&pnode.to_json(), &point, allow_io) {
                     Ok(v) => {
                         given.insert(pname.clone(), v);
                     }
-                    Err(e) => self.diags.push(
-                        &pnode.loc,
-                        format!(
-                            "bad interpolation in parameter `{pname}` of node `{}`: {}",
-                            spec.name, e.message
-                        ),
-                        None,
-                    ),
+                    Err(e) => {
+                        failed.insert(pname.clone());
+                        if !self.hit_bad_matrix.get() {
+                            self.diags.push(
+                                &pnode.loc,
+                                format!(
+                                    "bad interpolation in parameter `{pname}` of node `{}`: {}",
+                                    spec.name, e.message
+                                ),
+                                None,
+                            );
+                        }
+                    }
                 }
             }
-            let (filled, problems) = fill_defaults(&sig, &given);
-            let schema_ok = problems.is_empty();
+            let (filled, mut problems) = fill_defaults(&sig, &given);
+            problems.retain(|p| !matches!(p, ParamProblem::Missing(name) if failed.contains(name)));
+            let schema_ok = problems.is_empty() && failed.is_empty();
             for p in problems {
                 self.param_problem(spec, &sig, p);
             }
@@ -374,7 +464,11 @@ impl Builder<'_> {
                 deps: Vec::new(),
                 loc: spec.loc.clone(),
             });
-            self.refs.push((spec.ins.clone(), point));
+            self.refs.push((
+                spec.ins.clone(),
+                point,
+                (spec.bad_matrix.clone(), spec.matrix_unreadable),
+            ));
         }
     }
 
@@ -505,6 +599,9 @@ impl Builder<'_> {
                 .find(|(k, _)| *k == r.path)
                 .map(|(_, v)| Some(v.clone()))
                 .ok_or_else(|| {
+                    if self.is_bad_matrix(&r.path) {
+                        self.hit_bad_matrix.set(true);
+                    }
                     err(format!(
                         "`${{matrix.{}}}`: this node has no matrix variable `{}`",
                         r.path, r.path
@@ -516,6 +613,12 @@ impl Builder<'_> {
                 r.ns, r.path
             ))),
         }
+    }
+
+    /// Whether `var` is a matrix variable of the node being expanded that was reported
+    /// invalid already.
+    fn is_bad_matrix(&self, var: &str) -> bool {
+        self.matrix_unreadable || self.bad_matrix.iter().any(|v| v == var)
     }
 
     fn outputs(&mut self, spec: &NodeSpec, ports: &Ports) -> BTreeMap<String, PortType> {
@@ -592,7 +695,11 @@ impl Builder<'_> {
         r
     }
 
-    fn resolve_inputs(&mut self, inputs: &BTreeMap<String, (PathBuf, bool)>) -> Vec<CNode> {
+    fn resolve_inputs(
+        &mut self,
+        inputs: &BTreeMap<String, (PathBuf, bool)>,
+        bad_inputs: &HashSet<String>,
+    ) -> Vec<CNode> {
         let mut by_name: HashMap<String, usize> = HashMap::new();
         let mut by_base: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -601,8 +708,8 @@ impl Builder<'_> {
         }
         let mut nodes = std::mem::take(&mut self.nodes);
         let refs = std::mem::take(&mut self.refs);
-        let points: Vec<Vec<(String, Value)>> = refs.iter().map(|(_, p)| p.clone()).collect();
-        for (i, (ins, point)) in refs.iter().enumerate() {
+        let points: Vec<Vec<(String, Value)>> = refs.iter().map(|(_, p, _)| p.clone()).collect();
+        for (i, (ins, point, (bad_vars, unreadable))) in refs.iter().enumerate() {
             let sig = self.signature(nodes[i].op.as_ref());
             let node_name = nodes[i].base.clone();
             let kind = nodes[i].op.kind();
@@ -626,26 +733,38 @@ impl Builder<'_> {
                     Ports::Open(t) => Some(*t),
                     Ports::Any | Ports::Declared => None,
                 };
+                let mut reported = false;
                 let text = match interp::expand(text, |r| match r.ns.as_str() {
-                    "matrix" => Ok(point
-                        .iter()
-                        .find(|(k, _)| *k == r.path)
-                        .map(|(_, v)| v.clone())),
+                    "matrix" => match point.iter().find(|(k, _)| *k == r.path) {
+                        Some((_, v)) => Ok(Some(v.clone())),
+                        None => {
+                            reported = *unreadable || bad_vars.contains(&r.path);
+                            Err(InterpError {
+                                message: format!(
+                                    "`${{matrix.{}}}`: this node has no matrix variable `{}`",
+                                    r.path, r.path
+                                ),
+                                offset: r.start,
+                            })
+                        }
+                    },
                     _ => Ok(None),
                 }) {
                     Ok(Value::String(s)) => s,
                     Ok(v) => v.to_string(),
                     Err(e) => {
-                        self.diags.push(
-                            loc,
-                            format!("bad interpolation in input `{port}`: {}", e.message),
-                            None,
-                        );
+                        if !reported {
+                            self.diags.push(
+                                loc,
+                                format!("bad interpolation in input `{port}`: {}", e.message),
+                                None,
+                            );
+                        }
                         continue;
                     }
                 };
                 let Some((src, ty)) = self.resolve_ref(
-                    &text, point, inputs, &nodes, &points, &by_name, &by_base, loc,
+                    &text, point, inputs, bad_inputs, &nodes, &points, &by_name, &by_base, loc,
                 ) else {
                     continue;
                 };
@@ -696,6 +815,7 @@ impl Builder<'_> {
         text: &str,
         point: &[(String, Value)],
         inputs: &BTreeMap<String, (PathBuf, bool)>,
+        bad_inputs: &HashSet<String>,
         nodes: &[CNode],
         points: &[Vec<(String, Value)>],
         by_name: &HashMap<String, usize>,
@@ -712,6 +832,8 @@ impl Builder<'_> {
                         PortType::File
                     },
                 )),
+                // Its own error says why it cannot be read.
+                None if bad_inputs.contains(name) => None,
                 None => {
                     let hint = match closest(name, inputs.keys().map(String::as_str)) {
                         Some(c) => format!("did you mean `inputs.{c}`?"),
@@ -742,6 +864,10 @@ impl Builder<'_> {
             *i
         } else {
             let Some(candidates) = by_base.get(node) else {
+                if self.bad_nodes.contains(node) {
+                    // Its own error says why it was not built.
+                    return None;
+                }
                 let names: Vec<&str> = by_base.keys().map(String::as_str).collect();
                 let hint = match closest(node, names.iter().copied()) {
                     Some(c) => format!("did you mean `{c}.{port}`?"),
@@ -810,66 +936,6 @@ impl Builder<'_> {
             }
         }
     }
-
-    fn resolve_outputs(
-        &mut self,
-        spec: &PipelineSpec,
-        nodes: &[CNode],
-    ) -> Vec<(PathBuf, usize, String)> {
-        let mut out = Vec::new();
-        for o in &spec.outputs {
-            let found = match o.reference.rfind(']') {
-                Some(end) => Some((
-                    &o.reference[..=end],
-                    o.reference[end + 1..].strip_prefix('.').unwrap_or(""),
-                )),
-                None => o.reference.split_once('.'),
-            };
-            let Some((node, port)) = found else {
-                self.diags.push(
-                    &o.loc,
-                    format!("output `{}`: `{}` is not `NODE.PORT`", o.path, o.reference),
-                    None,
-                );
-                continue;
-            };
-            let matches: Vec<usize> = nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.name == node || (n.base == node && !node.contains('[')))
-                .map(|(i, _)| i)
-                .collect();
-            match matches.as_slice() {
-                [i] if nodes[*i].outputs.contains_key(port) => {
-                    out.push((spec.dir.join(&o.path), *i, port.to_string()))
-                }
-                [i] => {
-                    let names: Vec<&str> = nodes[*i].outputs.keys().map(String::as_str).collect();
-                    self.diags.push(
-                        &o.loc,
-                        format!("output `{}`: node `{node}` has no port `{port}`", o.path),
-                        Some(format!("its outputs are: {}", names.join(", "))),
-                    );
-                }
-                [] => self.diags.push(
-                    &o.loc,
-                    format!("output `{}`: unknown node `{node}`", o.path),
-                    closest(node, nodes.iter().map(|n| n.base.as_str()))
-                        .map(|c| format!("did you mean `{c}`?")),
-                ),
-                many => self.diags.push(
-                    &o.loc,
-                    format!(
-                        "output `{}`: `{node}` has {} sweep points",
-                        o.path,
-                        many.len()
-                    ),
-                    Some(format!("name one, e.g. `{}.{port}`", nodes[many[0]].name)),
-                ),
-            }
-        }
-        out
-    }
 }
 
 fn instance_name(base: &str, point: &[(String, Value)]) -> String {
@@ -892,90 +958,4 @@ fn article(word: &str) -> String {
         Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {word}"),
         _ => format!("a {word}"),
     }
-}
-
-/// Topological order, or a diagnostic naming each cycle.
-fn order(nodes: &[CNode], diags: &mut Diagnostics) -> Option<Vec<usize>> {
-    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(nodes.len(), nodes.len());
-    let ix: Vec<_> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
-    for (i, n) in nodes.iter().enumerate() {
-        for d in &n.deps {
-            g.add_edge(ix[*d], ix[i], ());
-        }
-    }
-    match stable_topo(nodes) {
-        Some(order) => Some(order),
-        None => {
-            for scc in petgraph::algo::tarjan_scc(&g) {
-                let cyclic = scc.len() > 1 || scc.iter().any(|n| g.contains_edge(*n, *n));
-                if !cyclic {
-                    continue;
-                }
-                let mut members: Vec<usize> = scc.iter().map(|n| g[*n]).collect();
-                members.sort_unstable();
-                let cycle = walk_cycle(nodes, &members);
-                let first = &nodes[cycle[0]];
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .chain(std::iter::once(&cycle[0]))
-                    .map(|i| nodes[*i].name.as_str())
-                    .collect();
-                diags.push(
-                    &first.loc,
-                    format!("cycle: {}", names.join(" → ")),
-                    Some("a node cannot depend on its own output; break the cycle".into()),
-                );
-            }
-            None
-        }
-    }
-}
-
-/// Kahn's algorithm, taking the earliest-declared ready node first, so independent nodes
-/// keep the order of the file. `None` if there is a cycle.
-fn stable_topo(nodes: &[CNode]) -> Option<Vec<usize>> {
-    let mut indegree: Vec<usize> = nodes.iter().map(|n| n.deps.len()).collect();
-    let mut children: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
-    for (i, n) in nodes.iter().enumerate() {
-        for &d in &n.deps {
-            children[d].push(i);
-        }
-    }
-    let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..nodes.len())
-        .filter(|i| indegree[*i] == 0)
-        .map(std::cmp::Reverse)
-        .collect();
-    let mut order = Vec::with_capacity(nodes.len());
-    while let Some(std::cmp::Reverse(i)) = ready.pop() {
-        order.push(i);
-        for &c in &children[i] {
-            indegree[c] -= 1;
-            if indegree[c] == 0 {
-                ready.push(std::cmp::Reverse(c));
-            }
-        }
-    }
-    (order.len() == nodes.len()).then_some(order)
-}
-
-/// Orders the members of a strongly connected component along its edges.
-fn walk_cycle(nodes: &[CNode], members: &[usize]) -> Vec<usize> {
-    let mut cycle = vec![members[0]];
-    let mut cur = members[0];
-    loop {
-        // follow an edge cur -> next within the component
-        let next = members
-            .iter()
-            .copied()
-            .find(|m| nodes[*m].deps.contains(&cur) && (!cycle.contains(m) || *m == members[0]));
-        match next {
-            Some(n) if n == members[0] => break,
-            Some(n) => {
-                cycle.push(n);
-                cur = n;
-            }
-            None => break,
-        }
-    }
-    cycle
 }

@@ -14,6 +14,7 @@ use crate::context::{CancelToken, ProgressFn};
 use crate::error::{EngineError, Result};
 use crate::events::{EventKind, EventLog, now_ms};
 use crate::key::{KEY_SCHEMA, KeyMaterial};
+use crate::materialize;
 use crate::node::{self, NodeEnv, ingest_input, record_ok};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub observer: Option<Observer>,
     /// Base delay of the retry backoff (doubles per attempt, at most 30 s).
     pub retry_base: Duration,
+    /// Replace what is at an `outputs:` destination even if expflow did not write it.
+    pub force_outputs: bool,
 }
 
 impl Default for RunOptions {
@@ -53,6 +56,7 @@ impl Default for RunOptions {
             mem_gb: total_memory_gb(),
             observer: None,
             retry_base: Duration::from_millis(500),
+            force_outputs: false,
         }
     }
 }
@@ -118,6 +122,9 @@ pub async fn run(
     cancel: CancelToken,
 ) -> Result<RunSummary> {
     let started = Instant::now();
+    let selected = select(p, &opts.targets)?;
+    // Before anything executes: a destination that is not expflow's stops the run here.
+    materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
     let events = Arc::new(EventLog::create(&ws.run_dir(run_id).join("events.jsonl"))?);
     let emit = {
         let events = events.clone();
@@ -129,7 +136,6 @@ pub async fn run(
             events.emit(kind);
         }
     };
-    let selected = select(p, &opts.targets)?;
     emit(EventKind::RunStarted {
         run_id: run_id.to_string(),
         pipeline: p.name.clone(),
@@ -254,7 +260,7 @@ pub async fn run(
         nodes,
     })?;
     if status == "ok" {
-        materialize_outputs(ws, p, &s.outputs)?;
+        materialize::materialize(ws, p, &s.outputs, run_id, opts.force_outputs)?;
     }
     let _ = std::fs::remove_dir_all(ws.scratch_dir(run_id));
     (s.emit)(EventKind::RunFinished {
@@ -743,38 +749,4 @@ pub fn sources(p: &Pipeline, i: usize) -> BTreeMap<String, String> {
             (port.clone(), s)
         })
         .collect()
-}
-
-/// Copies the artifacts named under `outputs:` to their paths (atomically: a temp then a
-/// rename). Tables are written as Parquet, directories as trees.
-fn materialize_outputs(
-    ws: &Workspace,
-    p: &Pipeline,
-    outputs: &[Option<BTreeMap<String, OutputRef>>],
-) -> Result<()> {
-    for (dest, node, port) in &p.outputs {
-        let Some(out) = outputs[*node].as_ref().and_then(|o| o.get(port)) else {
-            continue;
-        };
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-        }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.expflow-tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        if out.dir {
-            ws.cas.materialize_dir(&out.digest, &tmp)?;
-            if dest.is_dir() {
-                std::fs::remove_dir_all(dest).map_err(|e| EngineError::io(dest, e))?;
-            }
-        } else {
-            ws.cas.materialize_file(&out.digest, &tmp)?;
-        }
-        std::fs::rename(&tmp, dest).map_err(|e| EngineError::io(dest, e))?;
-    }
-    Ok(())
 }

@@ -19,6 +19,10 @@ pub struct PipelineSpec {
     pub inputs: Vec<InputSpec>,
     pub nodes: Vec<NodeSpec>,
     pub outputs: Vec<OutputSpec>,
+    /// Inputs and nodes that were declared but could not be read (already reported):
+    /// references to them are not reported again.
+    pub bad_inputs: Vec<String>,
+    pub bad_nodes: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -41,14 +45,23 @@ pub struct NodeSpec {
     pub params: Vec<(String, Node)>,
     /// Sweep variable → values.
     pub matrix: Vec<(String, Vec<Node>, Loc)>,
+    /// Matrix variables whose values were invalid (already reported): references to them
+    /// are not reported again.
+    pub bad_matrix: Vec<String>,
+    /// The `matrix:` section could not be read at all (already reported).
+    pub matrix_unreadable: bool,
     pub resources: Vec<(String, Node)>,
     pub retries: Option<(u32, Loc)>,
 }
 
 #[derive(Clone, Debug)]
 pub struct OutputSpec {
+    /// The destination, as written (the key).
     pub path: String,
+    /// Where the destination key was written.
+    pub key_loc: Loc,
     pub reference: String,
+    /// Where the reference (the value) was written.
     pub loc: Loc,
 }
 
@@ -126,14 +139,17 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                             path: p.to_string(),
                             loc: n.loc.clone(),
                         }),
-                        None => diags.push(
-                            &n.loc,
-                            format!("input `{name}` must be a path, found {}", describe(&n)),
-                            Some(
-                                "write a file or directory path relative to the pipeline file"
-                                    .into(),
-                            ),
-                        ),
+                        None => {
+                            diags.push(
+                                &n.loc,
+                                format!("input `{name}` must be a path, found {}", describe(&n)),
+                                Some(
+                                    "write a file or directory path relative to the pipeline file"
+                                        .into(),
+                                ),
+                            );
+                            spec.bad_inputs.push(name);
+                        }
                     }
                 }
             }
@@ -145,16 +161,18 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                     if !seen.insert(name.clone()) {
                         continue;
                     }
-                    if let Some(node) = read_node(&name, &n, diags) {
-                        spec.nodes.push(node);
+                    match read_node(&name, &n, diags) {
+                        Some(node) => spec.nodes.push(node),
+                        None => spec.bad_nodes.push(name),
                     }
                 }
             }
             "outputs" => {
-                for (path, n) in map_entries(v, "outputs", diags) {
+                for (path, key_loc, n) in keyed_entries(v, "outputs", diags) {
                     match n.as_str() {
                         Some(r) => spec.outputs.push(OutputSpec {
                             path,
+                            key_loc,
                             reference: r.to_string(),
                             loc: n.loc.clone(),
                         }),
@@ -226,6 +244,8 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
         outs: Vec::new(),
         params: Vec::new(),
         matrix: Vec::new(),
+        bad_matrix: Vec::new(),
+        matrix_unreadable: false,
         resources: Vec::new(),
         retries: None,
     };
@@ -275,18 +295,22 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
             }
             "params" => node.params = map_entries(v, &format!("nodes.{name}.params"), diags),
             "matrix" => {
+                node.matrix_unreadable = !v.is_null() && v.as_map().is_none();
                 for (var, vals) in map_entries(v, &format!("nodes.{name}.matrix"), diags) {
                     match &vals.value {
                         YValue::Seq(items) if !items.is_empty() => {
                             node.matrix.push((var, items.clone(), vals.loc.clone()))
                         }
-                        _ => diags.push(
-                            &vals.loc,
-                            format!(
-                                "matrix variable `{var}` of node `{name}` must be a non-empty list"
-                            ),
-                            Some(format!("for example `{var}: [1, 2]`")),
-                        ),
+                        _ => {
+                            diags.push(
+                                &vals.loc,
+                                format!(
+                                    "matrix variable `{var}` of node `{name}` must be a non-empty list"
+                                ),
+                                Some(format!("for example `{var}: [1, 2]`")),
+                            );
+                            node.bad_matrix.push(var);
+                        }
                     }
                 }
             }
@@ -332,6 +356,14 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
 
 /// The entries of a map section (empty and a diagnostic if it is not a map; `null` is empty).
 fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, Node)> {
+    keyed_entries(v, what, diags)
+        .into_iter()
+        .map(|(k, _, v)| (k, v))
+        .collect()
+}
+
+/// Like [`map_entries`], with where each key was written.
+fn keyed_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, Loc, Node)> {
     if v.is_null() {
         return Vec::new();
     }
@@ -347,7 +379,7 @@ fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, No
     entries
         .iter()
         .filter_map(|(k, v)| match k.as_key() {
-            Some(key) => Some((key, v.clone())),
+            Some(key) => Some((key, k.loc.clone(), v.clone())),
             None => {
                 diags.push(
                     &k.loc,
