@@ -9,6 +9,7 @@ pub mod diag;
 pub mod error;
 pub mod events;
 pub mod harness;
+pub mod input_copies;
 pub mod interp;
 pub mod key;
 pub mod node;
@@ -22,6 +23,7 @@ pub mod yaml;
 
 pub use compile::{CNode, Pipeline, Source};
 pub use context::{CancelToken, Context, Input, Output};
+pub use input_copies::{InputChange, InputCopies};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::{EngineError, Result};
 pub use key::{KEY_SCHEMA, KeyMaterial};
