@@ -6,9 +6,9 @@
 //! (`echo >> ${in.x}`). [`Context::input_copies`] instead gives each file input a copy in the
 //! node's scratch space: a reflink (`FICLONE`, no data copied) where the file system has
 //! them, else a plain copy. Directory inputs are already private copies (the engine
-//! materialises them per execution). Every copied file gets the mtime [`pinned_mtime`] and
-//! its stat is remembered; [`InputCopies::changes`] compares stats after the program ran and
-//! re-hashes only an input whose stat changed.
+//! materialises them per execution). Every copied file gets the mtime
+//! [`expflow_cache::pinned_mtime`] and its stat is remembered; [`InputCopies::changes`]
+//! compares stats after the program ran and re-hashes only an input whose stat changed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions, Permissions};
@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use expflow_cache::{Digest, TreeStat, digest_path, pinned_mtime};
+use expflow_cache::{Digest, TreeStat, digest_path};
 
 use crate::context::Context;
 use crate::node::{blob_ok, safe_name};
