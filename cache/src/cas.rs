@@ -9,6 +9,7 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,8 @@ use crate::digest::{
 };
 use crate::error::{CacheError, IoContext, Result};
 use crate::manifest::{Manifest, ManifestEntry};
+use crate::stat::StatKey;
+use crate::store::Store;
 use crate::walk::walk_files;
 
 const BLOB_MODE: u32 = 0o444;
@@ -38,10 +41,22 @@ pub enum BlobState {
 
 /// A content-addressed store rooted at one directory (the engine uses
 /// `<workspace>/.expflow/cas`). Cheap to clone; safe to share between threads.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Cas {
     root: PathBuf,
     tmp: PathBuf,
+    /// Where the stats of blobs known to be intact are remembered (see
+    /// [`Cas::with_stat_cache`]).
+    stat: Option<Arc<dyn Store>>,
+}
+
+impl std::fmt::Debug for Cas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cas")
+            .field("root", &self.root)
+            .field("stat_cache", &self.stat.is_some())
+            .finish()
+    }
 }
 
 impl Cas {
@@ -52,7 +67,17 @@ impl Cas {
         Ok(Cas {
             root: root.to_path_buf(),
             tmp,
+            stat: None,
         })
+    }
+
+    /// Uses `store`'s stat cache for blobs: the stat of every blob this store writes, or
+    /// finds already present and re-hashes, is remembered, and a blob whose stat still
+    /// matches is not re-hashed when the same bytes are stored again. Without it every
+    /// such blob is re-hashed.
+    pub fn with_stat_cache(mut self, store: Arc<dyn Store>) -> Cas {
+        self.stat = Some(store);
+        self
     }
 
     /// The directory this store lives in.
@@ -71,11 +96,12 @@ impl Cas {
         fs::metadata(self.blob_path(d)).is_ok_and(|m| m.is_file())
     }
 
-    /// Stores `bytes` and returns their digest.
+    /// Stores `bytes` and returns their digest. An existing blob of that name is kept only
+    /// if it is intact (see [`Cas::put_file`]).
     pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest> {
         let d = Digest::of_bytes(bytes);
         let len = bytes.len() as u64;
-        if fs::metadata(self.blob_path(&d)).is_ok_and(|m| m.is_file() && m.len() == len) {
+        if self.existing_intact(&d)? {
             return Ok(d);
         }
         let mut tmp = self.new_temp()?;
@@ -98,8 +124,10 @@ impl Cas {
     ///
     /// Small files are hashed while they are copied; files of 16 MiB or more are copied
     /// first and the copy is then hashed on all cores, so the name always matches the bytes
-    /// stored even if `src` changes meanwhile. An existing blob of the same name and size is
-    /// kept and the copy dropped; one of a different size (truncated) is replaced.
+    /// stored even if `src` changes meanwhile. When a blob of that name exists already it is
+    /// believed only after a hash: the stat cache vouches for it (its stat is unchanged since
+    /// it was written or hashed) or it is re-hashed. An intact one is kept and the copy
+    /// dropped; a damaged one (any size) is replaced by the copy, atomically, with a warning.
     pub fn put_file(&self, src: &Path) -> Result<(Digest, u64)> {
         let mut file = open_regular(src)?;
         let len = file.metadata().ctx("cannot stat", src)?.len();
@@ -291,11 +319,18 @@ impl Cas {
         Ok(())
     }
 
-    /// Rehashes blob `d` in full.
+    /// Rehashes blob `d` in full (remembering the stat of an intact blob in the stat cache,
+    /// if this store has one).
     pub fn check(&self, d: &Digest) -> Result<BlobState> {
         let path = self.blob_path(d);
+        let before = StatKey::of(&path).ok();
         match hash_file(&path) {
-            Ok((actual, _)) if actual == *d => Ok(BlobState::Ok),
+            Ok((actual, _)) if actual == *d => {
+                if let Some(before) = before {
+                    self.remember(&before, d);
+                }
+                Ok(BlobState::Ok)
+            }
             Ok((actual, _)) => Ok(BlobState::Corrupt { actual }),
             Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                 Ok(BlobState::Missing)
@@ -390,7 +425,64 @@ impl Cas {
             .ctx("cannot create a temp file in", &self.tmp)
     }
 
-    /// Makes `tmp` (holding `len` bytes that hash to `d`) the blob `d`.
+    /// Whether blob `d` exists and is intact: the stat cache vouches for it, or its bytes
+    /// are re-hashed (and, when they match, its stat is remembered). A blob that is absent,
+    /// not a regular file, changed while it was read, or hashes to another digest is not.
+    fn existing_intact(&self, d: &Digest) -> Result<bool> {
+        let path = self.blob_path(d);
+        let stat = match StatKey::of(&path) {
+            Ok(stat) => stat,
+            Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(store) = &self.stat
+            && store.stat_get(&stat)? == Some(*d)
+        {
+            return Ok(true);
+        }
+        match hash_file(&path) {
+            Ok((actual, _)) if actual == *d => {
+                self.remember(&stat, d);
+                Ok(true)
+            }
+            Ok((actual, _)) => {
+                warn!(blob = %path.display(), actual = %actual, "a stored blob is damaged (its bytes hash to another digest)");
+                Ok(false)
+            }
+            Err(CacheError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(false)
+            }
+            Err(e @ (CacheError::NotAFile { .. } | CacheError::ChangedWhileRead { .. })) => {
+                warn!(blob = %path.display(), error = %e, "a stored blob is damaged");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remembers (best effort) that the file `stat` describes holds blob `d`.
+    fn remember(&self, stat: &StatKey, d: &Digest) {
+        if let Some(store) = &self.stat
+            && let Err(e) = store.stat_put(stat, d)
+        {
+            debug!(path = %stat.path, error = %e, "cannot remember a blob's stat");
+        }
+    }
+
+    /// Remembers the stat of the blob just written at `path`.
+    fn stamp(&self, path: &Path, d: &Digest) {
+        if self.stat.is_some()
+            && let Ok(stat) = StatKey::of(path)
+        {
+            self.remember(&stat, d);
+        }
+    }
+
+    /// Makes `tmp` (holding `len` bytes that hash to `d`) the blob `d`. A blob already
+    /// there is kept only if it is intact ([`Cas::existing_intact`]); a damaged one is
+    /// replaced by `tmp` in one rename.
     fn commit(&self, tmp: NamedTempFile, d: Digest, len: u64) -> Result<()> {
         let dest = self.blob_path(&d);
         let file = tmp.as_file();
@@ -406,23 +498,21 @@ impl Cas {
         match tmp.persist_noclobber(&dest) {
             Ok(_) => {}
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
-                match fs::metadata(&dest) {
-                    Ok(m) if m.is_file() && m.len() == len => {
-                        // Same content already stored (perhaps by a concurrent put); the temp
-                        // file is removed when `e` drops.
-                        return Ok(());
-                    }
-                    _ => {
-                        warn!(blob = %dest.display(), "replacing a damaged blob (wrong size)");
-                        e.file
-                            .persist(&dest)
-                            .map_err(|e| CacheError::io("cannot write", &dest, e.error))?;
-                    }
+                if self.existing_intact(&d)? {
+                    // Same content already stored (perhaps by a concurrent put); the temp
+                    // file is removed when `e` drops.
+                    return Ok(());
                 }
+                warn!(blob = %dest.display(), bytes = len, "replacing a damaged blob with the bytes just produced");
+                e.file
+                    .persist(&dest)
+                    .map_err(|e| CacheError::io("cannot write", &dest, e.error))?;
             }
             Err(e) => return Err(CacheError::io("cannot write", &dest, e.error)),
         }
-        sync_dir(shard)
+        sync_dir(shard)?;
+        self.stamp(&dest, &d);
+        Ok(())
     }
 
     /// Copies blob `d` into the temp file `tmp`, checking its digest.
@@ -447,7 +537,7 @@ impl Cas {
         let (actual, _) = if len >= PARALLEL_HASH_THRESHOLD {
             io::copy(&mut file, out).ctx("cannot copy", &src)?;
             let reread = File::open(out_path).ctx("cannot open", out_path)?;
-            hash_open_file(reread, len, out_path)?
+            hash_open_file(reread, out_path)?
         } else {
             copy_hashing(&mut file, &src, out, out_path)?
         };
@@ -476,7 +566,9 @@ fn copy_file_hashing(
         // on all cores: the name is the hash of exactly the bytes stored.
         let n = io::copy(src, tmp.as_file_mut()).ctx("cannot copy", src_path)?;
         let reread = tmp.reopen().ctx("cannot open", &tmp_path)?;
-        hash_open_file(reread, n, &tmp_path)
+        let (d, hashed) = hash_open_file(reread, &tmp_path)?;
+        debug_assert_eq!(hashed, n);
+        Ok((d, hashed))
     } else {
         copy_hashing(src, src_path, tmp.as_file_mut(), &tmp_path)
     }

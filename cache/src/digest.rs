@@ -5,12 +5,13 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::Path;
+use std::sync::mpsc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CacheError, IoContext, Result};
 
-/// Files at least this large hash with memory mapping on all cores.
+/// Files at least this large are hashed on all cores.
 pub const PARALLEL_HASH_THRESHOLD: u64 = 16 * 1024 * 1024;
 
 /// Buffer size for streaming reads and copies.
@@ -129,12 +130,13 @@ pub fn hash_reader(mut r: impl Read) -> Result<(Digest, u64)> {
     Ok((hasher.finalize().into(), hasher.count()))
 }
 
-/// Digest and size of the file at `path`. Files of 16 MiB or more are memory-mapped and
-/// hashed on all cores; smaller ones are read through a buffer.
+/// Digest and size of the file at `path`, read with plain reads (never memory-mapped, so a
+/// file truncated meanwhile cannot crash the process). Files of 16 MiB or more are hashed on
+/// all cores, 16 MiB at a time, while the next chunk is read. A file whose size or mtime
+/// changed while it was read, or that yielded fewer or more bytes than its size, is
+/// [`CacheError::ChangedWhileRead`].
 pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
-    let file = open_regular(path)?;
-    let len = file.metadata().ctx("cannot stat", path)?.len();
-    hash_open_file(file, len, path)
+    hash_open_file(open_regular(path)?, path)
 }
 
 /// Opens `path` for reading if it is a regular file (checked first, so that a FIFO is an
@@ -150,42 +152,103 @@ pub(crate) fn open_regular(path: &Path) -> Result<File> {
     File::open(path).ctx("cannot open", path)
 }
 
-/// Hashes an already opened regular file whose size is `len` (used to pick the method).
-pub(crate) fn hash_open_file(mut file: File, len: u64, path: &Path) -> Result<(Digest, u64)> {
+/// What must not change while a file is read: its size and modification time.
+#[derive(Debug, PartialEq, Eq)]
+struct ReadStamp {
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl ReadStamp {
+    fn of(file: &File, path: &Path) -> Result<ReadStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = file.metadata().ctx("cannot stat", path)?;
+        Ok(ReadStamp {
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+/// Hashes an already opened regular file (see [`hash_file`]).
+pub(crate) fn hash_open_file(mut file: File, path: &Path) -> Result<(Digest, u64)> {
+    let before = ReadStamp::of(&file, path)?;
     let mut hasher = blake3::Hasher::new();
-    if len >= PARALLEL_HASH_THRESHOLD {
-        // Map the open file, not the path: the caller may have opened a temp file that is
-        // renamed or replaced meanwhile.
-        hasher
-            .update_mmap_rayon(fd_path(&file, path))
-            .ctx("cannot read", path)?;
+    if before.size >= PARALLEL_HASH_THRESHOLD {
+        hash_chunks_parallel(&mut file, path, &mut hasher)?;
     } else {
         let mut buf = vec![0u8; IO_BUF];
         loop {
-            let n = match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CacheError::io("cannot read", path, e)),
-            };
+            let n = read_full(&mut file, &mut buf).ctx("cannot read", path)?;
             hasher.update(&buf[..n]);
+            if n < buf.len() {
+                break;
+            }
         }
     }
-    Ok((hasher.finalize().into(), hasher.count()))
+    let read = hasher.count();
+    let after = ReadStamp::of(&file, path)?;
+    if after != before || read != before.size {
+        return Err(CacheError::ChangedWhileRead {
+            path: path.to_path_buf(),
+            size_before: before.size,
+            read,
+            size_after: after.size,
+        });
+    }
+    Ok((hasher.finalize().into(), read))
 }
 
-/// A path that names exactly this open file: `/proc/self/fd/N` on Linux, else the path.
-fn fd_path(file: &File, path: &Path) -> std::path::PathBuf {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let p = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-        if p.exists() {
-            return p;
+/// Chunk size of [`hash_chunks_parallel`].
+const CHUNK: usize = 16 * 1024 * 1024;
+
+/// Feeds `file` to `hasher` in 16 MiB chunks: one thread reads the next chunk while the
+/// current one is hashed on all cores (two buffers in flight).
+fn hash_chunks_parallel(file: &mut File, path: &Path, hasher: &mut blake3::Hasher) -> Result<()> {
+    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(1);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        // Cannot fail: the receiver is alive and there is room for both.
+        let _ = empty_tx.send(vec![0u8; CHUNK]);
+    }
+    std::thread::scope(|s| {
+        let reader = s.spawn(move || -> io::Result<()> {
+            while let Ok(mut buf) = empty_rx.recv() {
+                let n = read_full(file, &mut buf)?;
+                let last = n < buf.len();
+                if n > 0 && full_tx.send((buf, n)).is_err() {
+                    break;
+                }
+                if last {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        for (buf, n) in full_rx {
+            hasher.update_rayon(&buf[..n]);
+            // The reader may have stopped already; then the buffer is simply dropped.
+            let _ = empty_tx.send(buf);
+        }
+        match reader.join() {
+            Ok(read) => read.ctx("cannot read", path),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
     }
-    let _ = file;
-    path.to_path_buf()
+    Ok(filled)
 }
 
 #[cfg(test)]
@@ -252,7 +315,7 @@ mod tests {
             (Digest::from_hex(ABC).unwrap(), 3)
         );
 
-        // Just over the threshold, so the mmap + rayon path runs.
+        // Just over the threshold, so the chunked parallel path runs (a partial last chunk).
         let len = PARALLEL_HASH_THRESHOLD as usize + 12_345;
         let data: Vec<u8> = (0..len)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

@@ -78,6 +78,19 @@ pub enum CacheError {
         path: PathBuf,
     },
 
+    /// A file changed (was written, truncated or extended) while it was being hashed, so no
+    /// digest describes it.
+    #[error(
+        "{path} changed while it was being read ({size_before} bytes when reading began, \
+         {read} read, {size_after} now); wait until whatever writes it has finished, then try again"
+    )]
+    ChangedWhileRead {
+        path: PathBuf,
+        size_before: u64,
+        read: u64,
+        size_after: u64,
+    },
+
     /// sled refused to open the database because its files are damaged.
     #[error(
         "the database at {path} cannot be opened ({source_msg}); run `expflow db rebuild` to \

@@ -21,6 +21,7 @@ mod rebuild;
 mod record;
 mod stat;
 mod store;
+mod tree_stat;
 mod verify;
 mod walk;
 
@@ -33,4 +34,5 @@ pub use rebuild::{RebuildReport, rebuild};
 pub use record::{OutputRef, Record, RunInfo};
 pub use stat::{StatKey, digest_path_cached};
 pub use store::{SledStore, Store};
+pub use tree_stat::{TreeStat, digest_path, pinned_mtime};
 pub use verify::{BadRecord, VerifyReport, verify};

@@ -68,6 +68,9 @@ pub struct Context {
     /// Created on first use (most operators never need one).
     pub(crate) scratch: PathBuf,
     pub(crate) scratch_ready: std::sync::OnceLock<()>,
+    /// Where [`Context::input_copies`] puts copies of file inputs (made on first use,
+    /// removed with the scratch space).
+    pub(crate) copies: PathBuf,
     /// Resumable state of this node key (see [`Context::resume_dir`]).
     pub(crate) resume: PathBuf,
     /// Opened on first write, so a quiet node leaves no file behind.
@@ -349,8 +352,10 @@ impl Context {
     }
 
     fn memo_lookup(&self, key: &Digest) -> Result<Option<Digest>, OpError> {
+        // A memoised blob is believed only through a hash (the stat cache, else a re-hash);
+        // a damaged one is removed and the item computed again.
         if let Some(blob) = self.store.memo_get(key)?
-            && self.cas.contains(&blob)
+            && crate::node::blob_ok(&self.cas, self.store.as_ref(), &blob)?
         {
             self.items.lock().map_err(|_| "poisoned")?.push(blob);
             self.memo_stats.hits.fetch_add(1, Ordering::Relaxed);

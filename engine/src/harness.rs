@@ -33,8 +33,8 @@ pub struct HarnessRun {
 impl Harness {
     /// Creates the CAS and store under `dir`.
     pub fn new(dir: &Path) -> Result<Harness, OpError> {
-        let cas = Cas::open(&dir.join("cas"))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
+        let cas = Cas::open(&dir.join("cas"))?.with_stat_cache(store.clone());
         Ok(Harness {
             dir: dir.to_path_buf(),
             cas,
@@ -130,6 +130,7 @@ impl Harness {
             outputs: outs,
             scratch,
             scratch_ready: std::sync::OnceLock::new(),
+            copies: self.dir.join(format!("inputs-{}", self.runs)),
             resume,
             log: Mutex::new(None),
             log_path: log_path.clone(),

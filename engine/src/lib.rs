@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod fuzzing;
 pub mod harness;
+pub mod input_copies;
 pub mod interp;
 pub mod key;
 pub mod limits;
@@ -33,6 +34,7 @@ pub mod yaml;
 
 pub use compile::{CNode, CompileOptions, Pipeline, Source};
 pub use context::{CancelToken, Context, Input, Output};
+pub use input_copies::{InputChange, InputCopies};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::{EngineError, Result};
 pub use key::{KEY_SCHEMA, KeyMaterial};

@@ -116,15 +116,7 @@ pub fn ingest_input(
             path.display()
         );
     }
-    stamp(cas, store, &stored);
     Ok((stored, ty))
-}
-
-/// Remembers the stat of a freshly written blob so later checks need not rehash it.
-fn stamp(cas: &Cas, store: &dyn Store, d: &Digest) {
-    if let Ok(stat) = StatKey::of(&cas.blob_path(d)) {
-        let _ = store.stat_put(&stat, d);
-    }
 }
 
 /// The file name an output is written under. Tables get `.parquet` and metrics `.json`, so
@@ -277,6 +269,11 @@ fn run_in(
             tmp
         },
         scratch_ready: std::sync::OnceLock::new(),
+        copies: {
+            let copies = beside(prefix, "inputs");
+            made.push(copies.clone());
+            copies
+        },
         resume: env.resume_root.join(key.to_hex()),
         log: Mutex::new(None),
         log_path: log_path.clone(),
@@ -338,17 +335,9 @@ fn run_in(
             }
             env.cas.put_file_move(&out.path)
         };
+        // The CAS remembers the stat of every blob it writes or re-hashes (it shares the
+        // workspace's stat cache), so later checks need not re-hash them.
         let (digest, size) = stored.map_err(|e| err(&e))?;
-        stamp(&env.cas, env.store.as_ref(), &digest);
-        if out.ty.is_dir()
-            && let Ok(m) = env.cas.read_manifest(&digest)
-        {
-            {
-                for e in &m.entries {
-                    stamp(&env.cas, env.store.as_ref(), &e.digest);
-                }
-            }
-        }
         refs.insert(
             port.clone(),
             OutputRef {

@@ -97,8 +97,10 @@ impl Workspace {
         // absolute paths only.
         let root = &std::fs::canonicalize(root).map_err(|e| EngineError::io(root, e))?;
         let lock = take_lock(root, &holder)?;
-        let cas = Cas::open(&root.join("cas"))?;
         let store: Arc<dyn Store> = Arc::new(SledStore::open(root)?);
+        // The CAS shares the stat cache: a blob is re-hashed before it is believed unless
+        // its stat is unchanged since it was written or last hashed.
+        let cas = Cas::open(&root.join("cas"))?.with_stat_cache(store.clone());
         Ok(Workspace {
             root: root.to_path_buf(),
             cas,

@@ -2,14 +2,17 @@
 //!
 //! Inputs may have any names and types; outputs are declared by the node's `out:` map. In
 //! `run`, `${in.PORT}` and `${out.PORT}` expand to the absolute, shell-quoted paths of the
-//! input artifact and of the output slot. `${params.…}` and `${matrix.…}` have already been
+//! node's private copy of the input artifact (never the stored blob: see
+//! [`Context::input_copies`]) and of the output slot. `${params.…}` and `${matrix.…}` have already been
 //! expanded by the engine, which also turns the escape `$${` into `${`; so any other `${…}`
 //! left in `run` (such as `${HOME}`) is the user's shell text and reaches the shell as
 //! written. The command runs as `SHELL -c RUN` in the node's scratch directory with `env`
 //! added to the environment; its stdout and stderr go to the node log.
 //!
-//! A non-zero exit fails the node with the exit code and the last lines of the log. After a
-//! successful exit every declared output must exist: a file for file-like types (a `table`
+//! A command that modified, truncated, renamed or deleted one of its inputs fails the node
+//! with an error naming the port (the stored input is unharmed). A non-zero exit fails the
+//! node with the exit code and the last lines of the log. After a successful exit every
+//! declared output must exist: a file for file-like types (a `table`
 //! must be Parquet, `metrics` must be JSON), the directory (created empty beforehand) for
 //! directory types.
 //!
@@ -22,8 +25,8 @@ use std::process::Command as Process;
 
 use expflow_engine::interp::{InterpError, Reference, expand, references, shell_quote};
 use expflow_engine::{
-    Context, Determinism, OpError, Operator, ParamKind, ParamSpec, PortType, Ports, Resources,
-    Signature,
+    Context, Determinism, InputChange, InputCopies, OpError, Operator, ParamKind, ParamSpec,
+    PortType, Ports, Resources, Signature,
 };
 use serde_json::{Map, Value, json};
 
@@ -99,12 +102,23 @@ fn interp_error(run: &str, e: InterpError) -> OperatorError {
     )
 }
 
-/// `run` with `${in.PORT}` and `${out.PORT}` replaced by quoted paths.
-fn expand_paths(ctx: &Context, run: &str) -> Result<String> {
+/// The input ports `run` refers to.
+fn input_ports(run: &str) -> Vec<String> {
+    references(run)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.ns == "in")
+        .map(|r| r.path)
+        .collect()
+}
+
+/// `run` with `${in.PORT}` (the private copy in `copies`) and `${out.PORT}` replaced by
+/// quoted paths.
+fn expand_paths(ctx: &Context, copies: &InputCopies, run: &str) -> Result<String> {
     let resolve = |r: &Reference| -> Result<Option<Value>, InterpError> {
         let path = match r.ns.as_str() {
-            "in" => ctx.inputs().get(&r.path).map(|i| &i.path),
-            "out" => ctx.outputs().get(&r.path).map(|o| &o.path),
+            "in" => copies.path(&r.path),
+            "out" => ctx.outputs().get(&r.path).map(|o| o.path.as_path()),
             _ => {
                 return Err(InterpError {
                     message: format!(
@@ -185,6 +199,27 @@ fn check_output(port: &str, ty: PortType, path: &Path) -> Result<()> {
     problem.map_or(Ok(()), |p| Err(missing(p)))
 }
 
+/// The error for a command that changed inputs: one line per port, then what to do.
+fn changed_inputs(node: &str, changes: &[InputChange], exit: Option<String>) -> String {
+    let mut msg = String::new();
+    for c in changes {
+        msg.push_str(&format!(
+            "command node `{node}` changed its input ${{in.{}}}: its copy {} {}\n",
+            c.port,
+            c.path.display(),
+            c.what
+        ));
+    }
+    if let Some(exit) = exit {
+        msg.push_str(&format!("the command also {exit}\n"));
+    }
+    msg.push_str(
+        "the stored input is unharmed and nothing was recorded; a command must not modify, \
+         move or delete ${in.…} paths: copy the input first (`cp ${in.x} work.txt`) and change the copy",
+    );
+    msg
+}
+
 impl Operator for Command {
     fn kind(&self) -> &'static str {
         KIND
@@ -228,7 +263,9 @@ impl Operator for Command {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let script = expand_paths(ctx, &cfg.run)?;
+        let ports = input_ports(&cfg.run);
+        let copies = ctx.input_copies(ports.iter().map(String::as_str))?;
+        let script = expand_paths(ctx, &copies, &cfg.run)?;
         ctx.log(&format!("$ {script}"));
         tracing::debug!(node = ctx.node(), script = %script, "running command");
         let mut process = Process::new(&cfg.shell);
@@ -238,14 +275,22 @@ impl Operator for Command {
             .current_dir(ctx.scratch())
             .envs(&cfg.env);
         let status = ctx.run_command(&mut process)?;
-        if !status.success() {
-            let how = match status.code() {
-                Some(code) => format!("exited with code {code}"),
-                None => {
-                    use std::os::unix::process::ExitStatusExt;
-                    format!("was killed by signal {}", status.signal().unwrap_or(0))
-                }
-            };
+        let how = match status.code() {
+            _ if status.success() => None,
+            Some(code) => Some(format!("exited with code {code}")),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                Some(format!(
+                    "was killed by signal {}",
+                    status.signal().unwrap_or(0)
+                ))
+            }
+        };
+        let changes = copies.changes();
+        if !changes.is_empty() {
+            return Err(OperatorError::command(changed_inputs(ctx.node(), &changes, how)).into());
+        }
+        if let Some(how) = how {
             return Err(OperatorError::command(format!(
                 "`{script}` {how}; last lines of the log:\n{}",
                 ctx.log_tail(LOG_TAIL_LINES)

@@ -243,10 +243,8 @@ impl Operator for CutClips {
         for row in &rows {
             if !digests.contains_key(&row.video) {
                 let p = raw.join(&row.video);
-                let mut h = blake3::Hasher::new();
-                h.update_mmap(&p)
-                    .map_err(|e| OperatorError::io("cannot read video", &p, e))?;
-                digests.insert(row.video.clone(), h.finalize().to_hex().to_string());
+                let (d, _) = expflow_cache::hash_file(&p)?;
+                digests.insert(row.video.clone(), d.to_hex());
             }
         }
         let out_dir = ctx.output("clips")?.path.clone();
