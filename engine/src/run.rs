@@ -756,25 +756,13 @@ fn materialize_outputs(
         let Some(out) = outputs[*node].as_ref().and_then(|o| o.get(port)) else {
             continue;
         };
-        if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
-        }
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dest.with_file_name(format!(".{name}.expflow-tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let _ = std::fs::remove_file(&tmp);
+        // Both write beside `dest` under fixed names and rename into place, so `dest` is
+        // whole or absent, and what a kill leaves is removed by the next run.
         if out.dir {
-            ws.cas.materialize_dir(&out.digest, &tmp)?;
-            if dest.is_dir() {
-                std::fs::remove_dir_all(dest).map_err(|e| EngineError::io(dest, e))?;
-            }
+            ws.cas.materialize_dir(&out.digest, dest)?;
         } else {
-            ws.cas.materialize_file(&out.digest, &tmp)?;
+            ws.cas.materialize_file(&out.digest, dest)?;
         }
-        std::fs::rename(&tmp, dest).map_err(|e| EngineError::io(dest, e))?;
     }
     Ok(())
 }

@@ -98,6 +98,7 @@ impl Workspace {
         let root = &std::fs::canonicalize(root).map_err(|e| EngineError::io(root, e))?;
         let lock = take_lock(root, &holder)?;
         let cas = Cas::open(&root.join("cas"))?;
+        clear_leftovers(root, &cas);
         let store: Arc<dyn Store> = Arc::new(SledStore::open(root)?);
         Ok(Workspace {
             root: root.to_path_buf(),
@@ -131,6 +132,33 @@ impl Drop for Workspace {
         if let Some(lock) = self.lock.take() {
             let _ = std::fs::remove_file(self.root.join("holder.json"));
             drop(lock);
+        }
+    }
+}
+
+/// Removes what a run that was killed left half-written: temp files of CAS writes and run
+/// scratch space. Safe only while holding the lock, when no other process can be writing
+/// them. A leftover that cannot be removed is only worth a warning.
+fn clear_leftovers(root: &Path, cas: &Cas) {
+    match cas.clean_tmp() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "removed temp files of an interrupted store write"),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    let scratch = root.join("scratch");
+    let Ok(entries) = std::fs::read_dir(&scratch) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => tracing::info!(path = %path.display(), "removed the scratch space of an interrupted run"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the scratch space of an interrupted run"),
         }
     }
 }
