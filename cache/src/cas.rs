@@ -211,8 +211,8 @@ impl Cas {
     /// Recreates the directory whose manifest is `d` at `dest`, with the recorded modes,
     /// replacing whatever is at `dest`. The tree is built beside `dest` and renamed into
     /// place, so a failure leaves the old `dest` untouched. The staging tree and the moved
-    /// aside old copy have fixed names (`.NAME.expflow-part`, `.NAME.expflow-old`): what a kill leaves of them is
-    /// removed by the next materialisation of `dest`.
+    /// aside old copy have fixed names (`.NAME.expflow-part`, `.NAME.expflow-old`): what a
+    /// kill leaves of them is removed by the next materialisation of `dest`.
     pub fn materialize_dir(&self, d: &Digest, dest: &Path) -> Result<()> {
         let manifest = self.read_manifest(d)?;
         let parent = parent_dir(dest);

@@ -102,7 +102,10 @@ impl Journal {
         })?;
         line.push(b'\n');
         let start = jf.len;
-        let written = jf.file.write_all(&line).map_err(|e| ("cannot append to the journal", e));
+        let written = jf
+            .file
+            .write_all(&line)
+            .map_err(|e| ("cannot append to the journal", e));
         let synced = written.and_then(|()| {
             if sync {
                 jf.file

@@ -250,7 +250,9 @@ impl SledStore {
         if self.journal.is_some()
             && let Err(e) = self.flush()
         {
-            warn!("{e}; the journal holds the write, and the database catches up when it next opens");
+            warn!(
+                "{e}; the journal holds the write, and the database catches up when it next opens"
+            );
         }
         Ok(())
     }

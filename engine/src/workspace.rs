@@ -142,7 +142,10 @@ impl Drop for Workspace {
 fn clear_leftovers(root: &Path, cas: &Cas) {
     match cas.clean_tmp() {
         Ok(0) => {}
-        Ok(n) => tracing::info!(count = n, "removed temp files of an interrupted store write"),
+        Ok(n) => tracing::info!(
+            count = n,
+            "removed temp files of an interrupted store write"
+        ),
         Err(e) => tracing::warn!("{e}"),
     }
     let scratch = root.join("scratch");
@@ -157,8 +160,12 @@ fn clear_leftovers(root: &Path, cas: &Cas) {
             std::fs::remove_file(&path)
         };
         match removed {
-            Ok(()) => tracing::info!(path = %path.display(), "removed the scratch space of an interrupted run"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove the scratch space of an interrupted run"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed the scratch space of an interrupted run")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the scratch space of an interrupted run")
+            }
         }
     }
 }

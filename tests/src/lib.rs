@@ -282,7 +282,11 @@ pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
                 out.insert(rel, std::fs::read(&p).unwrap_or_default());
             }
         }

@@ -429,9 +429,9 @@ fn sigkill_at_random_moments_loses_nothing_and_ends_with_the_same_bytes() {
         // training is always among what the final comparison covers); the others at a random
         // moment of a run's expected length.
         let sft_recorded = check_journal(&p.path(".expflow")).is_ok_and(|j| {
-            j.records.values().any(|r| {
-                r["node"] == "sft" && r["material"]["params"]["seed"] == train_of(round)
-            })
+            j.records
+                .values()
+                .any(|r| r["node"] == "sft" && r["material"]["params"]["seed"] == train_of(round))
         });
         let limit = if sft_recorded { later } else { full };
         let delay = limit.mul_f64(rng.unit());

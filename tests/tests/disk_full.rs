@@ -81,7 +81,10 @@ fn tmpfs(size: &str) -> Option<Tmpfs> {
     } else {
         "mounting a tmpfs needs root".to_string()
     };
-    assert!(!ci, "the disk-full tests need a tmpfs ({why}); .ci/run runs them as root");
+    assert!(
+        !ci,
+        "the disk-full tests need a tmpfs ({why}); .ci/run runs them as root"
+    );
     println!("SKIPPED: {why}");
     None
 }
@@ -279,10 +282,17 @@ fn a_disk_filled_behind_the_engines_back_fails_the_run_cleanly() {
         failure_of(&stderr, "filler").contains("cannot append to the journal"),
         "{stderr}"
     );
-    assert!(!stderr.contains("ERROR"), "one error, not sled's log: {stderr}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "one error, not sled's log: {stderr}"
+    );
     std::fs::remove_file(&fill).expect("the node filled the disk");
     check_clean(&p, &ws, &["filler", "next"], &["first"]);
-    let r = expflow(&p, &ws, &["run", "fill.yaml", "--set", "fill=/dev/null", "--json"]);
+    let r = expflow(
+        &p,
+        &ws,
+        &["run", "fill.yaml", "--set", "fill=/dev/null", "--json"],
+    );
     assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&r.stdout).expect("json");
     assert_eq!(summary["cached"], serde_json::json!(["first"]));
