@@ -212,36 +212,74 @@ impl Cas {
 
     /// Writes a writable (0o644) copy of blob `d` at `dest`, replacing a file there. The
     /// copy is hashed on the way and a corrupt blob is an error; `dest` appears whole or not
-    /// at all.
+    /// at all. The copy is made under a fixed name beside `dest` (`.NAME.expflow-part`), so a
+    /// copy cut short by a kill is removed by the next materialisation of `dest`.
     pub fn materialize_file(&self, d: &Digest, dest: &Path) -> Result<()> {
         let parent = parent_dir(dest);
         fs::create_dir_all(parent).ctx("cannot create directory", parent)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".expflow-")
-            .tempfile_in(parent)
-            .ctx("cannot create a temp file in", parent)?;
-        self.copy_verified(d, &mut tmp)?;
-        tmp.as_file()
-            .set_permissions(Permissions::from_mode(0o644))
-            .ctx("cannot set permissions of", tmp.path())?;
-        tmp.persist(dest)
-            .map_err(|e| CacheError::io("cannot write", dest, e.error))?;
+        let part = staging_name(dest, "part");
+        remove_any(&part)?;
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .ctx("cannot create", &part)?;
+        let copied = self.copy_verified_into(d, &mut out, &part).and_then(|()| {
+            out.set_permissions(Permissions::from_mode(0o644))
+                .ctx("cannot set permissions of", &part)
+        });
+        drop(out);
+        if let Err(e) = copied.and_then(|()| fs::rename(&part, dest).ctx("cannot write", dest)) {
+            let _ = fs::remove_file(&part);
+            return Err(e);
+        }
         Ok(())
     }
 
     /// Recreates the directory whose manifest is `d` at `dest`, with the recorded modes,
     /// replacing whatever is at `dest`. The tree is built beside `dest` and renamed into
-    /// place, so a failure leaves the old `dest` untouched.
+    /// place, so a failure leaves the old `dest` untouched. The staging tree and the moved
+    /// aside old copy have fixed names (`.NAME.expflow-part`, `.NAME.expflow-old`): what a
+    /// kill leaves of them is removed by the next materialisation of `dest`.
     pub fn materialize_dir(&self, d: &Digest, dest: &Path) -> Result<()> {
         let manifest = self.read_manifest(d)?;
         let parent = parent_dir(dest);
         fs::create_dir_all(parent).ctx("cannot create directory", parent)?;
-        let staging = tempfile::Builder::new()
-            .prefix(".expflow-")
-            .tempdir_in(parent)
-            .ctx("cannot create a temp directory in", parent)?;
+        let staged = staging_name(dest, "part");
+        let old = staging_name(dest, "old");
+        remove_any(&staged)?;
+        remove_any(&old)?;
+        fs::create_dir(&staged).ctx("cannot create directory", &staged)?;
+        let built = self.build_tree(&manifest, &staged);
+        if let Err(e) = built {
+            let _ = fs::remove_dir_all(&staged);
+            return Err(e);
+        }
+        let moved_aside = match fs::symlink_metadata(dest) {
+            Ok(_) => {
+                fs::rename(dest, &old).ctx("cannot move aside", dest)?;
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(CacheError::io("cannot stat", dest, e)),
+        };
+        if let Err(e) = fs::rename(&staged, dest) {
+            let _ = fs::remove_dir_all(&staged);
+            if moved_aside {
+                let _ = fs::rename(&old, dest);
+            }
+            return Err(CacheError::io("cannot write", dest, e));
+        }
+        if moved_aside && let Err(e) = remove_any(&old) {
+            warn!(path = %old.display(), error = %e, "cannot remove the previous copy; remove it by hand");
+        }
+        Ok(())
+    }
+
+    /// Writes the files of `manifest` under the empty directory `root`.
+    fn build_tree(&self, manifest: &Manifest, root: &Path) -> Result<()> {
         for e in &manifest.entries {
-            let path = staging.path().join(&e.path);
+            let path = root.join(&e.path);
             let dir = parent_dir(&path);
             fs::create_dir_all(dir).ctx("cannot create directory", dir)?;
             let mut out = OpenOptions::new()
@@ -253,36 +291,8 @@ impl Cas {
             out.set_permissions(Permissions::from_mode(e.mode))
                 .ctx("cannot set permissions of", &path)?;
         }
-        fs::set_permissions(staging.path(), Permissions::from_mode(0o755))
-            .ctx("cannot set permissions of", staging.path())?;
-        let staged = staging.keep();
-        let old = match fs::symlink_metadata(dest) {
-            Ok(_) => {
-                let old = staged.with_extension("old");
-                fs::rename(dest, &old).ctx("cannot move aside", dest)?;
-                Some(old)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(CacheError::io("cannot stat", dest, e)),
-        };
-        if let Err(e) = fs::rename(&staged, dest) {
-            let _ = fs::remove_dir_all(&staged);
-            if let Some(old) = &old {
-                let _ = fs::rename(old, dest);
-            }
-            return Err(CacheError::io("cannot write", dest, e));
-        }
-        if let Some(old) = old {
-            let removed = if fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
-                fs::remove_dir_all(&old)
-            } else {
-                fs::remove_file(&old)
-            };
-            if let Err(e) = removed {
-                warn!(path = %old.display(), error = %e, "cannot remove the previous copy; remove it by hand");
-            }
-        }
-        Ok(())
+        fs::set_permissions(root, Permissions::from_mode(0o755))
+            .ctx("cannot set permissions of", root)
     }
 
     /// Makes blob `d` available at `dest` (which must not exist): a hard link when the file
@@ -600,6 +610,29 @@ fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .ctx("cannot fsync directory", dir)
+}
+
+/// `.NAME.expflow-SUFFIX` beside `dest` (NAME: the file name of `dest`).
+fn staging_name(dest: &Path, suffix: &str) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.expflow-{suffix}"))
+}
+
+/// Removes the file or directory tree at `p`; nothing there is fine.
+fn remove_any(p: &Path) -> Result<()> {
+    let removed = match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(CacheError::io("cannot stat", p, e)),
+    };
+    match removed {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(CacheError::io("cannot remove", p, e)),
+        _ => Ok(()),
+    }
 }
 
 fn parent_dir(p: &Path) -> &Path {

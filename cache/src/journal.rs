@@ -101,23 +101,35 @@ impl Journal {
             reason: e.to_string(),
         })?;
         line.push(b'\n');
-        if let Err(e) = jf.file.write_all(&line) {
-            // Terminate whatever part was written so the next entry is not glued to it.
-            let _ = jf.file.write_all(b"\n");
-            jf.len = jf.file.metadata().map_or(jf.len, |m| m.len());
-            return Err(CacheError::io(
-                "cannot append to the journal",
-                &self.path,
-                e,
-            ));
+        let start = jf.len;
+        let written = jf
+            .file
+            .write_all(&line)
+            .map_err(|e| ("cannot append to the journal", e));
+        let synced = written.and_then(|()| {
+            if sync {
+                jf.file
+                    .sync_data()
+                    .map_err(|e| ("cannot fsync the journal", e))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err((action, e)) = synced {
+            // A full disk (or a failing one) leaves part of the line written, or the whole
+            // line not durable. Take it back, so the journal ends on a complete line and the
+            // entry the caller reports as failed is not replayed later; truncating needs no
+            // free space. If even that fails, end the fragment so the next entry gets a line
+            // of its own.
+            if let Err(te) = jf.file.set_len(start) {
+                warn!(journal = %self.path.display(), error = %te, "cannot take back a failed journal append");
+                let _ = jf.file.write_all(b"\n");
+                jf.len = jf.file.metadata().map_or(jf.len, |m| m.len());
+            }
+            return Err(CacheError::io(action, &self.path, e));
         }
-        jf.len += line.len() as u64;
-        if !sync {
-            return Ok(());
-        }
-        jf.file
-            .sync_data()
-            .ctx("cannot fsync the journal", &self.path)
+        jf.len = start + line.len() as u64;
+        Ok(())
     }
 }
 

@@ -243,13 +243,18 @@ impl SledStore {
     }
 
     /// Flushes after a durable write. A store without a journal is being rebuilt, and the
-    /// rebuild flushes once at the end instead.
+    /// rebuild flushes once at the end instead. The write is already durable in the journal
+    /// (its line is fsynced), and a database that lost it replays it when it next opens, so
+    /// a failed flush (a full disk) is a warning, not an error.
     fn flush_durable(&self) -> Result<()> {
-        if self.journal.is_some() {
-            self.flush()
-        } else {
-            Ok(())
+        if self.journal.is_some()
+            && let Err(e) = self.flush()
+        {
+            warn!(
+                "{e}; the journal holds the write, and the database catches up when it next opens"
+            );
         }
+        Ok(())
     }
 
     fn db_err(&self, e: sled::Error) -> CacheError {
@@ -258,6 +263,8 @@ impl SledStore {
                 "{e}; the database is damaged: run `expflow db rebuild` to recreate it from the \
                  journal and the CAS"
             ),
+            // sled's own text for these is the Debug form of the io::Error.
+            sled::Error::Io(io) => io.to_string(),
             other => other.to_string(),
         };
         CacheError::Db {

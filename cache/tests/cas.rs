@@ -327,9 +327,35 @@ fn materialize_dir_round_trips_with_modes_and_replaces_the_destination() {
     let leftovers: Vec<_> = fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".expflow-"))
+        .filter(|e| e.file_name().to_string_lossy().contains(".expflow-"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn materialising_again_removes_what_a_killed_materialisation_left() {
+    let (dir, cas) = cas();
+    let src = dir.path().join("src");
+    common::write_model_dir(&src);
+    let (tree, _) = cas.put_dir(&src).unwrap();
+    let file = cas.put_bytes(b"result").unwrap();
+    // What a kill leaves: a half-copied file, a half-built tree, an old tree moved aside.
+    let out = dir.path().join("out");
+    fs::create_dir_all(out.join(".model.expflow-part/tokenizer")).unwrap();
+    fs::write(out.join(".model.expflow-part/tokenizer/half"), b"ha").unwrap();
+    fs::create_dir_all(out.join(".model.expflow-old")).unwrap();
+    fs::write(out.join(".result.txt.expflow-part"), b"res").unwrap();
+    cas.materialize_dir(&tree, &out.join("model")).unwrap();
+    cas.materialize_file(&file, &out.join("result.txt"))
+        .unwrap();
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["model", "result.txt"]);
+    assert_eq!(fs::read(out.join("result.txt")).unwrap(), b"result");
+    assert_eq!(cas.put_dir(&out.join("model")).unwrap().0, tree);
 }
 
 #[test]

@@ -242,9 +242,11 @@ fn main() -> ExitCode {
         restore_sigpipe();
     }
     // hnsw_rs logs its build parameters at info level through `log`; keep that for -vv.
+    // sled reports its own I/O failures at error level, several lines each, before the
+    // store turns them into one error with the path; its logs show only from -vv on.
     let filter = match cli.verbose {
-        0 => "warn",
-        1 => "info,hnsw_rs=warn",
+        0 => "warn,sled=off",
+        1 => "info,hnsw_rs=warn,sled=off",
         _ => "debug",
     };
     tracing_subscriber::fmt()

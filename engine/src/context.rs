@@ -268,6 +268,26 @@ impl Context {
             .stderr(Stdio::from(err))
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
             .process_group(0);
+        // If expflow itself dies (SIGKILL, the OOM killer), the child gets SIGKILL too
+        // instead of running on unobserved. The signal follows the death of the thread that
+        // spawned the child, which is this one: it waits for the child below.
+        #[cfg(target_os = "linux")]
+        let parent = std::process::id() as libc::pid_t;
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork
+        // and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the prctl took effect.
+                if libc::getppid() != parent {
+                    return Err(std::io::Error::other("expflow exited"));
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;

@@ -186,6 +186,12 @@ pub fn execute(
         &mut made,
         started,
     );
+    // Before the node's partial outputs are removed: a full disk explains a failure that
+    // the node log may not (a child's message about it could not be written either).
+    let result = result.map_err(|msg| match disk_full_note(&env.scratch_dir) {
+        Some(note) => format!("{msg}\n{note}"),
+        None => msg,
+    });
     for p in made {
         match std::fs::symlink_metadata(&p) {
             Ok(m) if m.is_dir() => drop(std::fs::remove_dir_all(&p)),
@@ -194,6 +200,38 @@ pub fn execute(
         }
     }
     result
+}
+
+/// Below this many free bytes the workspace's file system counts as full.
+const FULL_BELOW: u64 = 64 * 1024;
+
+/// A note for a node's error when the file system holding `dir` (the run's scratch space, in
+/// the workspace) is full.
+fn disk_full_note(dir: &Path) -> Option<String> {
+    let free = free_bytes(dir)?;
+    (free < FULL_BELOW).then(|| {
+        format!(
+            "no space left on device: the file system holding the workspace ({}) is full \
+             ({free} bytes free); free space (e.g. `expflow gc`) or put the workspace on a \
+             larger disk (`--workspace DIR`), then run again",
+            dir.parent().and_then(Path::parent).unwrap_or(dir).display()
+        )
+    })
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a valid NUL-terminated string and `s` a writable statvfs.
+    let s = unsafe {
+        let mut s: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(path.as_ptr(), &mut s) != 0 {
+            return None;
+        }
+        s
+    };
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
 }
 
 /// `PREFIX.suffix`.

@@ -101,6 +101,7 @@ impl Workspace {
         // The CAS shares the stat cache: a blob is re-hashed before it is believed unless
         // its stat is unchanged since it was written or last hashed.
         let cas = Cas::open(&root.join("cas"))?.with_stat_cache(store.clone());
+        clear_leftovers(root, &cas);
         Ok(Workspace {
             root: root.to_path_buf(),
             cas,
@@ -133,6 +134,40 @@ impl Drop for Workspace {
         if let Some(lock) = self.lock.take() {
             let _ = std::fs::remove_file(self.root.join("holder.json"));
             drop(lock);
+        }
+    }
+}
+
+/// Removes what a run that was killed left half-written: temp files of CAS writes and run
+/// scratch space. Safe only while holding the lock, when no other process can be writing
+/// them. A leftover that cannot be removed is only worth a warning.
+fn clear_leftovers(root: &Path, cas: &Cas) {
+    match cas.clean_tmp() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            count = n,
+            "removed temp files of an interrupted store write"
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    let scratch = root.join("scratch");
+    let Ok(entries) = std::fs::read_dir(&scratch) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let removed = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed the scratch space of an interrupted run")
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the scratch space of an interrupted run")
+            }
         }
     }
 }

@@ -161,3 +161,181 @@ pub fn blobs(ws: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// What a workspace's journal (`journal.jsonl`) holds, read independently of expflow.
+#[derive(Debug, Default)]
+pub struct JournalCheck {
+    /// Complete lines that parsed.
+    pub lines: usize,
+    /// Whether the file ends in an unterminated fragment (a write torn by a kill), which
+    /// the next open terminates and skips.
+    pub torn_tail: bool,
+    /// The records still in force (later `forget` entries applied), by key.
+    pub records: std::collections::BTreeMap<String, Value>,
+}
+
+/// Reads `ws/journal.jsonl`: every newline-terminated line must be a JSON object with a
+/// `type`; only a last, unterminated fragment may be unreadable.
+pub fn check_journal(ws: &Path) -> Result<JournalCheck, String> {
+    let path = ws.join("journal.jsonl");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(JournalCheck::default()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut out = JournalCheck::default();
+    let complete = match bytes.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    out.torn_tail = complete < bytes.len();
+    for (i, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let v: Value = serde_json::from_slice(line).map_err(|e| {
+            format!(
+                "{} line {}: {e}: {}",
+                path.display(),
+                i + 1,
+                String::from_utf8_lossy(line)
+            )
+        })?;
+        match v["type"].as_str() {
+            Some("record") => {
+                let key = v["record"]["key"].as_str().unwrap_or_default().to_string();
+                out.records.insert(key, v["record"].clone());
+            }
+            Some("forget") => {
+                out.records.remove(v["key"].as_str().unwrap_or_default());
+            }
+            Some(_) => {}
+            None => {
+                return Err(format!(
+                    "{} line {}: no `type`: {}",
+                    path.display(),
+                    i + 1,
+                    String::from_utf8_lossy(line)
+                ));
+            }
+        }
+        out.lines += 1;
+    }
+    Ok(out)
+}
+
+/// The path of blob `hex` in the CAS of workspace `ws`.
+pub fn blob_path(ws: &Path, hex: &str) -> PathBuf {
+    ws.join("cas").join(&hex[..2.min(hex.len())]).join(hex)
+}
+
+/// Every blob the journal's records name (outputs, the files of directory outputs, logs,
+/// items) that is not in the CAS, as "node: what digest". Read without expflow, so it
+/// checks `verify` rather than trusting it.
+pub fn records_missing_blobs(ws: &Path, journal: &JournalCheck) -> Vec<String> {
+    let mut missing = Vec::new();
+    for rec in journal.records.values() {
+        let node = rec["node"].as_str().unwrap_or("?");
+        let mut need: Vec<(String, String, bool)> = Vec::new();
+        if let Some(outs) = rec["outputs"].as_object() {
+            for (port, o) in outs {
+                let d = o["digest"].as_str().unwrap_or_default().to_string();
+                need.push((format!("output {port}"), d, o["dir"] == true));
+            }
+        }
+        if let Some(log) = rec["log"].as_str() {
+            need.push(("log".into(), log.to_string(), false));
+        }
+        for (i, item) in rec["items"].as_array().into_iter().flatten().enumerate() {
+            let d = item.as_str().unwrap_or_default().to_string();
+            need.push((format!("item {i}"), d, false));
+        }
+        for (what, d, dir) in need {
+            let path = blob_path(ws, &d);
+            let Ok(bytes) = std::fs::read(&path) else {
+                missing.push(format!("{node}: {what} {d}"));
+                continue;
+            };
+            if !dir {
+                continue;
+            }
+            // A manifest: `MODE DIGEST SIZE PATH` per line.
+            for line in String::from_utf8_lossy(&bytes).lines() {
+                let mut f = line.split(' ');
+                let (_, Some(fd), _) = (f.next(), f.next(), f.next()) else {
+                    missing.push(format!("{node}: {what}: bad manifest line {line:?}"));
+                    continue;
+                };
+                if !blob_path(ws, fd).is_file() {
+                    missing.push(format!("{node}: {what} file {line}"));
+                }
+            }
+        }
+    }
+    missing
+}
+
+/// Every file under `dir` (hidden ones included) as relative path → bytes.
+pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
+}
+
+/// Makes `cmd` start a session of its own (its pid is the session id), so that every
+/// process it starts can be found with [`session_members`].
+pub fn in_new_session(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Live (non-zombie) processes of session `sid`, with their command names.
+pub fn session_members(sid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp session ...`
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if f.len() > 3 && f[0] != "Z" && f[3].parse::<i32>().ok() == Some(sid) {
+            out.push((pid, stat[open + 1..close].to_string()));
+        }
+    }
+    out
+}

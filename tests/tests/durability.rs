@@ -3,7 +3,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use expflow_tests::{Project, blobs, expflow_bin, names};
+use expflow_tests::{Project, blobs, expflow_bin, in_new_session, names, session_members};
 
 /// Ten independent slow nodes feeding one join.
 fn slow_pipeline(p: &Project) {
@@ -141,4 +141,51 @@ fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
     assert_eq!(status.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&status.stdout).contains("held by"));
     assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn a_command_dies_with_a_run_killed_with_sigkill() {
+    let p = Project::new();
+    p.write(
+        "pipe.yaml",
+        "pipeline: orphan\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"exec sleep 60\"\n",
+    );
+    let mut cmd = Command::new(expflow_bin());
+    cmd.args(["run", "pipe.yaml"])
+        .current_dir(p.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    in_new_session(&mut cmd);
+    let mut run = cmd.spawn().unwrap();
+    let sid = run.id() as i32;
+    let sleeping = |sid| {
+        session_members(sid)
+            .into_iter()
+            .filter(|(_, name)| name == "sleep")
+            .map(|(pid, _)| pid)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sleeping(sid).is_empty() {
+        assert!(Instant::now() < deadline, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Only expflow is killed, as the OOM killer or `kill -9 PID` would.
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = sleeping(sid);
+        if left.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            for pid in &left {
+                // SAFETY: kill only sends a signal, to the test's own leftover.
+                unsafe { libc::kill(*pid, libc::SIGKILL) };
+            }
+            panic!("the command {left:?} outlived the killed run");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
