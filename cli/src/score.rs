@@ -180,7 +180,8 @@ mod tests {
 
     #[test]
     fn scores_the_parity_fixture_like_the_reference_packages() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operators/runtime/metrics/tests/fixtures");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../operators/runtime/metrics/tests/fixtures");
         let out = compute(&dir.join("pairs.jsonl"), "bleu,rouge_l,cider_d", None)
             .unwrap()
             .unwrap();
@@ -204,7 +205,8 @@ mod tests {
 
     #[test]
     fn unknown_metric_is_a_usage_error() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operators/runtime/metrics/tests/fixtures");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../operators/runtime/metrics/tests/fixtures");
         let e = compute(&dir.join("pairs.jsonl"), "bleu,bert", None)
             .unwrap()
             .unwrap_err();

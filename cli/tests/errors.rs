@@ -114,3 +114,40 @@ fn help_lists_the_commands() {
     assert_eq!(code, 0);
     insta::assert_snapshot!(stdout);
 }
+
+#[test]
+fn secrets_are_checked_where_they_are_written() {
+    let (code, stderr) = check(
+        r#"pipeline: s
+secrets: [TOKEN, TOKEN, 9lives, {a: 1}]
+nodes:
+  a:
+    op: command
+    out: {o: table}
+    params:
+      run: "echo ${secrets.TOKN} > ${out.o}"
+      shell: "${secrets.TOKEN}"
+  b:
+    op: infer.chat
+    in: {prompts: a.o}
+    params: {backend: openai, base_url: "http://127.0.0.1:8000/v1", model: m, api_key: sk-written-here}
+"#,
+    );
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
+fn an_unset_secret_stops_the_run_before_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "pipeline: x\nsecrets: [EXPFLOW_TEST_CLI_NEVER_SET]\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params: {run: \"echo hi > ${out.o}\", env: {K: \"${secrets.EXPFLOW_TEST_CLI_NEVER_SET}\"}}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = expflow(dir.path(), &["run", "p.yaml"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+    let (code, _, _) = expflow(dir.path(), &["plan", "p.yaml"]);
+    assert_eq!(code, 0, "plan executes nothing and needs no secret");
+}

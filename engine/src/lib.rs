@@ -16,6 +16,7 @@ pub mod operator;
 pub mod params;
 pub mod plan;
 pub mod run;
+pub mod secrets;
 pub mod spec;
 pub mod workspace;
 pub mod yaml;
@@ -31,6 +32,7 @@ pub use operator::{
 };
 pub use plan::{Explanation, PlanEntry, explain, plan};
 pub use run::{RunOptions, RunSummary, run};
+pub use secrets::Secrets;
 pub use workspace::{Holder, Workspace};
 
 /// The engine's version, recorded with every node record.

@@ -19,6 +19,8 @@ pub struct PipelineSpec {
     pub inputs: Vec<InputSpec>,
     pub nodes: Vec<NodeSpec>,
     pub outputs: Vec<OutputSpec>,
+    /// `secrets:`: names of environment variables read at run time, never stored.
+    pub secrets: Vec<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -52,7 +54,9 @@ pub struct OutputSpec {
     pub loc: Loc,
 }
 
-const TOP_KEYS: [&str; 5] = ["pipeline", "params", "inputs", "nodes", "outputs"];
+const TOP_KEYS: [&str; 6] = [
+    "pipeline", "params", "inputs", "nodes", "outputs", "secrets",
+];
 const NODE_KEYS: [&str; 7] = [
     "op",
     "in",
@@ -150,6 +154,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                     }
                 }
             }
+            "secrets" => spec.secrets = crate::secrets::read_names(v, diags),
             "outputs" => {
                 for (path, n) in map_entries(v, "outputs", diags) {
                     match n.as_str() {
