@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// The reply budget in tokens when a request sets no `max_tokens`.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
+    /// Require `Authorization: Bearer KEY` on every /v1 route (as vLLM's --api-key). Prefer
+    /// the environment variable to the flag: a command line is visible to other users.
+    #[arg(long, env = "EXPFLOW_SERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<u8> {
@@ -37,6 +41,10 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         port: args.port,
         max_batch: args.max_batch.max(1),
         batch_wait: Duration::from_millis(args.batch_wait_ms),
+        api_key: args
+            .api_key
+            .filter(|k| !k.is_empty())
+            .map(expflow_serve::ApiKey),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

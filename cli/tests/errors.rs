@@ -202,6 +202,28 @@ fn a_matrix_over_the_node_limit_is_refused() {
 }
 
 #[test]
+fn secrets_are_checked_where_they_are_written() {
+    let (code, stderr) = check(
+        r#"pipeline: s
+secrets: [TOKEN, TOKEN, 9lives, {a: 1}]
+nodes:
+  a:
+    op: command
+    out: {o: table}
+    params:
+      run: "echo ${secrets.TOKN} > ${out.o}"
+      shell: "${secrets.TOKEN}"
+  b:
+    op: infer.chat
+    in: {prompts: a.o}
+    params: {backend: openai, base_url: "http://127.0.0.1:8000/v1", model: m, api_key: sk-written-here}
+"#,
+    );
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+}
+
+#[test]
 fn max_nodes_counts_the_whole_pipeline_and_can_be_raised() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -226,4 +248,19 @@ fn max_nodes_counts_the_whole_pipeline_and_can_be_raised() {
     let (code, stdout, stderr) = expflow(dir.path(), &["plan", "p.yaml", "--max-nodes", "9"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stdout.matches("[i=").count(), 9, "{stdout}");
+}
+
+#[test]
+fn an_unset_secret_stops_the_run_before_any_node() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "pipeline: x\nsecrets: [EXPFLOW_TEST_CLI_NEVER_SET]\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params: {run: \"echo hi > ${out.o}\", env: {K: \"${secrets.EXPFLOW_TEST_CLI_NEVER_SET}\"}}\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = expflow(dir.path(), &["run", "p.yaml"]);
+    assert_eq!(code, 2);
+    insta::assert_snapshot!(stderr);
+    let (code, _, _) = expflow(dir.path(), &["plan", "p.yaml"]);
+    assert_eq!(code, 0, "plan executes nothing and needs no secret");
 }

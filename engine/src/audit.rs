@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::key::KeyMaterial;
 use crate::node::{NodeEnv, execute};
 use crate::operator::{Determinism, Registry};
+use crate::secrets::Secrets;
 use crate::workspace::Workspace;
 
 #[derive(Clone, Debug, Serialize)]
@@ -42,6 +43,25 @@ pub fn sample(records: &[Record], fraction: f64, seed: u64) -> Vec<&Record> {
     eligible.into_iter().take(n).map(|(_, r)| r).collect()
 }
 
+/// Names of the `${secrets.NAME}` placeholders in a node's parameters, sorted.
+fn used_secrets(material: &KeyMaterial) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::String(s) => out.extend(crate::secrets::placeholders(s)),
+            serde_json::Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            serde_json::Value::Object(m) => m.values().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for v in material.params.values() {
+        walk(v, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Re-executes the sampled records and compares their outputs.
 pub fn audit(
     ws: &Workspace,
@@ -61,6 +81,7 @@ pub fn audit(
         // A re-execution starts from nothing: never from a run's saved state.
         resume_root: ws.scratch_dir(&run_id).join("resume"),
         cancel: CancelToken::new(),
+        secrets: Secrets::default(),
     };
     let mut out = Vec::new();
     for rec in sample(&records, fraction, seed) {
@@ -108,6 +129,25 @@ pub fn audit(
             ));
             continue;
         }
+        // The secrets the node used, read again from this environment.
+        let names = used_secrets(&material);
+        let secrets = match Secrets::from_env(&names, std::path::Path::new(&rec.pipeline)) {
+            Ok(s) => s,
+            Err(_) => {
+                out.push(entry(
+                    "skipped",
+                    format!(
+                        "it uses the secret(s) {}; export them to audit it",
+                        names.join(", ")
+                    ),
+                ));
+                continue;
+            }
+        };
+        let env = NodeEnv {
+            secrets,
+            ..env.clone()
+        };
         let node = CNode {
             name: rec.node.clone(),
             base: rec.node.clone(),

@@ -31,6 +31,8 @@ pub struct Pipeline {
     pub nodes: Vec<CNode>,
     /// `outputs:`: destination (absolute), node index, port.
     pub outputs: Vec<(PathBuf, usize, String)>,
+    /// `secrets:`: names of the environment variables `run` reads when it starts.
+    pub secrets: Vec<String>,
 }
 
 /// One node instance (a matrix node gives one per sweep point).
@@ -175,6 +177,7 @@ pub fn compile_with(
     let mut b = Builder {
         registry,
         params: &params,
+        secrets: &spec.secrets,
         diags: &mut diags,
         nodes: Vec::new(),
         sigs: HashMap::new(),
@@ -229,6 +232,7 @@ pub fn compile_with(
             .into_iter()
             .map(|(p, n, port)| (p, position[n], port))
             .collect(),
+        secrets: spec.secrets.iter().map(|(n, _)| n.clone()).collect(),
     })
 }
 
@@ -295,6 +299,15 @@ fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String
 /// A sweep point: matrix variable → value.
 type Point = Vec<(String, Value)>;
 
+/// What a parameter's `${...}` may name besides `params` and `matrix`.
+#[derive(Clone, Copy)]
+struct Mode {
+    /// `${in.*}` and `${out.*}` (a command's `run`).
+    io: bool,
+    /// `${secrets.*}` (parameters that take credentials).
+    secrets: bool,
+}
+
 /// An unresolved `in:` entry: port, reference text, where it was written.
 type InRef = (String, String, Loc);
 
@@ -305,6 +318,8 @@ type BadMatrix = (Vec<String>, bool);
 struct Builder<'a> {
     registry: &'a Registry,
     params: &'a Map<String, Value>,
+    /// Declared secrets (`secrets:`).
+    secrets: &'a [(String, Loc)],
     diags: &'a mut Diagnostics,
     nodes: Vec<CNode>,
     /// Signatures by operator kind, built once (they allocate their parameter specs).
@@ -407,7 +422,11 @@ impl Builder<'_> {
             for (pname, pnode) in &spec.params {
                 let allow_io = spec.op == "command" && pname == "run";
                 self.hit_bad_matrix.set(false);
-                match self.interpolate(&pnode.to_json(), &point, allow_io) {
+                let mode = Mode {
+                    io: allow_io,
+                    secrets: sig.param(pname).is_some_and(|p| p.secret),
+                };
+                match self.interpolate(&pnode.to_json(), &point, mode) {
                     Ok(v) => {
                         given.insert(pname.clone(), v);
                     }
@@ -527,22 +546,23 @@ impl Builder<'_> {
         &self,
         v: &Value,
         point: &[(String, Value)],
-        allow_io: bool,
+        mode: Mode,
     ) -> std::result::Result<Value, InterpError> {
         match v {
-            Value::String(s) if allow_io => {
-                interp::expand_partial(s, |r| self.resolve(r, point, allow_io))
+            // A string expanded again at run time keeps its `$${` escapes until then.
+            Value::String(s) if mode.io || (mode.secrets && crate::secrets::mentions(s)) => {
+                interp::expand_partial(s, |r| self.resolve(r, point, mode))
             }
-            Value::String(s) => interp::expand(s, |r| self.resolve(r, point, allow_io)),
+            Value::String(s) => interp::expand(s, |r| self.resolve(r, point, mode)),
             Value::Array(items) => items
                 .iter()
-                .map(|i| self.interpolate(i, point, allow_io))
+                .map(|i| self.interpolate(i, point, mode))
                 .collect::<std::result::Result<Vec<_>, _>>()
                 .map(Value::Array),
             Value::Object(m) => {
                 let mut out = Map::new();
                 for (k, v) in m {
-                    out.insert(k.clone(), self.interpolate(v, point, allow_io)?);
+                    out.insert(k.clone(), self.interpolate(v, point, mode)?);
                 }
                 Ok(Value::Object(out))
             }
@@ -554,8 +574,9 @@ impl Builder<'_> {
         &self,
         r: &Reference,
         point: &[(String, Value)],
-        allow_io: bool,
+        mode: Mode,
     ) -> std::result::Result<Option<Value>, InterpError> {
+        let allow_io = mode.io;
         let err = |message: String| InterpError {
             message,
             offset: r.start,
@@ -607,6 +628,7 @@ impl Builder<'_> {
                         r.path, r.path
                     ))
                 }),
+            "secrets" => crate::secrets::check_reference(r, self.secrets, mode.io || mode.secrets),
             _ if allow_io => Ok(None),
             _ => Err(err(format!(
                 "`${{{}.{}}}` is only expanded inside the `run` of a `command` node",

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::canonical;
 use crate::operator::{OpError, PortType};
+use crate::secrets::{Scrubber, Secrets};
 
 /// A shared flag that is set when the run is cancelled (Ctrl-C, or a failure under `stop`).
 #[derive(Clone, Debug, Default)]
@@ -84,7 +85,12 @@ pub struct Context {
     pub(crate) items: Mutex<Vec<Digest>>,
     pub(crate) memo_stats: MemoStats,
     pub(crate) progress: ProgressFn,
+    /// Names of the secrets this execution read (recorded; never their values).
     pub(crate) secrets: Mutex<Vec<String>>,
+    /// The run's declared secrets (`secrets:` in the pipeline file).
+    pub(crate) vault: Secrets,
+    /// Values read through [`Context::secret`], masked in the log like declared ones.
+    pub(crate) revealed: Mutex<Vec<String>>,
 }
 
 impl Context {
@@ -232,8 +238,9 @@ impl Context {
         }
     }
 
-    /// Appends a line to the node's log.
+    /// Appends a line to the node's log (secret values masked).
     pub fn log(&self, line: &str) {
+        let line = self.scrub(line);
         // A failing log write must not fail the node; the log is advisory.
         if let Ok(mut guard) = self.log_file()
             && let Some(f) = guard.as_mut()
@@ -254,7 +261,8 @@ impl Context {
 
     /// Runs an external program with its stdout and stderr appended to the node log, in its
     /// own process group, with `CUDA_VISIBLE_DEVICES` set to the node's GPUs. If the run is
-    /// cancelled the whole process group is killed and an error is returned.
+    /// cancelled the whole process group is killed and an error is returned. When the node
+    /// knows secrets, the output passes through a scrubber that masks their values.
     pub fn run_command(&self, cmd: &mut Command) -> Result<ExitStatus, OpError> {
         use std::os::unix::process::CommandExt;
         let guard = self.log_file()?;
@@ -262,10 +270,9 @@ impl Context {
         let out = log.try_clone()?;
         let err = log.try_clone()?;
         drop(guard);
+        let values = self.scrub_values();
         let gpus: Vec<String> = self.gpus.iter().map(u32::to_string).collect();
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
             .process_group(0);
         // If expflow itself dies (SIGKILL, the OOM killer), the child gets SIGKILL too
@@ -288,13 +295,36 @@ impl Context {
                 Ok(())
             });
         }
+        let sinks = if values.is_empty() {
+            cmd.stdout(Stdio::from(out)).stderr(Stdio::from(err));
+            None
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            Some([out, err])
+        };
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
         let pid = child.id() as i32;
-        loop {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let mut pumps = 0;
+        let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+            child.stdout.take().map(|r| Box::new(r) as _),
+            child.stderr.take().map(|r| Box::new(r) as _),
+        ];
+        for (stream, sink) in streams.into_iter().zip(sinks.into_iter().flatten()) {
+            let Some(stream) = stream else { continue };
+            let scrubber = Scrubber::new(&values);
+            let tx = done_tx.clone();
+            pumps += 1;
+            std::thread::spawn(move || {
+                pump(stream, scrubber, sink);
+                let _ = tx.send(());
+            });
+        }
+        let status = loop {
             if let Some(status) = child.try_wait()? {
-                return Ok(status);
+                break status;
             }
             if self.is_cancelled() {
                 kill_group(pid);
@@ -302,6 +332,58 @@ impl Context {
                 return Err("cancelled; the child process group was killed".into());
             }
             std::thread::sleep(Duration::from_millis(20));
+        };
+        // The streams end when the last process holding them exits; one left running in the
+        // background keeps its output flowing into the log without holding up the node.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        for _ in 0..pumps {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if done_rx.recv_timeout(left).is_err() {
+                break;
+            }
+        }
+        Ok(status)
+    }
+
+    /// The value of the declared secret `name` (`secrets:` in the pipeline file), for the
+    /// process or client that needs it; it must not be written anywhere. The record notes
+    /// that `name` was used.
+    pub fn secret_value(&self, name: &str) -> Result<String, OpError> {
+        let value = self.vault.get(name).ok_or_else(|| {
+            format!("no secret `{name}` is declared (`secrets:` in the pipeline file)")
+        })?;
+        self.note_secret(name);
+        Ok(value.to_string())
+    }
+
+    /// A parameter string with each `${secrets.NAME}` replaced by the secret's value (see
+    /// [`crate::secrets::reveal`]). The result must not be written anywhere.
+    pub fn reveal(&self, text: &str) -> Result<String, OpError> {
+        crate::secrets::reveal(text, |name| {
+            self.secret_value(name).map_err(|e| e.to_string())
+        })
+        .map_err(OpError::from)
+    }
+
+    /// `text` with the value of every secret this node knows replaced by `***`.
+    pub fn scrub(&self, text: &str) -> String {
+        let values = self.scrub_values();
+        crate::secrets::scrub(text, &values)
+    }
+
+    fn scrub_values(&self) -> Vec<String> {
+        let mut values: Vec<String> = self.vault.values().map(str::to_owned).collect();
+        if let Ok(more) = self.revealed.lock() {
+            values.extend(more.iter().cloned());
+        }
+        values
+    }
+
+    fn note_secret(&self, name: &str) {
+        if let Ok(mut used) = self.secrets.lock()
+            && !used.iter().any(|v| v == name)
+        {
+            used.push(name.to_string());
         }
     }
 
@@ -354,10 +436,12 @@ impl Context {
         let value = std::env::var(var).map_err(|_| {
             format!("the environment variable `{var}` is not set; export it before running")
         })?;
-        if let Ok(mut used) = self.secrets.lock()
-            && !used.iter().any(|v| v == var)
+        self.note_secret(var);
+        if !value.is_empty()
+            && let Ok(mut masked) = self.revealed.lock()
+            && !masked.contains(&value)
         {
-            used.push(var.to_string());
+            masked.push(value.clone());
         }
         Ok(value)
     }
@@ -390,6 +474,25 @@ impl Context {
         self.memo_stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// Copies a child's output stream into the node log through `scrubber`.
+fn pump(mut stream: impl std::io::Read, mut scrubber: Scrubber, mut sink: File) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let out = scrubber.push(&buf[..n]);
+                if !out.is_empty() && sink.write_all(&out).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = sink.write_all(&scrubber.finish());
 }
 
 /// Kills a process group with SIGTERM, then SIGKILL after a short grace period.

@@ -18,6 +18,7 @@ pub struct Harness {
     cas: Cas,
     store: Arc<dyn Store>,
     runs: u32,
+    secrets: crate::secrets::Secrets,
 }
 
 /// What one harness run produced.
@@ -40,7 +41,13 @@ impl Harness {
             cas,
             store,
             runs: 0,
+            secrets: crate::secrets::Secrets::default(),
         })
+    }
+
+    /// Gives the operators run from now on these declared secrets (`${secrets.NAME}`).
+    pub fn set_secrets(&mut self, secrets: crate::secrets::Secrets) {
+        self.secrets = secrets;
     }
 
     /// Runs `op` with `inputs` (port, type, path) and `params` (a JSON object; defaults are
@@ -143,6 +150,8 @@ impl Harness {
             memo_stats: MemoStats::default(),
             progress: Arc::new(|_, _| {}),
             secrets: Mutex::new(Vec::new()),
+            vault: self.secrets.clone(),
+            revealed: Mutex::new(Vec::new()),
         };
         op.run(&ctx)?;
         if ctx.resume.exists() {

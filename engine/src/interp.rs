@@ -1,15 +1,16 @@
-//! `${...}` interpolation: one syntax for `params`, `matrix`, `in` and `out`.
+//! `${...}` interpolation: one syntax for `params`, `matrix`, `in`, `out` and `secrets`.
 //!
 //! `${params.a.b}` reads a global parameter, `${matrix.lr}` the node's sweep point, and inside
 //! a `command`'s `run`, `${in.port}` and `${out.port}` expand to (shell-quoted) paths at run
-//! time. `$${` writes a literal `${`.
+//! time. `${secrets.NAME}` stays as written until the operator that needs the value asks for
+//! it at run time (see [`crate::secrets`]). `$${` writes a literal `${`.
 
 use serde_json::Value;
 
 /// One `${...}` reference found in a string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reference {
-    /// Namespace: `params`, `matrix`, `in` or `out`.
+    /// Namespace: `params`, `matrix`, `in`, `out` or `secrets`.
     pub ns: String,
     /// The dotted path after the namespace (`a.b` in `${params.a.b}`).
     pub path: String,
@@ -64,10 +65,10 @@ fn pieces(s: &str) -> Result<Vec<Piece<'_>>, InterpError> {
                                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
                     })
             };
-            if !matches!(ns, "params" | "matrix" | "in" | "out") || !valid(path) {
+            if !matches!(ns, "params" | "matrix" | "in" | "out" | "secrets") || !valid(path) {
                 return Err(InterpError {
                     message: format!(
-                        "`${{{inner}}}` is not a reference: use ${{params.NAME}}, ${{matrix.NAME}}, ${{in.PORT}} or ${{out.PORT}}"
+                        "`${{{inner}}}` is not a reference: use ${{params.NAME}}, ${{matrix.NAME}}, ${{in.PORT}}, ${{out.PORT}} or ${{secrets.NAME}}"
                     ),
                     offset: i,
                 });

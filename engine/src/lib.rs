@@ -27,6 +27,7 @@ mod outputs;
 pub mod params;
 pub mod plan;
 pub mod run;
+pub mod secrets;
 pub mod spec;
 mod topo;
 pub mod workspace;
@@ -44,6 +45,7 @@ pub use operator::{
 };
 pub use plan::{Explanation, PlanEntry, explain, plan};
 pub use run::{RunOptions, RunSummary, run};
+pub use secrets::Secrets;
 pub use workspace::{Holder, Workspace};
 
 /// The engine's version, recorded with every node record.

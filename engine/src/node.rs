@@ -30,6 +30,8 @@ pub struct NodeEnv {
     /// (see [`Context::resume_dir`]).
     pub resume_root: PathBuf,
     pub cancel: CancelToken,
+    /// The run's declared secrets, read from the environment when it started.
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// Whether a stored blob is present and has the bytes its name says. Uses the stat cache
@@ -324,6 +326,8 @@ fn run_in(
         memo_stats: MemoStats::default(),
         progress,
         secrets: Mutex::new(Vec::new()),
+        vault: env.secrets.clone(),
+        revealed: Mutex::new(Vec::new()),
     };
     if attempt > 1 {
         ctx.log(&format!("--- attempt {attempt} ---"));
@@ -338,6 +342,8 @@ fn run_in(
                 msg.push_str(&format!(": {s}"));
                 src = s.source();
             }
+            // The error goes into events and onto the terminal: no secret value in it.
+            let msg = ctx.scrub(&msg);
             ctx.log(&format!("error: {msg}"));
             return Err(msg);
         }
@@ -347,6 +353,7 @@ fn run_in(
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "operator panicked".into());
+            let msg = ctx.scrub(&msg);
             ctx.log(&format!("panic: {msg}"));
             return Err(format!("operator panicked: {msg}"));
         }

@@ -152,13 +152,21 @@ impl ParamKind {
     }
 }
 
-/// One parameter: its name, kind, default (`None` means required) and a line of help.
+/// One parameter: its name, kind, default (`None` means required unless `optional`) and a
+/// line of help.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {
     pub name: &'static str,
     pub kind: ParamKind,
     pub default: Option<Value>,
     pub doc: &'static str,
+    /// Without a default and not required: absent from the filled-in parameters (and so
+    /// from the key) unless given. Adding such a parameter keeps existing keys.
+    pub optional: bool,
+    /// Takes a credential: `${secrets.NAME}` may be written in it. The placeholder stays in
+    /// the key; the operator asks the context for the value where it uses it
+    /// ([`crate::Context::reveal`]).
+    pub secret: bool,
 }
 
 impl ParamSpec {
@@ -168,7 +176,23 @@ impl ParamSpec {
             kind,
             default: None,
             doc,
+            optional: false,
+            secret: false,
         }
+    }
+
+    /// A parameter with no default that is left out when not given (see `optional`).
+    pub fn optional(name: &'static str, kind: ParamKind, doc: &'static str) -> ParamSpec {
+        ParamSpec {
+            optional: true,
+            ..ParamSpec::required(name, kind, doc)
+        }
+    }
+
+    /// Marks the parameter as taking `${secrets.NAME}` (see `secret`).
+    pub fn takes_secrets(mut self) -> ParamSpec {
+        self.secret = true;
+        self
     }
 
     pub fn with_default(
@@ -182,6 +206,8 @@ impl ParamSpec {
             kind,
             default: Some(default),
             doc,
+            optional: false,
+            secret: false,
         }
     }
 }

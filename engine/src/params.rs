@@ -36,6 +36,7 @@ pub fn fill_defaults(
             Some(d) => {
                 out.insert(spec.name.to_string(), crate::canonical::normalise(d));
             }
+            None if spec.optional => {}
             None => problems.push(ParamProblem::Missing(spec.name.to_string())),
         }
     }

@@ -125,6 +125,8 @@ pub async fn run(
     let selected = select(p, &opts.targets)?;
     // Before anything executes: a destination that is not expflow's stops the run here.
     materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
+    // Before anything is written or executed: every declared secret must be set.
+    let secrets = crate::secrets::Secrets::from_env(&p.secrets, &p.file)?;
     let events = Arc::new(EventLog::create(&ws.run_dir(run_id).join("events.jsonl"))?);
     let emit = {
         let events = events.clone();
@@ -153,6 +155,7 @@ pub async fn run(
         scratch_dir: ws.scratch_dir(run_id),
         resume_root: ws.resume_root(),
         cancel: cancel.clone(),
+        secrets,
     };
     let inputs = ingest_inputs(&env, p, &selected).await?;
     let mut s = Sched {

@@ -23,6 +23,8 @@ pub struct PipelineSpec {
     /// references to them are not reported again.
     pub bad_inputs: Vec<String>,
     pub bad_nodes: Vec<String>,
+    /// `secrets:`: names of environment variables read at run time, never stored.
+    pub secrets: Vec<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -65,7 +67,9 @@ pub struct OutputSpec {
     pub loc: Loc,
 }
 
-const TOP_KEYS: [&str; 5] = ["pipeline", "params", "inputs", "nodes", "outputs"];
+const TOP_KEYS: [&str; 6] = [
+    "pipeline", "params", "inputs", "nodes", "outputs", "secrets",
+];
 const NODE_KEYS: [&str; 7] = [
     "op",
     "in",
@@ -167,6 +171,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                     }
                 }
             }
+            "secrets" => spec.secrets = crate::secrets::read_names(v, diags),
             "outputs" => {
                 for (path, key_loc, n) in keyed_entries(v, "outputs", diags) {
                     match n.as_str() {

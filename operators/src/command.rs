@@ -9,6 +9,11 @@
 //! written. The command runs as `SHELL -c RUN` in the node's scratch directory with `env`
 //! added to the environment; its stdout and stderr go to the node log.
 //!
+//! Secrets (`secrets:` in the pipeline file): `${secrets.NAME}` in `run` expands to
+//! `"$EXPFLOW_SECRET_NAME"`, a quoted reference to a variable that holds the value in the
+//! command's environment, so the value is in no command line (`ps`), log line or error; in
+//! an `env` value it is replaced by the value itself. The node's key keeps the placeholder.
+//!
 //! A command that modified, truncated, renamed or deleted one of its inputs fails the node
 //! with an error naming the port (the stored input is unharmed). A non-zero exit fails the
 //! node with the exit code and the last lines of the log. After a successful exit every
@@ -68,9 +73,9 @@ impl Config {
     }
 }
 
-/// Returns `run` with every `${` that does not open an `${in.…}` or `${out.…}` reference
-/// escaped as `$${`, so that it reaches the shell as written (see the module docs). An
-/// existing `$${` escape is kept as it is.
+/// Returns `run` with every `${` that does not open an `${in.…}`, `${out.…}` or
+/// `${secrets.…}` reference escaped as `$${`, so that it reaches the shell as written (see
+/// the module docs). An existing `$${` escape is kept as it is.
 fn protect_literals(run: &str) -> String {
     let mut out = String::with_capacity(run.len() + 8);
     let mut rest = run;
@@ -79,7 +84,11 @@ fn protect_literals(run: &str) -> String {
         out.push_str(before);
         let body = &after[2..];
         let escaped = before.ends_with('$');
-        if escaped || body.starts_with("in.") || body.starts_with("out.") {
+        if escaped
+            || body.starts_with("in.")
+            || body.starts_with("out.")
+            || body.starts_with("secrets.")
+        {
             out.push_str("${");
         } else {
             out.push_str("$${");
@@ -102,6 +111,11 @@ fn interp_error(run: &str, e: InterpError) -> OperatorError {
     )
 }
 
+/// The variable that holds secret `name` in a command's environment.
+fn secret_var(name: &str) -> String {
+    format!("EXPFLOW_SECRET_{name}")
+}
+
 /// The input ports `run` refers to.
 fn input_ports(run: &str) -> Vec<String> {
     references(run)
@@ -113,10 +127,30 @@ fn input_ports(run: &str) -> Vec<String> {
 }
 
 /// `run` with `${in.PORT}` (the private copy in `copies`) and `${out.PORT}` replaced by
-/// quoted paths.
-fn expand_paths(ctx: &Context, copies: &InputCopies, run: &str) -> Result<String> {
+/// quoted paths, and `${secrets.NAME}` by a quoted variable reference, whose (variable,
+/// value) pairs go into `env`.
+fn expand_paths(
+    ctx: &Context,
+    copies: &InputCopies,
+    run: &str,
+    env: &mut BTreeMap<String, String>,
+) -> Result<String> {
+    let mut secret_problem = None;
     let resolve = |r: &Reference| -> Result<Option<Value>, InterpError> {
         let path = match r.ns.as_str() {
+            "secrets" => {
+                return match ctx.secret_value(&r.path) {
+                    Ok(value) => {
+                        let var = secret_var(&r.path);
+                        env.insert(var.clone(), value);
+                        Ok(Some(Value::String(format!("\"${var}\""))))
+                    }
+                    Err(e) => {
+                        secret_problem = Some(e.to_string());
+                        Ok(Some(Value::String(String::new())))
+                    }
+                };
+            }
             "in" => copies.path(&r.path),
             "out" => ctx.outputs().get(&r.path).map(|o| o.path.as_path()),
             _ => {
@@ -160,10 +194,14 @@ fn expand_paths(ctx: &Context, copies: &InputCopies, run: &str) -> Result<String
             }
         }
     };
-    match expand(run, resolve) {
-        Ok(Value::String(s)) => Ok(s),
-        Ok(other) => Ok(other.to_string()),
-        Err(e) => Err(interp_error(run, e)),
+    let expanded = match expand(run, resolve) {
+        Ok(Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => return Err(interp_error(run, e)),
+    };
+    match secret_problem {
+        Some(p) => Err(OperatorError::param(KIND, "run", p)),
+        None => Ok(expanded),
     }
 }
 
@@ -237,8 +275,9 @@ impl Operator for Command {
                 ParamSpec::required(
                     "run",
                     ParamKind::String,
-                    "the command; ${in.PORT} and ${out.PORT} expand to paths",
-                ),
+                    "the command; ${in.PORT} and ${out.PORT} expand to paths, ${secrets.NAME} to a variable holding the secret",
+                )
+                .takes_secrets(),
                 ParamSpec::with_default(
                     "shell",
                     ParamKind::String,
@@ -249,8 +288,9 @@ impl Operator for Command {
                     "env",
                     ParamKind::Map,
                     json!({}),
-                    "extra environment variables (name to string value)",
-                ),
+                    "extra environment variables (name to string value; ${secrets.NAME} allowed)",
+                )
+                .takes_secrets(),
             ],
             determinism: Determinism::Deterministic,
             resources: Resources::default(),
@@ -265,7 +305,12 @@ impl Operator for Command {
         let cfg = Config::parse(ctx.params())?;
         let ports = input_ports(&cfg.run);
         let copies = ctx.input_copies(ports.iter().map(String::as_str))?;
-        let script = expand_paths(ctx, &copies, &cfg.run)?;
+        let mut env = BTreeMap::new();
+        for (k, v) in &cfg.env {
+            env.insert(k.clone(), ctx.reveal(v)?);
+        }
+        // The script names secrets by variable, so it can be logged and quoted in errors.
+        let script = expand_paths(ctx, &copies, &cfg.run, &mut env)?;
         ctx.log(&format!("$ {script}"));
         tracing::debug!(node = ctx.node(), script = %script, "running command");
         let mut process = Process::new(&cfg.shell);
@@ -273,7 +318,7 @@ impl Operator for Command {
             .arg("-c")
             .arg(&script)
             .current_dir(ctx.scratch())
-            .envs(&cfg.env);
+            .envs(&env);
         let status = ctx.run_command(&mut process)?;
         let how = match status.code() {
             _ if status.success() => None,
@@ -428,6 +473,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out["o"], b"ok!x");
+    }
+
+    #[test]
+    fn secrets_reach_the_command_by_variable_and_the_log_masks_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = expflow_engine::harness::Harness::new(dir.path()).unwrap();
+        let value = "pa55 w0rd's";
+        h.set_secrets(expflow_engine::Secrets::new([(
+            "TOKEN".to_string(),
+            value.to_string(),
+        )]));
+        let run = h
+            .run(
+                &Command,
+                &[],
+                json!({
+                    "run": "printf '%s' ${secrets.TOKEN} > ${out.plain}; printf '%s' \"$AUTH\" > ${out.env}; echo \"said $AUTH\"; echo ${secrets.TOKEN} >&2",
+                    "env": {"AUTH": "Bearer ${secrets.TOKEN} $${HOME}"},
+                }),
+                &[("plain", PortType::File), ("env", PortType::File)],
+            )
+            .unwrap();
+        let read = |p: &str| std::fs::read_to_string(&run.outputs[p]).unwrap();
+        assert_eq!(read("plain"), value, "quoted: spaces and quotes survive");
+        assert_eq!(read("env"), format!("Bearer {value} ${{HOME}}"));
+        assert!(!run.log.contains(value), "{}", run.log);
+        assert!(run.log.contains("said Bearer *** ${HOME}"), "{}", run.log);
+        assert!(run.log.contains("\"$EXPFLOW_SECRET_TOKEN\""), "{}", run.log);
+        // An undeclared secret is an error naming it.
+        let e = h
+            .run(&Command, &[], json!({"run": "echo ${secrets.OTHER}"}), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no secret `OTHER` is declared"), "{e}");
     }
 
     #[test]

@@ -194,7 +194,7 @@ mod tests {
         let sig = registry().get(kind).unwrap().signature();
         let mut given = Map::new();
         for spec in &sig.params {
-            if spec.default.is_none() {
+            if spec.default.is_none() && !spec.optional {
                 given.insert(spec.name.to_string(), required_value(kind, spec.name));
             }
         }

@@ -23,10 +23,14 @@ const KEY: &str = "sk-test-0123456789";
 
 #[derive(Default)]
 struct Seen {
-    /// (path, authorization header, user text) of every request.
+    /// (path, authorization header, user text) of every chat request.
     requests: Vec<(String, String, String)>,
     busy_failed: bool,
     flaky_failed: bool,
+    /// Authorization headers of the `GET /v1/models` requests.
+    listings: Vec<String>,
+    /// The `created` the model list reports: a new one is a new model under the same name.
+    created: u64,
 }
 
 /// A request's path, lower-cased headers and body.
@@ -94,6 +98,14 @@ fn handle(mut s: TcpStream, seen: &Mutex<Seen>) {
         .unwrap_or_default()
         .to_string();
     let mut st = seen.lock().unwrap();
+    if path == "/v1/models" {
+        st.listings.push(auth);
+        let list = json!({"object": "list", "data": [
+            {"id": "teacher-7b", "object": "model", "created": st.created, "owned_by": "test"},
+            {"id": "teacher-72b", "object": "model", "created": st.created, "owned_by": "test"},
+        ]});
+        return respond(&mut s, "200 OK", "", &list.to_string());
+    }
     st.requests.push((path.clone(), auth, text.clone()));
     if path != "/v1/chat/completions" {
         return respond(&mut s, "404 Not Found", "", "{}");
@@ -147,7 +159,10 @@ fn handle(mut s: TcpStream, seen: &Mutex<Seen>) {
 fn start_server() -> (String, Arc<Mutex<Seen>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
+    let seen = Arc::new(Mutex::new(Seen {
+        created: 1_700_000_000,
+        ..Seen::default()
+    }));
     let s2 = seen.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
@@ -243,6 +258,11 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
                 .iter()
                 .all(|(p, a, _)| p == "/v1/chat/completions" && a == &format!("Bearer {KEY}"))
         );
+        assert_eq!(
+            st.listings,
+            [format!("Bearer {KEY}")],
+            "the model list is read once per run, with the key"
+        );
         assert!(
             st.requests[0]
                 .2
@@ -295,6 +315,54 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
         .run(&mac::Cot, &[("table", PortType::Table, &t)], p3, &[])
         .unwrap();
     assert_eq!(other.memo, (0, 6));
+
+    // Another model served under the same name (the list reports another `created`): the
+    // memoised answers were the old model's, so every prompt is asked again.
+    seen.lock().unwrap().created = 1_700_000_500;
+    let retrained = h
+        .run(
+            &mac::Cot,
+            &[("table", PortType::Table, &t)],
+            params.clone(),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(retrained.memo, (0, 6));
+    // `model_revision` is the user's name for a version: another one, other answers.
+    let mut revised = params.clone();
+    revised["model_revision"] = json!("sft-2");
+    let with_revision = h
+        .run(&mac::Cot, &[("table", PortType::Table, &t)], revised, &[])
+        .unwrap();
+    assert_eq!(with_revision.memo, (0, 6));
+
+    // A model the server does not list: the node fails, unless `model_revision` names it.
+    let mut unlisted = params.clone();
+    unlisted["model"] = json!("teacher-unknown");
+    let e = h
+        .run(
+            &mac::Cot,
+            &[("table", PortType::Table, &t)],
+            unlisted.clone(),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("does not list `teacher-unknown`") && e.contains("model_revision"),
+        "{e}"
+    );
+    unlisted["model_revision"] = json!("teacher-unknown@1");
+    let pinned = h
+        .run(&mac::Cot, &[("table", PortType::Table, &t)], unlisted, &[])
+        .unwrap();
+    assert_eq!(pinned.memo, (0, 6));
+    assert!(
+        pinned.log.contains("model_revision `teacher-unknown@1`"),
+        "{}",
+        pinned.log
+    );
 
     // A 400 is not retried; the error names the record; answers got so far stay memoised.
     let bad = table(

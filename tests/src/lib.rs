@@ -5,6 +5,8 @@
 //! Dependencies: none from expflow at build time; the tests drive the `expflow` binary as a
 //! user would. Nothing depends on this crate.
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -65,19 +67,30 @@ impl Project {
 
     /// Runs `expflow ARGS` in the project directory.
     pub fn expflow(&self, args: &[&str]) -> Output {
+        self.expflow_with_env(args, &[])
+    }
+
+    /// Runs `expflow ARGS` in the project directory with `envs` added to its environment.
+    pub fn expflow_with_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(expflow_bin())
             .args(args)
             .current_dir(self.dir.path())
             .env_remove("EXPFLOW_LOG")
+            .envs(envs.iter().copied())
             .output()
             .expect("run expflow")
     }
 
     /// `expflow run PIPELINE --json EXTRA...`; returns the run's summary and its events.
     pub fn run(&self, pipeline: &str, extra: &[&str]) -> RunResult {
+        self.run_with_env(pipeline, extra, &[])
+    }
+
+    /// [`Project::run`] with `envs` added to the environment.
+    pub fn run_with_env(&self, pipeline: &str, extra: &[&str], envs: &[(&str, &str)]) -> RunResult {
         let mut args = vec!["run", pipeline, "--json"];
         args.extend_from_slice(extra);
-        let out = self.expflow(&args);
+        let out = self.expflow_with_env(&args, envs);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let summary: Value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
@@ -89,6 +102,7 @@ impl Project {
             code: out.status.code().unwrap_or(-1),
             summary,
             events,
+            stdout,
             stderr,
         }
     }
@@ -98,6 +112,7 @@ pub struct RunResult {
     pub code: i32,
     pub summary: Value,
     pub events: Vec<Value>,
+    pub stdout: String,
     pub stderr: String,
 }
 

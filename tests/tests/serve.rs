@@ -2,83 +2,15 @@
 //! free loopback port; plain HTTP requests and an `infer.chat` pipeline (run by the real
 //! binary too) talk to it; Ctrl-C (SIGINT) stops it cleanly.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use expflow_tests::{Project, expflow_bin};
+use expflow_tests::Project;
+use expflow_tests::server::{Server, fixture};
 use serde_json::{Value, json};
 
-/// A server child process, killed if the test fails before stopping it.
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(model: &Path) -> Server {
-    let mut child = Command::new(expflow_bin())
-        .args([
-            "serve",
-            model.to_str().unwrap(),
-            "--port",
-            "0",
-            "--max-batch",
-            "4",
-            "--batch-wait-ms",
-            "50",
-        ])
-        .args(["--model-name", "tiny"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start expflow serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim_end_matches("/v1").to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("expflow serve printed its address within 60 s");
-    Server { child, addr }
-}
-
-/// One HTTP/1.1 request over a fresh connection; (status, JSON body).
-fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let payload = body.map(Value::to_string).unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
-        payload.len()
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-fn fixture() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../operators/runtime/models/tests/fixtures/qwen2/tiny")
+fn start(model: &std::path::Path) -> Server {
+    Server::start(model, "tiny", 0, &[])
 }
 
 const PIPE: &str = r#"
@@ -111,22 +43,30 @@ outputs:
 
 #[test]
 fn the_binary_serves_chat_and_a_pipeline_uses_it() {
-    let mut server = start(&fixture());
+    let mut server = start(&fixture("tiny"));
     let addr = server.addr.clone();
+    let http = |method: &str, path: &str, body: Option<&Value>| {
+        expflow_tests::server::http(&addr, method, path, body, None)
+    };
 
-    let (s, models) = http(&addr, "GET", "/v1/models", None);
+    let (s, models) = http("GET", "/v1/models", None);
     assert_eq!(s, 200);
     assert_eq!(models["data"][0]["id"], "tiny");
+    assert!(
+        models["data"][0]["root"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("blake3:")),
+        "{models}"
+    );
     let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "temperature": 0, "max_tokens": 6});
-    let (s1, a) = http(&addr, "POST", "/v1/chat/completions", Some(&req));
-    let (s2, b) = http(&addr, "POST", "/v1/chat/completions", Some(&req));
+    let (s1, a) = http("POST", "/v1/chat/completions", Some(&req));
+    let (s2, b) = http("POST", "/v1/chat/completions", Some(&req));
     assert_eq!((s1, s2), (200, 200), "{a}");
     assert_eq!(
         a["choices"][0]["message"], b["choices"][0]["message"],
         "greedy is repeatable"
     );
     let (s, e) = http(
-        &addr,
         "POST",
         "/v1/chat/completions",
         Some(&json!({"messages": "nope"})),
@@ -156,7 +96,7 @@ fn the_binary_serves_chat_and_a_pipeline_uses_it() {
         answers[0]["response"],
         a["choices"][0]["message"]["content"]
     );
-    let (_, stats) = http(&addr, "GET", "/stats", None);
+    let (_, stats) = http("GET", "/stats", None);
     let asked = stats["requests"].as_u64().unwrap();
     assert_eq!(
         asked,
@@ -172,7 +112,7 @@ fn the_binary_serves_chat_and_a_pipeline_uses_it() {
         "{:?}",
         second.executed()
     );
-    let (_, stats) = http(&addr, "GET", "/stats", None);
+    let (_, stats) = http("GET", "/stats", None);
     assert_eq!(
         stats["requests"].as_u64(),
         Some(asked),
@@ -200,4 +140,83 @@ fn the_binary_serves_chat_and_a_pipeline_uses_it() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
+}
+
+/// The greedy answers of the server at `addr` to `prompts`, as the pipeline asks them.
+fn direct_answers(server: &Server, model: &str, prompts: &[&str]) -> Vec<Value> {
+    prompts
+        .iter()
+        .map(|p| {
+            let req = json!({"model": model, "messages": [{"role": "user", "content": p}],
+                             "temperature": 0.0, "top_p": 1.0, "max_tokens": 6});
+            let (s, r) = server.http("POST", "/v1/chat/completions", Some(&req));
+            assert_eq!(s, 200, "{r}");
+            r["choices"][0]["message"]["content"].clone()
+        })
+        .collect()
+}
+
+fn answers(p: &Project) -> Vec<Value> {
+    p.read("out/answers.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["response"].clone())
+        .collect()
+}
+
+#[test]
+fn memoised_answers_belong_to_the_model_that_gave_them() {
+    let prompts = ["hello", "heat the tube", "add yeast"];
+    let p = Project::new();
+    p.write(
+        "prompts.jsonl",
+        &prompts
+            .iter()
+            .map(|u| json!({"user": u}).to_string() + "\n")
+            .collect::<String>(),
+    );
+
+    // Model A served as `m`; the pipeline's answers are A's.
+    let a = Server::start(&fixture("tiny"), "m", 0, &[]);
+    let port = a.port();
+    let url = a.base_url();
+    p.write(
+        "pipe.yaml",
+        &PIPE.replace("URL", &url).replace("model: tiny", "model: m"),
+    );
+    let from_a = direct_answers(&a, "m", &prompts);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    assert_eq!(answers(&p), from_a);
+    let (_, card_a) = a.http("GET", "/v1/models", None);
+    drop(a);
+
+    // Model B (other weights) served under the same name at the same URL: the node re-runs
+    // (another concurrency, a new node key) with the same request bodies, and its answers
+    // are B's, not the memoised ones of A.
+    let b = Server::start(&fixture("tiny_tied"), "m", port, &[]);
+    assert_eq!(b.base_url(), url, "the same URL, so only the model differs");
+    let (_, card_b) = b.http("GET", "/v1/models", None);
+    assert_ne!(
+        card_a["data"][0]["root"], card_b["data"][0]["root"],
+        "/v1/models tells the two apart"
+    );
+    let from_b = direct_answers(&b, "m", &prompts);
+    assert_ne!(from_a, from_b, "the two models answer differently");
+    let second = p.run("pipe.yaml", &["--set", "concurrency=1"]);
+    second.expect_code(0);
+    assert!(second.executed().contains(&"chat".to_string()));
+    assert_eq!(answers(&p), from_b);
+    let (_, stats) = b.http("GET", "/stats", None);
+    assert_eq!(
+        stats["requests"].as_u64(),
+        Some(2 * prompts.len() as u64),
+        "B answered the direct requests and the node's"
+    );
+
+    // B again under another node key: now everything comes from B's memo.
+    let third = p.run("pipe.yaml", &["--set", "concurrency=3"]);
+    third.expect_code(0);
+    assert!(third.executed().contains(&"chat".to_string()));
+    assert_eq!(answers(&p), from_b);
+    let (_, stats) = b.http("GET", "/stats", None);
+    assert_eq!(stats["requests"].as_u64(), Some(2 * prompts.len() as u64));
 }

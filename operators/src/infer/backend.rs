@@ -111,6 +111,8 @@ pub struct OpenAi {
     model: String,
     media: Media,
     digests: Digests,
+    /// Which model answers (see [`super::identity`]); part of every memo item.
+    identity: Value,
 }
 
 impl OpenAi {
@@ -121,12 +123,15 @@ impl OpenAi {
         model: String,
         media: Media,
     ) -> std::result::Result<OpenAi, OpError> {
+        let client = Client::new(ctx, op, cfg)?;
+        let identity = super::identity::model_identity(ctx, op, &client, &model)?;
         Ok(OpenAi {
             op,
-            client: Client::new(ctx, op, cfg)?,
+            client,
             model,
             media,
             digests: Digests::default(),
+            identity,
         })
     }
 
@@ -282,7 +287,11 @@ impl Backend for OpenAi {
             .map(|r| {
                 Ok((
                     self.body(r, false)?,
-                    json!({"url": self.client.config().url, "body": self.body(r, true)?}),
+                    json!({
+                        "url": self.client.config().url,
+                        "body": self.body(r, true)?,
+                        "model_identity": self.identity,
+                    }),
                 ))
             })
             .collect::<Result<_>>()?;

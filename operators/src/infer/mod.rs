@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod chat;
+pub mod identity;
 pub mod native;
 pub mod openai;
 pub mod rag;

@@ -1,8 +1,13 @@
 //! The OpenAI-compatible HTTP client the inference operators share (`mac.cot`,
 //! `infer.chat`, `expstar.rag_infer`): `POST {base_url}/chat/completions` over ureq.
 //!
-//! - **Secrets.** The API key is read with `Context::secret(api_key_env)` and sent as a
-//!   Bearer token; it is never part of a parameter, key, memo item, log line or output.
+//! - **Secrets.** The API key is `api_key: ${secrets.NAME}` (a secret the pipeline declares;
+//!   revealed by `Context::reveal`) or the environment variable named by `api_key_env`
+//!   (`Context::secret`), sent as a Bearer token; its value is never part of a parameter,
+//!   key, memo item, log line or output.
+//! - **Model identity.** A memoised answer belongs to the model that gave it:
+//!   [`model_identity`] names that model (the digest of a connected `model` input, else the
+//!   server's `/v1/models` entry, plus `model_revision`), and callers put it in memo items.
 //! - **Retries.** 429, 408, 5xx and transport errors (timeouts included) are retried up to
 //!   `max_retries` times with exponential backoff (`backoff_ms` · 2^attempt, at most
 //!   `max_backoff_ms`, at least a `Retry-After` given in seconds); other statuses fail at once.
@@ -27,7 +32,13 @@ use crate::params::Params;
 pub struct ClientConfig {
     /// `{base_url}/chat/completions`.
     pub url: String,
+    /// `{base_url}/models`.
+    pub models_url: String,
+    /// `${secrets.NAME}`, as written (the value is revealed only for the header).
+    pub api_key: Option<String>,
     pub api_key_env: Option<String>,
+    /// The user's name for the served model's version (part of memo items).
+    pub model_revision: Option<String>,
     pub concurrency: usize,
     pub max_retries: u32,
     pub backoff_ms: u64,
@@ -46,11 +57,22 @@ pub fn client_params(base_url_required: bool) -> Vec<ParamSpec> {
         } else {
             ParamSpec::with_default("base_url", ParamKind::String, Value::Null, doc_url)
         },
+        ParamSpec::optional(
+            "api_key",
+            ParamKind::String,
+            "the API key as `${secrets.NAME}` (NAME declared under `secrets:`), sent as a Bearer token",
+        )
+        .takes_secrets(),
         ParamSpec::with_default(
             "api_key_env",
             ParamKind::String,
             Value::Null,
             "environment variable holding the API key (sent as a Bearer token); null: none",
+        ),
+        ParamSpec::optional(
+            "model_revision",
+            ParamKind::String,
+            "your name for the served model's version; memoised answers belong to it (and to what GET /v1/models reports)",
         ),
         int("concurrency", 4, "requests in flight at once"),
         int(
@@ -92,18 +114,47 @@ impl ClientConfig {
                 "is 0; use at least 1",
             ));
         }
+        let api_key = p.opt_str("api_key")?.map(str::to_owned);
+        let api_key_env = p
+            .opt_str("api_key_env")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
+        if let Some(k) = &api_key {
+            check_api_key(op, k)?;
+            if api_key_env.is_some() {
+                return Err(OperatorError::param(
+                    op,
+                    "api_key",
+                    "and `api_key_env` are both given; keep one",
+                ));
+            }
+        }
+        let base = base.trim_end_matches('/');
         Ok(ClientConfig {
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            api_key_env: p
-                .opt_str("api_key_env")?
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned),
+            url: format!("{base}/chat/completions"),
+            models_url: format!("{base}/models"),
+            api_key,
+            api_key_env,
+            model_revision: p.opt_str("model_revision")?.map(str::to_owned),
             concurrency: concurrency as usize,
             max_retries: p.u64("max_retries")?.min(20) as u32,
             backoff_ms: p.u64("backoff_ms")?,
             max_backoff_ms: p.u64("max_backoff_ms")?,
             timeout_s: p.u64("timeout_s")?.max(1),
         })
+    }
+}
+
+/// `api_key` must be exactly one `${secrets.NAME}`: a key written into the pipeline would be
+/// stored with the node's key material.
+fn check_api_key(op: &'static str, k: &str) -> Result<()> {
+    match expflow_engine::secrets::placeholders(k).as_slice() {
+        [name] if k == format!("${{secrets.{name}}}") => Ok(()),
+        _ => Err(OperatorError::param(
+            op,
+            "api_key",
+            "must be `${secrets.NAME}`, with NAME declared under `secrets:` and exported: a key written into the pipeline would be stored with the node's record",
+        )),
     }
 }
 
@@ -118,15 +169,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Reads the API key (if any) through `ctx.secret`.
+    /// Reads the API key (if any) through `ctx.reveal` or `ctx.secret`.
     pub fn new(
         ctx: &Context,
         op: &'static str,
         cfg: ClientConfig,
     ) -> std::result::Result<Client, OpError> {
-        let auth = match &cfg.api_key_env {
-            Some(var) => Some(format!("Bearer {}", ctx.secret(var)?)),
-            None => None,
+        let auth = match (&cfg.api_key, &cfg.api_key_env) {
+            (Some(k), _) => Some(format!("Bearer {}", ctx.reveal(k)?)),
+            (None, Some(var)) => Some(format!("Bearer {}", ctx.secret(var)?)),
+            (None, None) => None,
         };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(cfg.timeout_s)))
@@ -147,7 +199,7 @@ impl Client {
         &self.cfg
     }
 
-    /// HTTP requests sent so far (retries included).
+    /// Chat requests sent so far (retries included; the model listing is not counted).
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -166,32 +218,71 @@ impl Client {
         name: &str,
         body: &[u8],
     ) -> std::result::Result<Vec<u8>, OpError> {
+        let (bytes, _) = self.send(ctx, name, &self.cfg.url, Some(body))?;
+        Ok(bytes)
+    }
+
+    /// GETs `url` with the same retries; the response bytes and its `Date` header.
+    pub fn get(
+        &self,
+        ctx: &Context,
+        name: &str,
+        url: &str,
+    ) -> std::result::Result<(Vec<u8>, Option<String>), OpError> {
+        self.send(ctx, name, url, None)
+    }
+
+    fn send(
+        &self,
+        ctx: &Context,
+        name: &str,
+        url: &str,
+        body: Option<&[u8]>,
+    ) -> std::result::Result<(Vec<u8>, Option<String>), OpError> {
         let mut attempt = 0u32;
         loop {
             ctx.check_cancelled()?;
-            let mut req = self
-                .agent
-                .post(&self.cfg.url)
-                .header("Content-Type", "application/json");
-            if let Some(a) = &self.auth {
-                req = req.header("Authorization", a);
+            let sent = match body {
+                Some(body) => {
+                    let mut req = self
+                        .agent
+                        .post(url)
+                        .header("Content-Type", "application/json");
+                    if let Some(a) = &self.auth {
+                        req = req.header("Authorization", a);
+                    }
+                    req.send(body)
+                }
+                None => {
+                    let mut req = self.agent.get(url);
+                    if let Some(a) = &self.auth {
+                        req = req.header("Authorization", a);
+                    }
+                    req.call()
+                }
+            };
+            if body.is_some() {
+                self.sent.fetch_add(1, Ordering::Relaxed);
             }
-            self.sent.fetch_add(1, Ordering::Relaxed);
-            let (retry, problem, retry_after) = match req.send(body) {
+            let (retry, problem, retry_after) = match sent {
                 Ok(mut resp) => {
                     let status = resp.status().as_u16();
-                    let retry_after = resp
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    let header = |h: &str| {
+                        resp.headers()
+                            .get(h)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    let retry_after =
+                        header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+                    let date = header("date");
                     let text = resp
                         .body_mut()
                         .with_config()
                         .limit(64 * 1024 * 1024)
                         .read_to_vec();
                     match text {
-                        Ok(t) if (200..300).contains(&status) => return Ok(t),
+                        Ok(t) if (200..300).contains(&status) => return Ok((t, date)),
                         Ok(t) => {
                             let snippet =
                                 String::from_utf8_lossy(&t[..t.len().min(300)]).into_owned();
@@ -206,9 +297,8 @@ impl Client {
             if !retry || attempt >= self.cfg.max_retries {
                 let tries = attempt + 1;
                 return Err(format!(
-                    "{}: {name}: {} gave {problem} (after {tries} attempt{})",
+                    "{}: {name}: {url} gave {problem} (after {tries} attempt{})",
                     self.op,
-                    self.cfg.url,
                     if tries == 1 { "" } else { "s" }
                 )
                 .into());

@@ -10,9 +10,11 @@
 //!
 //! **Memoisation.** Each request is memoised (`Context::memo`) under its own content: the
 //! URL, model, sampling parameters and messages, with images by their BLAKE3 digest instead
-//! of their bytes. A re-run re-asks only requests whose content changed; a failed run keeps
-//! the answers it already got. The API key is read with `Context::secret(api_key_env)` and
-//! is never part of a parameter, key, memo item, log line or output.
+//! of their bytes, and the identity of the model that answers (`crate::infer::identity`: the
+//! digest of a connected `model` input, else the server's `/v1/models` entry, plus
+//! `model_revision`). A re-run re-asks only requests whose content changed; a failed run
+//! keeps the answers it already got. The API key (`api_key: ${secrets.NAME}`, or
+//! `api_key_env`) is never part of a parameter, key, memo item, log line or output.
 //!
 //! **Filter.** A rationale is kept only when its final letter ([`super::extract_answer`]) is
 //! the item's gold letter and the response was not cut off (`finish_reason: length`). Kept
@@ -34,6 +36,7 @@ use super::{
     write_items,
 };
 use crate::error::{OperatorError, Result};
+use crate::infer::identity::model_identity;
 use crate::infer::openai::{Client, ClientConfig, base64, client_params, for_each, image_mime};
 use crate::params::{Params, problems};
 
@@ -230,6 +233,12 @@ impl Operator for Cot {
                     "the directory image paths are relative to",
                 )
                 .optional(),
+                Port::new(
+                    "model",
+                    PortType::Model,
+                    "the teacher's model directory, when the pipeline has it: its digest ties memoised answers to it",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(
@@ -303,12 +312,16 @@ impl Operator for Cot {
         let cfg = Config::parse(ctx.params())?;
         let items = read_items(ctx, KIND, "table")?;
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
-        let requests: Vec<Request> = items
+        let mut requests: Vec<Request> = items
             .iter()
             .enumerate()
             .map(|(i, it)| build(i, it, &cfg, media.as_deref()))
             .collect::<Result<_>>()?;
         let client = Client::new(ctx, KIND, cfg.client.clone())?;
+        let identity = model_identity(ctx, KIND, &client, &cfg.model)?;
+        for r in &mut requests {
+            r.memo["model_identity"] = identity.clone();
+        }
         let answers = for_each(ctx, items.len(), cfg.client.concurrency, |i| {
             let name = record_name(i, &items[i].id);
             let bytes = ctx.memo(&requests[i].memo, || {

@@ -5,7 +5,10 @@
 //! against a live server); the cli depends on it for `expflow serve`, and no other crate may.
 //!
 //! A generative model directory is served at `POST /v1/chat/completions`, an encoder at
-//! `POST /v1/embeddings`; both list themselves at `GET /v1/models`. Chat requests are
+//! `POST /v1/embeddings`; both list themselves at `GET /v1/models`, with `root` the digest
+//! of the model directory's files and `created` their newest modification time, so that a
+//! client can tell two models served under one name apart. With an API key every `/v1`
+//! route wants `Authorization: Bearer KEY` (as vLLM's `--api-key`). Chat requests are
 //! batched ([`batch`]): one thread collects requests for up to `batch_wait` or `max_batch`
 //! requests and runs one `generate` over them. `GET /stats` returns the counters (requests,
 //! batches, the largest batch, tokens). Errors are OpenAI error objects with the HTTP status
@@ -34,6 +37,7 @@ pub use batch::{Stats, StatsSnapshot};
 pub use error::{Result, ServeError};
 pub use model::{ChatModel, EmbedModel, Failure};
 pub use native::load;
+pub use native::model_card;
 pub use wire::{ApiError, Defaults};
 
 use routes::{AppState, Served};
@@ -48,6 +52,18 @@ pub struct ServeConfig {
     pub max_batch: usize,
     /// How long the batcher waits for more requests after the first.
     pub batch_wait: Duration,
+    /// When set, `/v1` routes answer 401 without `Authorization: Bearer KEY`.
+    pub api_key: Option<ApiKey>,
+}
+
+/// An API key; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
 }
 
 impl Default for ServeConfig {
@@ -57,6 +73,7 @@ impl Default for ServeConfig {
             port: 8000,
             max_batch: 8,
             batch_wait: Duration::from_millis(10),
+            api_key: None,
         }
     }
 }
@@ -65,6 +82,18 @@ impl Default for ServeConfig {
 pub struct Loaded {
     pub name: String,
     pub kind: LoadedKind,
+    /// What `GET /v1/models` says about the model's version: `created` (Unix seconds) and
+    /// `root`.
+    pub card: Card,
+}
+
+/// The version fields of a model's `/v1/models` entry.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Card {
+    /// The newest modification time of the model's files, Unix seconds.
+    pub created: u64,
+    /// `blake3:HEX`, a digest of the model directory's files (names and bytes).
+    pub root: Option<String>,
 }
 
 pub enum LoadedKind {
@@ -84,6 +113,15 @@ struct Prepared {
 
 fn prepare(loaded: Loaded, cfg: &ServeConfig) -> Result<Prepared> {
     let stats = Arc::new(Stats::default());
+    let special = match &loaded.kind {
+        LoadedKind::Chat { model, .. } => {
+            let mut t = model.special_tokens();
+            // Longest first, so that no token is cut by a shorter one inside it.
+            t.sort_by_key(|s| std::cmp::Reverse(s.len()));
+            t
+        }
+        LoadedKind::Embed(_) => Vec::new(),
+    };
     let (served, render, batcher) = match loaded.kind {
         LoadedKind::Chat { model, defaults } => {
             let (queue, handle) = batch::start(
@@ -99,6 +137,9 @@ fn prepare(loaded: Loaded, cfg: &ServeConfig) -> Result<Prepared> {
     };
     let state = Arc::new(AppState {
         name: loaded.name,
+        card: loaded.card,
+        api_key: cfg.api_key.clone(),
+        special,
         served,
         render,
         stats: Arc::clone(&stats),

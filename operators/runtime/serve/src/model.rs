@@ -34,6 +34,11 @@ pub trait ChatModel: Send + Sync + 'static {
     fn render(&self, messages: &[ChatMessage]) -> Result<String, Failure>;
     /// Completes a batch of prompts; one [`Generation`] per request, in order.
     fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure>;
+    /// The text of the tokenizer's special tokens (`<|im_start|>`, `<|endoftext|>`), which
+    /// `skip_special_tokens` leaves out of replies.
+    fn special_tokens(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A text encoder.

@@ -44,6 +44,22 @@ impl ChatModel for Generator {
     fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure> {
         Generator::generate(self, batch).map_err(model_failure)
     }
+
+    fn special_tokens(&self) -> Vec<String> {
+        special_tokens(self.tokenizer())
+    }
+}
+
+/// The contents of a tokenizer's added tokens marked special.
+fn special_tokens(t: &tokenizers::Tokenizer) -> Vec<String> {
+    let mut out: Vec<String> = t
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|a| a.special && !a.content.is_empty())
+        .map(|a| a.content)
+        .collect();
+    out.sort();
+    out
 }
 
 impl ChatModel for VisionLanguageModel {
@@ -56,6 +72,10 @@ impl ChatModel for VisionLanguageModel {
 
     fn generate(&self, batch: &[GenRequest]) -> Result<Vec<Generation>, Failure> {
         VisionLanguageModel::generate(self, batch).map_err(vlm_failure)
+    }
+
+    fn special_tokens(&self) -> Vec<String> {
+        special_tokens(self.tokenizer())
     }
 }
 
@@ -142,5 +162,52 @@ pub fn load(dir: &Path, name: Option<String>, max_tokens: usize) -> Result<Loade
         );
         LoadedKind::Embed(std::sync::Arc::new(e))
     };
-    Ok(Loaded { name, kind })
+    let card = model_card(dir)?;
+    Ok(Loaded { name, kind, card })
+}
+
+/// The `/v1/models` version fields of the model in `dir`: `root` a BLAKE3 digest over the
+/// sorted relative paths and bytes of its files, `created` their newest modification time.
+/// Two different model directories served under one name thus list differently.
+pub fn model_card(dir: &Path) -> Result<crate::Card> {
+    let fail = |message: String| ServeError::Load {
+        dir: dir.to_path_buf(),
+        message,
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|e| fail(format!("{}: {e}", d.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| fail(e.to_string()))?;
+            let path = e.path();
+            let meta =
+                std::fs::metadata(&path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() {
+                files.push((path, meta));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut whole = blake3::Hasher::new();
+    let mut created = 0u64;
+    for (path, meta) in &files {
+        let rel = path.strip_prefix(dir).unwrap_or(path).to_string_lossy();
+        let mut h = blake3::Hasher::new();
+        h.update_mmap_rayon(path)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        whole.update(format!("{} {}\n", h.finalize().to_hex(), rel).as_bytes());
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        created = created.max(mtime);
+    }
+    Ok(crate::Card {
+        created,
+        root: Some(format!("blake3:{}", whole.finalize().to_hex())),
+    })
 }

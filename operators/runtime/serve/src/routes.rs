@@ -1,5 +1,6 @@
 //! The HTTP routes: `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
-//! `GET /stats`, `GET /health`; anything else is a 404 OpenAI error object.
+//! `GET /stats`, `GET /health`; anything else is a 404 OpenAI error object. With an API key,
+//! the `/v1` routes answer 401 to a request without `Authorization: Bearer KEY`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use expflow_models::{ContentPart, GenRequest};
@@ -27,6 +28,10 @@ pub enum Served {
 /// Shared state of the routes.
 pub struct AppState {
     pub name: String,
+    pub card: crate::Card,
+    pub api_key: Option<crate::ApiKey>,
+    /// Special tokens' text, longest first (left out of replies by `skip_special_tokens`).
+    pub special: Vec<String>,
     pub served: Served,
     pub render: Option<Arc<dyn crate::model::ChatModel>>,
     pub stats: Arc<Stats>,
@@ -71,11 +76,58 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-async fn models(State(s): State<Arc<AppState>>) -> axum::Json<Value> {
-    axum::Json(json!({
+async fn models(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(axum::Json(json!({
         "object": "list",
-        "data": [{"id": s.name, "object": "model", "created": 0, "owned_by": "expflow"}],
-    }))
+        "data": [{
+            "id": s.name,
+            "object": "model",
+            "created": s.card.created,
+            "owned_by": "expflow",
+            "root": s.card.root,
+        }],
+    })))
+}
+
+/// With an API key: the request must carry `Authorization: Bearer KEY`.
+fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &s.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    // Compared without an early exit, so the time taken does not tell how much matched.
+    let (a, b) = (given.as_bytes(), key.0.as_bytes());
+    let differ = a.len() != b.len() || a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) != 0;
+    if differ {
+        return Err(ApiError {
+            status: 401,
+            kind: "invalid_request_error",
+            message: "missing or wrong API key: send `Authorization: Bearer KEY`".into(),
+            param: None,
+            code: Some("invalid_api_key"),
+        });
+    }
+    Ok(())
+}
+
+/// `text` without the special tokens' text (decoding with `skip_special_tokens`: the
+/// tokenizer keeps special tokens whole, so their text in a reply is theirs).
+pub fn strip_special(text: &str, special: &[String]) -> String {
+    let mut out = text.to_string();
+    for t in special {
+        if out.contains(t.as_str()) {
+            out = out.replace(t.as_str(), "");
+        }
+    }
+    out
 }
 
 async fn stats(State(s): State<Arc<AppState>>) -> axum::Json<crate::batch::StatsSnapshot> {
@@ -102,7 +154,12 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<axum::Json<Value>, ApiError> {
+async fn chat(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&s, &headers)?;
     let n = s.stats.requests.fetch_add(1, Ordering::Relaxed) + 1;
     let (queue, defaults) = match &s.served {
         Served::Chat { queue, defaults } => (queue, defaults),
@@ -138,9 +195,14 @@ async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<axum::Json<
         videos,
         sampling: call.sampling,
     })?;
-    let generation = rx
+    let mut generation = rx
         .await
         .map_err(|_| ApiError::unavailable("the server is shutting down"))??;
+    if call.skip_special_tokens {
+        for c in &mut generation.completions {
+            c.text = strip_special(&c.text, &s.special);
+        }
+    }
     let id = s.next_id.fetch_add(1, Ordering::Relaxed);
     Ok(axum::Json(wire::chat_response(
         &format!("chatcmpl-{id}"),
@@ -152,8 +214,10 @@ async fn chat(State(s): State<Arc<AppState>>, body: Bytes) -> Result<axum::Json<
 
 async fn embeddings(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
+    authorize(&s, &headers)?;
     s.stats.embedding_requests.fetch_add(1, Ordering::Relaxed);
     let Served::Embed(model) = &s.served else {
         return Err(ApiError::not_found(

@@ -126,6 +126,9 @@ pub struct ChatCall {
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
     pub sampling: Sampling,
+    /// vLLM's `skip_special_tokens` (default true): special tokens' text is left out of
+    /// the reply's `content`.
+    pub skip_special_tokens: bool,
 }
 
 fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
@@ -506,10 +509,21 @@ pub fn parse_chat(bytes: &[u8], defaults: &Defaults) -> Result<ChatCall, ApiErro
         }
         s.top_logprobs = k as usize;
     }
+    let skip_special_tokens = match field(&body, "skip_special_tokens") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "skip_special_tokens",
+                "`skip_special_tokens` must be true or false",
+            ));
+        }
+    };
     Ok(ChatCall {
         model,
         messages,
         sampling: s,
+        skip_special_tokens,
     })
 }
 

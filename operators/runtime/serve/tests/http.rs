@@ -404,3 +404,95 @@ fn encoders_serve_embeddings_equal_to_the_encoder() {
     assert_eq!(b["error"]["param"], "input");
     server.stop().unwrap();
 }
+
+/// Sampled replies of the tiny model, long enough to contain special tokens.
+fn sampled_texts(url: &str, skip: Option<bool>) -> Vec<String> {
+    let mut extra = json!({"temperature": 2.0, "n": 16, "seed": 11, "max_tokens": 48});
+    if let Some(s) = skip {
+        extra["skip_special_tokens"] = json!(s);
+    }
+    let (status, r) = post(url, &chat_body("Add yeast.", extra));
+    assert_eq!(status, 200, "{r}");
+    texts(&r)
+}
+
+#[test]
+fn special_tokens_are_skipped_unless_the_request_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path());
+    let server = start(dir.path(), 4, 5);
+    let url = format!("{}/chat/completions", server.base_url());
+    let special: Vec<&str> = expflow_models::tiny::SPECIAL_TOKENS.to_vec();
+
+    // Kept: the same seeded sampling shows special tokens in the text.
+    let kept = sampled_texts(&url, Some(false));
+    let with_special = kept
+        .iter()
+        .filter(|t| special.iter().any(|s| t.contains(s)))
+        .count();
+    assert!(
+        with_special > 0,
+        "the sampled replies contain special tokens: {kept:?}"
+    );
+
+    // Default (vLLM's): none in `content`; the rest of the text is unchanged.
+    let skipped = sampled_texts(&url, None);
+    let explicit = sampled_texts(&url, Some(true));
+    assert_eq!(skipped, explicit, "true is the default");
+    assert_eq!(skipped.len(), kept.len());
+    for (s, k) in skipped.iter().zip(&kept) {
+        assert!(!special.iter().any(|t| s.contains(t)), "{s:?}");
+        let mut stripped = k.clone();
+        for t in &special {
+            stripped = stripped.replace(t, "");
+        }
+        assert_eq!(s, &stripped);
+    }
+
+    // A bad value is a 400 naming the field.
+    let (s, b) = post(&url, &chat_body("x", json!({"skip_special_tokens": "yes"})));
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["param"], "skip_special_tokens");
+    server.stop().unwrap();
+}
+
+#[test]
+fn an_api_key_guards_the_v1_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(dir.path());
+    let loaded = expflow_serve::load(dir.path(), Some("tiny".into()), 4).unwrap();
+    let server = expflow_serve::spawn(
+        loaded,
+        &expflow_serve::ServeConfig {
+            port: 0,
+            api_key: Some(expflow_serve::ApiKey("k-123".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let base = server.base_url();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let status = |auth: Option<&str>| {
+        let mut req = agent.get(format!("{base}/models"));
+        if let Some(a) = auth {
+            req = req.header("Authorization", a);
+        }
+        req.call().unwrap().status().as_u16()
+    };
+    assert_eq!(status(None), 401);
+    assert_eq!(status(Some("Bearer k-12")), 401);
+    assert_eq!(status(Some("Bearer k-1234")), 401);
+    assert_eq!(status(Some("Bearer k-123")), 200);
+    let (s, b) = post(
+        &format!("{base}/chat/completions"),
+        &chat_body("x", json!({"max_tokens": 2})),
+    );
+    assert_eq!(s, 401);
+    assert_eq!(b["error"]["code"], "invalid_api_key");
+    let (s, _) = get(&format!("http://{}/health", server.addr));
+    assert_eq!(s, 200, "health needs no key");
+    server.stop().unwrap();
+}

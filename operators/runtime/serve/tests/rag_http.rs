@@ -14,7 +14,8 @@ use expflow_engine::harness::Harness;
 use expflow_operators::infer::RagInfer;
 use serde_json::{Value, json};
 
-fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+/// A request's path and body.
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 8192];
     let end = loop {
@@ -28,6 +29,7 @@ fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
         }
     };
     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let path = head.split(' ').nth(1)?.to_string();
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -40,7 +42,7 @@ fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    Some(buf[end..end + len].to_vec())
+    Some((path, buf[end..end + len].to_vec()))
 }
 
 /// The scripted model: turn 1 asks for retrieval when the prompt says `RET`; a passage
@@ -72,18 +74,26 @@ fn reply(req: &Value) -> String {
 }
 
 fn handle(mut s: TcpStream, seen: &Mutex<Vec<Value>>) {
-    let Some(body) = read_request(&mut s) else {
+    let Some((path, body)) = read_request(&mut s) else {
         return;
     };
-    let req: Value = serde_json::from_slice(&body).unwrap();
-    let content = reply(&req);
-    seen.lock().unwrap().push(req);
-    let resp = json!({
-        "id": "x", "object": "chat.completion", "created": 0, "model": "expstar",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
-    })
-    .to_string();
+    let resp = if path == "/v1/models" {
+        // The model list the client reads once per node run (the model's identity).
+        json!({"object": "list", "data": [
+            {"id": "expstar", "object": "model", "created": 1_700_000_000u64, "owned_by": "test"}
+        ]})
+        .to_string()
+    } else {
+        let req: Value = serde_json::from_slice(&body).unwrap();
+        let content = reply(&req);
+        seen.lock().unwrap().push(req);
+        json!({
+            "id": "x", "object": "chat.completion", "created": 0, "model": "expstar",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        })
+        .to_string()
+    };
     let _ = write!(
         s,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",

@@ -37,6 +37,7 @@ pub fn start(dir: &Path, max_batch: usize, wait_ms: u64) -> Running {
         port: 0,
         max_batch,
         batch_wait: Duration::from_millis(wait_ms),
+        api_key: None,
     };
     expflow_serve::spawn(loaded, &cfg).expect("spawn the server")
 }
