@@ -30,6 +30,9 @@ pub struct NodeEnv {
     /// (see [`Context::resume_dir`]).
     pub resume_root: PathBuf,
     pub cancel: CancelToken,
+    /// Whether nodes read and write the per-item memo store (off for `audit`, which
+    /// computes every item again and leaves the memo as it was).
+    pub memo_store: bool,
 }
 
 /// Whether a stored blob is present and has the bytes its name says. Uses the stat cache
@@ -155,6 +158,8 @@ pub struct Executed {
     pub outputs: BTreeMap<String, OutputRef>,
     pub duration_ms: u64,
     pub memo: (u64, u64),
+    /// Figures the operator noted about this execution ([`Context::note`]).
+    pub notes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Runs `node` with the given input digests, stores its outputs and, when `commit` is set,
@@ -286,9 +291,11 @@ fn run_in(
         cas: env.cas.clone(),
         store: env.store.clone(),
         items: Mutex::new(Vec::new()),
+        memo_store: env.memo_store,
         memo_stats: MemoStats::default(),
         progress,
         secrets: Mutex::new(Vec::new()),
+        notes: Mutex::new(serde_json::Map::new()),
     };
     if attempt > 1 {
         ctx.log(&format!("--- attempt {attempt} ---"));
@@ -391,6 +398,7 @@ fn run_in(
             run_id: env.run_id.clone(),
             secrets,
             items,
+            threads: compute_threads(),
         };
         env.store.put_record(&rec).map_err(|e| err(&e))?;
         env.store
@@ -401,7 +409,20 @@ fn run_in(
         outputs: refs,
         duration_ms,
         memo,
+        notes: ctx.notes(),
     })
+}
+
+/// The compute threads of this process: `RAYON_NUM_THREADS` when set to a positive number
+/// (the model runtime's thread pools read it), else the available cores.
+pub fn compute_threads() -> u32 {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        })
 }
 
 /// This machine's host name.
