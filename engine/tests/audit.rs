@@ -15,7 +15,7 @@ use expflow_engine::{
     CancelToken, Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType,
     Ports, Registry, Resources, RunOptions, Signature, Workspace, compile, workspace,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Executions of `test.sampler` so far: each one samples a little differently.
 static SAMPLES: AtomicU64 = AtomicU64::new(0);
