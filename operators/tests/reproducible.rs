@@ -234,7 +234,7 @@ fn generic(b: &mut Bench) {
         "embed.text",
         "embed.text",
         &[
-            ("rows", Table, t.clone()),
+            ("rows", Table, b.out("table.dedupe", "table")),
             ("model", Model, encoders().join("bert-tiny")),
         ],
         json!({"column": "text"}),
@@ -280,11 +280,19 @@ fn expstar(b: &mut Bench) {
         json!({"preset": "ultrafast", "crf": 35}),
         &[],
     );
+    // A step whose clip could not be cut has an empty `clip`.
+    b.check(
+        "table.filter (clips)",
+        "table.filter",
+        &[("table", Table, b.out("expstar.cut_clips", "steps"))],
+        json!({"where": "clip_ok = true"}),
+        &[],
+    );
     b.check(
         "embed.video",
         "embed.video",
         &[
-            ("rows", Table, b.out("expstar.cut_clips", "steps")),
+            ("rows", Table, b.out("table.filter (clips)", "table")),
             ("model", Model, encoders().join("clip-tiny")),
             ("dir", Dir, b.out("expstar.cut_clips", "clips")),
         ],
@@ -497,7 +505,7 @@ fn expstar(b: &mut Bench) {
             ("data", File, sft_rows),
             ("model", Model, b.out("train.tiny_model", "model")),
         ],
-        json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.01, "epochs": 1, "max_len": 256, "seed": 42}),
+        json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.01, "epochs": 1, "max_len": 1024, "seed": 42}),
         &[],
     );
     b.check(
@@ -507,7 +515,7 @@ fn expstar(b: &mut Bench) {
             ("data", File, dpo_rows.clone()),
             ("model", Model, b.out("train.sft", "model")),
         ],
-        json!({"max_len": 256}),
+        json!({"max_len": 1024}),
         &[],
     );
     b.check(
@@ -522,7 +530,7 @@ fn expstar(b: &mut Bench) {
                 b.out("train.reference_logprobs", "table"),
             ),
         ],
-        json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.0005, "epochs": 1, "max_len": 256, "seed": 42}),
+        json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.0005, "epochs": 1, "max_len": 1024, "seed": 42}),
         &[],
     );
     b.check(
@@ -623,7 +631,7 @@ fn macbench(b: &mut Bench) {
             ),
         ],
         json!({"dataset_name": "mac_train", "lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.01,
-               "epochs": 1, "batch_size": 4, "max_len": 256, "seed": 42}),
+               "epochs": 1, "batch_size": 4, "max_len": 512, "seed": 42}),
         &[],
     );
     b.check(
