@@ -240,6 +240,22 @@ fn generic(b: &mut Bench) {
         json!({"column": "text"}),
         &[],
     );
+    let images = b.file(
+        "images.csv",
+        "id,image\ng,gradient.png\nn,noise.png\ny,gray.png\n",
+    );
+    b.check("load (images)", "load", &[("src", File, images)], json!({}), &[]);
+    b.check(
+        "embed.image",
+        "embed.image",
+        &[
+            ("rows", Table, b.out("load (images)", "table")),
+            ("model", Model, encoders().join("clip-tiny")),
+            ("dir", Dir, encoders().join("images")),
+        ],
+        json!({"column": "image"}),
+        &[],
+    );
     b.check(
         "retrieve.vector_index",
         "retrieve.vector_index",
