@@ -264,7 +264,9 @@ pub fn log(
                 // Figures about the execution: the memo and what the operator noted.
                 let mut figures = Vec::new();
                 if memo_hits + memo_misses > 0 {
-                    figures.push(format!("{memo_misses} item(s) computed, {memo_hits} reused"));
+                    figures.push(format!(
+                        "{memo_misses} item(s) computed, {memo_hits} reused"
+                    ));
                 }
                 figures.extend(notes.iter().map(|(k, v)| format!("{k} {v}")));
                 let figures = if figures.is_empty() {

@@ -13,8 +13,8 @@ use crate::inspect;
 
 /// What the latest run did with the node.
 fn latest_state(root: &Path, latest: &str, node: &str) -> &'static str {
-    let events = read_events(&root.join("runs").join(latest).join("events.jsonl"))
-        .unwrap_or_default();
+    let events =
+        read_events(&root.join("runs").join(latest).join("events.jsonl")).unwrap_or_default();
     let mut state = "absent";
     for e in events {
         match e.kind {

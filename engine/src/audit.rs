@@ -352,7 +352,10 @@ pub fn within(a: f64, b: f64, tol: f64) -> bool {
 pub fn compare_json(path: &str, a: &Value, b: &Value, tol: f64, problems: &mut Vec<String>) {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
-            let (x, y) = (x.as_f64().unwrap_or(f64::NAN), y.as_f64().unwrap_or(f64::NAN));
+            let (x, y) = (
+                x.as_f64().unwrap_or(f64::NAN),
+                y.as_f64().unwrap_or(f64::NAN),
+            );
             if !within(x, y, tol) {
                 problems.push(format!("{path}: recorded {x}, now {y}"));
             }
@@ -391,7 +394,8 @@ mod tests {
         let mut problems = Vec::new();
         compare_json("metrics", &a, &close, 0.05, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
-        let far = json!({"accuracy": 0.60, "n": 200, "per_task": [{"name": "t2i", "acc": 0.4}], "x": 1});
+        let far =
+            json!({"accuracy": 0.60, "n": 200, "per_task": [{"name": "t2i", "acc": 0.4}], "x": 1});
         compare_json("metrics", &a, &far, 0.05, &mut problems);
         assert_eq!(
             problems,

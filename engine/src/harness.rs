@@ -160,7 +160,10 @@ impl Harness {
                 self.cas.put_dir(&out.path)?
             } else {
                 self.cas.put_file(&out.path).map_err(|e| {
-                    format!("output `{port}` was not written ({}): {e}", out.path.display())
+                    format!(
+                        "output `{port}` was not written ({}): {e}",
+                        out.path.display()
+                    )
                 })?
             };
             digests.insert(port.clone(), digest);

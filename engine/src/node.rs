@@ -420,9 +420,7 @@ pub fn compute_threads() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
 /// This machine's host name.

@@ -247,20 +247,30 @@ fn audit_compares_what_each_class_allows_and_says_why_it_skips() {
     let entries = audit(&ws, &registry(), all).unwrap();
     assert_eq!(entries.len(), 4, "{entries:?}");
     let e = by_node(&entries, "squares");
-    assert_eq!((e.outcome.as_str(), e.class.as_str()), ("match", "deterministic"));
+    assert_eq!(
+        (e.outcome.as_str(), e.class.as_str()),
+        ("match", "deterministic")
+    );
     assert_eq!(
         COMPUTED.load(Ordering::SeqCst),
         computed_by_run + 4,
         "audit computes every item again instead of reading the memo"
     );
     let e = by_node(&entries, "train");
-    assert_eq!((e.outcome.as_str(), e.class.as_str()), ("match", "seeded"), "{e:?}");
+    assert_eq!(
+        (e.outcome.as_str(), e.class.as_str()),
+        ("match", "seeded"),
+        "{e:?}"
+    );
     let e = by_node(&entries, "sampled");
     assert_eq!(e.outcome, "within_tolerance", "{e:?}");
     assert!(e.detail.contains("metrics (metrics) within 0.05"), "{e:?}");
     let e = by_node(&entries, "reply");
     assert_eq!(e.outcome, "skipped");
-    assert_eq!(e.reason.as_deref(), Some("nondeterministic without metrics"));
+    assert_eq!(
+        e.reason.as_deref(),
+        Some("nondeterministic without metrics")
+    );
     let summary = AuditSummary::of(&entries);
     assert_eq!(
         summary.line(),
@@ -272,7 +282,10 @@ fn audit_compares_what_each_class_allows_and_says_why_it_skips() {
     // new items.
     drop(ws);
     let before = COMPUTED.load(Ordering::SeqCst);
-    let ws = run_pipeline(dir.path(), &PIPE.replace("op: test.items", "op: test.items\n    params: {n: 6}"));
+    let ws = run_pipeline(
+        dir.path(),
+        &PIPE.replace("op: test.items", "op: test.items\n    params: {n: 6}"),
+    );
     assert_eq!(COMPUTED.load(Ordering::SeqCst), before + 2);
 
     // Another thread count: the seeded node's bytes differ as its class allows, and its
@@ -282,7 +295,8 @@ fn audit_compares_what_each_class_allows_and_says_why_it_skips() {
     let e = by_node(&entries, "train");
     assert_eq!(e.outcome, "within_tolerance", "{e:?}");
     assert!(
-        e.detail.contains("recorded with 3 threads and re-executed with 5"),
+        e.detail
+            .contains("recorded with 3 threads and re-executed with 5"),
         "{e:?}"
     );
     // A tolerance too tight for the sampler's spread is a mismatch naming the metric.

@@ -218,11 +218,7 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
         run.notes
     );
     assert_eq!(run.notes["retries"], 2);
-    assert!(
-        run.log.contains("note: http_requests = 8"),
-        "{}",
-        run.log
-    );
+    assert!(run.log.contains("note: http_requests = 8"), "{}", run.log);
     assert!(report.get("http_requests").is_none(), "{report}");
     assert_eq!(
         (
@@ -278,7 +274,10 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
     assert_eq!(again.memo, (6, 0));
     assert_eq!(again.notes["http_requests"], 0);
     assert_eq!(seen.lock().unwrap().requests.len(), 8);
-    assert_eq!(again.digests, run.digests, "outputs do not depend on the memo");
+    assert_eq!(
+        again.digests, run.digests,
+        "outputs do not depend on the memo"
+    );
 
     // One prompt edited: only it is asked again. Concurrency is not part of a request.
     records[5] = record("n5", "plain, edited");

@@ -121,9 +121,12 @@ fn have(program: &str) -> bool {
 }
 
 fn have_wordnet() -> bool {
-    ["/usr/share/wordnet/index.noun", "/usr/share/wordnet/data.noun"]
-        .iter()
-        .all(|p| Path::new(p).is_file())
+    [
+        "/usr/share/wordnet/index.noun",
+        "/usr/share/wordnet/data.noun",
+    ]
+    .iter()
+    .all(|p| Path::new(p).is_file())
 }
 
 use PortType::{Dir, File, Index, Model, Table};
@@ -219,7 +222,13 @@ fn generic(b: &mut Bench) {
         "{\"hyp\": \"the cat sat on the mat\", \"refs\": \"a cat sat on a mat\"}\n\
          {\"hyp\": \"heat the tube gently\", \"refs\": \"gently heat the test tube\"}\n",
     );
-    b.check("load (pairs)", "load", &[("src", File, pairs)], json!({}), &[]);
+    b.check(
+        "load (pairs)",
+        "load",
+        &[("src", File, pairs)],
+        json!({}),
+        &[],
+    );
     b.check(
         "score.bertscore",
         "score.bertscore",
@@ -244,7 +253,13 @@ fn generic(b: &mut Bench) {
         "images.csv",
         "id,image\ng,gradient.png\nn,noise.png\ny,gray.png\n",
     );
-    b.check("load (images)", "load", &[("src", File, images)], json!({}), &[]);
+    b.check(
+        "load (images)",
+        "load",
+        &[("src", File, images)],
+        json!({}),
+        &[],
+    );
     b.check(
         "embed.image",
         "embed.image",
@@ -655,7 +670,11 @@ fn macbench(b: &mut Bench) {
         "infer.chat",
         &[
             ("prompts", Table, test),
-            ("model", Model, b.out("train.sft (vision-language)", "model")),
+            (
+                "model",
+                Model,
+                b.out("train.sft (vision-language)", "model"),
+            ),
             ("media", Dir, data),
         ],
         json!({"backend": "native", "user_column": "input", "system_column": "system",
@@ -688,7 +707,13 @@ fn over_http(b: &mut Bench) {
         "{\"id\": \"a\", \"system\": \"You narrate.\", \"user\": \"Heat the tube.\"}\n\
          {\"id\": \"b\", \"system\": \"You narrate.\", \"user\": \"Add yeast.\"}\n",
     );
-    b.check("load (prompts)", "load", &[("src", File, prompts)], json!({}), &[]);
+    b.check(
+        "load (prompts)",
+        "load",
+        &[("src", File, prompts)],
+        json!({}),
+        &[],
+    );
     b.check(
         "infer.chat (openai)",
         "infer.chat",

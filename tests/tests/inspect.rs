@@ -130,7 +130,11 @@ fn log_of_a_node_the_latest_run_found_cached_names_the_run_that_produced_it() {
     let out = p.expflow(&["log", "a"]);
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    let key = &first.events.iter().find(|e| e["event"] == "node_executed").unwrap()["key"];
+    let key = &first
+        .events
+        .iter()
+        .find(|e| e["event"] == "node_executed")
+        .unwrap()["key"];
     let want = format!(
         "== log of `a` from run {one}, which produced its current record ({}); the latest run, \
          {two}, found it cached ==",
@@ -142,7 +146,10 @@ fn log_of_a_node_the_latest_run_found_cached_names_the_run_that_produced_it() {
     assert_eq!(json["run_id"], one);
     assert_eq!(json["latest_run"], two);
     assert_eq!(json["latest_run_state"], "cached");
-    assert!(json["log"].as_str().unwrap().ends_with("making o\n"), "{json}");
+    assert!(
+        json["log"].as_str().unwrap().ends_with("making o\n"),
+        "{json}"
+    );
     // --run still shows what that run wrote for the node: nothing, it was cached.
     let cached = p.expflow(&["log", "a", "--run", two]);
     assert_ne!(cached.status.code(), Some(0));

@@ -75,8 +75,9 @@ fn audit_is_clean_and_logs_name_their_run(p: &Project, first_run: &str, node: &s
     let log = String::from_utf8_lossy(&log.stdout);
     let head = log.lines().next().unwrap_or_default();
     assert!(
-        head.contains(&format!("from run {first_run}, which produced its current record"))
-            && head.contains("found it cached"),
+        head.contains(&format!(
+            "from run {first_run}, which produced its current record"
+        )) && head.contains("found it cached"),
         "{head}"
     );
 }

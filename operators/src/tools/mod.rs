@@ -401,8 +401,7 @@ pub fn unplace_paths(ctx: &Context, dir: &Path, work: &Path) -> Result<(), OpErr
 }
 
 fn unplace_dir(dir: &Path, places: &[(String, String)]) -> Result<(), OpError> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| OperatorError::io("cannot read", dir, e))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| OperatorError::io("cannot read", dir, e))?;
     for e in entries.flatten() {
         let path = e.path();
         if path.is_dir() {
@@ -421,8 +420,7 @@ fn unplace_dir(dir: &Path, places: &[(String, String)]) -> Result<(), OpError> {
         if unplace_value(&mut v, places) {
             let mut text = serde_json::to_string_pretty(&v)?;
             text.push('\n');
-            std::fs::write(&path, text)
-                .map_err(|e| OperatorError::io("cannot write", &path, e))?;
+            std::fs::write(&path, text).map_err(|e| OperatorError::io("cannot write", &path, e))?;
         }
     }
     Ok(())

@@ -307,7 +307,11 @@ fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspa
     let tool = stand_in(dir.path(), 0);
     let model = dir.path().join("base");
     std::fs::create_dir_all(&model).unwrap();
-    std::fs::write(model.join("config.json"), "{\"model_type\": \"qwen2_vl\"}\n").unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        "{\"model_type\": \"qwen2_vl\"}\n",
+    )
+    .unwrap();
     let data = dir.path().join("rows.jsonl");
     let rows: String = swift_rows_sample()
         .iter()
@@ -323,8 +327,8 @@ fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspa
         params: json!({"backend": "llamafactory", "tool": tool.display().to_string(), "merge": false}),
         declared: vec![],
     };
-    let r = expflow_engine::harness::check_reproducible(&Sft, &ex, &dir.path().join("runs"))
-        .unwrap();
+    let r =
+        expflow_engine::harness::check_reproducible(&Sft, &ex, &dir.path().join("runs")).unwrap();
     assert_eq!(r.differences, Vec::<String>::new());
     let adapter: Value = serde_json::from_slice(
         &std::fs::read(r.cold.outputs["model"].join("adapter_config.json")).unwrap(),

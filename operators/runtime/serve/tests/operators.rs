@@ -128,7 +128,10 @@ fn infer_chat_over_http_memoises_and_matches_the_native_backend() {
         .unwrap();
     assert_eq!(again.memo, (3, 0));
     assert_eq!(again.notes["http_requests"], 0);
-    assert_eq!(again.digests, run.digests, "outputs do not depend on the memo");
+    assert_eq!(
+        again.digests, run.digests,
+        "outputs do not depend on the memo"
+    );
     assert_eq!(server.stats().requests, 3);
     assert_eq!(
         std::fs::read(&again.outputs["table"]).unwrap(),
