@@ -43,6 +43,11 @@ pub struct Record {
     pub secrets: Vec<String>,
     /// Per-item blobs of a map-style operator.
     pub items: Vec<Digest>,
+    /// Compute threads of the process that made the outputs (`RAYON_NUM_THREADS`, else the
+    /// cores): a seeded node's bytes are reproducible for the same count, which `audit`
+    /// needs to know. 0 in records written before it was kept.
+    #[serde(default)]
+    pub threads: u32,
 }
 
 impl Record {

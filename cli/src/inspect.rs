@@ -55,7 +55,7 @@ pub fn explain_text(ex: &[Explanation]) -> String {
 
 /// Opens the workspace for an inspection command. `Err(Held)` is passed through for the
 /// callers that can fall back on the holder's event log.
-fn open(ws_arg: &Option<PathBuf>, command: &str) -> Result<Workspace, EngineError> {
+pub fn open(ws_arg: &Option<PathBuf>, command: &str) -> Result<Workspace, EngineError> {
     let root = Workspace::discover(ws_arg.as_deref())?;
     Workspace::open(&root, workspace::holder(command, "", None))
 }
@@ -205,11 +205,19 @@ pub fn log(
     ws_arg: &Option<PathBuf>,
     node: Option<String>,
     run: Option<String>,
+    pipeline: Option<String>,
     json: bool,
 ) -> Result<u8> {
     let root = Workspace::discover(ws_arg.as_deref())?;
     let (id, path) = latest_events(&root, run.as_deref())?;
     if let Some(node) = node {
+        // Without --run: the run that produced the node's current record, which the latest
+        // run may only have found cached.
+        if run.is_none()
+            && let Some(code) = crate::nodelog::current(ws_arg, &node, pipeline, &id, json)?
+        {
+            return Ok(code);
+        }
         let log = root
             .join("runs")
             .join(&id)
@@ -248,8 +256,29 @@ pub fn log(
                 node,
                 key,
                 duration_ms,
+                memo_hits,
+                memo_misses,
+                notes,
                 ..
-            } => format!("executed {node} {} in {duration_ms} ms", key.short()),
+            } => {
+                // Figures about the execution: the memo and what the operator noted.
+                let mut figures = Vec::new();
+                if memo_hits + memo_misses > 0 {
+                    figures.push(format!(
+                        "{memo_misses} item(s) computed, {memo_hits} reused"
+                    ));
+                }
+                figures.extend(notes.iter().map(|(k, v)| format!("{k} {v}")));
+                let figures = if figures.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", figures.join(", "))
+                };
+                format!(
+                    "executed {node} {} in {duration_ms} ms{figures}",
+                    key.short()
+                )
+            }
             EventKind::NodeFailed {
                 node,
                 error,
@@ -278,7 +307,7 @@ pub fn log(
 }
 
 /// The pipeline an inspection command is about: `--pipeline` or the latest run's.
-fn pipeline_name(ws: &Workspace, given: Option<String>) -> Result<String> {
+pub fn pipeline_name(ws: &Workspace, given: Option<String>) -> Result<String> {
     if let Some(p) = given {
         return Ok(p);
     }
@@ -291,7 +320,7 @@ fn pipeline_name(ws: &Workspace, given: Option<String>) -> Result<String> {
 }
 
 /// The record of the last run of `node` (an instance name, or a base name with one instance).
-fn last_record(ws: &Workspace, pipeline: &str, node: &str) -> Result<Record> {
+pub fn last_record(ws: &Workspace, pipeline: &str, node: &str) -> Result<Record> {
     let keys = ws.store.last_keys(pipeline)?;
     let matches: Vec<&(String, Digest)> = keys
         .iter()

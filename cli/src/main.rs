@@ -6,6 +6,7 @@
 
 mod inspect;
 mod maint;
+mod nodelog;
 mod progress;
 mod score;
 mod serve;
@@ -106,11 +107,15 @@ enum Command {
     },
     /// A run's events, or one node's log.
     Log {
-        /// A node: print its log from the run.
+        /// A node: print its log from the run that produced its current record (or from
+        /// --run).
         node: Option<String>,
-        /// The run (default: the latest).
+        /// The run (default: the latest; for a node, the run that produced its record).
         #[arg(long, value_name = "RUN_ID")]
         run: Option<String>,
+        /// The pipeline of NODE (default: the latest run's).
+        #[arg(long)]
+        pipeline: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -149,14 +154,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify, then re-execute a sample of deterministic nodes and compare their outputs.
+    /// Verify, then re-execute a sample of recorded nodes and compare what their class allows.
     Audit {
-        /// Fraction of recorded deterministic/seeded nodes to re-execute.
+        /// Fraction of recorded nodes to re-execute.
         #[arg(long, default_value_t = 0.1)]
         fraction: f64,
         /// Seed of the sample.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// How far metrics may move where a node's class allows it (nondeterministic nodes;
+        /// seeded ones re-executed with other threads or on another host): absolute for
+        /// values up to 1, relative above.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
         #[arg(long)]
         json: bool,
     },
@@ -365,7 +375,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Status { json } => inspect::status(&ws_arg, json),
-        Command::Log { node, run, json } => inspect::log(&ws_arg, node, run, json),
+        Command::Log {
+            node,
+            run,
+            pipeline,
+            json,
+        } => inspect::log(&ws_arg, node, run, pipeline, json),
         Command::Lineage {
             node,
             pipeline,
@@ -386,8 +401,18 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Audit {
             fraction,
             seed,
+            tolerance,
             json,
-        } => maint::audit(&ws_arg, &registry(), fraction, seed, json),
+        } => maint::audit(
+            &ws_arg,
+            &registry(),
+            expflow_engine::audit::AuditOptions {
+                fraction,
+                seed,
+                tolerance,
+            },
+            json,
+        ),
         Command::Gc {
             dry_run,
             keep,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use expflow_engine::audit::{AuditOptions, AuditSummary};
 use expflow_engine::{EngineError, Registry, Workspace, workspace};
 use serde_json::json;
 
@@ -66,24 +67,27 @@ pub fn verify(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
 pub fn audit(
     ws_arg: &Option<PathBuf>,
     registry: &Registry,
-    fraction: f64,
-    seed: u64,
+    opts: AuditOptions,
     json: bool,
 ) -> Result<u8> {
     anyhow::ensure!(
-        (0.0..=1.0).contains(&fraction),
+        (0.0..=1.0).contains(&opts.fraction),
         EngineError::Usage("--fraction must be between 0 and 1".into())
+    );
+    anyhow::ensure!(
+        opts.tolerance >= 0.0 && opts.tolerance.is_finite(),
+        EngineError::Usage("--tolerance must be a number of 0 or more (0.05 allows 5%)".into())
     );
     let ws = open(ws_arg, "audit")?;
     let report = expflow_cache::verify(&ws.cas, ws.store.as_ref())?;
-    let entries = expflow_engine::audit::audit(&ws, registry, fraction, seed)?;
-    let mismatches = entries.iter().filter(|e| e.outcome == "mismatch").count();
-    let ok = report.is_clean() && mismatches == 0;
+    let entries = expflow_engine::audit::audit(&ws, registry, opts)?;
+    let summary = AuditSummary::of(&entries);
+    let ok = report.is_clean() && summary.mismatch == 0;
     if json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"ok": ok, "verify_ok": report.is_clean(), "audited": entries})
+                &json!({"ok": ok, "verify_ok": report.is_clean(), "tolerance": opts.tolerance, "summary": summary, "audited": entries})
             )?
         );
     } else {
@@ -97,18 +101,15 @@ pub fn audit(
         );
         for e in &entries {
             println!(
-                "{:<8} {} ({}): {}",
+                "{:<16} {} ({}, {}): {}",
                 e.outcome,
                 e.node,
                 &e.key[..12],
+                e.class,
                 e.detail
             );
         }
-        println!(
-            "{} node(s) re-executed, {} mismatch(es)",
-            entries.len(),
-            mismatches
-        );
+        println!("audit: {}", summary.line());
     }
     Ok(if ok { 0 } else { code::MISMATCH })
 }

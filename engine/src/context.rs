@@ -83,6 +83,10 @@ pub struct Context {
     pub(crate) cas: Cas,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) items: Mutex<Vec<Digest>>,
+    /// Whether per-item memoisation reads and writes the store; off when `audit`
+    /// re-executes a node, so that every item is computed again and the workspace's memo
+    /// is left as it was.
+    pub(crate) memo_store: bool,
     pub(crate) memo_stats: MemoStats,
     pub(crate) progress: ProgressFn,
     /// Names of the secrets this execution read (recorded; never their values).
@@ -91,6 +95,8 @@ pub struct Context {
     pub(crate) vault: Secrets,
     /// Values read through [`Context::secret`], masked in the log like declared ones.
     pub(crate) revealed: Mutex<Vec<String>>,
+    /// Figures about this execution (see [`Context::note`]).
+    pub(crate) notes: Mutex<Map<String, Value>>,
 }
 
 impl Context {
@@ -247,6 +253,25 @@ impl Context {
         {
             let _ = writeln!(f, "{line}");
         }
+    }
+
+    /// Notes a figure about this execution rather than about the data: requests sent,
+    /// retries, items taken from the memo store, tokens per second. Such figures depend on
+    /// what happened to be cached and on the machine, so they never belong in an output
+    /// (whose bytes must be a function of the node's key); a note goes to the node's log and
+    /// to its `node_executed` event, where `expflow log` shows it. Noting a name again
+    /// replaces its value.
+    pub fn note(&self, name: &str, value: impl Into<Value>) {
+        let value = value.into();
+        self.log(&format!("note: {name} = {value}"));
+        if let Ok(mut notes) = self.notes.lock() {
+            notes.insert(name.to_string(), value);
+        }
+    }
+
+    /// The figures noted so far (see [`Context::note`]).
+    pub fn notes(&self) -> Map<String, Value> {
+        self.notes.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
     /// Reports progress of the node: `done` of `total` units.
@@ -456,6 +481,9 @@ impl Context {
     }
 
     fn memo_lookup(&self, key: &Digest) -> Result<Option<Digest>, OpError> {
+        if !self.memo_store {
+            return Ok(None);
+        }
         // A memoised blob is believed only through a hash (the stat cache, else a re-hash);
         // a damaged one is removed and the item computed again.
         if let Some(blob) = self.store.memo_get(key)?
@@ -469,7 +497,9 @@ impl Context {
     }
 
     fn memo_commit(&self, key: &Digest, blob: Digest) -> Result<(), OpError> {
-        self.store.memo_put(key, &blob)?;
+        if self.memo_store {
+            self.store.memo_put(key, &blob)?;
+        }
         self.items.lock().map_err(|_| "poisoned")?.push(blob);
         self.memo_stats.misses.fetch_add(1, Ordering::Relaxed);
         Ok(())

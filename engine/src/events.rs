@@ -53,6 +53,11 @@ pub enum EventKind {
         outputs: BTreeMap<String, Digest>,
         memo_hits: u64,
         memo_misses: u64,
+        /// Figures the operator noted about this execution (requests, retries, ...): they
+        /// describe the run, not the data, so they live here and in the log, never in an
+        /// output.
+        #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+        notes: serde_json::Map<String, serde_json::Value>,
     },
     NodeFailed {
         node: String,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use expflow_cache::{Cas, SledStore, Store};
+use expflow_cache::{Cas, Digest, SledStore, Store};
 use serde_json::{Map, Value};
 
 use crate::context::{CancelToken, Context, Input, MemoStats, Output};
@@ -29,6 +29,10 @@ pub struct HarnessRun {
     pub memo: (u64, u64),
     /// The node log.
     pub log: String,
+    /// Figures the operator noted about the execution ([`Context::note`]).
+    pub notes: Map<String, Value>,
+    /// The digest of each output as the CAS names it (directories as Merkle trees).
+    pub digests: BTreeMap<String, Digest>,
 }
 
 impl Harness {
@@ -147,17 +151,33 @@ impl Harness {
             cas: self.cas.clone(),
             store: self.store.clone(),
             items: Mutex::new(Vec::new()),
+            memo_store: true,
             memo_stats: MemoStats::default(),
             progress: Arc::new(|_, _| {}),
             secrets: Mutex::new(Vec::new()),
             vault: self.secrets.clone(),
             revealed: Mutex::new(Vec::new()),
+            notes: Mutex::new(Map::new()),
         };
         op.run(&ctx)?;
         if ctx.resume.exists() {
             drop(std::fs::remove_dir_all(&ctx.resume));
         }
         let memo = ctx.memo_counts();
+        let mut digests = BTreeMap::new();
+        for (port, out) in &ctx.outputs {
+            let (digest, _) = if out.ty.is_dir() {
+                self.cas.put_dir(&out.path)?
+            } else {
+                self.cas.put_file(&out.path).map_err(|e| {
+                    format!(
+                        "output `{port}` was not written ({}): {e}",
+                        out.path.display()
+                    )
+                })?
+            };
+            digests.insert(port.clone(), digest);
+        }
         Ok(HarnessRun {
             outputs: ctx
                 .outputs
@@ -166,6 +186,89 @@ impl Harness {
                 .collect(),
             memo,
             log: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            notes: ctx.notes(),
+            digests,
         })
     }
+}
+
+/// One way to run an operator, for [`check_reproducible`]: inputs (port, type, path),
+/// parameters, and the outputs a `command`-like operator declares.
+#[derive(Clone, Debug)]
+pub struct Example {
+    /// What the example shows, for messages (`infer.chat, openai backend`).
+    pub name: String,
+    pub inputs: Vec<(String, PortType, PathBuf)>,
+    pub params: Value,
+    pub declared: Vec<(String, PortType)>,
+}
+
+/// What [`check_reproducible`] saw.
+pub struct Reproducibility {
+    /// The first, cold run (its outputs can feed the next example).
+    pub cold: HarnessRun,
+    /// The same again in the same workspace, with the memo store warm.
+    pub warm: HarnessRun,
+    /// A cold run in a workspace at another path.
+    pub moved: HarnessRun,
+    /// One line per output whose bytes differ between the runs; empty when all agree.
+    pub differences: Vec<String>,
+}
+
+/// Runs `op` on `ex` three times: cold in a fresh workspace under `base`, again in that
+/// workspace (its memo store now warm), and cold in a fresh workspace at another path under
+/// `base`. An output's bytes must be a function of the node's key, so all three must agree:
+/// figures about the run (memo hits, requests, retries, timings, hosts, process ids, paths
+/// of the workspace) belong in [`Context::note`] and the log, never in an output.
+pub fn check_reproducible(
+    op: &dyn Operator,
+    ex: &Example,
+    base: &Path,
+) -> Result<Reproducibility, OpError> {
+    let inputs: Vec<(&str, PortType, &Path)> = ex
+        .inputs
+        .iter()
+        .map(|(port, ty, p)| (port.as_str(), *ty, p.as_path()))
+        .collect();
+    let declared: Vec<(&str, PortType)> =
+        ex.declared.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+    let context = |what: &str| {
+        let name = ex.name.clone();
+        let what = what.to_string();
+        move |e: OpError| -> OpError { format!("{name}, {what} run: {e}").into() }
+    };
+    let mut first = Harness::new(&base.join("first"))?;
+    let cold = first
+        .run(op, &inputs, ex.params.clone(), &declared)
+        .map_err(context("cold"))?;
+    let warm = first
+        .run(op, &inputs, ex.params.clone(), &declared)
+        .map_err(context("warm"))?;
+    let mut second = Harness::new(&base.join("elsewhere").join("second workspace"))?;
+    let moved = second
+        .run(op, &inputs, ex.params.clone(), &declared)
+        .map_err(context("moved"))?;
+    let mut differences = Vec::new();
+    for (port, d) in &cold.digests {
+        for (what, run) in [
+            ("with a warm memo store", &warm),
+            ("in a workspace at another path", &moved),
+        ] {
+            match run.digests.get(port) {
+                Some(other) if other == d => {}
+                other => differences.push(format!(
+                    "{}: output `{port}` is {} cold but {} {what}",
+                    ex.name,
+                    d.short(),
+                    other.map_or("missing".to_string(), Digest::short)
+                )),
+            }
+        }
+    }
+    Ok(Reproducibility {
+        cold,
+        warm,
+        moved,
+        differences,
+    })
 }

@@ -32,6 +32,9 @@ pub struct NodeEnv {
     pub cancel: CancelToken,
     /// The run's declared secrets, read from the environment when it started.
     pub secrets: crate::secrets::Secrets,
+    /// Whether nodes read and write the per-item memo store (off for `audit`, which
+    /// computes every item again and leaves the memo as it was).
+    pub memo_store: bool,
 }
 
 /// Whether a stored blob is present and has the bytes its name says. Uses the stat cache
@@ -149,6 +152,8 @@ pub struct Executed {
     pub outputs: BTreeMap<String, OutputRef>,
     pub duration_ms: u64,
     pub memo: (u64, u64),
+    /// Figures the operator noted about this execution ([`Context::note`]).
+    pub notes: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Runs `node` with the given input digests, stores its outputs and, when `commit` is set,
@@ -323,11 +328,13 @@ fn run_in(
         cas: env.cas.clone(),
         store: env.store.clone(),
         items: Mutex::new(Vec::new()),
+        memo_store: env.memo_store,
         memo_stats: MemoStats::default(),
         progress,
         secrets: Mutex::new(Vec::new()),
         vault: env.secrets.clone(),
         revealed: Mutex::new(Vec::new()),
+        notes: Mutex::new(serde_json::Map::new()),
     };
     if attempt > 1 {
         ctx.log(&format!("--- attempt {attempt} ---"));
@@ -425,6 +432,7 @@ fn run_in(
             run_id: env.run_id.clone(),
             secrets,
             items,
+            threads: compute_threads(),
         };
         env.store.put_record(&rec).map_err(|e| err(&e))?;
         env.store
@@ -435,7 +443,18 @@ fn run_in(
         outputs: refs,
         duration_ms,
         memo,
+        notes: ctx.notes(),
     })
+}
+
+/// The compute threads of this process: `RAYON_NUM_THREADS` when set to a positive number
+/// (the model runtime's thread pools read it), else the available cores.
+pub fn compute_threads() -> u32 {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
 }
 
 /// This machine's host name.

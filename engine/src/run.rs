@@ -154,6 +154,7 @@ pub async fn run(
         run_dir: ws.run_dir(run_id),
         scratch_dir: ws.scratch_dir(run_id),
         resume_root: ws.resume_root(),
+        memo_store: true,
         cancel: cancel.clone(),
         secrets,
     };
@@ -623,6 +624,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                         .collect(),
                     memo_hits: done.memo.0,
                     memo_misses: done.memo.1,
+                    notes: done.notes,
                 });
                 self.summary.executed.push(name);
                 self.outputs[i] = Some(done.outputs);

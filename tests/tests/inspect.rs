@@ -104,8 +104,54 @@ fn log_shows_the_latest_run_even_within_one_second() {
             &format!(".expflow/runs/{id}/events.jsonl"),
             &format!("{{\"t_ms\":{t},\"event\":\"run_started\",\"run_id\":\"{id}\",\"pipeline\":\"pl\",\"pipeline_path\":\"pipe.yaml\",\"pid\":1,\"jobs\":1,\"nodes\":2}}\n"),
         );
-        p.write(&format!(".expflow/runs/{id}/logs/a.log"), text);
+        p.write(&format!(".expflow/runs/{id}/logs/z.log"), text);
     }
-    let out = p.expflow(&["log", "a"]);
+    // `z` has no record, so its log comes from the latest run.
+    let out = p.expflow(&["log", "z"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "later\n");
+}
+
+#[test]
+fn log_of_a_node_the_latest_run_found_cached_names_the_run_that_produced_it() {
+    let p = Project::new();
+    p.write(
+        "pipe.yaml",
+        "pipeline: pl\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"echo making o; echo hi > ${out.o}\"\n",
+    );
+    let first = p.run("pipe.yaml", &[]);
+    first.expect_code(0);
+    let second = p.run("pipe.yaml", &[]);
+    second.expect_code(0);
+    assert_eq!(second.cached(), ["a"]);
+    let (one, two) = (
+        first.summary["run_id"].as_str().unwrap(),
+        second.summary["run_id"].as_str().unwrap(),
+    );
+    let out = p.expflow(&["log", "a"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = &first
+        .events
+        .iter()
+        .find(|e| e["event"] == "node_executed")
+        .unwrap()["key"];
+    let want = format!(
+        "== log of `a` from run {one}, which produced its current record ({}); the latest run, \
+         {two}, found it cached ==",
+        &key.as_str().unwrap()[..12]
+    );
+    assert_eq!(text.lines().next(), Some(want.as_str()), "{text}");
+    assert!(text.ends_with("\nmaking o\n"), "{text}");
+    let json: Value = serde_json::from_slice(&p.expflow(&["log", "a", "--json"]).stdout).unwrap();
+    assert_eq!(json["run_id"], one);
+    assert_eq!(json["latest_run"], two);
+    assert_eq!(json["latest_run_state"], "cached");
+    assert!(
+        json["log"].as_str().unwrap().ends_with("making o\n"),
+        "{json}"
+    );
+    // --run still shows what that run wrote for the node: nothing, it was cached.
+    let cached = p.expflow(&["log", "a", "--run", two]);
+    assert_ne!(cached.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&cached.stderr).contains("has no log in run"));
 }

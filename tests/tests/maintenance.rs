@@ -30,6 +30,10 @@ fn audit_reexecutes_and_catches_a_command_that_is_not_deterministic() {
             .iter()
             .all(|e| e["outcome"] == "match")
     );
+    assert_eq!(report["summary"]["exact"], 2);
+    let text = p.expflow(&["audit", "--fraction", "1"]);
+    assert_eq!(text.status.code(), Some(0));
+    insta::assert_snapshot!("audit_text", String::from_utf8_lossy(&text.stdout));
     // A command whose output changes on every execution is caught.
     let q = Project::new();
     q.write("pipe.yaml", "pipeline: nd\nnodes:\n  t:\n    op: command\n    out: {o: file}\n    params:\n      run: \"date +%s%N > ${out.o}\"\n");
@@ -38,6 +42,8 @@ fn audit_reexecutes_and_catches_a_command_that_is_not_deterministic() {
     assert_eq!(bad.status.code(), Some(4));
     let report: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(report["audited"][0]["outcome"], "mismatch");
+    assert_eq!(report["audited"][0]["class"], "deterministic");
+    assert_eq!(report["summary"]["mismatch"], 1);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The pipelines users run, end to end through the real binary, on copies of
 //! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
 //! retrieval-aware inference → scores) and MAC-Bench on its synthetic data (augmentation →
-//! vision-language SFT → inference → accuracy). A second run executes nothing; changing one
+//! vision-language SFT → inference → accuracy). A second run executes nothing; `expflow
+//! audit --fraction 1` then re-executes every node and finds nothing changed; changing one
 //! SFT hyperparameter re-runs training and what follows it, nothing before it.
 
 use std::path::Path;
@@ -44,6 +45,43 @@ fn read_json(p: &Project, rel: &str) -> Value {
     serde_json::from_str(&p.read(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
+/// `expflow audit --fraction 1` after a normal run: every recorded node re-executes and
+/// compares clean (no mismatch, no failure), and `expflow log NODE` after a run that found
+/// NODE cached names the run that produced its record.
+fn audit_is_clean_and_logs_name_their_run(p: &Project, first_run: &str, node: &str) {
+    let out = p.expflow(&["audit", "--fraction", "1", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "audit: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&text).unwrap();
+    let summary = &report["summary"];
+    let audited = report["audited"].as_array().unwrap();
+    assert_eq!(summary["mismatch"], 0, "{text}");
+    assert_eq!(summary["failed"], 0, "{text}");
+    assert!(
+        summary["exact"].as_u64().unwrap() > 10,
+        "most nodes compare exactly: {summary}"
+    );
+    let counted = ["exact", "within_tolerance", "skipped"]
+        .iter()
+        .map(|k| summary[*k].as_u64().unwrap())
+        .sum::<u64>();
+    assert_eq!(counted, audited.len() as u64, "{summary}");
+    let log = p.expflow(&["log", node]);
+    let log = String::from_utf8_lossy(&log.stdout);
+    let head = log.lines().next().unwrap_or_default();
+    assert!(
+        head.contains(&format!(
+            "from run {first_run}, which produced its current record"
+        )) && head.contains("found it cached"),
+        "{head}"
+    );
+}
+
 #[test]
 fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     if !has_ffmpeg() {
@@ -81,6 +119,8 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         executed(&p, &[], "expstar.yaml").is_empty(),
         "a second run executes nothing"
     );
+    let first_id = first.summary["run_id"].as_str().unwrap();
+    audit_is_clean_and_logs_name_their_run(&p, first_id, "infer");
 
     let after_edit = executed(&p, &["--set", "sft_lr=0.003"], "expstar.yaml");
     let mut want: Vec<String> = [
@@ -168,6 +208,8 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         executed(&p, &[], "macbench.yaml").is_empty(),
         "a second run executes nothing"
     );
+    let first_id = first.summary["run_id"].as_str().unwrap();
+    audit_is_clean_and_logs_name_their_run(&p, first_id, "answers_i2t");
     let after_edit = executed(&p, &["--set", "sft_lr=0.02"], "macbench.yaml");
     assert!(after_edit.contains(&"sft".to_string()), "{after_edit:?}");
     for node in &after_edit {

@@ -30,6 +30,7 @@ pub fn record(seed: &str, pipeline: &str, node: &str, outputs: &[(&str, OutputRe
         run_id: "r1".into(),
         secrets: vec!["OPENAI_API_KEY".into()],
         items: vec![],
+        threads: 2,
     }
 }
 

@@ -225,7 +225,8 @@ impl Operator for Chat {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the report holds counts about the replies only; memo and HTTP figures are notes.
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -311,7 +312,7 @@ impl Operator for Chat {
                 Port::new(
                     "report",
                     PortType::Metrics,
-                    "counts: rows, asked, memoised, HTTP requests, retries, tokens, truncated",
+                    "counts: rows, prompt and completion tokens, truncated replies",
                 ),
             ]),
             params,
@@ -352,8 +353,14 @@ impl Operator for Chat {
         let mut out = df;
         add_columns(&mut out, &replies, sampling.n, sampling.logprobs)?;
         write_table(&mut out, &ctx.output("table")?.path)?;
+        // Figures about this execution, which depend on what the memo store held: notes
+        // (the log and the node's event), never the report.
         let (hits, misses) = ctx.memo_counts();
         let (sent, retried) = backend.http_counts();
+        ctx.note("memoised", hits);
+        ctx.note("asked", misses);
+        ctx.note("http_requests", sent);
+        ctx.note("retries", retried);
         let truncated = replies
             .iter()
             .flat_map(|r| &r.choices)
@@ -361,10 +368,6 @@ impl Operator for Chat {
             .count();
         let report = json!({
             "rows": replies.len(),
-            "memoised": hits,
-            "asked": misses,
-            "http_requests": sent,
-            "retries": retried,
             "prompt_tokens": replies.iter().map(|r| r.prompt_tokens).sum::<u64>(),
             "completion_tokens": replies.iter().map(|r| r.completion_tokens).sum::<u64>(),
             "truncated": truncated,

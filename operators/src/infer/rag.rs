@@ -333,7 +333,8 @@ impl Operator for RagInfer {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the report holds counts about the rows only; memo and HTTP figures are notes.
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -435,7 +436,7 @@ impl Operator for RagInfer {
                 Port::new(
                     "report",
                     PortType::Metrics,
-                    "counts: rows, retrieval, passages, relevant, missing entries, requests",
+                    "counts: rows, retrieval, passages, relevant, missing entries",
                 ),
             ]),
             params,
@@ -635,18 +636,20 @@ impl Operator for RagInfer {
             out.push(Value::Object(row));
         }
         write_jsonl(&ctx.output("results")?.path, &out)?;
+        // Figures about this execution, which depend on what the memo store held: notes
+        // (the log and the node's event), never the report.
         let (hits, misses) = ctx.memo_counts();
         let (sent, retried) = backend.http_counts();
+        ctx.note("memoised", hits);
+        ctx.note("asked", misses);
+        ctx.note("http_requests", sent);
+        ctx.note("retries", retried);
         let report = json!({
             "rows": states.len(),
             "retrieval": n_retrieval,
             "missing_retrieval": n_missing,
             "passages": n_passages,
             "relevant": n_relevant,
-            "memoised": hits,
-            "asked": misses,
-            "http_requests": sent,
-            "retries": retried,
         });
         ctx.log(&format!("report: {report}"));
         let mut bytes = serde_json::to_vec_pretty(&report)?;

@@ -218,7 +218,8 @@ impl Operator for Cot {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the report holds counts about the items only; memo and HTTP figures are notes.
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -249,7 +250,7 @@ impl Operator for Cot {
                 Port::new(
                     "report",
                     PortType::Metrics,
-                    "counts: asked, memoised, kept, wrong, unparsable, truncated",
+                    "counts: items, kept, wrong, unparsable, truncated",
                 ),
             ]),
             params: [
@@ -352,13 +353,15 @@ impl Operator for Cot {
                 None => unparsable += 1,
             }
         }
+        // Figures about this execution, which depend on what the memo store held: notes
+        // (the log and the node's event), never the report.
         let (hits, misses) = ctx.memo_counts();
+        ctx.note("memoised", hits);
+        ctx.note("asked", misses);
+        ctx.note("http_requests", client.sent());
+        ctx.note("retries", client.retried());
         let report = json!({
             "items": total,
-            "memoised": hits,
-            "asked": misses,
-            "http_requests": client.sent(),
-            "retries": client.retried(),
             "kept": kept.len(),
             "wrong": wrong,
             "unparsable": unparsable,

@@ -385,6 +385,80 @@ pub fn import_adapter(from: &Path, to: &Path) -> Result<(), OpError> {
     Ok(())
 }
 
+/// Rewrites, in the JSON files under `dir` (any depth), string values that name a place in
+/// this run's workspace, so that an imported model does not carry where the workspace lives
+/// (an output's bytes must not depend on it): the connected `model` input's directory
+/// becomes its digest (as the native trainer names the base model in
+/// `adapter_config.json`), and paths inside the tool's working directory `work` become
+/// relative to it. Files without such a value are left byte for byte.
+pub fn unplace_paths(ctx: &Context, dir: &Path, work: &Path) -> Result<(), OpError> {
+    let mut places: Vec<(String, String)> = Vec::new();
+    if let Some(m) = ctx.inputs().get("model") {
+        places.push((m.path.display().to_string(), m.digest.to_hex()));
+    }
+    places.push((work.display().to_string(), ".".to_string()));
+    unplace_dir(dir, &places)
+}
+
+fn unplace_dir(dir: &Path, places: &[(String, String)]) -> Result<(), OpError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| OperatorError::io("cannot read", dir, e))?;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            unplace_dir(&path, places)?;
+            continue;
+        }
+        if path.extension().and_then(|x| x.to_str()) != Some("json") {
+            continue;
+        }
+        let Ok(mut v) = std::fs::read(&path)
+            .map_err(|_| ())
+            .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|_| ()))
+        else {
+            continue;
+        };
+        if unplace_value(&mut v, places) {
+            let mut text = serde_json::to_string_pretty(&v)?;
+            text.push('\n');
+            std::fs::write(&path, text).map_err(|e| OperatorError::io("cannot write", &path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces workspace places in the strings of `v`; whether anything changed.
+fn unplace_value(v: &mut Value, places: &[(String, String)]) -> bool {
+    match v {
+        Value::String(s) => {
+            for (from, to) in places {
+                let rest = if s == from {
+                    Some(String::new())
+                } else {
+                    s.strip_prefix(&format!("{from}/")).map(str::to_string)
+                };
+                if let Some(rest) = rest {
+                    *s = if rest.is_empty() {
+                        to.clone()
+                    } else if to == "." {
+                        rest
+                    } else {
+                        format!("{to}/{rest}")
+                    };
+                    return true;
+                }
+            }
+            false
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |changed, x| unplace_value(x, places) | changed),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |changed, x| unplace_value(x, places) | changed),
+        _ => false,
+    }
+}
+
 /// The checkpoint a Hugging Face trainer kept as best (`trainer_state.json`'s
 /// `best_model_checkpoint`, when that directory exists), else `fallback`.
 pub fn best_or(state: &Value, fallback: &Path) -> PathBuf {

@@ -364,5 +364,5 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     } else {
         import_adapter(&adapter, out)?;
     }
-    Ok(())
+    super::unplace_paths(ctx, out, &work)
 }

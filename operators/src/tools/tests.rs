@@ -226,13 +226,14 @@ fn stand_in(dir: &Path, exit_code: i32) -> std::path::PathBuf {
 set -e
 [ "$1" = train ] || exit 2
 out=$(sed -n 's/^output_dir: //p' "$2" | tr -d '"')
+model=$(sed -n 's/^model_name_or_path: //p' "$2" | tr -d '"')
 mkdir -p "$out/checkpoint-2" "$out/checkpoint-4"
 echo '{{"current_steps": 2, "total_steps": 4, "loss": 2.5, "lr": 0.0001, "epoch": 0.5}}' >> "$out/trainer_log.jsonl"
 echo '{{"current_steps": 2, "total_steps": 4, "eval_loss": 2.0, "epoch": 0.5}}' >> "$out/trainer_log.jsonl"
 echo '{{"current_steps": 4, "total_steps": 4, "loss": 1.5, "lr": 0.00005, "epoch": 1.0}}' >> "$out/trainer_log.jsonl"
 for c in 2 4; do
   printf 'weights-%s' "$c" > "$out/checkpoint-$c/adapter_model.safetensors"
-  echo '{{"peft_type": "LORA", "r": 16}}' > "$out/checkpoint-$c/adapter_config.json"
+  echo "{{\"peft_type\": \"LORA\", \"r\": 16, \"base_model_name_or_path\": \"$model\"}}" > "$out/checkpoint-$c/adapter_config.json"
 done
 printf '{{"best_model_checkpoint": "%s/checkpoint-2", "log_history": []}}' "$out" > "$out/trainer_state.json"
 echo "stand-in finished"
@@ -277,7 +278,13 @@ fn the_runner_reads_logs_and_imports_the_best_adapter_of_a_stand_in_tool() {
     // The best checkpoint (step 2, by trainer_state.json) is the adapter, not the last.
     let weights = std::fs::read_to_string(out["model"].join("adapter_model.safetensors")).unwrap();
     assert_eq!(weights, "weights-2");
-    assert!(out["model"].join("adapter_config.json").is_file());
+    let adapter: Value =
+        serde_json::from_slice(&std::fs::read(out["model"].join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        adapter["base_model_name_or_path"], "Qwen/Qwen2.5-VL-7B-Instruct",
+        "a hub name stays as it is"
+    );
     let again = tempfile::tempdir().unwrap();
     let failing = run_sft(again.path(), &stand_in(dir.path(), 3))
         .unwrap_err()
@@ -291,4 +298,44 @@ fn the_runner_reads_logs_and_imports_the_best_adapter_of_a_stand_in_tool() {
         .unwrap_err()
         .to_string();
     insta::assert_snapshot!("llamafactory_missing_tool", missing);
+}
+
+#[test]
+fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspace_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = stand_in(dir.path(), 0);
+    let model = dir.path().join("base");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        "{\"model_type\": \"qwen2_vl\"}\n",
+    )
+    .unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let rows: String = swift_rows_sample()
+        .iter()
+        .map(|r| r.to_string() + "\n")
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    let ex = expflow_engine::harness::Example {
+        name: "train.sft, llamafactory stand-in".into(),
+        inputs: vec![
+            ("data".into(), PortType::File, data),
+            ("model".into(), PortType::Model, model),
+        ],
+        params: json!({"backend": "llamafactory", "tool": tool.display().to_string(), "merge": false}),
+        declared: vec![],
+    };
+    let r =
+        expflow_engine::harness::check_reproducible(&Sft, &ex, &dir.path().join("runs")).unwrap();
+    assert_eq!(r.differences, Vec::<String>::new());
+    let adapter: Value = serde_json::from_slice(
+        &std::fs::read(r.cold.outputs["model"].join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let base = adapter["base_model_name_or_path"].as_str().unwrap();
+    assert!(
+        base.len() == 64 && base.chars().all(|c| c.is_ascii_hexdigit()),
+        "the base model is named by its digest, as the native trainer names it: {base}"
+    );
 }
