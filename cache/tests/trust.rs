@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use expflow_cache::{
-    BlobState, Cas, CacheError, Digest, SledStore, StatKey, Store, hash_file, verify,
+    BlobState, CacheError, Cas, Digest, SledStore, StatKey, Store, hash_file, verify,
 };
 
 fn workspace() -> (tempfile::TempDir, Cas, Arc<dyn Store>) {

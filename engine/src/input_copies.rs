@@ -72,16 +72,14 @@ impl Context {
                     )
                     .into());
                 }
-                std::fs::create_dir_all(&self.copies).map_err(|e| {
-                    format!("cannot create {}: {e}", self.copies.display())
-                })?;
+                std::fs::create_dir_all(&self.copies)
+                    .map_err(|e| format!("cannot create {}: {e}", self.copies.display()))?;
                 let dest = self.copies.join(safe_name(port));
                 clone_or_copy(&self.cas.blob_path(&input.digest), &dest)
                     .map_err(|e| format!("input `{port}`: cannot copy it for the command: {e}"))?;
                 dest
             };
-            let stat = TreeStat::pin_mtimes(&path)
-                .map_err(|e| format!("input `{port}`: {e}"))?;
+            let stat = TreeStat::pin_mtimes(&path).map_err(|e| format!("input `{port}`: {e}"))?;
             copies.insert(
                 port.to_string(),
                 Copy {
@@ -151,10 +149,7 @@ fn change_of(copy: &Copy) -> Option<String> {
 /// system supports one, else a copy of the bytes.
 fn clone_or_copy(src: &Path, dest: &Path) -> io::Result<()> {
     let from = File::open(src)?;
-    let mut to = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dest)?;
+    let mut to = OpenOptions::new().write(true).create_new(true).open(dest)?;
     if !reflink(&from, &to) {
         let mut from = &from;
         io::copy(&mut from, &mut to)?;

@@ -699,6 +699,7 @@ fn over_http(b: &mut Bench) {
         port: 0,
         max_batch: 4,
         batch_wait: Duration::from_millis(5),
+        api_key: None,
     };
     let server = expflow_serve::spawn(loaded, &cfg).expect("start the server");
     let url = server.base_url();

@@ -76,9 +76,17 @@ fn is_root() -> bool {
 fn damaging(bad: &str, appends: bool) {
     let p = Project::new();
     p.write("data.txt", "external\nbytes\n");
-    let cmd = |port: &str| format!("{} && cat ${{in.{port}}} > ${{out.o}}", bad.replace("X", &format!("${{in.{port}}}")));
+    let cmd = |port: &str| {
+        format!(
+            "{} && cat ${{in.{port}}} > ${{out.o}}",
+            bad.replace("X", &format!("${{in.{port}}}"))
+        )
+    };
     // A harmless run first, so that every input blob is stored.
-    p.write("pipe.yaml", &pipeline("cat ${in.x} > ${out.o}", "cat ${in.src} > ${out.o}"));
+    p.write(
+        "pipe.yaml",
+        &pipeline("cat ${in.x} > ${out.o}", "cat ${in.src} > ${out.o}"),
+    );
     p.run("pipe.yaml", &[]).expect_code(0);
     let ws = p.path(".expflow");
     let before = cas_contents(&ws);
@@ -95,7 +103,9 @@ fn damaging(bad: &str, appends: bool) {
             assert!(err.contains("exited with code"), "{bad}: {err}");
         } else {
             assert!(
-                err.contains(&format!("command node `{node}` changed its input ${{in.{port}}}")),
+                err.contains(&format!(
+                    "command node `{node}` changed its input ${{in.{port}}}"
+                )),
                 "{bad}: {err}"
             );
             assert!(err.contains("nothing was recorded"), "{err}");
@@ -106,7 +116,13 @@ fn damaging(bad: &str, appends: bool) {
     assert_eq!(p.read("data.txt"), "external\nbytes\n");
 
     // Nothing was recorded for the failed nodes: fixed, they run (up stays cached).
-    p.write("pipe.yaml", &pipeline("cat ${in.x} ${in.x} > ${out.o}", "cat ${in.src} ${in.src} > ${out.o}"));
+    p.write(
+        "pipe.yaml",
+        &pipeline(
+            "cat ${in.x} ${in.x} > ${out.o}",
+            "cat ${in.src} ${in.src} > ${out.o}",
+        ),
+    );
     let fixed = p.run("pipe.yaml", &[]);
     fixed.expect_code(0);
     assert_eq!(fixed.executed(), names(&["down", "ext"]));
@@ -143,7 +159,10 @@ fn renaming_an_input_fails_the_node_and_leaves_the_store_intact() {
 fn a_changed_directory_input_is_named_and_its_files_in_the_store_are_intact() {
     let p = Project::new();
     p.write("data.txt", "x\n");
-    p.write("pipe.yaml", &pipeline("cat ${in.d}/w.bin > ${out.o}", "true > ${out.o}"));
+    p.write(
+        "pipe.yaml",
+        &pipeline("cat ${in.d}/w.bin > ${out.o}", "true > ${out.o}"),
+    );
     p.run("pipe.yaml", &[]).expect_code(0);
     let ws = p.path(".expflow");
     let before = cas_contents(&ws);
@@ -153,7 +172,10 @@ fn a_changed_directory_input_is_named_and_its_files_in_the_store_are_intact() {
         "echo new > ${in.d}/added.txt",
         "chmod +x ${in.d}/w.bin",
     ] {
-        p.write("pipe.yaml", &pipeline(&format!("{bad}; echo done > ${{out.o}}"), "true > ${out.o}"));
+        p.write(
+            "pipe.yaml",
+            &pipeline(&format!("{bad}; echo done > ${{out.o}}"), "true > ${out.o}"),
+        );
         let r = p.run("pipe.yaml", &[]);
         r.expect_code(1);
         let err = error_of(&r, "down");

@@ -326,8 +326,9 @@ fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspa
         params: json!({"backend": "llamafactory", "tool": tool.display().to_string(), "merge": false}),
         declared: vec![],
     };
-    let r =
-        expflow_engine::harness::check_reproducible(&Sft, &ex, &dir.path().join("runs")).unwrap();
+    let sft = crate::registry().get("train.sft").unwrap().clone();
+    let r = expflow_engine::harness::check_reproducible(sft.as_ref(), &ex, &dir.path().join("runs"))
+        .unwrap();
     assert_eq!(r.differences, Vec::<String>::new());
     let adapter: Value = serde_json::from_slice(
         &std::fs::read(r.cold.outputs["model"].join("adapter_config.json")).unwrap(),

@@ -196,7 +196,10 @@ pub fn model_card(dir: &Path) -> Result<crate::Card> {
     for (path, meta) in &files {
         let rel = path.strip_prefix(dir).unwrap_or(path).to_string_lossy();
         let mut h = blake3::Hasher::new();
-        h.update_mmap_rayon(path)
+        // Read, not memory-mapped: a file truncated while it is hashed is an error, not a
+        // SIGBUS.
+        std::fs::File::open(path)
+            .and_then(|f| h.update_reader(f).map(|_| ()))
             .map_err(|e| fail(format!("{}: {e}", path.display())))?;
         whole.update(format!("{} {}\n", h.finalize().to_hex(), rel).as_bytes());
         let mtime = meta
