@@ -35,9 +35,9 @@ pub mod yaml;
 
 pub use compile::{CNode, CompileOptions, Pipeline, Source};
 pub use context::{CancelToken, Context, Input, Output};
-pub use input_copies::{InputChange, InputCopies};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::{EngineError, Result};
+pub use input_copies::{InputChange, InputCopies};
 pub use key::{KEY_SCHEMA, KeyMaterial};
 pub use operator::{
     Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,

@@ -1,0 +1,248 @@
+//! Wiring: each instance's `in:` references resolved to declared inputs or to the ports of
+//! earlier nodes (matching sweep points), each reported once where it cannot be.
+
+use super::*;
+
+impl Builder<'_> {
+    pub(super) fn resolve_inputs(
+        &mut self,
+        inputs: &BTreeMap<String, (PathBuf, bool)>,
+        bad_inputs: &HashSet<String>,
+    ) -> Vec<CNode> {
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut by_base: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            by_name.insert(n.name.clone(), i);
+            by_base.entry(n.base.clone()).or_default().push(i);
+        }
+        let mut nodes = std::mem::take(&mut self.nodes);
+        let refs = std::mem::take(&mut self.refs);
+        let points: Vec<Vec<(String, Value)>> = refs.iter().map(|(_, p, _)| p.clone()).collect();
+        for (i, (ins, point, (bad_vars, unreadable))) in refs.iter().enumerate() {
+            let sig = self.signature(nodes[i].op.as_ref());
+            let node_name = nodes[i].base.clone();
+            let kind = nodes[i].op.kind();
+            let mut connected = BTreeMap::new();
+            for (port, text, loc) in ins {
+                let want: Option<PortType> = match &sig.inputs {
+                    Ports::Fixed(ps) => {
+                        match ps.iter().find(|p| p.name == port) {
+                            Some(p) => Some(p.ty),
+                            None => {
+                                let names: Vec<&str> = ps.iter().map(|p| p.name).collect();
+                                let hint = match closest(port, names.iter().copied()) {
+                                    Some(c) => format!("did you mean `{c}`?"),
+                                    None => format!("`{kind}` has inputs: {}", names.join(", ")),
+                                };
+                                self.diags.push(loc, format!("unknown input port `{port}` for `{kind}` in node `{node_name}`"), Some(hint));
+                                continue;
+                            }
+                        }
+                    }
+                    Ports::Open(t) => Some(*t),
+                    Ports::Any | Ports::Declared => None,
+                };
+                let mut reported = false;
+                let text = match interp::expand(text, |r| match r.ns.as_str() {
+                    "matrix" => match point.iter().find(|(k, _)| *k == r.path) {
+                        Some((_, v)) => Ok(Some(v.clone())),
+                        None => {
+                            reported = *unreadable || bad_vars.contains(&r.path);
+                            Err(InterpError {
+                                message: format!(
+                                    "`${{matrix.{}}}`: this node has no matrix variable `{}`",
+                                    r.path, r.path
+                                ),
+                                offset: r.start,
+                            })
+                        }
+                    },
+                    _ => Ok(None),
+                }) {
+                    Ok(Value::String(s)) => s,
+                    Ok(v) => v.to_string(),
+                    Err(e) => {
+                        if !reported {
+                            self.diags.push(
+                                loc,
+                                format!("bad interpolation in input `{port}`: {}", e.message),
+                                None,
+                            );
+                        }
+                        continue;
+                    }
+                };
+                let Some((src, ty)) = self.resolve_ref(
+                    &text, point, inputs, bad_inputs, &nodes, &points, &by_name, &by_base, loc,
+                ) else {
+                    continue;
+                };
+                if let Some(want) = want
+                    && !ty.fits(want)
+                {
+                    let hint = if want == PortType::Table && !ty.is_dir() {
+                        "turn the file into a table first with a node `op: load`".to_string()
+                    } else {
+                        format!("connect an output of type {want}")
+                    };
+                    self.diags.push(loc, format!("type mismatch: input `{port}` of node `{node_name}` wants a {want}, but `{text}` is a {ty}"), Some(hint));
+                }
+                connected.insert(port.clone(), src);
+            }
+            if let Ports::Fixed(ps) = &sig.inputs {
+                for p in ps.iter().filter(|p| !p.optional) {
+                    if !ins.iter().any(|(name, _, _)| name == p.name) {
+                        self.diags.push(
+                            &nodes[i].loc,
+                            format!(
+                                "node `{node_name}` needs input `{}` ({}: {})",
+                                p.name, p.ty, p.doc
+                            ),
+                            Some(format!("add `in: {{{}: NODE.PORT}}`", p.name)),
+                        );
+                    }
+                }
+            }
+            let mut deps: Vec<usize> = connected
+                .values()
+                .filter_map(|s| match s {
+                    Source::Node { node, .. } => Some(*node),
+                    Source::Input(_) => None,
+                })
+                .collect();
+            deps.sort_unstable();
+            deps.dedup();
+            nodes[i].inputs = connected;
+            nodes[i].deps = deps;
+        }
+        nodes
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_ref(
+        &mut self,
+        text: &str,
+        point: &[(String, Value)],
+        inputs: &BTreeMap<String, (PathBuf, bool)>,
+        bad_inputs: &HashSet<String>,
+        nodes: &[CNode],
+        points: &[Vec<(String, Value)>],
+        by_name: &HashMap<String, usize>,
+        by_base: &HashMap<String, Vec<usize>>,
+        loc: &Loc,
+    ) -> Option<(Source, PortType)> {
+        if let Some(name) = text.strip_prefix("inputs.") {
+            return match inputs.get(name) {
+                Some((_, is_dir)) => Some((
+                    Source::Input(name.to_string()),
+                    if *is_dir {
+                        PortType::Dir
+                    } else {
+                        PortType::File
+                    },
+                )),
+                // Its own error says why it cannot be read.
+                None if bad_inputs.contains(name) => None,
+                None => {
+                    let hint = match closest(name, inputs.keys().map(String::as_str)) {
+                        Some(c) => format!("did you mean `inputs.{c}`?"),
+                        None => "declare it under `inputs:`".to_string(),
+                    };
+                    self.diags
+                        .push(loc, format!("unknown input `{name}`"), Some(hint));
+                    None
+                }
+            };
+        }
+        let (node, port) = match text.rfind(']') {
+            Some(end) => (
+                &text[..=end],
+                text[end + 1..].strip_prefix('.').unwrap_or(""),
+            ),
+            None => text.split_once('.').unwrap_or((text, "")),
+        };
+        if port.is_empty() {
+            self.diags.push(
+                loc,
+                format!("`{text}` is not a reference"),
+                Some("write `NODE.PORT` or `inputs.NAME`".into()),
+            );
+            return None;
+        }
+        let idx = if let Some(i) = by_name.get(node).filter(|_| node.contains('[')) {
+            *i
+        } else {
+            let Some(candidates) = by_base.get(node) else {
+                if self.bad_nodes.contains(node) {
+                    // Its own error says why it was not built.
+                    return None;
+                }
+                let names: Vec<&str> = by_base.keys().map(String::as_str).collect();
+                let hint = match closest(node, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}.{port}`?"),
+                    None => "name a node defined under `nodes:`".into(),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown node `{node}` in `{text}`"),
+                    Some(hint),
+                );
+                return None;
+            };
+            let matching: Vec<usize> = candidates
+                .iter()
+                .copied()
+                .filter(|c| {
+                    let their = &points[*c];
+                    their.iter().all(|(k, v)| {
+                        point
+                            .iter()
+                            .find(|(pk, _)| pk == k)
+                            .is_none_or(|(_, pv)| pv == v)
+                    })
+                })
+                .collect();
+            match matching.as_slice() {
+                [one] => *one,
+                _ => {
+                    self.diags.push(
+                        loc,
+                        format!(
+                            "`{node}` has {} sweep points; `{text}` does not say which",
+                            matching.len()
+                        ),
+                        Some(format!(
+                            "name one, e.g. `{}.{port}`, or give this node the same matrix",
+                            nodes[candidates[0]].name
+                        )),
+                    );
+                    return None;
+                }
+            }
+        };
+        let producer = &nodes[idx];
+        match producer.outputs.get(port) {
+            Some(ty) => Some((
+                Source::Node {
+                    node: idx,
+                    port: port.to_string(),
+                },
+                *ty,
+            )),
+            None => {
+                let names: Vec<&str> = producer.outputs.keys().map(String::as_str).collect();
+                let hint = match closest(port, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{}.{c}`?", producer.base),
+                    None if names.is_empty() => format!("node `{}` has no outputs", producer.base),
+                    None => format!("node `{}` has outputs: {}", producer.base, names.join(", ")),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown port `{port}` on node `{}`", producer.base),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The scheduler's steps: deciding cached nodes, launching within `--jobs` and the declared
+//! resources, finishing, retrying and failing nodes.
+
+use super::*;
+
+impl<E: Fn(EventKind)> Sched<'_, E> {
+    /// A node whose inputs are all known: compute its key and use the cache, park it behind
+    /// an identical in-flight node, or make it runnable.
+    pub(super) fn decide(&mut self, i: usize) -> Result<()> {
+        let mut work = vec![i];
+        while let Some(i) = work.pop() {
+            if self.stopping {
+                continue;
+            }
+            let node = &self.p.nodes[i];
+            let material = match self.material_for(i) {
+                Ok(m) => m,
+                Err(msg) => {
+                    self.fail(i, None, 1, msg);
+                    continue;
+                }
+            };
+            let key = material.key();
+            self.material[i] = Some(material);
+            if let Some(rec) = self.env.store.get_record(&key)?
+                && record_ok(&self.env.cas, self.env.store.as_ref(), &rec)?
+            {
+                if self.env.store.get_last(&self.p.name, &node.name)? != Some(key) {
+                    self.env.store.set_last(&self.p.name, &node.name, &key)?;
+                }
+                (self.emit)(EventKind::NodeCached {
+                    node: node.name.clone(),
+                    key,
+                });
+                self.summary.cached.push(node.name.clone());
+                self.outputs[i] = Some(rec.outputs);
+                self.state[i] = State::Done;
+                work.extend(self.release_children(i));
+                continue;
+            }
+            if self.inflight.contains_key(&key) {
+                self.parked.entry(key).or_default().push(i);
+                self.state[i] = State::Parked;
+                continue;
+            }
+            self.inflight.insert(key, i);
+            self.state[i] = State::Runnable;
+            self.runnable.insert(i);
+        }
+        Ok(())
+    }
+
+    fn release_children(&mut self, i: usize) -> Vec<usize> {
+        let mut ready = Vec::new();
+        for &c in &self.children[i] {
+            if self.state[c] == State::Waiting {
+                self.waiting_on[c] -= 1;
+                if self.waiting_on[c] == 0 {
+                    ready.push(c);
+                }
+            }
+        }
+        ready
+    }
+
+    fn material_for(&mut self, i: usize) -> std::result::Result<KeyMaterial, String> {
+        let node = &self.p.nodes[i];
+        let mut inputs = BTreeMap::new();
+        for (port, src) in &node.inputs {
+            let d = match src {
+                Source::Input(name) => self.inputs.get(name).map(|(d, _)| *d),
+                Source::Node {
+                    node: up,
+                    port: up_port,
+                } => self.outputs[*up]
+                    .as_ref()
+                    .and_then(|o| o.get(up_port))
+                    .map(|o| o.digest),
+            };
+            inputs.insert(
+                port.clone(),
+                d.ok_or_else(|| format!("input `{port}` is not available"))?,
+            );
+        }
+        let kind = node.op.kind();
+        if !self.env_cache.contains_key(kind) {
+            let env = node
+                .op
+                .environment()
+                .map_err(|e| format!("cannot determine the environment of `{kind}`: {e}"))?;
+            self.env_cache.insert(kind, env);
+        }
+        Ok(KeyMaterial {
+            schema: KEY_SCHEMA,
+            op: kind.to_string(),
+            op_version: node.op.version(),
+            params: node.params.clone(),
+            inputs,
+            outputs: node.outputs.clone(),
+            env: self.env_cache[kind].clone(),
+            seed: match node.determinism {
+                crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
+                _ => None,
+            },
+            input_types: self.input_types(i),
+            sources: sources(self.p, i),
+        })
+    }
+
+    fn input_types(&self, i: usize) -> BTreeMap<String, PortType> {
+        self.p.nodes[i]
+            .inputs
+            .iter()
+            .map(|(port, src)| {
+                let ty = match src {
+                    Source::Input(name) => {
+                        self.inputs.get(name).map_or(PortType::File, |(_, t)| *t)
+                    }
+                    Source::Node { node, port } => self.p.nodes[*node]
+                        .outputs
+                        .get(port)
+                        .copied()
+                        .unwrap_or(PortType::File),
+                };
+                (port.clone(), ty)
+            })
+            .collect()
+    }
+
+    /// Starts runnable nodes while jobs and resources allow (lowest index first; a node that
+    /// does not fit now is passed over for later ones, up to a bounded look-ahead).
+    pub(super) fn launch(&mut self, tx: &mpsc::UnboundedSender<Finished>) {
+        let mut passed = Vec::new();
+        while self.running < self.opts.jobs.max(1) && passed.len() < 256 {
+            let Some(i) = self.runnable.pop_first() else {
+                break;
+            };
+            let r = self.p.nodes[i].resources;
+            if r.gpus as usize > self.opts.gpus.len() {
+                let msg = format!(
+                    "needs {} GPU(s) but {} are available; set CUDA_VISIBLE_DEVICES (or EXPFLOW_GPUS) to the GPUs expflow may use",
+                    r.gpus,
+                    self.opts.gpus.len()
+                );
+                let key = self.material[i].as_ref().map(KeyMaterial::key);
+                self.fail(i, key, 1, msg);
+                continue;
+            }
+            let cpus = r.cpus.min(self.opts.cpus.max(1));
+            let mem = r.mem_gb.min(self.opts.mem_gb);
+            // A node alone on the machine always fits (its request was capped above).
+            let fits = self.running == 0
+                || (self.used_cpus + cpus <= self.opts.cpus.max(1)
+                    && self.used_mem + mem <= self.opts.mem_gb);
+            if !fits || self.free_gpus.len() < r.gpus as usize {
+                passed.push(i);
+                continue;
+            }
+            self.used_cpus += cpus;
+            self.used_mem += mem;
+            let gpus: Vec<u32> = self.free_gpus.drain(..r.gpus as usize).collect();
+            self.held_gpus.insert(i, gpus.clone());
+            self.start(i, 1, gpus, tx);
+        }
+        self.runnable.extend(passed);
+    }
+
+    fn start(
+        &mut self,
+        i: usize,
+        attempt: u32,
+        gpus: Vec<u32>,
+        tx: &mpsc::UnboundedSender<Finished>,
+    ) {
+        let material = self.material[i]
+            .clone()
+            .expect("material is computed before a node runs");
+        let key = material.key();
+        self.inflight.insert(key, i);
+        self.state[i] = State::Running;
+        self.running += 1;
+        let node = self.p.nodes[i].clone();
+        (self.emit)(EventKind::NodeStarted {
+            node: node.name.clone(),
+            key,
+            attempt,
+        });
+        let env = self.env.clone();
+        let types = self.input_types(i);
+        let tx = tx.clone();
+        let progress = self.progress_fn(&node.name);
+        let delay = if attempt > 1 {
+            (self.opts.retry_base * 2u32.pow((attempt - 2).min(10))).min(Duration::from_secs(30))
+        } else {
+            Duration::ZERO
+        };
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let result = tokio::task::spawn_blocking(move || {
+                if env.cancel.is_cancelled() {
+                    return Err("cancelled".to_string());
+                }
+                node::execute(
+                    &env, &node, &material, &key, &types, gpus, attempt, progress, true,
+                )
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("worker panicked: {e}")));
+            let _ = tx.send(Finished {
+                idx: i,
+                attempt,
+                result,
+            });
+        });
+    }
+
+    fn progress_fn(&self, node: &str) -> ProgressFn {
+        let node = node.to_string();
+        let observer = self.opts.observer.clone();
+        let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+        let events_path = self.env.run_dir.join("events.jsonl");
+        let log = EventLog::create(&events_path).ok();
+        Arc::new(move |done, total| {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            if done < total && l.elapsed() < Duration::from_millis(200) {
+                return;
+            }
+            *l = Instant::now();
+            let ev = EventKind::NodeProgress {
+                node: node.clone(),
+                done,
+                total,
+            };
+            if let Some(o) = &observer {
+                o(&ev);
+            }
+            if let Some(log) = &log {
+                log.emit(ev);
+            }
+        })
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        f: Finished,
+        tx: &mpsc::UnboundedSender<Finished>,
+    ) -> Result<()> {
+        let i = f.idx;
+        let name = self.p.nodes[i].name.clone();
+        let key = self.material[i]
+            .as_ref()
+            .map(KeyMaterial::key)
+            .expect("running nodes have keys");
+        match f.result {
+            Ok(done) => {
+                self.release(i);
+                self.inflight.remove(&key);
+                (self.emit)(EventKind::NodeExecuted {
+                    node: name.clone(),
+                    key,
+                    duration_ms: done.duration_ms,
+                    outputs: done
+                        .outputs
+                        .iter()
+                        .map(|(k, o)| (k.clone(), o.digest))
+                        .collect(),
+                    memo_hits: done.memo.0,
+                    memo_misses: done.memo.1,
+                    notes: done.notes,
+                });
+                self.summary.executed.push(name);
+                self.outputs[i] = Some(done.outputs);
+                self.state[i] = State::Done;
+                let mut next = self.release_children(i);
+                if let Some(parked) = self.parked.remove(&key) {
+                    next.extend(parked);
+                }
+                for c in next {
+                    self.decide(c)?;
+                }
+            }
+            Err(msg) => {
+                let cancelled = self.env.cancel.is_cancelled();
+                let retries = self.p.nodes[i].retries;
+                let will_retry = !cancelled && !self.stopping && f.attempt <= retries;
+                (self.emit)(EventKind::NodeFailed {
+                    node: name.clone(),
+                    key: Some(key),
+                    attempt: f.attempt,
+                    will_retry,
+                    error: msg.clone(),
+                });
+                if will_retry {
+                    self.running -= 1;
+                    let gpus = self.held_gpus.get(&i).cloned().unwrap_or_default();
+                    self.start(i, f.attempt + 1, gpus, tx);
+                    return Ok(());
+                }
+                self.release(i);
+                self.inflight.remove(&key);
+                self.summary.failed.push(name.clone());
+                self.summary.errors.push((name, msg));
+                self.state[i] = State::Failed;
+                self.after_failure(i, key);
+            }
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, i: usize) {
+        self.running -= 1;
+        let r = self.p.nodes[i].resources;
+        self.used_cpus = self
+            .used_cpus
+            .saturating_sub(r.cpus.min(self.opts.cpus.max(1)));
+        self.used_mem = (self.used_mem - r.mem_gb.min(self.opts.mem_gb)).max(0.0);
+        if let Some(g) = self.held_gpus.remove(&i) {
+            self.free_gpus.extend(g);
+            self.free_gpus.sort_unstable();
+        }
+    }
+
+    fn fail(&mut self, i: usize, key: Option<Digest>, attempt: u32, msg: String) {
+        let name = self.p.nodes[i].name.clone();
+        (self.emit)(EventKind::NodeFailed {
+            node: name.clone(),
+            key,
+            attempt,
+            will_retry: false,
+            error: msg.clone(),
+        });
+        self.summary.failed.push(name.clone());
+        self.summary.errors.push((name, msg));
+        self.state[i] = State::Failed;
+        if let Some(k) = key {
+            self.after_failure(i, k);
+        } else if !self.opts.keep_going {
+            self.stopping = true;
+        } else {
+            self.skip_descendants(i);
+        }
+    }
+
+    fn after_failure(&mut self, i: usize, key: Digest) {
+        self.inflight.remove(&key);
+        // Nodes parked behind this one would fail the same way; they become runnable so
+        // that each reports its own error (under keep-going) or are skipped (under stop).
+        if let Some(mut parked) = self.parked.remove(&key) {
+            // The first one takes over the key; the rest stay parked behind it.
+            parked.sort_unstable();
+            let first = parked.remove(0);
+            self.inflight.insert(key, first);
+            self.state[first] = State::Runnable;
+            self.runnable.insert(first);
+            if !parked.is_empty() {
+                self.parked.insert(key, parked);
+            }
+        }
+        if self.opts.keep_going {
+            self.skip_descendants(i);
+        } else {
+            self.stopping = true;
+        }
+    }
+
+    fn skip_descendants(&mut self, i: usize) {
+        let mut stack = self.children[i].clone();
+        while let Some(c) = stack.pop() {
+            if matches!(
+                self.state[c],
+                State::Waiting | State::Runnable | State::Parked
+            ) {
+                self.state[c] = State::Skipped;
+                self.runnable.remove(&c);
+                (self.emit)(EventKind::NodeSkipped {
+                    node: self.p.nodes[c].name.clone(),
+                    reason: format!("upstream {} failed", self.p.nodes[i].name),
+                });
+                self.summary.skipped.push(self.p.nodes[c].name.clone());
+                stack.extend(self.children[c].iter().copied());
+            }
+        }
+    }
+}
