@@ -45,9 +45,8 @@ pub(crate) fn check_node_count(spec: &PipelineSpec, max: usize, diags: &mut Diag
                 diags.push(
                     &loc,
                     format!(
-                        "the matrix of node `{}` expands to {factors} = more than {} nodes, over the limit of {max}",
-                        node.name,
-                        usize::MAX
+                        "the matrix of node `{}` expands to {factors} = more than 2^64 nodes, over the limit of {max}",
+                        node.name
                     ),
                     hint(),
                 );

@@ -204,12 +204,15 @@ fn a_secret_reaches_the_command_and_the_server_and_nothing_else() {
     p.write("fail.yaml", FAILING);
     let failed = p.run_with_env("fail.yaml", &[], &[(VAR, VALUE)]);
     failed.expect_code(1);
-    assert!(
-        failed.stderr.contains("the token is ***"),
-        "{}",
-        failed.stderr
-    );
+    assert!(!contains(failed.stdout.as_bytes(), VALUE));
     assert!(!contains(failed.stderr.as_bytes(), VALUE));
+    // Without `--json`, the terminal gets the error with the log's last lines.
+    let plain = p.expflow_with_env(&["run", "fail.yaml"], &[(VAR, VALUE)]);
+    assert_eq!(plain.status.code(), Some(1));
+    let terminal = String::from_utf8_lossy(&plain.stderr).into_owned()
+        + &String::from_utf8_lossy(&plain.stdout);
+    assert!(terminal.contains("the token is ***"), "{terminal}");
+    assert!(!terminal.contains(VALUE), "{terminal}");
     let error = failed
         .events
         .iter()

@@ -21,6 +21,9 @@ pub struct ChatReq {
     pub sampling: Sampling,
     /// Whether `sampling.seed` is sent to a remote server (the native runtime always uses it).
     pub send_seed: bool,
+    /// Keep special tokens' text in replies (`skip_special_tokens: false`, sent to a server
+    /// only when set). Off, replies are decoded as vLLM does by default.
+    pub keep_special: bool,
 }
 
 /// A backend answers chat requests, each memoised.
@@ -202,6 +205,9 @@ impl OpenAi {
         }
         if req.send_seed {
             o.insert("seed".into(), json!(s.seed));
+        }
+        if req.keep_special {
+            o.insert("skip_special_tokens".into(), json!(false));
         }
         if s.logprobs {
             o.insert("logprobs".into(), json!(true));

@@ -341,6 +341,7 @@ impl Operator for Chat {
                 messages,
                 sampling: sampling.clone(),
                 send_seed,
+                keep_special: false,
             })
             .collect();
         let names: Vec<String> = (0..reqs.len()).map(|i| format!("row {i}")).collect();

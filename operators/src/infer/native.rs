@@ -29,6 +29,9 @@ pub struct Native {
     model: String,
     batch_size: usize,
     digests: Digests,
+    /// The tokenizer's special tokens' text, left out of replies unless a request keeps it
+    /// (as vLLM's and `expflow serve`'s `skip_special_tokens` does by default).
+    special: Vec<String>,
 }
 
 /// A memo probe that found nothing: `ctx.memo` stores nothing when compute fails.
@@ -68,9 +71,14 @@ impl Native {
             dir.weight_digest()?,
             device
         ));
+        let special = expflow_models::special::special_texts(match &engine {
+            Engine::Text(g) => g.tokenizer(),
+            Engine::Vision(v) => v.tokenizer(),
+        });
         Ok(Native {
             op,
             engine,
+            special,
             model: input.digest.to_hex(),
             batch_size: batch_size.max(1),
             digests: Digests::default(),
@@ -222,9 +230,20 @@ impl Backend for Native {
             done += chunk.len() as u64;
             ctx.progress(done, total);
         }
+        // The memo holds the replies as generated; what a request does not keep is left out
+        // here, as a server decoding with `skip_special_tokens` would.
         out.into_iter()
             .zip(names)
-            .map(|(r, n)| r.ok_or_else(|| OpError::from(format!("{n} was not answered"))))
+            .zip(reqs)
+            .map(|((r, n), req)| {
+                let mut r = r.ok_or_else(|| OpError::from(format!("{n} was not answered")))?;
+                if !req.keep_special {
+                    for c in &mut r.choices {
+                        c.text = expflow_models::special::strip_special(&c.text, &self.special);
+                    }
+                }
+                Ok(r)
+            })
             .collect()
     }
 

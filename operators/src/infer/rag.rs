@@ -489,6 +489,8 @@ impl Operator for RagInfer {
                 messages: s.messages.clone(),
                 sampling: first.clone(),
                 send_seed: cfg.send_seed,
+                // The reflection tokens (`[Retrieval]`, ...) are the protocol.
+                keep_special: true,
             })
             .collect();
         let names: Vec<String> = states
@@ -560,6 +562,8 @@ impl Operator for RagInfer {
                     messages: with_turns(&s.messages, &s.turn1, &dump),
                     sampling: second,
                     send_seed: cfg.send_seed,
+                    // The reflection tokens (`[Retrieval]`, ...) are the protocol.
+                    keep_special: true,
                 });
                 names.push(format!("{}: documents", s.name));
                 owner.push(i);
@@ -570,6 +574,8 @@ impl Operator for RagInfer {
                         messages: with_turns(&s.messages, &s.turn1, &para),
                         sampling: second.clone(),
                         send_seed: cfg.send_seed,
+                        // The reflection tokens (`[Retrieval]`, ...) are the protocol.
+                        keep_special: true,
                     });
                     names.push(format!("{}: passage {k}", s.name));
                     owner.push(i);

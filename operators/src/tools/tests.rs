@@ -327,8 +327,9 @@ fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspa
         declared: vec![],
     };
     let sft = crate::registry().get("train.sft").unwrap().clone();
-    let r = expflow_engine::harness::check_reproducible(sft.as_ref(), &ex, &dir.path().join("runs"))
-        .unwrap();
+    let r =
+        expflow_engine::harness::check_reproducible(sft.as_ref(), &ex, &dir.path().join("runs"))
+            .unwrap();
     assert_eq!(r.differences, Vec::<String>::new());
     let adapter: Value = serde_json::from_slice(
         &std::fs::read(r.cold.outputs["model"].join("adapter_config.json")).unwrap(),

@@ -24,6 +24,7 @@ pub mod gguf;
 pub mod qwen2;
 pub mod resize;
 pub mod sampling;
+pub mod special;
 pub mod tiny;
 pub mod train_impl;
 pub mod trainable;

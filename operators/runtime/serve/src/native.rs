@@ -46,20 +46,8 @@ impl ChatModel for Generator {
     }
 
     fn special_tokens(&self) -> Vec<String> {
-        special_tokens(self.tokenizer())
+        expflow_models::special::special_texts(self.tokenizer())
     }
-}
-
-/// The contents of a tokenizer's added tokens marked special.
-fn special_tokens(t: &tokenizers::Tokenizer) -> Vec<String> {
-    let mut out: Vec<String> = t
-        .get_added_tokens_decoder()
-        .into_values()
-        .filter(|a| a.special && !a.content.is_empty())
-        .map(|a| a.content)
-        .collect();
-    out.sort();
-    out
 }
 
 impl ChatModel for VisionLanguageModel {
@@ -75,7 +63,7 @@ impl ChatModel for VisionLanguageModel {
     }
 
     fn special_tokens(&self) -> Vec<String> {
-        special_tokens(self.tokenizer())
+        expflow_models::special::special_texts(self.tokenizer())
     }
 }
 

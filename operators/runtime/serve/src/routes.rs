@@ -118,17 +118,7 @@ fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `text` without the special tokens' text (decoding with `skip_special_tokens`: the
-/// tokenizer keeps special tokens whole, so their text in a reply is theirs).
-pub fn strip_special(text: &str, special: &[String]) -> String {
-    let mut out = text.to_string();
-    for t in special {
-        if out.contains(t.as_str()) {
-            out = out.replace(t.as_str(), "");
-        }
-    }
-    out
-}
+pub use expflow_models::special::strip_special;
 
 async fn stats(State(s): State<Arc<AppState>>) -> axum::Json<crate::batch::StatsSnapshot> {
     axum::Json(s.stats.snapshot())

@@ -46,7 +46,13 @@ fn direct(g: &Generator, user: &str, sampling: Sampling) -> Vec<String> {
             sampling,
         }])
         .unwrap();
-    out[0].completions.iter().map(|c| c.text.clone()).collect()
+    // As the server decodes by default (`skip_special_tokens`).
+    let special = expflow_models::special::special_texts(g.tokenizer());
+    out[0]
+        .completions
+        .iter()
+        .map(|c| expflow_models::special::strip_special(&c.text, &special))
+        .collect()
 }
 
 #[test]

@@ -27,7 +27,10 @@ fn direct(m: &VisionLanguageModel, messages: &[ChatMessage], max_tokens: usize) 
         },
         ..m.render_chat(messages).unwrap()
     };
-    m.generate(&[req]).unwrap()[0].completions[0].text.clone()
+    // As the server decodes by default (`skip_special_tokens`).
+    let special = expflow_models::special::special_texts(m.tokenizer());
+    let text = &m.generate(&[req]).unwrap()[0].completions[0].text;
+    expflow_models::special::strip_special(text, &special)
 }
 
 #[test]
