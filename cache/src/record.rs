@@ -40,6 +40,7 @@ pub struct Record {
     pub log: Option<Digest>,
     pub run_id: String,
     /// Names of the secrets the node used (never their values).
+    #[serde(default)]
     pub secrets: Vec<String>,
     /// Per-item blobs of a map-style operator.
     pub items: Vec<Digest>,
@@ -48,6 +49,28 @@ pub struct Record {
     /// needs to know. 0 in records written before it was kept.
     #[serde(default)]
     pub threads: u32,
+    /// The values of the outputs that hold metrics, so comparing runs needs no blob.
+    #[serde(default, skip_serializing_if = "Metrics::is_empty")]
+    pub metrics: Metrics,
+}
+
+/// Metric values kept in a record. Names are `PORT.PATH`: `scores.bleu` for a field of a
+/// JSON metrics output, `metrics.loss` for a column of a metrics table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Numbers of JSON metrics outputs (nested objects flattened with `.`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scalars: BTreeMap<String, f64>,
+    /// Numeric columns of metrics tables (training curves), row by row; `None` where a row
+    /// has no value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub series: BTreeMap<String, Vec<Option<f64>>>,
+}
+
+impl Metrics {
+    pub fn is_empty(&self) -> bool {
+        self.scalars.is_empty() && self.series.is_empty()
+    }
 }
 
 impl Record {
@@ -83,4 +106,7 @@ pub struct RunInfo {
     pub status: String,
     /// Node name to the record key the run used or produced.
     pub nodes: Vec<(String, Digest)>,
+    /// The pipeline's global `params:` as the run used them (`--set` applied).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }

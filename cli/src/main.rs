@@ -4,6 +4,7 @@
 //! runtime crates for `score`, `synth` and `serve`); the only crate that may use anyhow.
 //! Nothing depends on it.
 
+mod history;
 mod inspect;
 mod maint;
 mod nodelog;
@@ -45,6 +46,24 @@ struct Cli {
     verbose: u8,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How `runs` and `compare` print their table (text by default).
+#[derive(clap::Args, Clone, Copy)]
+struct TableFormat {
+    #[arg(long, group = "table_format")]
+    json: bool,
+    /// A Markdown table.
+    #[arg(long, group = "table_format")]
+    md: bool,
+    #[arg(long, group = "table_format")]
+    csv: bool,
+}
+
+impl TableFormat {
+    fn get(self) -> history::Format {
+        history::Format::of(self.json, self.md, self.csv)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -118,6 +137,42 @@ enum Command {
         pipeline: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// One line per run: when, status, nodes executed and cached, the parameters that
+    /// changed since the previous run, and its metrics.
+    Runs {
+        /// A pipeline name or file (default: every pipeline).
+        pipeline: Option<String>,
+        #[command(flatten)]
+        format: TableFormat,
+    },
+    /// What changed from RUN_A to RUN_B: parameters, metrics (with the causes upstream of
+    /// each), and every node that re-ran with why.
+    Diff {
+        /// A run id (or a unique prefix of one).
+        run_a: String,
+        run_b: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, conflicts_with = "json")]
+        md: bool,
+    },
+    /// A table of every run of a pipeline, one row per run and matrix point, columns
+    /// grouped as parameters | metrics.
+    Compare {
+        /// A pipeline name or file.
+        pipeline: String,
+        /// Only the columns whose values differ between rows (the default on a terminal).
+        #[arg(long)]
+        only_changed: bool,
+        /// Every column, also on a terminal.
+        #[arg(long, conflicts_with = "only_changed")]
+        all: bool,
+        /// Sort rows by a metric column, highest first (`NAME:asc`: lowest first).
+        #[arg(long, value_name = "METRIC")]
+        sort: Option<String>,
+        #[command(flatten)]
+        format: TableFormat,
     },
     /// Where a node's output came from: its inputs, recursively, with keys and digests.
     Lineage {
@@ -381,6 +436,27 @@ fn dispatch(cli: Cli) -> Result<u8> {
             pipeline,
             json,
         } => inspect::log(&ws_arg, node, run, pipeline, json),
+        Command::Runs { pipeline, format } => history::runs(&ws_arg, pipeline, format.get()),
+        Command::Diff {
+            run_a,
+            run_b,
+            json,
+            md,
+        } => history::diff_cmd(&ws_arg, &run_a, &run_b, history::Format::of(json, md, false)),
+        Command::Compare {
+            pipeline,
+            only_changed,
+            all,
+            sort,
+            format,
+        } => {
+            use std::io::IsTerminal as _;
+            let format = format.get();
+            let only_changed = only_changed
+                || (!all && format == history::Format::Text && std::io::stdout().is_terminal());
+            let opts = expflow_engine::history::CompareOptions { only_changed, sort };
+            history::compare(&ws_arg, &pipeline, opts, format)
+        }
         Command::Lineage {
             node,
             pipeline,

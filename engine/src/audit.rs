@@ -277,6 +277,7 @@ fn audit_one(
         outputs: material.outputs.clone(),
         resources: op.signature().resources,
         retries: 0,
+        metrics: material.metrics.clone(),
         determinism: op.determinism(&material.params),
         deps: Vec::new(),
         loc: Loc::default(),

@@ -29,6 +29,7 @@ pub fn bare_key(p: &Pipeline, i: usize) -> Digest {
         outputs: node.outputs.clone(),
         env: BTreeMap::new(),
         seed: None,
+        metrics: node.metrics.clone(),
         input_types: BTreeMap::new(),
         sources: BTreeMap::new(),
     }

@@ -37,6 +37,11 @@ pub struct KeyMaterial {
     pub env: BTreeMap<String, String>,
     /// The seed, for seeded operators.
     pub seed: Option<u64>,
+    /// Output ports named under the node's `metrics:` (sorted). In the key only when some
+    /// are named, so that nodes without `metrics:` keep their keys; naming them changes what
+    /// the record holds, so the node runs once more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<String>,
     /// Not in the key: the type of each input (implied by its content digest).
     #[serde(default)]
     pub input_types: BTreeMap<String, PortType>,
@@ -57,10 +62,11 @@ impl KeyMaterial {
             outputs,
             env,
             seed,
+            metrics,
             input_types: _,
             sources: _,
         } = self;
-        let v = json!({
+        let mut v = json!({
             "schema": schema,
             "op": op,
             "op_version": op_version,
@@ -70,6 +76,9 @@ impl KeyMaterial {
             "env": env,
             "seed": seed,
         });
+        if !metrics.is_empty() {
+            v["metrics"] = json!(metrics);
+        }
         Digest::of_bytes(&canonical::encode(&v, DOMAIN))
     }
 
@@ -133,6 +142,20 @@ impl KeyMaterial {
         if self.seed != old.seed {
             let show = |s: Option<u64>| s.map_or("none".to_string(), |v| v.to_string());
             out.push(format!("seed {} → {}", show(old.seed), show(self.seed)));
+        }
+        if self.metrics != old.metrics {
+            let show = |m: &[String]| {
+                if m.is_empty() {
+                    "none".to_string()
+                } else {
+                    m.join(", ")
+                }
+            };
+            out.push(format!(
+                "metrics outputs {} → {}",
+                show(&old.metrics),
+                show(&self.metrics)
+            ));
         }
         out
     }

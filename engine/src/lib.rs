@@ -15,6 +15,7 @@ pub mod diag;
 pub mod error;
 pub mod events;
 pub mod fuzzing;
+pub mod history;
 pub mod harness;
 pub mod input_copies;
 pub mod interp;
@@ -27,6 +28,7 @@ mod outputs;
 pub mod params;
 pub mod plan;
 pub mod run;
+pub mod metrics;
 pub mod secrets;
 pub mod spec;
 mod topo;
@@ -41,7 +43,7 @@ pub use input_copies::{InputChange, InputCopies};
 pub use key::{KEY_SCHEMA, KeyMaterial};
 pub use operator::{
     Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,
-    Resources, Signature,
+    Resources, Series, Signature,
 };
 pub use plan::{Explanation, PlanEntry, explain, plan};
 pub use run::{RunOptions, RunSummary, run};

@@ -368,6 +368,16 @@ fn run_in(
     if ctx.is_cancelled() {
         return Err("cancelled".into());
     }
+    // Read before the outputs are moved into the store.
+    let paths = ctx
+        .outputs
+        .iter()
+        .map(|(port, o)| (port.clone(), o.path.as_path()))
+        .collect();
+    let (metrics, notes) = crate::metrics::extract(node, &paths);
+    for n in notes {
+        ctx.log(&n);
+    }
     let mut refs = BTreeMap::new();
     for (port, out) in &ctx.outputs {
         let stored = if out.ty.is_dir() {
@@ -433,6 +443,7 @@ fn run_in(
             secrets,
             items,
             threads: compute_threads(),
+            metrics,
         };
         env.store.put_record(&rec).map_err(|e| err(&e))?;
         env.store

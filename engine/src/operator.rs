@@ -82,6 +82,9 @@ pub struct Port {
     pub ty: PortType,
     pub optional: bool,
     pub doc: &'static str,
+    /// Whether the output holds metrics (a `table` of training curves, read through
+    /// [`Operator::read_series`]); outputs of type `metrics` always do.
+    pub metrics: bool,
 }
 
 impl Port {
@@ -91,11 +94,18 @@ impl Port {
             ty,
             optional: false,
             doc,
+            metrics: false,
         }
     }
 
     pub fn optional(mut self) -> Port {
         self.optional = true;
+        self
+    }
+
+    /// Marks the output as holding metrics: its values are kept in the node's record.
+    pub fn metrics(mut self) -> Port {
+        self.metrics = true;
         self
     }
 }
@@ -294,8 +304,17 @@ pub trait Operator: Send + Sync + 'static {
     fn determinism(&self, _params: &serde_json::Map<String, Value>) -> Determinism {
         self.signature().determinism
     }
+    /// The numeric columns of the metrics table this operator wrote at `path` (an output
+    /// marked [`Port::metrics`], or named under the node's `metrics:`), column by column.
+    /// `None`: this operator cannot read tables, and the table's values are not kept.
+    fn read_series(&self, _path: &std::path::Path) -> Option<Result<Series, OpError>> {
+        None
+    }
     fn run(&self, ctx: &Context) -> Result<(), OpError>;
 }
+
+/// Numeric columns of a metrics table, row by row (`None` where a row has no value).
+pub type Series = BTreeMap<String, Vec<Option<f64>>>;
 
 /// All known operators, by kind.
 #[derive(Clone, Default)]

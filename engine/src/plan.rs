@@ -98,6 +98,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
                 crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
                 _ => None,
             },
+            metrics: node.metrics.clone(),
             input_types: BTreeMap::new(),
             sources: crate::run::sources(p, i),
         };

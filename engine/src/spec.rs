@@ -54,6 +54,9 @@ pub struct NodeSpec {
     pub matrix_unreadable: bool,
     pub resources: Vec<(String, Node)>,
     pub retries: Option<(u32, Loc)>,
+    /// `metrics:`: output ports whose values the record keeps (JSON numbers, or the numeric
+    /// columns of a table).
+    pub metrics: Vec<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,7 +73,7 @@ pub struct OutputSpec {
 const TOP_KEYS: [&str; 6] = [
     "pipeline", "params", "inputs", "nodes", "outputs", "secrets",
 ];
-const NODE_KEYS: [&str; 7] = [
+const NODE_KEYS: [&str; 8] = [
     "op",
     "in",
     "out",
@@ -78,6 +81,7 @@ const NODE_KEYS: [&str; 7] = [
     "matrix",
     "resources",
     "retries",
+    "metrics",
 ];
 
 /// Reads the structure of a pipeline file. Problems go into `diags`; what could be read is
@@ -253,6 +257,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
         matrix_unreadable: false,
         resources: Vec::new(),
         retries: None,
+        metrics: Vec::new(),
     };
     for (k, v) in entries {
         let key = k.as_key().unwrap_or_default();
@@ -322,6 +327,31 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
             "resources" => {
                 node.resources = map_entries(v, &format!("nodes.{name}.resources"), diags)
             }
+            "metrics" => match &v.value {
+                YValue::Seq(items) => {
+                    for item in items {
+                        match item.as_str() {
+                            Some(port) => node.metrics.push((port.to_string(), item.loc.clone())),
+                            None => diags.push(
+                                &item.loc,
+                                format!(
+                                    "`metrics` of node `{name}` lists output ports, found {}",
+                                    describe(item)
+                                ),
+                                None,
+                            ),
+                        }
+                    }
+                }
+                _ => diags.push(
+                    &v.loc,
+                    format!(
+                        "`metrics` of node `{name}` must be a list of output ports, found {}",
+                        describe(v)
+                    ),
+                    Some("for example `metrics: [scores]`".into()),
+                ),
+            },
             "retries" => match v.value {
                 YValue::Int(r) if (0..=100).contains(&r) => {
                     node.retries = Some((r as u32, v.loc.clone()))

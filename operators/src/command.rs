@@ -259,6 +259,14 @@ fn changed_inputs(node: &str, changes: &[InputChange], exit: Option<String>) -> 
 }
 
 impl Operator for Command {
+    /// Tables named under the node's `metrics:`: their numeric columns.
+    fn read_series(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<Result<expflow_engine::Series, OpError>> {
+        Some(crate::table_io::numeric_columns(path).map_err(OpError::from))
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }

@@ -31,6 +31,27 @@ pub fn read_table(path: &Path) -> Result<DataFrame> {
         .map_err(|e| parquet_error(path, e))
 }
 
+/// The numeric columns of the Parquet table at `path` as f64, row by row (what a record
+/// keeps of a metrics table: training curves). Text and other columns are left out.
+pub fn numeric_columns(path: &Path) -> Result<expflow_engine::Series> {
+    let df = read_table(path)?;
+    let mut out = expflow_engine::Series::new();
+    for col in df.columns() {
+        if !col.dtype().is_primitive_numeric() {
+            continue;
+        }
+        let cast = col
+            .cast(&DataType::Float64)
+            .map_err(|e| parquet_error(path, e))?;
+        let values = cast.f64().map_err(|e| parquet_error(path, e))?;
+        out.insert(
+            col.name().to_string(),
+            values.iter().map(|v| v.filter(|x| x.is_finite())).collect(),
+        );
+    }
+    Ok(out)
+}
+
 /// Writes `df` as Parquet at `path` with the pinned writer settings (see the module docs).
 pub fn write_table(df: &mut DataFrame, path: &Path) -> Result<()> {
     let file = File::create(path).map_err(|e| OperatorError::io("cannot create", path, e))?;

@@ -31,6 +31,7 @@ pub fn record(seed: &str, pipeline: &str, node: &str, outputs: &[(&str, OutputRe
         secrets: vec!["OPENAI_API_KEY".into()],
         items: vec![],
         threads: 2,
+        metrics: Default::default(),
     }
 }
 
@@ -65,6 +66,7 @@ pub fn run(run_id: &str, pipeline: &str, started_ms: u64, nodes: &[(&str, Digest
         finished_ms: started_ms + 1_000,
         status: "ok".into(),
         nodes: nodes.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
+        params: Default::default(),
     }
 }
 

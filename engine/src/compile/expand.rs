@@ -76,6 +76,7 @@ impl Builder<'_> {
         }
         let outputs = self.outputs(spec, &sig.outputs);
         let resources = self.resources(spec, sig.resources);
+        let metrics = self.metrics(spec, &outputs);
         for point in points {
             let name = instance_name(&spec.name, &point);
             let mut given = Map::new();
@@ -143,6 +144,7 @@ impl Builder<'_> {
                 outputs: outputs.clone(),
                 resources,
                 retries: spec.retries.as_ref().map_or(0, |(r, _)| *r),
+                metrics: metrics.clone(),
                 deps: Vec::new(),
                 loc: spec.loc.clone(),
             });
@@ -346,6 +348,43 @@ impl Builder<'_> {
                 out
             }
         }
+    }
+
+    /// The ports named under `metrics:`, each an output of a type that can hold metrics.
+    fn metrics(&mut self, spec: &NodeSpec, outputs: &BTreeMap<String, PortType>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (port, loc) in &spec.metrics {
+            match outputs.get(port) {
+                Some(PortType::Metrics | PortType::Table | PortType::File) => {
+                    if !out.contains(port) {
+                        out.push(port.clone());
+                    }
+                }
+                Some(other) => self.diags.push(
+                    loc,
+                    format!(
+                        "`metrics` of node `{}` names output `{port}`, of type `{}`, which holds no metrics",
+                        spec.name,
+                        other.as_str()
+                    ),
+                    Some("name a `metrics` (JSON), `file` (JSON) or `table` output".into()),
+                ),
+                None => {
+                    let known: Vec<&str> = outputs.keys().map(String::as_str).collect();
+                    let hint = match closest(port, known.iter().copied()) {
+                        Some(c) => format!("did you mean `{c}`?"),
+                        None => format!("its outputs: {}", known.join(", ")),
+                    };
+                    self.diags.push(
+                        loc,
+                        format!("`metrics` of node `{}` names `{port}`, which is not one of its outputs", spec.name),
+                        Some(hint),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     fn resources(&mut self, spec: &NodeSpec, mut r: Resources) -> Resources {

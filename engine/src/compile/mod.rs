@@ -51,6 +51,8 @@ pub struct CNode {
     pub outputs: BTreeMap<String, PortType>,
     pub resources: Resources,
     pub retries: u32,
+    /// Output ports named under `metrics:` (sorted).
+    pub metrics: Vec<String>,
     pub determinism: Determinism,
     /// Upstream node indices (unique, sorted).
     pub deps: Vec<usize>,

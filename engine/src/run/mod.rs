@@ -264,6 +264,7 @@ pub async fn run(
         finished_ms: now_ms(),
         status: status.into(),
         nodes,
+        params: p.params.clone(),
     })?;
     if status == "ok" {
         materialize::materialize(ws, p, &s.outputs, run_id, opts.force_outputs)?;

@@ -102,6 +102,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
                 _ => None,
             },
+            metrics: node.metrics.clone(),
             input_types: self.input_types(i),
             sources: sources(self.p, i),
         })

@@ -219,6 +219,13 @@ fn check_all(map: &Map<String, Value>) -> Result<()> {
 }
 
 impl Operator for Dpo {
+    fn read_series(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<Result<expflow_engine::Series, OpError>> {
+        Some(crate::table_io::numeric_columns(path).map_err(OpError::from))
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -276,7 +283,8 @@ impl Operator for Dpo {
                     "metrics",
                     PortType::Table,
                     "step, epoch, lr, loss, grad_norm, rewards/*, logps/*",
-                ),
+                )
+                .metrics(),
             ]),
             params,
             determinism: Determinism::Seeded,

@@ -92,6 +92,13 @@ fn check_all(map: &Map<String, Value>) -> Result<()> {
 }
 
 impl Operator for Sft {
+    fn read_series(
+        &self,
+        path: &std::path::Path,
+    ) -> Option<Result<expflow_engine::Series, OpError>> {
+        Some(crate::table_io::numeric_columns(path).map_err(OpError::from))
+    }
+
     fn kind(&self) -> &'static str {
         KIND
     }
@@ -153,7 +160,8 @@ impl Operator for Sft {
                     "metrics",
                     PortType::Table,
                     "step, epoch, lr, loss, grad_norm, eval_loss, eval_<metric>",
-                ),
+                )
+                .metrics(),
             ]),
             params,
             determinism: Determinism::Seeded,
