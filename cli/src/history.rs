@@ -63,8 +63,11 @@ pub fn runs(ws_arg: &Option<PathBuf>, pipeline: Option<String>, format: Format) 
                     format!("{}: {old} → {new}", c.name)
                 })
                 .collect();
-            let mut metrics: Vec<String> =
-                r.metrics.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
+            let mut metrics: Vec<String> = r
+                .metrics
+                .iter()
+                .map(|(k, v)| format!("{k}={}", num(*v)))
+                .collect();
             if format == Format::Text && metrics.len() > HEADLINE {
                 let more = metrics.len() - HEADLINE;
                 metrics.truncate(HEADLINE);
@@ -104,8 +107,7 @@ pub fn diff_cmd(ws_arg: &Option<PathBuf>, a: &str, b: &str, format: Format) -> R
 
 fn diff_text(d: &RunDiff) -> String {
     let mut out = format!("{} → {}\n", d.a, d.b);
-    if d.params.is_empty() && d.metrics.is_empty() && d.reran.is_empty() && d.removed.is_empty()
-    {
+    if d.params.is_empty() && d.metrics.is_empty() && d.reran.is_empty() && d.removed.is_empty() {
         out.push_str("no difference: same nodes, same keys\n");
         return out;
     }
@@ -125,7 +127,8 @@ fn diff_text(d: &RunDiff) -> String {
                 m.name,
                 m.old.map_or("-".into(), num),
                 m.new.map_or("-".into(), num),
-                m.delta.map_or(String::new(), |x| format!(" ({})", signed(x)))
+                m.delta
+                    .map_or(String::new(), |x| format!(" ({})", signed(x)))
             );
             for c in &m.causes {
                 let _ = writeln!(out, "      because {c}");
@@ -157,7 +160,12 @@ fn diff_md(d: &RunDiff) -> String {
             })
             .collect();
         out.push_str("\n### Parameters\n\n");
-        out.push_str(&layout(&["parameter", "old", "new"], None, &rows, Format::Markdown));
+        out.push_str(&layout(
+            &["parameter", "old", "new"],
+            None,
+            &rows,
+            Format::Markdown,
+        ));
     }
     if !d.metrics.is_empty() {
         let rows: Vec<Vec<String>> = d
@@ -239,7 +247,11 @@ pub fn compare(
             row
         })
         .collect();
-    let groups = [(2, ""), (t.params.len(), "parameters"), (t.metrics.len(), "metrics")];
+    let groups = [
+        (2, ""),
+        (t.params.len(), "parameters"),
+        (t.metrics.len(), "metrics"),
+    ];
     print!("{}", layout(&headers, Some(&groups), &rows, format));
     Ok(0)
 }

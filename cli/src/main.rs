@@ -442,7 +442,12 @@ fn dispatch(cli: Cli) -> Result<u8> {
             run_b,
             json,
             md,
-        } => history::diff_cmd(&ws_arg, &run_a, &run_b, history::Format::of(json, md, false)),
+        } => history::diff_cmd(
+            &ws_arg,
+            &run_a,
+            &run_b,
+            history::Format::of(json, md, false),
+        ),
         Command::Compare {
             pipeline,
             only_changed,

@@ -20,6 +20,9 @@ pub struct PlanEntry {
     /// `cached`, `run` or `pending`.
     pub state: String,
     pub reasons: Vec<String>,
+    /// For a node that will run: its expected cost, from earlier records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<crate::estimate::Estimate>,
 }
 
 /// What `explain` reports for one node.
@@ -190,18 +193,25 @@ fn previous_material(
 pub fn plan(ws: &Workspace, p: &Pipeline, targets: &[String]) -> Result<Vec<PlanEntry>> {
     let selected = crate::run::select(p, targets)?;
     let mut evals = evaluate(ws, p, &selected)?;
-    Ok(selected
+    let mut estimator = crate::estimate::Estimator::new(ws);
+    selected
         .iter()
         .map(|i| {
             let e = evals.remove(i).expect("every selected node is evaluated");
-            PlanEntry {
+            let estimate = if e.state == "cached" {
+                None
+            } else {
+                estimator.estimate(p, *i)?
+            };
+            Ok(PlanEntry {
                 name: p.nodes[*i].name.clone(),
                 key: e.key.map(|k| k.to_hex()),
                 state: e.state.to_string(),
                 reasons: e.reasons,
-            }
+                estimate,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Explains one node: its key material against the last run of the same node.

@@ -61,7 +61,10 @@ fn three_runs() -> (Project, [String; 3]) {
     let p = Project::new();
     p.write("p.yaml", PIPE);
     p.write("data.txt", "5\n");
-    p.write("curve.csv", "step,loss,phase\n1,2.5,a\n2,1.25,a\n3,0.75,b\n");
+    p.write(
+        "curve.csv",
+        "step,loss,phase\n1,2.5,a\n2,1.25,a\n3,0.75,b\n",
+    );
     let a = p.run("p.yaml", &[]);
     a.expect_code(0);
     let b = p.run("p.yaml", &["--set", "scale=3"]);
@@ -94,7 +97,10 @@ fn runs_list_changes_and_metrics_from_the_records() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(changed, ["params.scale", "train[lr=1].run", "train[lr=3].run"]);
+    assert_eq!(
+        changed,
+        ["params.scale", "train[lr=1].run", "train[lr=3].run"]
+    );
     // JSON numbers are kept, text is not; the curve keeps its numeric columns (last value).
     let m = &rows[0]["metrics"];
     assert_eq!(m["train[lr=3].m.acc"], 5.0 * 3.0 * 2.0);
@@ -104,7 +110,13 @@ fn runs_list_changes_and_metrics_from_the_records() {
     assert!(m.get("curve.t.phase").is_none(), "{m}");
     assert_eq!(rows[2]["metrics"]["train[lr=1].m.acc"], 7.0 * 3.0);
     // The same list for a pipeline given by its file, and as Markdown and CSV.
-    assert_eq!(json(&p, &["runs", "p.yaml", "--json"]).as_array().unwrap().len(), 3);
+    assert_eq!(
+        json(&p, &["runs", "p.yaml", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     let (code, md, _) = text(&p, &["runs", "--md"]);
     assert_eq!(code, 0);
     assert_eq!(md.lines().count(), 2 + 3, "{md}");
@@ -165,7 +177,10 @@ fn diff_names_what_changed_and_why() {
     // A prefix names a run when it is unique; a wrong id is a usage error.
     let (code, _, err) = text(&p, &["diff", "nosuch", &ids[0]]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("no run `nosuch`") && err.contains("expflow runs"), "{err}");
+    assert!(
+        err.contains("no run `nosuch`") && err.contains("expflow runs"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,13 +192,30 @@ fn compare_has_a_row_per_run_and_point_and_sorts_by_a_metric() {
     assert_eq!(rows[0]["point"], "lr=1");
     assert_eq!(rows[1]["point"], "lr=3");
     // Points share base-name columns; nodes outside the matrix are in every row.
-    assert!(t["params"].as_array().unwrap().contains(&"train.run".into()));
-    assert!(t["metrics"].as_array().unwrap().contains(&"train.m.acc".into()));
+    assert!(
+        t["params"]
+            .as_array()
+            .unwrap()
+            .contains(&"train.run".into())
+    );
+    assert!(
+        t["metrics"]
+            .as_array()
+            .unwrap()
+            .contains(&"train.m.acc".into())
+    );
     assert_eq!(rows[5]["metrics"]["curve.t.loss"], 0.75);
 
     let t = json(
         &p,
-        &["compare", "p.yaml", "--only-changed", "--sort", "train.m.acc", "--json"],
+        &[
+            "compare",
+            "p.yaml",
+            "--only-changed",
+            "--sort",
+            "train.m.acc",
+            "--json",
+        ],
     );
     let accs: Vec<f64> = t["rows"]
         .as_array()
@@ -198,14 +230,21 @@ fn compare_has_a_row_per_run_and_point_and_sorts_by_a_metric() {
         .iter()
         .map(|c| c.as_str().unwrap())
         .collect();
-    assert_eq!(params, ["params.scale", "train.run"], "constant columns are left out");
+    assert_eq!(
+        params,
+        ["params.scale", "train.run"],
+        "constant columns are left out"
+    );
     assert_eq!(t["metrics"], serde_json::json!(["train.m.acc"]));
 
     // Text: the groups are named in a line above the headers.
     let (code, out, _) = text(&p, &["compare", "sweep", "--only-changed"]);
     assert_eq!(code, 0);
     let first = out.lines().next().unwrap();
-    assert!(first.contains("| parameters") && first.contains("| metrics"), "{out}");
+    assert!(
+        first.contains("| parameters") && first.contains("| metrics"),
+        "{out}"
+    );
 
     let (code, _, err) = text(&p, &["compare", "sweep", "--sort", "train.m.ac"]);
     assert_eq!(code, 2);
@@ -232,5 +271,50 @@ fn metrics_must_name_an_output_that_can_hold_them() {
         err.contains("names `mm`, which is not one of its outputs")
             && err.contains("did you mean `m`?"),
         "{err}"
+    );
+}
+
+#[test]
+fn plan_estimates_what_a_run_will_cost_from_earlier_records() {
+    let (p, ids) = three_runs();
+    let plan = json(&p, &["plan", "p.yaml", "--set", "scale=9", "--json"]);
+    let entries = plan.as_array().unwrap();
+    let train = entries.iter().find(|e| e["name"] == "train[lr=3]").unwrap();
+    assert_eq!(train["state"], "run");
+    let est = &train["estimate"];
+    assert_eq!(
+        est["basis"],
+        format!("its run {}", ids[2]).as_str(),
+        "{est}"
+    );
+    // The bytes are those of the record's outputs: `{"acc": 63, "note": "x"}` and a newline.
+    assert_eq!(est["bytes"], r#"{"acc": 63, "note": "x"}"#.len() + 1);
+    assert!(est["seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(est["gpu_hours"], 0.0);
+    let prep = entries.iter().find(|e| e["name"] == "prep").unwrap();
+    assert_eq!(prep["state"], "cached");
+    assert!(prep.get("estimate").is_none());
+
+    // A node never run before: the closest record of the same operator.
+    let renamed = PIPE.replace("  train:\n", "  fit:\n");
+    p.write("q.yaml", &renamed);
+    let plan = json(&p, &["plan", "q.yaml", "--json"]);
+    let fit = plan
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "fit[lr=1]")
+        .unwrap();
+    let basis = fit["estimate"]["basis"].as_str().unwrap();
+    assert!(
+        basis.starts_with("train[lr=1] of run ") && basis.ends_with("parameters equal)"),
+        "{basis}"
+    );
+    let (code, text, _) = text(&p, &["plan", "p.yaml", "--set", "scale=9"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("expected: ")
+            && text.contains("from earlier runs of 2 of the 2 nodes to run"),
+        "{text}"
     );
 }

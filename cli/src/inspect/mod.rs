@@ -30,6 +30,13 @@ pub fn plan_text(entries: &[PlanEntry]) -> String {
         if !e.reasons.is_empty() {
             let _ = write!(out, "  ({})", e.reasons.join("; "));
         }
+        if let Some(est) = &e.estimate {
+            let _ = write!(out, "  [~{}", seconds(est.seconds));
+            if est.gpu_hours > 0.0 {
+                let _ = write!(out, ", {:.2} GPU-h", est.gpu_hours);
+            }
+            let _ = write!(out, ", {}; from {}]", human_bytes(est.bytes), est.basis);
+        }
         out.push('\n');
     }
     let _ = writeln!(
@@ -39,6 +46,20 @@ pub fn plan_text(entries: &[PlanEntry]) -> String {
         count("pending"),
         count("cached")
     );
+    let ests: Vec<&expflow_engine::estimate::Estimate> =
+        entries.iter().filter_map(|e| e.estimate.as_ref()).collect();
+    let to_run = entries.iter().filter(|e| e.state != "cached").count();
+    if !ests.is_empty() {
+        let _ = writeln!(
+            out,
+            "expected: {}, {:.2} GPU-hours, {} written (from earlier runs of {} of the {} nodes to run)",
+            seconds(ests.iter().map(|e| e.seconds).sum()),
+            ests.iter().map(|e| e.gpu_hours).sum::<f64>(),
+            human_bytes(ests.iter().map(|e| e.bytes).sum()),
+            ests.len(),
+            to_run
+        );
+    }
     out
 }
 
@@ -192,6 +213,23 @@ pub fn status(ws_arg: &Option<PathBuf>, json: bool) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `0.4 s`, `12 s`, `3 min 5 s`, `2 h 10 min`.
+fn seconds(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1} s")
+    } else if s < 60.0 {
+        format!("{s:.0} s")
+    } else if s < 3600.0 {
+        format!("{} min {} s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!(
+            "{} h {} min",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    }
 }
 
 pub fn human_bytes(b: u64) -> String {

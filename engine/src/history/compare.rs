@@ -85,7 +85,10 @@ pub fn compare(h: &mut History<'_>, pipeline: &str, opts: &CompareOptions) -> Re
         }
     }
     let mut params: Vec<String> = rows.iter().flat_map(|r| r.params.keys().cloned()).collect();
-    let mut metrics: Vec<String> = rows.iter().flat_map(|r| r.metrics.keys().cloned()).collect();
+    let mut metrics: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.metrics.keys().cloned())
+        .collect();
     params.sort();
     params.dedup();
     metrics.sort();

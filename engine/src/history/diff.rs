@@ -208,7 +208,10 @@ fn causes(old: &Record, new: &Record) -> Vec<Cause> {
             },
             Some(s) => Cause::Upstream {
                 port: port.clone(),
-                node: s.rsplit_once('.').map_or(s.as_str(), |(n, _)| n).to_string(),
+                node: s
+                    .rsplit_once('.')
+                    .map_or(s.as_str(), |(n, _)| n)
+                    .to_string(),
             },
             None => Cause::Other {
                 what: format!("input {port} changed"),
@@ -230,8 +233,7 @@ fn causes(old: &Record, new: &Record) -> Vec<Cause> {
 
 /// For each re-run node, the causes in it and upstream of it, as `NODE: CAUSE`.
 fn root_causes(reran: &[NodeChange]) -> BTreeMap<&str, BTreeSet<String>> {
-    let by_name: BTreeMap<&str, &NodeChange> =
-        reran.iter().map(|c| (c.node.as_str(), c)).collect();
+    let by_name: BTreeMap<&str, &NodeChange> = reran.iter().map(|c| (c.node.as_str(), c)).collect();
     let mut out: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for change in reran {
         let mut seen = BTreeSet::new();

@@ -69,9 +69,11 @@ impl<'a> History<'a> {
             return Ok(arg.to_string());
         }
         if let Ok(path) = std::fs::canonicalize(arg)
-            && let Some(r) = self.runs.iter().rev().find(|r| {
-                std::fs::canonicalize(&r.pipeline_path).is_ok_and(|p| p == path)
-            })
+            && let Some(r) = self
+                .runs
+                .iter()
+                .rev()
+                .find(|r| std::fs::canonicalize(&r.pipeline_path).is_ok_and(|p| p == path))
         {
             return Ok(r.pipeline.clone());
         }
@@ -140,10 +142,7 @@ impl<'a> History<'a> {
         let mut out = Vec::new();
         for run in runs {
             let nodes = self.nodes(&run)?;
-            let executed = nodes
-                .iter()
-                .filter(|(_, r)| r.run_id == run.run_id)
-                .count();
+            let executed = nodes.iter().filter(|(_, r)| r.run_id == run.run_id).count();
             let params = all_params(&run, &nodes);
             let changed = match previous.get(&run.pipeline) {
                 Some(before) => param_changes(before, &params),
