@@ -1,16 +1,89 @@
-//! Progress of a run: a bar on a terminal, plain lines otherwise (both on stderr).
+//! Progress of a run on stderr. On a terminal: a bar of finished nodes, and under it the
+//! running nodes with their elapsed time and their own progress (steps, prompts, a rate),
+//! refreshed every second. Otherwise plain lines, and for a node running longer than
+//! [`PLAIN_EVERY`] its progress once every [`PLAIN_EVERY`].
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use expflow_engine::events::EventKind;
 use expflow_engine::run::Observer;
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// How often a node's progress is printed when stderr is not a terminal.
+const PLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// A running node: when it started, its last progress, when that was last printed.
+struct Running {
+    started: Instant,
+    progress: Option<(u64, u64, String, String)>,
+    printed: Option<Instant>,
+}
+
 pub struct Display {
     bar: Option<ProgressBar>,
     quiet: bool,
-    counts: Arc<Mutex<(u64, u64)>>,
+    running: Arc<Mutex<BTreeMap<String, Running>>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// `train: 120/400 steps (3.1 steps/s), 1 min 5 s`.
+pub fn progress_line(
+    node: &str,
+    done: u64,
+    total: u64,
+    unit: &str,
+    detail: &str,
+    elapsed: Option<Duration>,
+) -> String {
+    let mut s = format!("progress {node}: {done}/{total}");
+    if !unit.is_empty() {
+        s.push(' ');
+        s.push_str(unit);
+    }
+    if !detail.is_empty() {
+        s.push_str(&format!(" ({detail})"));
+    }
+    if let Some(e) = elapsed {
+        s.push_str(&format!(", {}", clock(e)));
+    }
+    s
+}
+
+/// `42 s`, `3 min 5 s`, `1 h 2 min`.
+fn clock(d: Duration) -> String {
+    let s = d.as_secs();
+    if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else {
+        format!("{} h {} min", s / 3600, (s % 3600) / 60)
+    }
+}
+
+/// The bar's message: each running node, its elapsed time and progress.
+fn running_message(running: &BTreeMap<String, Running>) -> String {
+    running
+        .iter()
+        .map(|(node, r)| {
+            let mut s = format!("{node} {}", clock(r.started.elapsed()));
+            if let Some((done, total, unit, detail)) = &r.progress {
+                s.push_str(&format!(" {done}/{total}"));
+                if !unit.is_empty() {
+                    s.push_str(&format!(" {unit}"));
+                }
+                if !detail.is_empty() {
+                    s.push_str(&format!(" {detail}"));
+                }
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 impl Display {
@@ -25,18 +98,35 @@ impl Display {
             );
             b
         });
+        let running: Arc<Mutex<BTreeMap<String, Running>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Some(b) = &bar {
+            // Elapsed times move on between events.
+            let (b, running, stop) = (b.clone(), running.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = running.lock() {
+                        b.set_message(running_message(&r));
+                    }
+                    b.tick();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
         Display {
             bar,
             quiet,
-            counts: Arc::new(Mutex::new((0, 0))),
+            running,
+            stop,
         }
     }
 
     pub fn observer(&self) -> Observer {
         let bar = self.bar.clone();
         let quiet = self.quiet;
-        let counts = self.counts.clone();
+        let running = self.running.clone();
         Arc::new(move |ev: &EventKind| {
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
             let line = match ev {
                 EventKind::RunStarted { nodes, run_id, .. } => {
                     if let Some(b) = &bar {
@@ -45,6 +135,14 @@ impl Display {
                     format!("run {run_id}: {nodes} nodes")
                 }
                 EventKind::NodeStarted { node, attempt, .. } => {
+                    running.insert(
+                        node.clone(),
+                        Running {
+                            started: Instant::now(),
+                            progress: None,
+                            printed: None,
+                        },
+                    );
                     if *attempt > 1 {
                         format!("retry {node} (attempt {attempt})")
                     } else {
@@ -52,9 +150,6 @@ impl Display {
                     }
                 }
                 EventKind::NodeCached { node, .. } => {
-                    if let Ok(mut c) = counts.lock() {
-                        c.1 += 1;
-                    }
                     if let Some(b) = &bar {
                         b.inc(1);
                     }
@@ -67,9 +162,7 @@ impl Display {
                     memo_misses,
                     ..
                 } => {
-                    if let Ok(mut c) = counts.lock() {
-                        c.0 += 1;
-                    }
+                    running.remove(node);
                     if let Some(b) = &bar {
                         b.inc(1);
                     }
@@ -80,11 +173,30 @@ impl Display {
                     };
                     format!("done {node} ({:.2} s{memo})", *duration_ms as f64 / 1000.0)
                 }
-                EventKind::NodeProgress { node, done, total } => {
+                EventKind::NodeProgress {
+                    node,
+                    done,
+                    total,
+                    unit,
+                    detail,
+                } => {
+                    let Some(r) = running.get_mut(node) else {
+                        return;
+                    };
+                    r.progress = Some((*done, *total, unit.clone(), detail.clone()));
                     if let Some(b) = &bar {
-                        b.set_message(format!("{node}: {done}/{total}"));
+                        b.set_message(running_message(&running));
+                        return;
                     }
-                    return;
+                    // Plain lines: for nodes running longer than PLAIN_EVERY, one every
+                    // PLAIN_EVERY.
+                    let due = r.started.elapsed() >= PLAIN_EVERY
+                        && r.printed.is_none_or(|t| t.elapsed() >= PLAIN_EVERY);
+                    if quiet || !due {
+                        return;
+                    }
+                    r.printed = Some(Instant::now());
+                    progress_line(node, *done, *total, unit, detail, Some(r.started.elapsed()))
                 }
                 EventKind::NodeFailed {
                     node,
@@ -92,6 +204,7 @@ impl Display {
                     will_retry,
                     ..
                 } => {
+                    running.remove(node);
                     let first = error.lines().next().unwrap_or_default();
                     let line = if *will_retry {
                         format!("failed {node} (will retry): {first}")
@@ -112,6 +225,7 @@ impl Display {
             }
             match &bar {
                 Some(b) => {
+                    b.set_message(running_message(&running));
                     if !line.starts_with("cached") && !line.starts_with("start") {
                         b.println(&line);
                     }
@@ -122,8 +236,51 @@ impl Display {
     }
 
     pub fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_node_shows_its_time_and_its_own_progress() {
+        let mut running = BTreeMap::new();
+        running.insert(
+            "infer".to_string(),
+            Running {
+                started: Instant::now() - Duration::from_secs(65),
+                progress: Some((12, 40, "prompts".into(), "31.5 tok/s".into())),
+                printed: None,
+            },
+        );
+        running.insert(
+            "prep".to_string(),
+            Running {
+                started: Instant::now(),
+                progress: None,
+                printed: None,
+            },
+        );
+        assert_eq!(
+            running_message(&running),
+            "infer 1 min 5 s 12/40 prompts 31.5 tok/s | prep 0 s"
+        );
+        assert_eq!(
+            progress_line(
+                "sft",
+                3,
+                10,
+                "steps",
+                "2.10 steps/s",
+                Some(Duration::from_secs(7))
+            ),
+            "progress sft: 3/10 steps (2.10 steps/s), 7 s"
+        );
+        assert_eq!(progress_line("x", 1, 2, "", "", None), "progress x: 1/2");
     }
 }

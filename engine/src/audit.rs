@@ -290,7 +290,7 @@ fn audit_one(
         &material.input_types,
         Vec::new(),
         1,
-        Arc::new(|_, _| {}),
+        Arc::new(|_: &crate::context::Progress| {}),
         false,
     ) {
         Ok(done) => done,

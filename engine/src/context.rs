@@ -48,8 +48,18 @@ pub struct Output {
     pub ty: PortType,
 }
 
-/// Progress reports: (done, total) for the node.
-pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// One progress report of a node: `done` of `total` `unit`s (`steps`, `prompts`), and a
+/// short `detail` (a rate such as `41 tok/s`, the epoch).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub unit: String,
+    pub detail: String,
+}
+
+/// Progress reports of the node.
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
 /// Counters of per-item memoisation for one node execution.
 #[derive(Debug, Default)]
@@ -274,9 +284,20 @@ impl Context {
         self.notes.lock().map(|n| n.clone()).unwrap_or_default()
     }
 
-    /// Reports progress of the node: `done` of `total` units.
+    /// Reports progress of the node: `done` of `total` items.
     pub fn progress(&self, done: u64, total: u64) {
-        (self.progress)(done, total);
+        self.progress_of(done, total, "", "");
+    }
+
+    /// Reports progress of the node: `done` of `total` `unit`s (`steps`, `prompts`), with a
+    /// short `detail` (a rate, the epoch) that the terminal shows beside it.
+    pub fn progress_of(&self, done: u64, total: u64, unit: &str, detail: &str) {
+        (self.progress)(&Progress {
+            done,
+            total,
+            unit: unit.to_string(),
+            detail: detail.to_string(),
+        });
     }
 
     /// The last `n` lines of the node's log (for error messages).

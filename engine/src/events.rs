@@ -45,6 +45,12 @@ pub enum EventKind {
         node: String,
         done: u64,
         total: u64,
+        /// What is counted (`steps`, `prompts`); empty for items.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        unit: String,
+        /// A rate or a phase (`41 tok/s`, `epoch 2/3`).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
     },
     NodeExecuted {
         node: String,

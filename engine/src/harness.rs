@@ -153,7 +153,7 @@ impl Harness {
             items: Mutex::new(Vec::new()),
             memo_store: true,
             memo_stats: MemoStats::default(),
-            progress: Arc::new(|_, _| {}),
+            progress: Arc::new(|_: &crate::context::Progress| {}),
             secrets: Mutex::new(Vec::new()),
             vault: self.secrets.clone(),
             revealed: Mutex::new(Vec::new()),

@@ -37,7 +37,7 @@ pub mod workspace;
 pub mod yaml;
 
 pub use compile::{CNode, CompileOptions, Pipeline, Source};
-pub use context::{CancelToken, Context, Input, Output};
+pub use context::{CancelToken, Context, Input, Output, Progress};
 pub use diag::{Diagnostic, Diagnostics, Loc};
 pub use error::{EngineError, Result};
 pub use input_copies::{InputChange, InputCopies};

@@ -52,7 +52,23 @@ fn checkpoint_exists(p: &Project) -> bool {
 #[test]
 fn an_interrupted_training_node_resumes_to_the_same_model() {
     let whole = project();
-    whole.run("pipe.yaml", &[]).expect_code(0);
+    let first = whole.run("pipe.yaml", &[]);
+    first.expect_code(0);
+    // The trainer reports its steps and rate, which the terminal shows.
+    let progress: Vec<&serde_json::Value> = first
+        .events
+        .iter()
+        .filter(|e| e["event"] == "node_progress" && e["node"] == "sft")
+        .collect();
+    let last = progress.last().expect("sft reported progress");
+    assert_eq!(last["unit"], "steps", "{last}");
+    assert_eq!(last["done"], last["total"], "{last}");
+    assert!(
+        last["detail"]
+            .as_str()
+            .is_some_and(|d| d.ends_with(" steps/s")),
+        "{last}"
+    );
 
     let p = project();
     let mut child = std::process::Command::new(expflow_bin())

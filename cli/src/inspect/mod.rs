@@ -295,9 +295,13 @@ pub fn log(
                 format!("started  {node} (attempt {attempt})")
             }
             EventKind::NodeCached { node, key } => format!("cached   {node} {}", key.short()),
-            EventKind::NodeProgress { node, done, total } => {
-                format!("progress {node} {done}/{total}")
-            }
+            EventKind::NodeProgress {
+                node,
+                done,
+                total,
+                unit,
+                detail,
+            } => crate::progress::progress_line(node, *done, *total, unit, detail, None),
             EventKind::NodeExecuted {
                 node,
                 key,

@@ -223,16 +223,18 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let last = Mutex::new(Instant::now() - Duration::from_secs(1));
         let events_path = self.env.run_dir.join("events.jsonl");
         let log = EventLog::create(&events_path).ok();
-        Arc::new(move |done, total| {
+        Arc::new(move |p: &crate::context::Progress| {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
-            if done < total && l.elapsed() < Duration::from_millis(200) {
+            if p.done < p.total && l.elapsed() < Duration::from_millis(200) {
                 return;
             }
             *l = Instant::now();
             let ev = EventKind::NodeProgress {
                 node: node.clone(),
-                done,
-                total,
+                done: p.done,
+                total: p.total,
+                unit: p.unit.clone(),
+                detail: p.detail.clone(),
             };
             if let Some(o) = &observer {
                 o(&ev);

@@ -187,7 +187,7 @@ where
         }
     }
     let mut done = total - missing.len() as u64;
-    ctx.progress(done, total);
+    ctx.progress_of(done, total, "texts", "");
     let batches = if missing.is_empty() {
         Vec::new()
     } else {
@@ -210,7 +210,7 @@ where
             out[i] = Some(v);
         }
         done += chunk.len() as u64;
-        ctx.progress(done, total);
+        ctx.progress_of(done, total, "texts", "");
     }
     let (hits, misses) = ctx.memo_counts();
     ctx.log(&format!(

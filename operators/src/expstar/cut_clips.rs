@@ -268,7 +268,7 @@ impl Operator for CutClips {
                             all[i] = Some(r);
                         }
                         let n = done.fetch_add(1, Ordering::SeqCst) + 1;
-                        ctx.progress(n as u64, total);
+                        ctx.progress_of(n as u64, total, "clips", "");
                     }
                 });
             }

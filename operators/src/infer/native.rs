@@ -205,7 +205,9 @@ impl Backend for Native {
         }
         let total = reqs.len() as u64;
         let mut done = total - todo.len() as u64;
-        ctx.progress(done, total);
+        let started = std::time::Instant::now();
+        let mut tokens = 0u64;
+        ctx.progress_of(done, total, "prompts", "");
         for chunk in todo.chunks(self.batch_size) {
             ctx.check_cancelled()?;
             let batch: Vec<GenRequest> = chunk.iter().map(|&i| built[i].0.clone()).collect();
@@ -223,12 +225,19 @@ impl Backend for Native {
             })?;
             for (&i, g) in chunk.iter().zip(&gens) {
                 let reply = reply_of(g);
+                tokens += reply.completion_tokens;
                 let bytes = serde_json::to_vec(&reply.to_json())?;
                 ctx.memo(&built[i].1, || Ok(bytes))?;
                 out[i] = Some(reply);
             }
             done += chunk.len() as u64;
-            ctx.progress(done, total);
+            let secs = started.elapsed().as_secs_f64();
+            let rate = if secs > 0.0 {
+                format!("{:.1} tok/s", tokens as f64 / secs)
+            } else {
+                String::new()
+            };
+            ctx.progress_of(done, total, "prompts", &rate);
         }
         // The memo holds the replies as generated; what a request does not keep is left out
         // here, as a server decoding with `skip_special_tokens` would.

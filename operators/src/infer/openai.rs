@@ -342,7 +342,7 @@ where
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<Option<T>>> = Mutex::new((0..total).map(|_| None).collect());
     let first_error: Mutex<Option<OpError>> = Mutex::new(None);
-    ctx.progress(0, total as u64);
+    ctx.progress_of(0, total as u64, "requests", "");
     std::thread::scope(|scope| {
         for _ in 0..concurrency.clamp(1, total.max(1)) {
             scope.spawn(|| {
@@ -357,7 +357,7 @@ where
                                 all[i] = Some(v);
                             }
                             let d = done.fetch_add(1, Ordering::SeqCst) + 1;
-                            ctx.progress(d as u64, total as u64);
+                            ctx.progress_of(d as u64, total as u64, "requests", "");
                         }
                         Err(e) => {
                             failed.store(true, Ordering::SeqCst);

@@ -193,7 +193,7 @@ pub fn run_tool(
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 if let Some((d, t)) = last_progress(log) {
-                    ctx.progress(d, t);
+                    ctx.progress_of(d, t, "steps", "");
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }

@@ -345,7 +345,16 @@ pub fn sft_conversations(
 /// Logging, progress and cancellation wired to the node context.
 pub fn with_hooks<T>(ctx: &Context, f: impl FnOnce(&Hooks) -> T) -> T {
     let log = |m: &str| ctx.log(m);
-    let progress = |d: usize, t: usize| ctx.progress(d as u64, t as u64);
+    let started = std::time::Instant::now();
+    let progress = |d: usize, t: usize| {
+        let secs = started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 && d > 0 {
+            format!("{:.2} steps/s", d as f64 / secs)
+        } else {
+            String::new()
+        };
+        ctx.progress_of(d as u64, t as u64, "steps", &rate);
+    };
     let cancel = |_: usize| ctx.is_cancelled();
     let hooks = Hooks {
         cancel: Some(&cancel),
