@@ -278,6 +278,7 @@ fn audit_one(
         resources: op.signature().resources,
         retries: 0,
         metrics: material.metrics.clone(),
+        point: Default::default(),
         determinism: op.determinism(&material.params),
         deps: Vec::new(),
         loc: Loc::default(),

@@ -62,9 +62,16 @@ pub fn pipeline(registry: &Registry, bytes: &[u8]) -> usize {
                     node.name
                 );
                 for src in node.inputs.values() {
-                    if let crate::Source::Node { node: up, port } = src {
+                    let ups = match src {
+                        crate::Source::Node { node: up, port } => vec![(*up, port)],
+                        crate::Source::Gather { nodes, port } => {
+                            nodes.iter().map(|up| (*up, port)).collect()
+                        }
+                        crate::Source::Input(_) => Vec::new(),
+                    };
+                    for (up, port) in ups {
                         assert!(
-                            *up < i && p.nodes[*up].outputs.contains_key(port),
+                            up < i && p.nodes[up].outputs.contains_key(port),
                             "node `{}` reads a port that no earlier node has",
                             node.name
                         );

@@ -16,6 +16,7 @@ pub mod error;
 pub mod estimate;
 pub mod events;
 pub mod fuzzing;
+pub mod gather;
 pub mod harness;
 pub mod history;
 pub mod input_copies;

@@ -287,6 +287,7 @@ fn write_manifest(ws: &Workspace, m: &Manifest) -> Result<()> {
 fn stage(ws: &Workspace, dest: &Path, out: &OutputRef) -> Result<PathBuf> {
     let parent = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(parent).map_err(|e| EngineError::io(parent, e))?;
+    clear_stale(dest);
     let mut n = 0u32;
     loop {
         let path = sibling(dest, "new", n);
@@ -316,6 +317,56 @@ fn stage(ws: &Workspace, dest: &Path, out: &OutputRef) -> Result<PathBuf> {
             Err(e) => return Err(EngineError::io(&path, e)),
         }
     }
+}
+
+/// Removes what a killed expflow left beside `dest`: staged copies (`new`) of a process that
+/// is gone, and moved-aside copies (`old`) once `dest` is in place again.
+fn clear_stale(dest: &Path) {
+    let (Some(parent), Some(name)) = (dest.parent(), dest.file_name()) else {
+        return;
+    };
+    let prefix = format!(".{}.expflow-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    }) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut parts = rest.split('-');
+        let (what, pid) = (
+            parts.next(),
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+        );
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let stale = match what {
+            Some("new") => true,
+            Some("old") => fs::symlink_metadata(dest).is_ok(),
+            _ => false,
+        };
+        if stale {
+            debug!(path = %e.path().display(), "removing what an interrupted run left");
+            remove_tree(&e.path());
+        }
+    }
+}
+
+/// Whether process `pid` exists (signal 0 probes without sending anything).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A hidden name beside `dest`: `.NAME.expflow-WHAT-PID-N`.

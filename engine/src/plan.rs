@@ -83,6 +83,34 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
                         None => waiting.push(p.nodes[*up].name.clone()),
                     }
                 }
+                Source::Gather {
+                    nodes: ups,
+                    port: up_port,
+                } => {
+                    let outs: Vec<Option<&OutputRef>> = ups
+                        .iter()
+                        .map(|up| {
+                            evals
+                                .get(up)
+                                .and_then(|e| e.outputs.as_ref())
+                                .and_then(|o| o.get(up_port))
+                        })
+                        .collect();
+                    if let Some(missing) = outs.iter().position(Option::is_none) {
+                        waiting.push(p.nodes[ups[missing]].name.clone());
+                    } else {
+                        let pts: Vec<crate::gather::Point> = ups
+                            .iter()
+                            .zip(outs.iter().flatten())
+                            .map(|(up, o)| crate::gather::Point {
+                                node: &p.nodes[*up].name,
+                                matrix: &p.nodes[*up].point,
+                                output: o,
+                            })
+                            .collect();
+                        inputs.insert(port.clone(), crate::gather::digest(&ws.cas, &pts)?);
+                    }
+                }
             }
         }
         let kind = node.op.kind();

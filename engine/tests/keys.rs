@@ -20,6 +20,7 @@ fn material() -> KeyMaterial {
         outputs: BTreeMap::from([("table".to_string(), PortType::Table)]),
         env: BTreeMap::from([("ffmpeg".to_string(), "5.1.9".to_string())]),
         seed: Some(42),
+        metrics: Vec::new(),
         input_types: BTreeMap::new(),
         sources: BTreeMap::new(),
     }
@@ -47,6 +48,7 @@ fn golden_key_of_a_minimal_command() {
         outputs: BTreeMap::from([("o".to_string(), PortType::File)]),
         env: BTreeMap::new(),
         seed: None,
+        metrics: Vec::new(),
         input_types: BTreeMap::new(),
         sources: BTreeMap::new(),
     };
@@ -121,4 +123,16 @@ fn material_round_trips_through_json_and_diff_names_fields() {
     assert_eq!(d.len(), 2, "{d:?}");
     assert_eq!(d[0], "param limit: 10 → 20");
     assert!(d[1].starts_with("input table changed ("), "{}", d[1]);
+}
+
+#[test]
+fn naming_metrics_outputs_changes_the_key_and_an_empty_list_does_not() {
+    let plain = material();
+    let mut named = material();
+    named.metrics = vec!["table".into()];
+    assert_ne!(plain.key(), named.key());
+    // The golden key above is the key of an empty list: nodes without `metrics:` keep theirs.
+    let json = plain.to_json();
+    assert!(json.get("metrics").is_none(), "{json}");
+    assert_eq!(KeyMaterial::from_json(&json).unwrap().key(), plain.key());
 }

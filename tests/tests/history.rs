@@ -318,3 +318,63 @@ fn plan_estimates_what_a_run_will_cost_from_earlier_records() {
         "{text}"
     );
 }
+
+#[test]
+fn a_node_gathers_every_point_of_a_matrix_node() {
+    let p = Project::new();
+    let pipe = r#"
+pipeline: gather
+nodes:
+  train:
+    op: command
+    matrix: {lr: [1, 3]}
+    out: {m: metrics}
+    params: {run: "echo \"{\\\"acc\\\": ${matrix.lr}}\" > ${out.m}"}
+  all:
+    op: command
+    in:
+      points: train[*].m
+    out: {t: file}
+    params: {run: "cat ${in.points}/points.json ${in.points}/0000.json ${in.points}/0001.json > ${out.t}"}
+outputs:
+  out/all.txt: all.t
+"#;
+    p.write("p.yaml", pipe);
+    let first = p.run("p.yaml", &[]);
+    first.expect_code(0);
+    let gathered = p.read("out/all.txt");
+    let (list, rest) = gathered.split_at(gathered.find("]\n").unwrap() + 2);
+    let points: Value = serde_json::from_str(list).unwrap();
+    assert_eq!(points[0]["node"], "train[lr=1]");
+    assert_eq!(points[0]["matrix"]["lr"], 1);
+    assert_eq!(points[1]["matrix"]["lr"], 3);
+    assert_eq!(points[1]["type"], "metrics");
+    assert_eq!(points[1]["path"], "0001.json");
+    assert_eq!(rest, "{\"acc\": 1}\n{\"acc\": 3}\n");
+    // Nothing changed: nothing runs. A changed point: it and the gathering node run.
+    assert!(p.run("p.yaml", &[]).executed().is_empty());
+    p.write("p.yaml", &pipe.replace("[1, 3]", "[1, 5]"));
+    let again = p.run("p.yaml", &[]);
+    again.expect_code(0);
+    assert_eq!(again.executed(), ["all", "train[lr=5]"]);
+    assert!(p.read("out/all.txt").ends_with("{\"acc\": 5}\n"));
+    // The graph draws an edge from every point.
+    let (code, dot, _) = text(&p, &["graph", "p.yaml", "--format", "dot"]);
+    assert_eq!(code, 0);
+    assert_eq!(dot.matches("m→points[*]").count(), 2, "{dot}");
+
+    // Gathering needs a matrix node and one of its ports.
+    p.write(
+        "q.yaml",
+        &pipe
+            .replace("    matrix: {lr: [1, 3]}\n", "")
+            .replace("${matrix.lr}", "1"),
+    );
+    let (code, _, err) = text(&p, &["plan", "q.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("node `train` has no `matrix`"), "{err}");
+    p.write("r.yaml", &pipe.replace("train[*].m", "train[*].n"));
+    let (code, _, err) = text(&p, &["plan", "r.yaml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("did you mean `train[*].m`?"), "{err}");
+}

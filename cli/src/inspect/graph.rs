@@ -12,13 +12,19 @@ pub fn graph(p: &Pipeline, format: GraphFormat, json: bool) -> Result<String> {
     let mut edges: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     for n in &p.nodes {
         for (port, src) in &n.inputs {
-            let (from, label) = match src {
-                Source::Input(name) => (format!("inputs.{name}"), port.clone()),
+            let from: Vec<(String, String)> = match src {
+                Source::Input(name) => vec![(format!("inputs.{name}"), port.clone())],
                 Source::Node { node, port: up } => {
-                    (p.nodes[*node].name.clone(), format!("{up}→{port}"))
+                    vec![(p.nodes[*node].name.clone(), format!("{up}→{port}"))]
                 }
+                Source::Gather { nodes, port: up } => nodes
+                    .iter()
+                    .map(|node| (p.nodes[*node].name.clone(), format!("{up}→{port}[*]")))
+                    .collect(),
             };
-            edges.entry((from, n.name.clone())).or_default().push(label);
+            for (from, label) in from {
+                edges.entry((from, n.name.clone())).or_default().push(label);
+            }
         }
     }
     if json {

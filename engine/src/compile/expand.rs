@@ -145,6 +145,7 @@ impl Builder<'_> {
                 resources,
                 retries: spec.retries.as_ref().map_or(0, |(r, _)| *r),
                 metrics: metrics.clone(),
+                point: point.iter().cloned().collect(),
                 deps: Vec::new(),
                 loc: spec.loc.clone(),
             });

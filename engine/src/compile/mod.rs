@@ -53,6 +53,8 @@ pub struct CNode {
     pub retries: u32,
     /// Output ports named under `metrics:` (sorted).
     pub metrics: Vec<String>,
+    /// The matrix point of this instance (variable → value); empty outside a matrix.
+    pub point: Map<String, Value>,
     pub determinism: Determinism,
     /// Upstream node indices (unique, sorted).
     pub deps: Vec<usize>,
@@ -63,7 +65,16 @@ pub struct CNode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
     Input(String),
-    Node { node: usize, port: String },
+    Node {
+        node: usize,
+        port: String,
+    },
+    /// Every point of a matrix node (`sweep[*].table`), in the file's order: one directory
+    /// (see [`crate::gather`]).
+    Gather {
+        nodes: Vec<usize>,
+        port: String,
+    },
 }
 
 impl Pipeline {
@@ -217,8 +228,14 @@ pub fn compile_with(
         .map(|old| {
             let mut n = sorted[*old].take().expect("each node is placed once");
             for src in n.inputs.values_mut() {
-                if let Source::Node { node, .. } = src {
-                    *node = position[*node];
+                match src {
+                    Source::Node { node, .. } => *node = position[*node],
+                    Source::Gather { nodes, .. } => {
+                        for node in nodes.iter_mut() {
+                            *node = position[*node];
+                        }
+                    }
+                    Source::Input(_) => {}
                 }
             }
             n.deps = n.deps.iter().map(|d| position[*d]).collect();

@@ -105,9 +105,10 @@ impl Builder<'_> {
             }
             let mut deps: Vec<usize> = connected
                 .values()
-                .filter_map(|s| match s {
-                    Source::Node { node, .. } => Some(*node),
-                    Source::Input(_) => None,
+                .flat_map(|s| match s {
+                    Source::Node { node, .. } => vec![*node],
+                    Source::Gather { nodes, .. } => nodes.clone(),
+                    Source::Input(_) => Vec::new(),
                 })
                 .collect();
             deps.sort_unstable();
@@ -168,6 +169,9 @@ impl Builder<'_> {
                 Some("write `NODE.PORT` or `inputs.NAME`".into()),
             );
             return None;
+        }
+        if let Some(base) = node.strip_suffix("[*]") {
+            return self.resolve_gather(text, base, port, point, nodes, points, by_base, loc);
         }
         let idx = if let Some(i) = by_name.get(node).filter(|_| node.contains('[')) {
             *i
@@ -239,6 +243,82 @@ impl Builder<'_> {
                 self.diags.push(
                     loc,
                     format!("unknown port `{port}` on node `{}`", producer.base),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// `BASE[*].PORT`: every point of the matrix node `BASE` (those agreeing with this
+    /// node's own point on shared variables), gathered into one directory input.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_gather(
+        &mut self,
+        text: &str,
+        base: &str,
+        port: &str,
+        point: &[(String, Value)],
+        nodes: &[CNode],
+        points: &[Vec<(String, Value)>],
+        by_base: &HashMap<String, Vec<usize>>,
+        loc: &Loc,
+    ) -> Option<(Source, PortType)> {
+        let Some(candidates) = by_base.get(base) else {
+            if !self.bad_nodes.contains(base) {
+                let names: Vec<&str> = by_base.keys().map(String::as_str).collect();
+                let hint = match closest(base, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{c}[*].{port}`?"),
+                    None => "name a node defined under `nodes:`".into(),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown node `{base}` in `{text}`"),
+                    Some(hint),
+                );
+            }
+            return None;
+        };
+        if points[candidates[0]].is_empty() {
+            self.diags.push(
+                loc,
+                format!(
+                    "`{text}`: node `{base}` has no `matrix`, so there are no points to gather"
+                ),
+                Some(format!("write `{base}.{port}`")),
+            );
+            return None;
+        }
+        let matching: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|c| {
+                points[*c].iter().all(|(k, v)| {
+                    point
+                        .iter()
+                        .find(|(pk, _)| pk == k)
+                        .is_none_or(|(_, pv)| pv == v)
+                })
+            })
+            .collect();
+        let producer = &nodes[candidates[0]];
+        match producer.outputs.get(port) {
+            Some(_) => Some((
+                Source::Gather {
+                    nodes: matching,
+                    port: port.to_string(),
+                },
+                PortType::Dir,
+            )),
+            None => {
+                let names: Vec<&str> = producer.outputs.keys().map(String::as_str).collect();
+                let hint = match closest(port, names.iter().copied()) {
+                    Some(c) => format!("did you mean `{base}[*].{c}`?"),
+                    None => format!("node `{base}` has outputs: {}", names.join(", ")),
+                };
+                self.diags.push(
+                    loc,
+                    format!("unknown port `{port}` on node `{base}`"),
                     Some(hint),
                 );
                 None

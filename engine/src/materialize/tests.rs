@@ -83,3 +83,32 @@ fn moves_into_an_absent_destination_and_never_over_one_that_appeared() {
         assert_eq!(fs::read_to_string(&dest).unwrap(), "new");
     }
 }
+
+#[test]
+fn what_a_killed_run_staged_beside_a_destination_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("all.parquet");
+    std::fs::write(&dest, b"ours").unwrap();
+    // A process that has exited: its pid names no live process.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale_new = dir
+        .path()
+        .join(format!(".all.parquet.expflow-new-{dead}-0"));
+    let stale_old = dir
+        .path()
+        .join(format!(".all.parquet.expflow-old-{dead}-0"));
+    let live = dir
+        .path()
+        .join(format!(".all.parquet.expflow-new-{}-7", std::process::id()));
+    for p in [&stale_new, &stale_old, &live] {
+        std::fs::write(p, b"partial").unwrap();
+    }
+    let other = dir.path().join(".other.expflow-new-1-0");
+    std::fs::write(&other, b"not beside this destination").unwrap();
+    clear_stale(&dest);
+    assert!(!stale_new.exists() && !stale_old.exists());
+    assert!(live.exists(), "this process's own staging is left alone");
+    assert!(other.exists() && dest.exists());
+}

@@ -375,6 +375,10 @@ pub fn sources(p: &Pipeline, i: usize) -> BTreeMap<String, String> {
             let s = match src {
                 Source::Input(name) => format!("inputs.{name}"),
                 Source::Node { node, port } => format!("{}.{port}", p.nodes[*node].name),
+                Source::Gather { nodes, port } => match nodes.first() {
+                    Some(n) => format!("{}[*].{port}", p.nodes[*n].base),
+                    None => format!("[*].{port}"),
+                },
             };
             (port.clone(), s)
         })

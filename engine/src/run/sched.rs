@@ -76,6 +76,29 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     .as_ref()
                     .and_then(|o| o.get(up_port))
                     .map(|o| o.digest),
+                Source::Gather {
+                    nodes: ups,
+                    port: up_port,
+                } => {
+                    let mut pts = Vec::new();
+                    for up in ups {
+                        let Some(out) = self.outputs[*up].as_ref().and_then(|o| o.get(up_port))
+                        else {
+                            return Err(format!(
+                                "input `{port}`: `{}.{up_port}` is not available",
+                                self.p.nodes[*up].name
+                            ));
+                        };
+                        pts.push(crate::gather::Point {
+                            node: &self.p.nodes[*up].name,
+                            matrix: &self.p.nodes[*up].point,
+                            output: out,
+                        });
+                    }
+                    let (d, _) = crate::gather::store(&self.env.cas, &pts)
+                        .map_err(|e| format!("input `{port}`: cannot gather the points: {e}"))?;
+                    Some(d)
+                }
             };
             inputs.insert(
                 port.clone(),
@@ -122,6 +145,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                         .get(port)
                         .copied()
                         .unwrap_or(PortType::File),
+                    Source::Gather { .. } => PortType::Dir,
                 };
                 (port.clone(), ty)
             })
