@@ -6,7 +6,7 @@ use expflow_cache::Record;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{History, all_params, metrics_of, param_changes, params_of};
+use super::{History, all_params, metrics_of, param_changes, record_params};
 use crate::error::Result;
 use crate::key::KeyMaterial;
 
@@ -184,13 +184,12 @@ fn causes(old: &Record, new: &Record) -> Vec<Cause> {
             new: b.op_version,
         });
     }
-    let (pa, pb) = (
-        params_of(&[(String::new(), old.clone())]),
-        params_of(&[(String::new(), new.clone())]),
-    );
+    let (mut pa, mut pb) = (BTreeMap::new(), BTreeMap::new());
+    record_params(old, "", &mut pa);
+    record_params(new, "", &mut pb);
     for c in param_changes(&pa, &pb) {
         out.push(Cause::Param {
-            name: c.name.trim_start_matches('.').to_string(),
+            name: c.name,
             old: c.old,
             new: c.new,
         });

@@ -179,13 +179,18 @@ pub fn all_params(run: &RunInfo, nodes: &[(String, Record)]) -> BTreeMap<String,
 pub fn params_of(nodes: &[(String, Record)]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     for (node, rec) in nodes {
-        if let Some(Value::Object(params)) = rec.material.get("params") {
-            for (k, v) in params {
-                flatten(v, format!("{node}.{k}"), &mut out);
-            }
-        }
+        record_params(rec, &format!("{node}."), &mut out);
     }
     out
+}
+
+/// The parameters of one record, flattened, each name prefixed with `prefix`.
+pub(crate) fn record_params(rec: &Record, prefix: &str, out: &mut BTreeMap<String, Value>) {
+    if let Some(Value::Object(params)) = rec.material.get("params") {
+        for (k, v) in params {
+            flatten(v, format!("{prefix}{k}"), out);
+        }
+    }
 }
 
 fn flatten(v: &Value, name: String, out: &mut BTreeMap<String, Value>) {
