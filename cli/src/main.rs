@@ -9,6 +9,7 @@ mod inspect;
 mod maint;
 mod nodelog;
 mod progress;
+mod report;
 mod score;
 mod serve;
 mod synth;
@@ -173,6 +174,20 @@ enum Command {
         sort: Option<String>,
         #[command(flatten)]
         format: TableFormat,
+    },
+    /// One self-contained HTML file about a run, readable offline: the DAG coloured by state,
+    /// a timeline, each node's key, outputs, parameters and log tail, metrics and training
+    /// curves; with --baseline, what changed since that run, with before/after curves.
+    Report {
+        /// A run id (or a unique prefix), or a pipeline name or file for its latest run
+        /// (default: the workspace's latest run).
+        run: Option<String>,
+        /// A run to compare with (as `expflow diff BASELINE RUN`).
+        #[arg(long, value_name = "RUN_ID")]
+        baseline: Option<String>,
+        /// The HTML file to write.
+        #[arg(long, value_name = "FILE.html")]
+        out: PathBuf,
     },
     /// Where a node's output came from: its inputs, recursively, with keys and digests.
     Lineage {
@@ -461,6 +476,9 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 || (!all && format == history::Format::Text && std::io::stdout().is_terminal());
             let opts = expflow_engine::history::CompareOptions { only_changed, sort };
             history::compare(&ws_arg, &pipeline, opts, format)
+        }
+        Command::Report { run, baseline, out } => {
+            report::report(&ws_arg, run.as_deref(), baseline.as_deref(), &out)
         }
         Command::Lineage {
             node,
