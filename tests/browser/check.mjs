@@ -44,7 +44,7 @@ out.dagStates = await page.$$eval('#dag-view .dag-node', (gs) => [...new Set(gs.
 
 // The timeline and charts render when their section is open.
 for (const id of ['timeline', 'curves', 'metrics']) {
-  await page.$eval('#' + id, (d) => { d.open = true; });
+  await page.evaluate((id) => { const d = document.getElementById(id); if (d) d.open = true; }, id);
 }
 await page.waitForTimeout(300);
 out.ganttBars = await count('#gantt-view .gantt-bar');

@@ -5,6 +5,7 @@
 //! Dependencies: none from expflow at build time; the tests drive the `expflow` binary as a
 //! user would. Nothing depends on this crate.
 
+pub mod browser;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -130,7 +130,7 @@ function ganttSection() {
       const gx = x(t0 + s * 1000);
       svg.appendChild(svgEl('line', { class: 'gantt-grid', x1: gx, x2: gx, y1: b.y0, y2: b.y1 }));
       const tx = svgEl('text', { class: 'gantt-axis', x: gx + 2, y: b.y0 + 12 });
-      tx.textContent = fmtNum(s) + ' s';
+      tx.textContent = String(+s.toPrecision(6)) + ' s';
       svg.appendChild(tx);
     }
     const r0 = Math.max(0, Math.floor((b.y0 - head) / rowH) - 1);
