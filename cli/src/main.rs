@@ -175,9 +175,8 @@ enum Command {
         #[command(flatten)]
         format: TableFormat,
     },
-    /// One self-contained HTML file about a run, readable offline: the DAG coloured by state,
-    /// a timeline, each node's key, outputs, parameters and log tail, metrics and training
-    /// curves; with --baseline, what changed since that run, with before/after curves.
+    /// Write one self-contained HTML file about a run, for reading offline: DAG, timeline,
+    /// node records and logs, metrics, training curves, and what changed since --baseline.
     Report {
         /// A run id (or a unique prefix), or a pipeline name or file for its latest run
         /// (default: the workspace's latest run).

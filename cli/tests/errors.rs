@@ -115,6 +115,14 @@ fn help_lists_the_commands() {
     insta::assert_snapshot!(stdout);
 }
 
+#[test]
+fn report_help_names_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, _) = expflow(dir.path(), &["report", "--help"]);
+    assert_eq!(code, 0);
+    insta::assert_snapshot!(stdout);
+}
+
 /// How many times `needle` occurs in `hay`.
 fn count(hay: &str, needle: &str) -> usize {
     hay.matches(needle).count()

@@ -82,6 +82,18 @@ fn audit_is_clean_and_logs_name_their_run(p: &Project, first_run: &str, node: &s
     );
 }
 
+/// `expflow report` of the run after the SFT edit, against the first run, loads in headless
+/// chromium with nothing fetched and no error, its DAG drawn, SFT's training curves
+/// plotted, and a before/after chart of the changed curves (`tests/src/browser.rs`).
+fn report_renders_in_chromium(p: &Project, name: &str, first_run: &str) {
+    let Some(browser) = expflow_tests::browser::Browser::find() else {
+        return;
+    };
+    let seen = expflow_tests::browser::check_report(p, &browser, name, &["--baseline", first_run]);
+    assert!(seen["diffCharts"].as_u64().unwrap_or(0) > 0, "SFT's curves changed: {seen}");
+    assert!(seen["ganttBars"].as_u64().unwrap_or(0) > 0, "{seen}");
+}
+
 #[test]
 fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     if !has_ffmpeg() {
@@ -145,6 +157,7 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
             "{node} re-ran after an SFT edit: {after_edit:?}"
         );
     }
+    report_renders_in_chromium(&p, "expstar", first_id);
 }
 
 #[test]
@@ -218,4 +231,5 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
             "{node} re-ran after an SFT edit: {after_edit:?}"
         );
     }
+    report_renders_in_chromium(&p, "macbench", first_id);
 }
