@@ -40,6 +40,7 @@ const count = (sel) => page.locator(sel).count();
 out.nodes = Number(await page.getAttribute('#dag-view', 'data-nodes'));
 out.dagNodes = await count('#dag-view .dag-node');
 out.dagEdges = await count('#dag-view .dag-edge');
+out.edgeNames = out.dagEdges <= 200 ? (await page.$$eval('#dag-view .dag-edge', (es) => es.map((e) => e.getAttribute('data-edge')))).sort() : [];
 out.dagStates = await page.$$eval('#dag-view .dag-node', (gs) => [...new Set(gs.map((g) => g.getAttribute('class').split(' ')[1]))].sort());
 
 // The timeline and charts render when their section is open.

@@ -25,6 +25,15 @@ nodes:
     out: {t: table}
     metrics: [t]
     params: {run: "cp ${in.t} ${out.t}"}
+  table2:
+    op: load
+    in: {src: inputs.curve}
+  twin:
+    op: command
+    in: {t: table2.table}
+    out: {t: table}
+    metrics: [t]
+    params: {run: "cp ${in.t} ${out.t}"}
   train:
     op: command
     matrix: {lr: [1, 3]}
@@ -64,30 +73,51 @@ fn a_report_shows_every_state_the_diff_and_curves_offline_in_chromium() {
     let a = p.run("p.yaml", &["--keep-going"]);
     a.expect_code(1);
     p.write("curve.csv", "step,loss\n1,2.0\n2,1.0\n3,0.5\n4,0.25\n");
-    let b = p.run("p.yaml", &["--keep-going", "--set", "scale=3"]);
-    b.expect_code(1);
-    let (a, b) = (run_id(&a), run_id(&b));
+    let second = p.run("p.yaml", &["--keep-going", "--set", "scale=3"]);
+    second.expect_code(1);
+    let (a, b) = (run_id(&a), run_id(&second));
 
     // The latest run, compared with the first.
     let seen = check_report(&p, &browser, "demo", &["--baseline", &a]);
     let nodes = seen["nodes"].as_u64().unwrap();
-    assert_eq!(nodes, 7, "table, curve, 2 sweep points, all, broken, after: {seen}");
+    assert_eq!(nodes, 9, "table, curve, table2, twin, 2 points, all, broken, after: {seen}");
     assert_eq!(seen["dagNodes"].as_u64(), Some(nodes), "a small DAG is drawn whole: {seen}");
-    // Edges: table→curve, curve→2 points, 2 points→all, all→broken, broken→after.
-    assert_eq!(seen["dagEdges"].as_u64(), Some(7), "{seen}");
-    let states: Vec<&str> = seen["dagStates"]
+    // `table2` and `twin` do what `table` and `curve` do (same keys, one record each), but
+    // the DAG keeps their own edge; `after` (skipped, no record) keeps its edge too.
+    let edges: Vec<&str> = seen["edgeNames"]
         .as_array()
         .unwrap()
         .iter()
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(
-        states,
-        ["st-executed", "st-failed", "st-skipped"],
-        "the input changed, so everything before `broken` re-ran: {seen}"
+        edges,
+        [
+            "all > broken",
+            "broken > after",
+            "curve > train[lr=1]",
+            "curve > train[lr=3]",
+            "table > curve",
+            "table2 > twin",
+            "train[lr=1] > all",
+            "train[lr=3] > all",
+        ],
+        "{seen}"
     );
-    // `table`, `curve`, the two points, `all` and `broken` (failed) ran.
-    assert_eq!(seen["ganttBars"].as_u64(), Some(6), "{seen}");
+    let states: Vec<&str> = seen["dagStates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for state in ["st-executed", "st-failed", "st-skipped"] {
+        assert!(states.contains(&state), "{state}: {seen}");
+    }
+    // One timeline bar per node that ran (executed, or failed: `broken`).
+    let mut ran = second.executed();
+    ran.extend(second.nodes("node_failed"));
+    ran.dedup();
+    assert_eq!(seen["ganttBars"].as_u64(), Some(ran.len() as u64), "{ran:?}: {seen}");
     // acc of the two points, each value linked to its record.
     assert!(seen["metricLinks"].as_u64().unwrap() >= 2, "{seen}");
     assert!(seen["diff"].as_u64().unwrap() >= 2, "params and metrics tables: {seen}");
@@ -132,4 +162,71 @@ fn report_refuses_an_unknown_run_and_an_output_that_is_not_html() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("r.txt") && err.contains("FILE.html"), "{err}");
     assert!(!p.path("r.txt").exists());
+}
+
+/// The 10,000-node measurement in README.md: 100 stages of 100 `command` nodes, each
+/// reading two nodes of the stage before (every node's work differs, so all execute), plus
+/// a training-curve table; then the report's
+/// size, the time `expflow report` takes, and the time chromium takes to render it.
+/// `cargo test -p expflow-tests --test report_browser -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: runs 10,000 nodes (minutes on 2 cores)"]
+fn report_of_10000_nodes() {
+    let Some(browser) = Browser::find() else {
+        return;
+    };
+    let (stages, width) = (100, 100);
+    let mut yaml = String::from(
+        "pipeline: wide\ninputs:\n  curve: curve.csv\nnodes:\n  table:\n    op: load\n    in: {src: inputs.curve}\n  curve:\n    op: command\n    in: {t: table.table}\n    out: {t: table}\n    metrics: [t]\n    params: {run: \"cp ${in.t} ${out.t}\"}\n",
+    );
+    for s in 0..stages {
+        for j in 0..width {
+            yaml.push_str(&format!("  n{s}_{j}:\n    op: command\n"));
+            if s == 0 {
+                yaml.push_str(&format!(
+                    "    out: {{o: file}}\n    params: {{run: \"echo {s}_{j} > ${{out.o}}\"}}\n"
+                ));
+            } else {
+                let other = (j * 7 + 1) % width;
+                yaml.push_str(&format!(
+                    "    in: {{a: n{p}_{j}.o, b: n{p}_{other}.o}}\n    out: {{o: file}}\n    params: {{run: \"cp ${{in.a}} ${{out.o}} && echo {s}_{j} >> ${{out.o}}\"}}\n",
+                    p = s - 1
+                ));
+            }
+        }
+    }
+    let p = Project::new();
+    p.write("wide.yaml", &yaml);
+    let curve: String = (1..=500)
+        .map(|i| format!("{i},{}\n", 3.0 / f64::from(i).sqrt()))
+        .collect();
+    p.write("curve.csv", &format!("step,loss\n{curve}"));
+    let started = std::time::Instant::now();
+    p.run("wide.yaml", &[]).expect_code(0);
+    println!("run of {} nodes: {:.1} s", stages * width + 2, started.elapsed().as_secs_f64());
+
+    let started = std::time::Instant::now();
+    let seen = check_report(&p, &browser, "wide", &[]);
+    let html = expflow_tests::browser::screenshots().join("wide.html");
+    let bytes = std::fs::metadata(&html).unwrap().len();
+    println!(
+        "report + browser check: {:.1} s; file {:.2} MiB; chromium: load to first render {} ms (script {} ms after navigation start); {} of {} nodes and {} edges drawn; {} timeline bars drawn",
+        started.elapsed().as_secs_f64(),
+        bytes as f64 / 1048576.0,
+        seen["loadToReadyMs"],
+        seen["renderMs"],
+        seen["dagNodes"],
+        seen["nodes"],
+        seen["dagEdges"],
+        seen["ganttBars"],
+    );
+    let t = std::time::Instant::now();
+    let out = p.expflow(&["report", "--out", p.path("again.html").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    println!("expflow report alone: {} ms", t.elapsed().as_millis());
+    assert_eq!(seen["nodes"].as_u64(), Some((stages * width + 2) as u64));
+    assert_eq!(seen["dagStates"], serde_json::json!(["st-executed"]), "{seen}");
+    let drawn = seen["dagNodes"].as_u64().unwrap();
+    assert!(drawn > 0 && drawn < 1000, "only what is in view is drawn: {drawn}");
+    assert!(seen["loadToReadyMs"].as_u64().unwrap() < 10_000, "{seen}");
 }

@@ -212,9 +212,24 @@ pub fn gather(ws: &Workspace, run: &RunInfo, baseline: Option<&RunInfo>) -> Resu
         .enumerate()
         .map(|(i, n)| (n.name.clone(), i))
         .collect();
-    let mut edges = edges_from_records(&recs, &names);
-    if nodes.iter().any(|n| n.rec_run.is_none()) {
-        edges.extend(edges_from_file(run, &nodes, &names));
+    // A node's edges: the sources its record names when the node made that record itself;
+    // a record made by another node with the same key (the same work under another name)
+    // names that node's sources, and failed or skipped nodes have none, so theirs come from
+    // the pipeline file compiled with the run's parameters (else, for a borrowed record,
+    // from the record).
+    let own = |(name, rec): &&(String, Record)| rec.node == *name;
+    let mut edges = edges_from_records(recs.iter().filter(own), &names);
+    let mut need = vec![true; nodes.len()];
+    for (name, _) in recs.iter().filter(own) {
+        need[names[name.as_str()]] = false;
+    }
+    if need.contains(&true) {
+        let (from_file, covered) = edges_from_file(run, &need, &names);
+        edges.extend(from_file);
+        let rest = recs
+            .iter()
+            .filter(|(name, _)| need[names[name.as_str()]] && !covered[names[name.as_str()]]);
+        edges.extend(edges_from_records(rest, &names));
     }
     edges.sort_unstable();
     edges.dedup();
@@ -385,7 +400,10 @@ fn source_nodes(src: &str, names: &HashMap<String, usize>, bases: &HashMap<&str,
     names.get(node).map(|i| vec![*i]).unwrap_or_default()
 }
 
-fn edges_from_records(recs: &[(String, Record)], names: &HashMap<String, usize>) -> Vec<[u32; 2]> {
+fn edges_from_records<'r>(
+    recs: impl Iterator<Item = &'r (String, Record)>,
+    names: &HashMap<String, usize>,
+) -> Vec<[u32; 2]> {
     let mut bases: HashMap<&str, Vec<usize>> = HashMap::new();
     for (name, i) in names {
         let (base, point) = split_point(name.as_str());
@@ -408,13 +426,15 @@ fn edges_from_records(recs: &[(String, Record)], names: &HashMap<String, usize>)
     out
 }
 
-/// Edges of the nodes without a record (failed, skipped), from the pipeline file as it is
-/// now, compiled with the run's parameters; none when it no longer compiles.
+/// Edges into the nodes marked in `need`, from the pipeline file as it is now, compiled
+/// with the run's parameters, and which nodes the file has; none when it no longer
+/// compiles.
 fn edges_from_file(
     run: &RunInfo,
-    nodes: &[NodeData],
+    need: &[bool],
     names: &HashMap<String, usize>,
-) -> Vec<[u32; 2]> {
+) -> (Vec<[u32; 2]>, Vec<bool>) {
+    let mut covered = vec![false; need.len()];
     let path = std::path::Path::new(&run.pipeline_path);
     let registry = crate::registry();
     let with_params = expflow_engine::CompileOptions {
@@ -426,8 +446,11 @@ fn edges_from_file(
     {
         Ok(p) => p,
         Err(e) => {
-            tracing::debug!("report: {} does not compile ({e}); edges of nodes without a record are left out", path.display());
-            return Vec::new();
+            tracing::debug!(
+                "report: {} does not compile ({e}); edges of nodes without their own record come from records or are left out",
+                path.display()
+            );
+            return (Vec::new(), covered);
         }
     };
     let mut out = Vec::new();
@@ -435,9 +458,10 @@ fn edges_from_file(
         let Some(&to) = names.get(cn.name.as_str()) else {
             continue;
         };
-        if nodes[to].rec_run.is_some() {
+        if !need[to] {
             continue;
         }
+        covered[to] = true;
         for src in expflow_engine::run::sources(&p, ci).values() {
             let mut bases: HashMap<&str, Vec<usize>> = HashMap::new();
             if let Some(base) = src.rsplit_once('.').and_then(|(n, _)| n.strip_suffix("[*]")) {
@@ -454,7 +478,7 @@ fn edges_from_file(
             }
         }
     }
-    out
+    (out, covered)
 }
 
 /// The node a metric name (`NODE.PORT.FIELD`) belongs to: the longest node name that

@@ -64,7 +64,7 @@ function dagSection(selected) {
       if (Math.max(y0, y1) < b.y0 - m || Math.min(y0, y1) > b.y1 + m) continue;
       const mx = (x0 + x1) / 2;
       svg.appendChild(svgEl('path', {
-        class: 'dag-edge', d: `M${x0},${y0} C${mx},${y0} ${mx},${y1} ${x1},${y1}`,
+        class: 'dag-edge', d: `M${x0},${y0} C${mx},${y0} ${mx},${y1} ${x1},${y1}`, 'data-edge': N[f].name + ' > ' + N[t].name,
       }));
       edges++;
     }
