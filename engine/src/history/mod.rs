@@ -135,17 +135,25 @@ impl<'a> History<'a> {
         Ok(out)
     }
 
-    /// `expflow runs`: every run of `pipeline` (or of all), oldest first.
+    /// `expflow runs`: every run of `pipeline` (or of all), oldest first. Records are read
+    /// once each and borrowed, not copied; a run's changed parameters compare only the
+    /// nodes whose key differs from the previous run's (the same key means the same
+    /// parameters).
     pub fn rows(&mut self, pipeline: Option<&str>) -> Result<Vec<RunRow>> {
         let runs: Vec<RunInfo> = self.runs(pipeline).into_iter().cloned().collect();
-        let mut previous: HashMap<String, BTreeMap<String, Value>> = HashMap::new();
+        for run in &runs {
+            for (_, key) in &run.nodes {
+                self.record(key)?;
+            }
+        }
+        let records = &self.records;
+        let mut previous: HashMap<&str, &RunInfo> = HashMap::new();
         let mut out = Vec::new();
-        for run in runs {
-            let nodes = self.nodes(&run)?;
+        for run in &runs {
+            let nodes = present(records, run);
             let executed = nodes.iter().filter(|(_, r)| r.run_id == run.run_id).count();
-            let params = all_params(&run, &nodes);
-            let changed = match previous.get(&run.pipeline) {
-                Some(before) => param_changes(before, &params),
+            let changed = match previous.get(run.pipeline.as_str()) {
+                Some(before) => run_changes(before, &present(records, before), run, &nodes),
                 None => Vec::new(),
             };
             out.push(RunRow {
@@ -157,12 +165,68 @@ impl<'a> History<'a> {
                 executed,
                 cached: nodes.len() - executed,
                 changed,
-                metrics: metrics_of(&nodes),
+                metrics: metrics_of_refs(nodes.iter().copied()),
             });
-            previous.insert(run.pipeline.clone(), params);
+            previous.insert(run.pipeline.as_str(), run);
         }
         Ok(out)
     }
+}
+
+/// The run's nodes whose record is loaded and present.
+fn present<'r>(
+    records: &'r HashMap<Digest, Option<Record>>,
+    run: &'r RunInfo,
+) -> Vec<(&'r str, &'r Record)> {
+    run.nodes
+        .iter()
+        .filter_map(|(n, k)| {
+            records
+                .get(k)
+                .and_then(Option::as_ref)
+                .map(|r| (n.as_str(), r))
+        })
+        .collect()
+}
+
+/// What [`param_changes`] of the two runs' [`all_params`] gives, comparing only the global
+/// parameters and the nodes whose record differs.
+fn run_changes(
+    a: &RunInfo,
+    na: &[(&str, &Record)],
+    b: &RunInfo,
+    nb: &[(&str, &Record)],
+) -> Vec<ParamChange> {
+    let (mut ga, mut gb) = (BTreeMap::new(), BTreeMap::new());
+    for (k, v) in &a.params {
+        flatten(v, format!("params.{k}"), &mut ga);
+    }
+    for (k, v) in &b.params {
+        flatten(v, format!("params.{k}"), &mut gb);
+    }
+    let mut out = param_changes(&ga, &gb);
+    let keys_a: HashMap<&str, &Record> = na.iter().copied().collect();
+    let keys_b: HashMap<&str, &Record> = nb.iter().copied().collect();
+    let mut names: Vec<&str> = keys_a.keys().chain(keys_b.keys()).copied().collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        let (ra, rb) = (keys_a.get(name), keys_b.get(name));
+        if ra.zip(rb).is_some_and(|(x, y)| x.key == y.key) {
+            continue;
+        }
+        let prefix = format!("{name}.");
+        let (mut pa, mut pb) = (BTreeMap::new(), BTreeMap::new());
+        if let Some(r) = ra {
+            record_params(r, &prefix, &mut pa);
+        }
+        if let Some(r) = rb {
+            record_params(r, &prefix, &mut pb);
+        }
+        out.extend(param_changes(&pa, &pb));
+    }
+    out.sort_by(|x, y| x.name.cmp(&y.name));
+    out
 }
 
 /// The run's global parameters as `params.NAME`, then every node's as `NODE.PARAM`.
@@ -208,6 +272,10 @@ fn flatten(v: &Value, name: String, out: &mut BTreeMap<String, Value>) {
 
 /// `NODE.PORT.FIELD` → value: JSON metrics, and the last value of each series.
 pub fn metrics_of(nodes: &[(String, Record)]) -> BTreeMap<String, f64> {
+    metrics_of_refs(nodes.iter().map(|(n, r)| (n.as_str(), r)))
+}
+
+fn metrics_of_refs<'r>(nodes: impl Iterator<Item = (&'r str, &'r Record)>) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for (node, rec) in nodes {
         for (name, v) in &rec.metrics.scalars {
