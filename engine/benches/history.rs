@@ -51,7 +51,7 @@ fn record(i: usize, value: u64, inputs: BTreeMap<String, Digest>, run: &str) -> 
             .scalars
             .insert(format!("scores.m{m}"), (value as f64 + m as f64) / 7.0);
     }
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         for col in ["step", "loss", "lr"] {
             let values = (0..200)
                 .map(|s| Some(s as f64 / (value as f64 + 1.0)))

@@ -35,7 +35,10 @@ impl Browser {
             .is_ok_and(|o| o.status.success())
         {
             Some("Node.js is missing (apt-get install nodejs npm)".to_string())
-        } else if !dir.join("node_modules/playwright-core/package.json").exists() {
+        } else if !dir
+            .join("node_modules/playwright-core/package.json")
+            .exists()
+        {
             Some(format!(
                 "playwright-core is not installed (cd {} && npm ci)",
                 dir.display()
@@ -124,7 +127,10 @@ pub fn check_report(p: &Project, browser: &Browser, name: &str, args: &[&str]) -
     assert_eq!(seen["pageErrors"], serde_json::json!([]), "{seen}");
     assert!(seen["dagNodes"].as_u64().unwrap_or(0) > 0, "{seen}");
     assert!(seen["charts"].as_u64().unwrap_or(0) > 0, "{seen}");
-    assert_eq!(seen["charts"], seen["chartCanvases"], "every chart drew: {seen}");
+    assert_eq!(
+        seen["charts"], seen["chartCanvases"],
+        "every chart drew: {seen}"
+    );
     let found = colours(&shot);
     assert!(
         found.len() > 32,

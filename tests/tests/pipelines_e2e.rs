@@ -90,7 +90,10 @@ fn report_renders_in_chromium(p: &Project, name: &str, first_run: &str) {
         return;
     };
     let seen = expflow_tests::browser::check_report(p, &browser, name, &["--baseline", first_run]);
-    assert!(seen["diffCharts"].as_u64().unwrap_or(0) > 0, "SFT's curves changed: {seen}");
+    assert!(
+        seen["diffCharts"].as_u64().unwrap_or(0) > 0,
+        "SFT's curves changed: {seen}"
+    );
     assert!(seen["ganttBars"].as_u64().unwrap_or(0) > 0, "{seen}");
 }
 

@@ -80,8 +80,15 @@ fn a_report_shows_every_state_the_diff_and_curves_offline_in_chromium() {
     // The latest run, compared with the first.
     let seen = check_report(&p, &browser, "demo", &["--baseline", &a]);
     let nodes = seen["nodes"].as_u64().unwrap();
-    assert_eq!(nodes, 9, "table, curve, table2, twin, 2 points, all, broken, after: {seen}");
-    assert_eq!(seen["dagNodes"].as_u64(), Some(nodes), "a small DAG is drawn whole: {seen}");
+    assert_eq!(
+        nodes, 9,
+        "table, curve, table2, twin, 2 points, all, broken, after: {seen}"
+    );
+    assert_eq!(
+        seen["dagNodes"].as_u64(),
+        Some(nodes),
+        "a small DAG is drawn whole: {seen}"
+    );
     // `table2` and `twin` do what `table` and `curve` do (same keys, one record each), but
     // the DAG keeps their own edge; `after` (skipped, no record) keeps its edge too.
     let edges: Vec<&str> = seen["edgeNames"]
@@ -117,17 +124,27 @@ fn a_report_shows_every_state_the_diff_and_curves_offline_in_chromium() {
     let mut ran = second.executed();
     ran.extend(second.nodes("node_failed"));
     ran.dedup();
-    assert_eq!(seen["ganttBars"].as_u64(), Some(ran.len() as u64), "{ran:?}: {seen}");
+    assert_eq!(
+        seen["ganttBars"].as_u64(),
+        Some(ran.len() as u64),
+        "{ran:?}: {seen}"
+    );
     // acc of the two points, each value linked to its record.
     assert!(seen["metricLinks"].as_u64().unwrap() >= 2, "{seen}");
-    assert!(seen["diff"].as_u64().unwrap() >= 2, "params and metrics tables: {seen}");
+    assert!(
+        seen["diff"].as_u64().unwrap() >= 2,
+        "params and metrics tables: {seen}"
+    );
     assert!(
         seen["diffCharts"].as_u64().unwrap() >= 1,
         "the loss curve changed, so a before/after chart: {seen}"
     );
     let detail = seen["detail"].as_str().unwrap();
     let clicked = seen["clicked"].as_str().unwrap();
-    assert!(detail.contains(clicked) && detail.contains("key"), "{detail}");
+    assert!(
+        detail.contains(clicked) && detail.contains("key"),
+        "{detail}"
+    );
 
     // A run found entirely in the cache has only cached (and the failing) nodes; the run
     // argument may be a pipeline file.
@@ -136,12 +153,23 @@ fn a_report_shows_every_state_the_diff_and_curves_offline_in_chromium() {
     assert!(c.executed().is_empty(), "{:?}", c.executed());
     let html = p.path("reports/cached.html");
     let out = p.expflow(&["report", "p.yaml", "--out", html.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&run_id(&c)), "the pipeline's latest run: {text}");
+    assert!(
+        text.contains(&run_id(&c)),
+        "the pipeline's latest run: {text}"
+    );
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("default-src 'none'"), "a strict CSP");
-    assert!(!page.contains("failing on purpose <script>"), "log text is escaped");
+    assert!(
+        !page.contains("failing on purpose <script>"),
+        "log text is escaped"
+    );
     assert!(
         page.contains(&format!("\"rec_run\":\"{b}\"")),
         "cached nodes name the run that made their records"
@@ -156,7 +184,10 @@ fn report_refuses_an_unknown_run_and_an_output_that_is_not_html() {
     let out = p.expflow(&["report", "nosuchrun", "--out", "r.html"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no run `nosuchrun`") && err.contains("expflow runs"), "{err}");
+    assert!(
+        err.contains("no run `nosuchrun`") && err.contains("expflow runs"),
+        "{err}"
+    );
     let out = p.expflow(&["report", "--out", "r.txt"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -203,7 +234,11 @@ fn report_of_10000_nodes() {
     p.write("curve.csv", &format!("step,loss\n{curve}"));
     let started = std::time::Instant::now();
     p.run("wide.yaml", &[]).expect_code(0);
-    println!("run of {} nodes: {:.1} s", stages * width + 2, started.elapsed().as_secs_f64());
+    println!(
+        "run of {} nodes: {:.1} s",
+        stages * width + 2,
+        started.elapsed().as_secs_f64()
+    );
 
     let started = std::time::Instant::now();
     let seen = check_report(&p, &browser, "wide", &[]);
@@ -225,8 +260,15 @@ fn report_of_10000_nodes() {
     assert_eq!(out.status.code(), Some(0));
     println!("expflow report alone: {} ms", t.elapsed().as_millis());
     assert_eq!(seen["nodes"].as_u64(), Some((stages * width + 2) as u64));
-    assert_eq!(seen["dagStates"], serde_json::json!(["st-executed"]), "{seen}");
+    assert_eq!(
+        seen["dagStates"],
+        serde_json::json!(["st-executed"]),
+        "{seen}"
+    );
     let drawn = seen["dagNodes"].as_u64().unwrap();
-    assert!(drawn > 0 && drawn < 1000, "only what is in view is drawn: {drawn}");
+    assert!(
+        drawn > 0 && drawn < 1000,
+        "only what is in view is drawn: {drawn}"
+    );
     assert!(seen["loadToReadyMs"].as_u64().unwrap() < 10_000, "{seen}");
 }

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use anyhow::Result;
 use expflow_cache::{Record, RunInfo};
 use expflow_engine::Workspace;
-use expflow_engine::node::safe_name;
 use expflow_engine::events::{EventKind, read_events};
 use expflow_engine::history::{History, RunDiff, diff, split_point};
+use expflow_engine::node::safe_name;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -203,7 +203,10 @@ pub fn gather(ws: &Workspace, run: &RunInfo, baseline: Option<&RunInfo>) -> Resu
             None => "skipped",
         };
     }
-    for n in nodes.iter_mut().filter(|n| n.log.is_empty() && n.state == "failed") {
+    for n in nodes
+        .iter_mut()
+        .filter(|n| n.log.is_empty() && n.state == "failed")
+    {
         n.log = tail(&run_log(ws, &run.run_id, &n.name).unwrap_or_default());
     }
 
@@ -387,7 +390,11 @@ fn tables(rec: &Record) -> BTreeMap<String, BTreeMap<String, Vec<Option<f64>>>> 
 }
 
 /// The node a source (`NODE.PORT`, `BASE[*].PORT`) names, as indexes.
-fn source_nodes(src: &str, names: &HashMap<String, usize>, bases: &HashMap<&str, Vec<usize>>) -> Vec<usize> {
+fn source_nodes(
+    src: &str,
+    names: &HashMap<String, usize>,
+    bases: &HashMap<&str, Vec<usize>>,
+) -> Vec<usize> {
     if src.starts_with("inputs.") {
         return Vec::new();
     }
@@ -438,7 +445,11 @@ fn edges_from_file(
     let path = std::path::Path::new(&run.pipeline_path);
     let registry = crate::registry();
     let with_params = expflow_engine::CompileOptions {
-        overrides: run.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        overrides: run
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         ..Default::default()
     };
     let p = match expflow_engine::compile::load_with(path, &registry, &with_params)
@@ -464,7 +475,10 @@ fn edges_from_file(
         covered[to] = true;
         for src in expflow_engine::run::sources(&p, ci).values() {
             let mut bases: HashMap<&str, Vec<usize>> = HashMap::new();
-            if let Some(base) = src.rsplit_once('.').and_then(|(n, _)| n.strip_suffix("[*]")) {
+            if let Some(base) = src
+                .rsplit_once('.')
+                .and_then(|(n, _)| n.strip_suffix("[*]"))
+            {
                 let pts: Vec<usize> = p
                     .nodes
                     .iter()
@@ -486,9 +500,8 @@ fn edges_from_file(
 fn node_of_metric(metric: &str, names: &HashMap<String, usize>) -> Option<usize> {
     metric
         .match_indices('.')
-        .map(|(i, _)| &metric[..i])
-        .filter_map(|prefix| names.get(prefix).copied())
-        .last()
+        .rev()
+        .find_map(|(i, _)| names.get(&metric[..i]).copied())
 }
 
 #[cfg(test)]
@@ -501,7 +514,10 @@ mod tests {
             .into_iter()
             .map(|(n, i)| (n.to_string(), i))
             .collect();
-        assert_eq!(node_of_metric("train[lr=0.1].metrics.loss", &names), Some(1));
+        assert_eq!(
+            node_of_metric("train[lr=0.1].metrics.loss", &names),
+            Some(1)
+        );
         assert_eq!(node_of_metric("score.scores.bleu", &names), Some(2));
         assert_eq!(node_of_metric("other.x", &names), None);
     }

@@ -19,7 +19,10 @@ pub const CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 
 pub fn render(r: &Report) -> Result<String> {
     let data = inline_json(&serde_json::to_string(r)?);
-    let title = escape(&format!("expflow report: {} run {}", r.run.pipeline, r.run.id));
+    let title = escape(&format!(
+        "expflow report: {} run {}",
+        r.run.pipeline, r.run.id
+    ));
     Ok(format!(
         r#"<!DOCTYPE html>
 <html lang="en">

@@ -275,7 +275,9 @@ pub fn metrics_of(nodes: &[(String, Record)]) -> BTreeMap<String, f64> {
     metrics_of_refs(nodes.iter().map(|(n, r)| (n.as_str(), r)))
 }
 
-fn metrics_of_refs<'r>(nodes: impl Iterator<Item = (&'r str, &'r Record)>) -> BTreeMap<String, f64> {
+fn metrics_of_refs<'r>(
+    nodes: impl Iterator<Item = (&'r str, &'r Record)>,
+) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
     for (node, rec) in nodes {
         for (name, v) in &rec.metrics.scalars {
