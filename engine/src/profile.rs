@@ -6,8 +6,9 @@
 //! for what the profile wrote and at the base for the rest. The rules:
 //! - `params`, `inputs`, `outputs`: entries override or add; `null` removes one.
 //! - `nodes`: a node the base declares is deep-merged (maps merge recursively, scalars and
-//!   lists replace, `null` removes a key); `NODE: null` removes the node; a node absent from
-//!   the base is added (it needs its own `op`).
+//!   lists replace, `null` removes a key), unless the profile gives it another `op`: then the
+//!   profile's node replaces it whole (another operator has other ports and parameters);
+//!   `NODE: null` removes the node; a node absent from the base is added (with its `op`).
 //! - `description`: shown by `expflow check`.
 
 use crate::diag::{Diagnostics, Loc, closest};
@@ -341,6 +342,10 @@ fn merge_nodes(base: &mut Node, over: &Node, profile: &str, diags: &mut Diagnost
         };
         match at {
             Some(_) if v.is_null() => b.retain(|(bk, _)| bk.as_key() != key),
+            // Another operator has other ports and parameters: the node is replaced whole.
+            Some(i) if op_of(v).is_some_and(|op| op_of(&b[i].1) != Some(op)) => {
+                b[i].1 = v.clone()
+            }
             Some(i) => merge(&mut b[i].1, v),
             None if v.is_null() => diags.push(
                 &k.loc,
@@ -369,6 +374,15 @@ fn merge_nodes(base: &mut Node, over: &Node, profile: &str, diags: &mut Diagnost
             }
         }
     }
+}
+
+/// The `op` a node map names.
+fn op_of(node: &Node) -> Option<&str> {
+    node.as_map()?
+        .iter()
+        .rev()
+        .find(|(k, _)| k.as_key().as_deref() == Some("op"))
+        .and_then(|(_, v)| v.as_str())
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ nodes:
     resources: {cpus: 2}
   infer:
     op: infer.chat
+  other:
+    op: infer.chat
+    in: {prompts: a.b}
+    params: {backend: native}
 outputs:
   out.json: sft.metrics
   gone.json: infer.table
@@ -51,6 +55,9 @@ profiles:
           targets: [all]
         resources: {gpus: 1}
       infer: null
+      other:
+        op: infer.vllm_infer
+        params: {script: s.py}
       serve:
         op: command
     outputs:
@@ -78,6 +85,11 @@ fn maps_merge_lists_replace_null_removes_new_nodes_are_added() {
         })
     );
     assert!(get(&root, &["nodes", "infer"]).is_none());
+    // Another `op`: replaced whole, nothing of the base's ports or parameters kept.
+    assert_eq!(
+        get(&root, &["nodes", "other"]).unwrap().to_json(),
+        serde_json::json!({"op": "infer.vllm_infer", "params": {"script": "s.py"}})
+    );
     assert_eq!(
         get(&root, &["nodes", "serve", "op"]).unwrap().as_str(),
         Some("command")
