@@ -78,12 +78,23 @@ fn check_of_one_valid_profile_exits_0_with_notes() {
     std::fs::write(dir.path().join("here.csv"), "x\n1\n").unwrap();
     let (code, stdout, _) = expflow(
         dir.path(),
-        &["check", "p.yaml", "--profile", "big", "--input", "raw=here.csv", "--json"],
+        &[
+            "check",
+            "p.yaml",
+            "--profile",
+            "big",
+            "--input",
+            "raw=here.csv",
+            "--json",
+        ],
     );
     assert_eq!(code, 0, "{stdout}");
     let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(v["valid"], true);
-    assert_eq!(v["configurations"][0]["missing_inputs"], serde_json::json!([]));
+    assert_eq!(
+        v["configurations"][0]["missing_inputs"],
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -127,7 +138,10 @@ fn every_profile_of_the_shipped_pipelines_checks_without_gpus_or_weights() {
             .filter_map(|c| c["profiles"][0].as_str())
             .collect();
         assert!(profiles.contains(&"gpu"), "{file}: {profiles:?}");
-        assert!(configs.iter().all(|c| c["valid"] == true), "{file}: {stdout}");
+        assert!(
+            configs.iter().all(|c| c["valid"] == true),
+            "{file}: {stdout}"
+        );
         let (code, stdout, stderr) = expflow(&pipelines(), &["check", file, "--profile", "gpu"]);
         assert_eq!(code, 0, "{file}: {stdout}{stderr}");
     }
@@ -150,5 +164,8 @@ fn a_problem_of_the_base_is_reported_once_not_under_each_profile() {
         "{stdout}"
     );
     // The broken profile's own problem is still reported.
-    assert!(stdout.contains("unknown operator `table.filtre`"), "{stdout}");
+    assert!(
+        stdout.contains("unknown operator `table.filtre`"),
+        "{stdout}"
+    );
 }

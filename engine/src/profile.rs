@@ -60,7 +60,9 @@ pub fn apply(root: &mut Node, selected: &[String], diags: &mut Diagnostics) -> V
                         .to_string()
                 } else {
                     match closest(name, names.iter().copied()) {
-                        Some(c) => format!("did you mean `{c}`? the profiles are: {}", names.join(", ")),
+                        Some(c) => {
+                            format!("did you mean `{c}`? the profiles are: {}", names.join(", "))
+                        }
                         None => format!("the profiles are: {}", names.join(", ")),
                     }
                 };
@@ -93,7 +95,10 @@ fn read_section(section: &Node, diags: &mut Diagnostics) -> Vec<Profile> {
     let Some(entries) = section.as_map() else {
         diags.push(
             &section.loc,
-            format!("`profiles` must be a map of named profiles, found {}", describe(section)),
+            format!(
+                "`profiles` must be a map of named profiles, found {}",
+                describe(section)
+            ),
             Some("for example `profiles: {gpu: {params: {lr: 0.0001}}}`".into()),
         );
         return Vec::new();
@@ -127,7 +132,10 @@ fn read_section(section: &Node, diags: &mut Diagnostics) -> Vec<Profile> {
             diags.push(
                 &k.loc,
                 format!("profile name `{name}` is not valid"),
-                Some("use letters, digits, `_` and `-` (no commas: `--profile a,b` applies two)".into()),
+                Some(
+                    "use letters, digits, `_` and `-` (no commas: `--profile a,b` applies two)"
+                        .into(),
+                ),
             );
         }
         let mut p = Profile {
@@ -222,8 +230,11 @@ fn read_profile(p: &mut Profile, v: &Node, diags: &mut Diagnostics) {
 
 /// Merges one profile into the top-level entries.
 fn merge_profile(top: &mut Vec<(Node, Node)>, p: &Profile, diags: &mut Diagnostics) {
-    for (section, over) in [("params", &p.params), ("inputs", &p.inputs), ("outputs", &p.outputs)]
-    {
+    for (section, over) in [
+        ("params", &p.params),
+        ("inputs", &p.inputs),
+        ("outputs", &p.outputs),
+    ] {
         if let Some(over) = over {
             let base = section_of(top, section, &over.loc);
             if section == "params" {
@@ -343,13 +354,13 @@ fn merge_nodes(base: &mut Node, over: &Node, profile: &str, diags: &mut Diagnost
         match at {
             Some(_) if v.is_null() => b.retain(|(bk, _)| bk.as_key() != key),
             // Another operator has other ports and parameters: the node is replaced whole.
-            Some(i) if op_of(v).is_some_and(|op| op_of(&b[i].1) != Some(op)) => {
-                b[i].1 = v.clone()
-            }
+            Some(i) if op_of(v).is_some_and(|op| op_of(&b[i].1) != Some(op)) => b[i].1 = v.clone(),
             Some(i) => merge(&mut b[i].1, v),
             None if v.is_null() => diags.push(
                 &k.loc,
-                format!("profile `{profile}` removes node `{name}`, which the pipeline does not declare"),
+                format!(
+                    "profile `{profile}` removes node `{name}`, which the pipeline does not declare"
+                ),
                 Some(suggest()),
             ),
             None => {

@@ -33,7 +33,11 @@ profiles:
 
 fn runs_json(p: &Project) -> Vec<Value> {
     let out = p.expflow(&["runs", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("runs --json")
 }
 
@@ -100,7 +104,11 @@ fn a_profile_changes_content_only_and_is_recorded() {
         .collect();
     assert_eq!(ids.len(), 3);
     let out = p.expflow(&["diff", &ids[0], &ids[1], "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let diff = String::from_utf8_lossy(&out.stdout);
     assert!(diff.contains("\"profile\""), "{diff}");
     assert!(diff.contains("\"big\""), "{diff}");

@@ -302,10 +302,9 @@ fn override_inputs(
                     "the pipeline declares no inputs".to_string()
                 } else {
                     match closest(name, names.iter().copied()) {
-                        Some(c) => format!(
-                            "did you mean `{c}`? the inputs are: {}",
-                            names.join(", ")
-                        ),
+                        Some(c) => {
+                            format!("did you mean `{c}`? the inputs are: {}", names.join(", "))
+                        }
                         None => format!("the inputs are: {}", names.join(", ")),
                     }
                 };

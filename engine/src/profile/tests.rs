@@ -72,9 +72,15 @@ fn maps_merge_lists_replace_null_removes_new_nodes_are_added() {
     let (root, diags) = applied(BASE, &["gpu"]);
     assert!(diags.is_empty(), "{diags}");
     let params = get(&root, &["params"]).unwrap().to_json();
-    assert_eq!(params, serde_json::json!({"lr": 0.0001, "keep": 1, "added": "x"}));
+    assert_eq!(
+        params,
+        serde_json::json!({"lr": 0.0001, "keep": 1, "added": "x"})
+    );
     let inputs = get(&root, &["inputs"]).unwrap().to_json();
-    assert_eq!(inputs, serde_json::json!({"raw": "other.csv", "model": "/models/qwen"}));
+    assert_eq!(
+        inputs,
+        serde_json::json!({"raw": "other.csv", "model": "/models/qwen"})
+    );
     let sft = get(&root, &["nodes", "sft"]).unwrap().to_json();
     assert_eq!(
         sft,
@@ -95,7 +101,10 @@ fn maps_merge_lists_replace_null_removes_new_nodes_are_added() {
         Some("command")
     );
     let outputs = get(&root, &["outputs"]).unwrap().to_json();
-    assert_eq!(outputs, serde_json::json!({"out.json": "sft.metrics", "new.json": "serve.out"}));
+    assert_eq!(
+        outputs,
+        serde_json::json!({"out.json": "sft.metrics", "new.json": "serve.out"})
+    );
 }
 
 #[test]
@@ -119,9 +128,15 @@ fn merged_values_keep_where_they_were_written() {
 #[test]
 fn profiles_apply_in_order_and_none_leaves_the_base() {
     let (root, _) = applied(BASE, &["gpu", "more"]);
-    assert_eq!(get(&root, &["params", "lr"]).unwrap().to_json(), serde_json::json!(0.5));
+    assert_eq!(
+        get(&root, &["params", "lr"]).unwrap().to_json(),
+        serde_json::json!(0.5)
+    );
     let (root, _) = applied(BASE, &["more", "gpu"]);
-    assert_eq!(get(&root, &["params", "lr"]).unwrap().to_json(), serde_json::json!(0.0001));
+    assert_eq!(
+        get(&root, &["params", "lr"]).unwrap().to_json(),
+        serde_json::json!(0.0001)
+    );
     let (root, diags) = applied(BASE, &[]);
     assert!(diags.is_empty());
     assert_eq!(root, parse(BASE).unwrap());
@@ -132,8 +147,20 @@ fn unknown_profiles_and_bad_sections_are_reported_with_hints() {
     let (_, diags) = applied(BASE, &["gpux"]);
     assert_eq!(diags.items.len(), 1, "{diags}");
     assert_eq!(diags.items[0].message, "--profile gpux: no profile `gpux`");
-    assert!(diags.items[0].hint.as_deref().unwrap().contains("did you mean `gpu`?"));
-    assert!(diags.items[0].hint.as_deref().unwrap().contains("gpu, more"));
+    assert!(
+        diags.items[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("did you mean `gpu`?")
+    );
+    assert!(
+        diags.items[0]
+            .hint
+            .as_deref()
+            .unwrap()
+            .contains("gpu, more")
+    );
     let text = "pipeline: p\nnodes:\n  a: {op: command}\nprofiles:\n  x:\n    parms: {a: 1}\n    nodes:\n      b: {params: {run: hi}}\n      c: null\n";
     let (_, diags) = applied(text, &["x"]);
     let got: Vec<(u32, &str)> = diags
@@ -145,9 +172,18 @@ fn unknown_profiles_and_bad_sections_are_reported_with_hints() {
         got,
         vec![
             (6, "unknown key `parms` in profile `x`"),
-            (8, "profile `x` changes node `b`, which the pipeline does not declare"),
-            (9, "profile `x` removes node `c`, which the pipeline does not declare"),
+            (
+                8,
+                "profile `x` changes node `b`, which the pipeline does not declare"
+            ),
+            (
+                9,
+                "profile `x` removes node `c`, which the pipeline does not declare"
+            ),
         ]
     );
-    assert_eq!(diags.items[0].hint.as_deref(), Some("did you mean `params`?"));
+    assert_eq!(
+        diags.items[0].hint.as_deref(),
+        Some("did you mean `params`?")
+    );
 }
