@@ -109,4 +109,11 @@ pub struct RunInfo {
     /// The pipeline's global `params:` as the run used them (`--set` applied).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub params: serde_json::Map<String, serde_json::Value>,
+    /// `--profile`: the profiles the run merged into the pipeline file, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// `--input`: the declared inputs whose path the run replaced, name → path. Not in any
+    /// key (keys see the inputs' content only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
 }

@@ -4,6 +4,7 @@
 //! runtime crates for `score`, `synth` and `serve`); the only crate that may use anyhow.
 //! Nothing depends on it.
 
+mod check;
 mod history;
 mod inspect;
 mod maint;
@@ -77,6 +78,13 @@ struct PipelineArgs {
     /// Refuse a pipeline whose matrices expand to more nodes than this.
     #[arg(long, value_name = "N", default_value_t = expflow_engine::limits::DEFAULT_MAX_NODES)]
     max_nodes: usize,
+    /// Read a declared input from another path, e.g. `--input datasets=/data/mac` (relative
+    /// to the current directory); repeatable. Keys see the content only.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// Merge a profile declared under `profiles:` (comma-separated: applied in order).
+    #[arg(long, value_name = "NAME", value_delimiter = ',')]
+    profile: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +125,14 @@ enum Command {
         p: PipelineArgs,
         /// The node (a matrix node explains every sweep point).
         node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a pipeline file completely, its base and every profile (or the named ones),
+    /// without needing its inputs to exist; exit 2 on a problem.
+    Check {
+        #[command(flatten)]
+        p: PipelineArgs,
         #[arg(long)]
         json: bool,
     },
@@ -375,10 +391,7 @@ fn parse_sets(sets: &[String]) -> Result<Vec<(String, serde_json::Value)>> {
 }
 
 fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
-    let opts = expflow_engine::CompileOptions {
-        overrides: parse_sets(&p.sets)?,
-        max_nodes: p.max_nodes,
-    };
+    let opts = check::options(p)?;
     Ok(expflow_engine::compile::load_with(
         &p.pipeline,
         &registry(),
@@ -443,6 +456,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             }
             Ok(0)
         }
+        Command::Check { p, json } => check::run(&p, json),
         Command::Status { json } => inspect::status(&ws_arg, json),
         Command::Log {
             node,

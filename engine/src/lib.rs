@@ -30,6 +30,7 @@ pub mod operator;
 mod outputs;
 pub mod params;
 pub mod plan;
+pub mod profile;
 pub mod run;
 pub mod secrets;
 pub mod spec;

@@ -25,6 +25,8 @@ pub struct PipelineSpec {
     pub bad_nodes: Vec<String>,
     /// `secrets:`: names of environment variables read at run time, never stored.
     pub secrets: Vec<(String, Loc)>,
+    /// `profiles:`: the declared profiles (those selected are merged in already).
+    pub profiles: Vec<crate::profile::ProfileInfo>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,8 +72,8 @@ pub struct OutputSpec {
     pub loc: Loc,
 }
 
-const TOP_KEYS: [&str; 6] = [
-    "pipeline", "params", "inputs", "nodes", "outputs", "secrets",
+const TOP_KEYS: [&str; 7] = [
+    "pipeline", "params", "inputs", "nodes", "outputs", "secrets", "profiles",
 ];
 const NODE_KEYS: [&str; 8] = [
     "op",
@@ -87,6 +89,16 @@ const NODE_KEYS: [&str; 8] = [
 /// Reads the structure of a pipeline file. Problems go into `diags`; what could be read is
 /// returned so that later checks can report theirs too.
 pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
+    read_profiled(file, text, &[], diags)
+}
+
+/// [`read`] with the named profiles merged in, in order (see [`crate::profile`]).
+pub fn read_profiled(
+    file: &Path,
+    text: &str,
+    profiles: &[String],
+    diags: &mut Diagnostics,
+) -> PipelineSpec {
     let dir = file
         .parent()
         .map(Path::to_path_buf)
@@ -96,7 +108,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
         dir,
         ..PipelineSpec::default()
     };
-    let root = match crate::yaml::parse(text) {
+    let mut root = match crate::yaml::parse(text) {
         Ok(r) => r,
         Err(e) => {
             diags.push(
@@ -107,6 +119,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
             return spec;
         }
     };
+    spec.profiles = crate::profile::apply(&mut root, profiles, diags);
     let Some(top) = root.as_map() else {
         diags.push(
             &root.loc,
@@ -176,6 +189,8 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                 }
             }
             "secrets" => spec.secrets = crate::secrets::read_names(v, diags),
+            // Read (and the selected ones merged) by `profile::apply`.
+            "profiles" => {}
             "outputs" => {
                 for (path, key_loc, n) in keyed_entries(v, "outputs", diags) {
                     match n.as_str() {

@@ -67,6 +67,8 @@ pub fn run(run_id: &str, pipeline: &str, started_ms: u64, nodes: &[(&str, Digest
         status: "ok".into(),
         nodes: nodes.iter().map(|(n, d)| (n.to_string(), *d)).collect(),
         params: Default::default(),
+        profiles: Vec::new(),
+        inputs: Default::default(),
     }
 }
 

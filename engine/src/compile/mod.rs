@@ -36,6 +36,13 @@ pub struct Pipeline {
     pub outputs: Vec<(PathBuf, usize, String)>,
     /// `secrets:`: names of the environment variables `run` reads when it starts.
     pub secrets: Vec<String>,
+    /// The profiles merged in (`--profile`), in order.
+    pub profiles: Vec<String>,
+    /// Inputs whose path `--input` replaced: name → absolute path.
+    pub input_overrides: BTreeMap<String, PathBuf>,
+    /// Inputs that do not exist (only with [`CompileOptions::missing_inputs_ok`]): name →
+    /// path. Such a pipeline is checked, not run.
+    pub missing_inputs: Vec<(String, PathBuf)>,
 }
 
 /// One node instance (a matrix node gives one per sweep point).
@@ -96,13 +103,20 @@ impl Pipeline {
     }
 }
 
-/// How to compile: `--set` overrides and limits.
+/// How to compile: profiles, `--set` and `--input` overrides, and limits.
 #[derive(Clone, Debug)]
 pub struct CompileOptions {
     /// `--set` values: dotted path → value.
     pub overrides: Vec<(String, Value)>,
     /// The most nodes the pipeline may expand to (matrices included).
     pub max_nodes: usize,
+    /// `--profile`: profiles merged into the file, in order (see [`crate::profile`]).
+    pub profiles: Vec<String>,
+    /// `--input NAME=PATH`: declared inputs whose path is replaced (absolute paths).
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Inputs that do not exist are listed in [`Pipeline::missing_inputs`] instead of being
+    /// errors (`expflow check`); the types of their ports are then not checked.
+    pub missing_inputs_ok: bool,
 }
 
 impl Default for CompileOptions {
@@ -110,6 +124,9 @@ impl Default for CompileOptions {
         CompileOptions {
             overrides: Vec::new(),
             max_nodes: DEFAULT_MAX_NODES,
+            profiles: Vec::new(),
+            inputs: Vec::new(),
+            missing_inputs_ok: false,
         }
     }
 }
@@ -161,7 +178,8 @@ pub fn compile_with(
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| file.display().to_string());
     let mut diags = Diagnostics::new(display);
-    let spec = spec::read(file, text, &mut diags);
+    let mut spec = spec::read_profiled(file, text, &opts.profiles, &mut diags);
+    let input_overrides = override_inputs(&mut spec, &opts.inputs, &mut diags);
     let mut params: Map<String, Value> = spec
         .params
         .iter()
@@ -181,7 +199,7 @@ pub fn compile_with(
         diags.sort();
         return Err(diags);
     }
-    let inputs = check_inputs(&spec, &mut diags);
+    let (inputs, missing_inputs) = check_inputs(&spec, opts.missing_inputs_ok, &mut diags);
     // Declared but unusable: their own errors are reported, references to them are not.
     let bad_inputs: HashSet<String> = spec
         .inputs
@@ -203,6 +221,7 @@ pub fn compile_with(
         bad_matrix: Vec::new(),
         matrix_unreadable: false,
         hit_bad_matrix: Cell::new(false),
+        untyped_inputs: missing_inputs.iter().map(|(n, _)| n.clone()).collect(),
     };
     for node in &spec.nodes {
         b.expand(node);
@@ -255,7 +274,49 @@ pub fn compile_with(
             .map(|(p, n, port)| (p, position[n], port))
             .collect(),
         secrets: spec.secrets.iter().map(|(n, _)| n.clone()).collect(),
+        profiles: opts.profiles.clone(),
+        input_overrides,
+        missing_inputs,
     })
+}
+
+/// Applies `--input NAME=PATH`: the declared input's path becomes `PATH` (absolute). An
+/// undeclared name is an error that lists the declared ones.
+fn override_inputs(
+    spec: &mut PipelineSpec,
+    overrides: &[(String, PathBuf)],
+    diags: &mut Diagnostics,
+) -> BTreeMap<String, PathBuf> {
+    let mut out = BTreeMap::new();
+    for (name, path) in overrides {
+        match spec.inputs.iter_mut().find(|i| i.name == *name) {
+            Some(input) => {
+                input.path = path.display().to_string();
+                out.insert(name.clone(), path.clone());
+            }
+            // Declared but unreadable: its own error is reported.
+            None if spec.bad_inputs.contains(name) => {}
+            None => {
+                let names: Vec<&str> = spec.inputs.iter().map(|i| i.name.as_str()).collect();
+                let hint = if names.is_empty() {
+                    "the pipeline declares no inputs".to_string()
+                } else {
+                    match closest(name, names.iter().copied()) {
+                        Some(c) => {
+                            format!("did you mean `{c}`? the inputs are: {}", names.join(", "))
+                        }
+                        None => format!("the inputs are: {}", names.join(", ")),
+                    }
+                };
+                diags.push(
+                    &Loc::default(),
+                    format!("--input {name}: no input `{name}`"),
+                    Some(hint),
+                );
+            }
+        }
+    }
+    out
 }
 
 fn set_path(
@@ -288,14 +349,22 @@ fn set_path(
     Err("empty parameter path".into())
 }
 
-/// Input name → (absolute path, whether it is a directory).
-fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String, (PathBuf, bool)> {
+/// Input name → (absolute path, whether it is a directory), and, with `missing_ok`, the
+/// inputs that do not exist (also in the map, as files).
+type CheckedInputs = (BTreeMap<String, (PathBuf, bool)>, Vec<(String, PathBuf)>);
+
+fn check_inputs(spec: &PipelineSpec, missing_ok: bool, diags: &mut Diagnostics) -> CheckedInputs {
     let mut out = BTreeMap::new();
+    let mut missing = Vec::new();
     for input in &spec.inputs {
         let path = spec.dir.join(&input.path);
         match std::fs::metadata(&path) {
             Ok(m) => {
                 out.insert(input.name.clone(), (path, m.is_dir()));
+            }
+            Err(e) if missing_ok && e.kind() == std::io::ErrorKind::NotFound => {
+                out.insert(input.name.clone(), (path.clone(), false));
+                missing.push((input.name.clone(), path));
             }
             Err(e) => diags.push(
                 &input.loc,
@@ -315,7 +384,7 @@ fn check_inputs(spec: &PipelineSpec, diags: &mut Diagnostics) -> BTreeMap<String
             ),
         }
     }
-    out
+    (out, missing)
 }
 
 /// A sweep point: matrix variable → value.
@@ -360,4 +429,7 @@ struct Builder<'a> {
     matrix_unreadable: bool,
     /// Set when an interpolation failed on such a variable (not reported again).
     hit_bad_matrix: Cell<bool>,
+    /// Inputs whose type is unknown (missing, under `expflow check`): ports they feed are
+    /// not type-checked.
+    untyped_inputs: HashSet<String>,
 }

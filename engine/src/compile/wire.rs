@@ -77,7 +77,9 @@ impl Builder<'_> {
                 ) else {
                     continue;
                 };
+                let untyped = matches!(&src, Source::Input(n) if self.untyped_inputs.contains(n));
                 if let Some(want) = want
+                    && !untyped
                     && !ty.fits(want)
                 {
                     let hint = if want == PortType::Table && !ty.is_dir() {

@@ -232,6 +232,14 @@ fn run_changes(
 /// The run's global parameters as `params.NAME`, then every node's as `NODE.PARAM`.
 pub fn all_params(run: &RunInfo, nodes: &[(String, Record)]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
+    // How the run was asked for: `--profile` and `--input` (the content of an input is in
+    // the keys of the nodes that read it; where it was read from is only here).
+    if !run.profiles.is_empty() {
+        out.insert("profile".to_string(), Value::String(run.profiles.join(",")));
+    }
+    for (name, path) in &run.inputs {
+        out.insert(format!("inputs.{name}"), Value::String(path.clone()));
+    }
     for (k, v) in &run.params {
         flatten(v, format!("params.{k}"), &mut out);
     }

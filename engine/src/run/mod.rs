@@ -265,6 +265,12 @@ pub async fn run(
         status: status.into(),
         nodes,
         params: p.params.clone(),
+        profiles: p.profiles.clone(),
+        inputs: p
+            .input_overrides
+            .iter()
+            .map(|(k, v)| (k.clone(), v.display().to_string()))
+            .collect(),
     })?;
     if status == "ok" {
         materialize::materialize(ws, p, &s.outputs, run_id, opts.force_outputs)?;
