@@ -706,7 +706,11 @@ fn macbench(b: &mut Bench) {
     );
     // A gathered sweep of one point, laid out as the engine lays it out.
     let runs = b.file("runs/points.json", "[{\"node\": \"answer[strategy=sc]\", \"matrix\": {\"strategy\": \"sc\"}, \"type\": \"table\", \"path\": \"0000.parquet\"}]\n");
-    std::fs::copy(b.out("mcq.answer", "predictions"), runs.with_file_name("0000.parquet")).unwrap();
+    std::fs::copy(
+        b.out("mcq.answer", "predictions"),
+        runs.with_file_name("0000.parquet"),
+    )
+    .unwrap();
     b.check(
         "mcq.summary",
         "mcq.summary",
@@ -774,7 +778,13 @@ fn over_http(b: &mut Bench) {
         "{\"id\": \"a\", \"task\": \"text\", \"input\": \"Heat or cool?\\nA: heat\\nB: cool\\nC: stir\\nD: wait\", \"answer\": \"A\"}\n\
          {\"id\": \"b\", \"task\": \"text\", \"input\": \"Which is yeast?\\nA: salt\\nB: yeast\\nC: sugar\\nD: water\", \"answer\": \"\"}\n",
     );
-    b.check("load (mc items)", "load", &[("src", File, items)], json!({}), &[]);
+    b.check(
+        "load (mc items)",
+        "load",
+        &[("src", File, items)],
+        json!({}),
+        &[],
+    );
     b.check(
         "mcq.answer (openai)",
         "mcq.answer",

@@ -52,9 +52,21 @@ fn served_logprobs_give_the_native_choice_probabilities() {
     let server = Server::start_with(&fixture("tiny"), "tiny", 0, &[], &["--max-logprobs", "400"]);
     let p = Project::new();
     let items = [
-        ("q1", "Which step heats the flask?\nA: cool it\nB: heat it\nC: stir it\nD: weigh it", "B"),
-        ("q2", "Which reagent is yeast?\nA: salt\nB: sugar\nC: yeast\nD: water", "C"),
-        ("q3", "Pick the first letter.\nA: one\nB: two\nC: three\nD: four", ""),
+        (
+            "q1",
+            "Which step heats the flask?\nA: cool it\nB: heat it\nC: stir it\nD: weigh it",
+            "B",
+        ),
+        (
+            "q2",
+            "Which reagent is yeast?\nA: salt\nB: sugar\nC: yeast\nD: water",
+            "C",
+        ),
+        (
+            "q3",
+            "Pick the first letter.\nA: one\nB: two\nC: three\nD: four",
+            "",
+        ),
     ];
     p.write(
         "items.jsonl",
@@ -83,7 +95,10 @@ fn served_logprobs_give_the_native_choice_probabilities() {
             let mut sum = 0.0;
             for l in ["p_A", "p_B", "p_C", "p_D"] {
                 let (a, b) = (n[l].as_f64().unwrap(), s[l].as_f64().unwrap());
-                assert!((a - b).abs() < 1e-4, "{strategy} {l}: native {a}, served {b}");
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{strategy} {l}: native {a}, served {b}"
+                );
                 sum += b;
             }
             assert!((sum - 1.0).abs() < 1e-9, "{s}");
@@ -102,8 +117,10 @@ fn served_logprobs_give_the_native_choice_probabilities() {
     let (status, err) = server.http(
         "POST",
         "/v1/chat/completions",
-        Some(&json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1,
-                     "logprobs": true, "top_logprobs": 401})),
+        Some(
+            &json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1,
+                     "logprobs": true, "top_logprobs": 401}),
+        ),
     );
     assert_eq!(status, 400, "{err}");
     assert_eq!(err["error"]["param"], "top_logprobs");

@@ -94,10 +94,7 @@ impl Config {
         }
         let temperature = p.f64("temperature")?;
         if !(0.0..=2.0).contains(&temperature) {
-            return Err(bad(
-                "temperature",
-                format!("is {temperature}; use 0 to 2"),
-            ));
+            return Err(bad("temperature", format!("is {temperature}; use 0 to 2")));
         }
         let top_p = p.f64("top_p")?;
         if !(top_p > 0.0 && top_p <= 1.0) {
@@ -262,8 +259,7 @@ impl Run<'_> {
                 keep_special: false,
             })
             .collect();
-        self.ctx
-            .log(&format!("{stage}: {} prompt(s)", reqs.len()));
+        self.ctx.log(&format!("{stage}: {} prompt(s)", reqs.len()));
         let replies = self.timed(idx, |r| {
             if reqs.is_empty() {
                 return Ok(Vec::new());
@@ -385,7 +381,10 @@ impl Run<'_> {
                 again.push(i);
             }
         }
-        let convs = again.iter().map(|&i| self.base(i, Some(&cfg.cot))).collect();
+        let convs = again
+            .iter()
+            .map(|&i| self.base(i, Some(&cfg.cot)))
+            .collect();
         let sampling = self.greedy(cfg.max_tokens);
         let texts = self.generate(&again, convs, &sampling, "chain of thought after doubt")?;
         for (&i, t) in again.iter().zip(texts) {
@@ -446,13 +445,22 @@ fn table(items: &[McItem], preds: &[Pred], strategy: &str) -> Result<DataFrame> 
     let letter = |k: usize| LETTERS[k].to_string();
     let prob = |k: usize| -> Vec<f64> { preds.iter().map(|p| p.p[k]).collect() };
     let cols = vec![
-        Column::new("id".into(), items.iter().map(|i| i.id.clone()).collect::<Vec<_>>()),
-        Column::new("task".into(), items.iter().map(|i| i.task.clone()).collect::<Vec<_>>()),
+        Column::new(
+            "id".into(),
+            items.iter().map(|i| i.id.clone()).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "task".into(),
+            items.iter().map(|i| i.task.clone()).collect::<Vec<_>>(),
+        ),
         Column::new(
             "answer".into(),
             items.iter().map(|i| i.gold.map(letter)).collect::<Vec<_>>(),
         ),
-        Column::new("pred".into(), preds.iter().map(|p| letter(p.pred)).collect::<Vec<_>>()),
+        Column::new(
+            "pred".into(),
+            preds.iter().map(|p| letter(p.pred)).collect::<Vec<_>>(),
+        ),
         Column::new(
             "correct".into(),
             items
@@ -461,27 +469,46 @@ fn table(items: &[McItem], preds: &[Pred], strategy: &str) -> Result<DataFrame> 
                 .map(|(i, p)| i.gold.map(|g| g == p.pred))
                 .collect::<Vec<_>>(),
         ),
-        Column::new("parsed".into(), preds.iter().map(|p| p.parsed).collect::<Vec<_>>()),
+        Column::new(
+            "parsed".into(),
+            preds.iter().map(|p| p.parsed).collect::<Vec<_>>(),
+        ),
         Column::new("p_A".into(), prob(0)),
         Column::new("p_B".into(), prob(1)),
         Column::new("p_C".into(), prob(2)),
         Column::new("p_D".into(), prob(3)),
-        Column::new("entropy".into(), preds.iter().map(|p| entropy(&p.p)).collect::<Vec<_>>()),
-        Column::new("margin".into(), preds.iter().map(|p| margin(&p.p)).collect::<Vec<_>>()),
+        Column::new(
+            "entropy".into(),
+            preds.iter().map(|p| entropy(&p.p)).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "margin".into(),
+            preds.iter().map(|p| margin(&p.p)).collect::<Vec<_>>(),
+        ),
         Column::new("strategy".into(), vec![strategy; preds.len()]),
-        Column::new("tokens".into(), preds.iter().map(|p| p.tokens).collect::<Vec<_>>()),
-        Column::new("calls".into(), preds.iter().map(|p| p.calls).collect::<Vec<_>>()),
+        Column::new(
+            "tokens".into(),
+            preds.iter().map(|p| p.tokens).collect::<Vec<_>>(),
+        ),
+        Column::new(
+            "calls".into(),
+            preds.iter().map(|p| p.calls).collect::<Vec<_>>(),
+        ),
         Column::new(
             "confidence".into(),
             preds.iter().map(|p| p.confidence).collect::<Vec<_>>(),
         ),
-        Column::new("reasked".into(), preds.iter().map(|p| p.reasked).collect::<Vec<_>>()),
+        Column::new(
+            "reasked".into(),
+            preds.iter().map(|p| p.reasked).collect::<Vec<_>>(),
+        ),
         Column::new(
             "response".into(),
             preds.iter().map(|p| p.response.clone()).collect::<Vec<_>>(),
         ),
     ];
-    DataFrame::new(items.len(), cols).map_err(|e| OperatorError::polars(KIND, "building the predictions", e))
+    DataFrame::new(items.len(), cols)
+        .map_err(|e| OperatorError::polars(KIND, "building the predictions", e))
 }
 
 /// Counts and accuracy of some predictions (no timings: they are in the table).
@@ -513,14 +540,14 @@ fn metrics(items: &[McItem], preds: &[Pred], strategy: &str) -> Value {
     tasks.dedup();
     let mut per = Map::new();
     for t in tasks {
-        let (it, pr): (Vec<&McItem>, Vec<&Pred>) = items
-            .iter()
-            .zip(preds)
-            .filter(|(i, _)| i.task == t)
-            .unzip();
+        let (it, pr): (Vec<&McItem>, Vec<&Pred>) =
+            items.iter().zip(preds).filter(|(i, _)| i.task == t).unzip();
         per.insert(t.to_string(), summarise(&it, &pr));
     }
-    let mut out = summarise(&items.iter().collect::<Vec<_>>(), &preds.iter().collect::<Vec<_>>());
+    let mut out = summarise(
+        &items.iter().collect::<Vec<_>>(),
+        &preds.iter().collect::<Vec<_>>(),
+    );
     out["strategy"] = json!(strategy);
     out["tasks"] = Value::Object(per);
     out
@@ -536,7 +563,8 @@ impl Operator for Answer {
     }
 
     fn signature(&self) -> Signature {
-        let s = |name, v: &str, doc| ParamSpec::with_default(name, ParamKind::String, json!(v), doc);
+        let s =
+            |name, v: &str, doc| ParamSpec::with_default(name, ParamKind::String, json!(v), doc);
         let i = |name, v: i64, doc| ParamSpec::with_default(name, ParamKind::Int, json!(v), doc);
         let f = |name, v: f64, doc| ParamSpec::with_default(name, ParamKind::Float, json!(v), doc);
         let mut params = vec![
@@ -545,31 +573,97 @@ impl Operator for Answer {
                 ParamKind::String,
                 "openai (an OpenAI-compatible server with logprobs) or native (the `model` input)",
             ),
-            ParamSpec::with_default("model", ParamKind::String, Value::Null, "openai: the model's name at the server"),
-            s("media", "file_url", "openai: how images are sent: file_url, data_url, swift, none"),
+            ParamSpec::with_default(
+                "model",
+                ParamKind::String,
+                Value::Null,
+                "openai: the model's name at the server",
+            ),
+            s(
+                "media",
+                "file_url",
+                "openai: how images are sent: file_url, data_url, swift, none",
+            ),
             i("batch_size", 8, "native: prompts per generate call"),
-            s("strategy", "direct", "direct, choice_prob, self_consistency, verify or describe_then_answer"),
-            s("system_as", "user", "user: the system text joins the user turn (LLaMA-Factory's alpaca mapping); system: a system message"),
-            i("n", 5, "self_consistency: sampled chain-of-thought replies per item"),
+            s(
+                "strategy",
+                "direct",
+                "direct, choice_prob, self_consistency, verify or describe_then_answer",
+            ),
+            s(
+                "system_as",
+                "user",
+                "user: the system text joins the user turn (LLaMA-Factory's alpaca mapping); system: a system message",
+            ),
+            i(
+                "n",
+                5,
+                "self_consistency: sampled chain-of-thought replies per item",
+            ),
             f("temperature", 0.7, "self_consistency: sampling temperature"),
             f("top_p", 1.0, "self_consistency: nucleus mass"),
-            i("seed", 0, "sampling seed; each item samples with a seed from (seed, id)"),
-            f("threshold", 0.6, "verify: items whose probability of Yes is below this are asked again with chain of thought"),
-            i("max_tokens", 512, "tokens of chain-of-thought replies and descriptions"),
+            i(
+                "seed",
+                0,
+                "sampling seed; each item samples with a seed from (seed, id)",
+            ),
+            f(
+                "threshold",
+                0.6,
+                "verify: items whose probability of Yes is below this are asked again with chain of thought",
+            ),
+            i(
+                "max_tokens",
+                512,
+                "tokens of chain-of-thought replies and descriptions",
+            ),
             i("answer_tokens", 16, "tokens of a direct answer"),
-            i("top_logprobs", 20, "openai: alternatives asked for the first token (vLLM: at most --max-logprobs)"),
-            s("cot_prompt", COT, "appended to the question for chain-of-thought replies"),
-            s("verify_prompt", VERIFY, "verify: the check, `{letter}` the chosen option"),
-            s("describe_prompt_image2text", DESCRIBE_I2T, "describe_then_answer: first stage for image2text items"),
-            s("describe_prompt_text2image", DESCRIBE_T2I, "describe_then_answer: first stage for text2image items"),
-            s("deduce_prompt", DEDUCE, "describe_then_answer: second stage, before the item's text without images; `{description}`"),
+            i(
+                "top_logprobs",
+                20,
+                "openai: alternatives asked for the first token (vLLM: at most --max-logprobs)",
+            ),
+            s(
+                "cot_prompt",
+                COT,
+                "appended to the question for chain-of-thought replies",
+            ),
+            s(
+                "verify_prompt",
+                VERIFY,
+                "verify: the check, `{letter}` the chosen option",
+            ),
+            s(
+                "describe_prompt_image2text",
+                DESCRIBE_I2T,
+                "describe_then_answer: first stage for image2text items",
+            ),
+            s(
+                "describe_prompt_text2image",
+                DESCRIBE_T2I,
+                "describe_then_answer: first stage for text2image items",
+            ),
+            s(
+                "deduce_prompt",
+                DEDUCE,
+                "describe_then_answer: second stage, before the item's text without images; `{description}`",
+            ),
         ];
         params.extend(client_params(false));
         Signature {
             inputs: Ports::Fixed(vec![
-                Port::new("items", PortType::Table, "multiple-choice items (id, task, system, input, images, answer)"),
+                Port::new(
+                    "items",
+                    PortType::Table,
+                    "multiple-choice items (id, task, system, input, images, answer)",
+                ),
                 Port::new("model", PortType::Model, "native: the model directory").optional(),
-                Port::new("media", PortType::Dir, "the directory relative image paths are in").optional(),
+                Port::new(
+                    "media",
+                    PortType::Dir,
+                    "the directory relative image paths are in",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(
@@ -577,7 +671,11 @@ impl Operator for Answer {
                     PortType::Table,
                     "id, task, answer, pred (A-D), correct, parsed, p_A..p_D, entropy, margin, strategy, tokens, calls, confidence, reasked, response",
                 ),
-                Port::new("metrics", PortType::Metrics, "accuracy, counts (fallback, reasked), tokens, per task"),
+                Port::new(
+                    "metrics",
+                    PortType::Metrics,
+                    "accuracy, counts (fallback, reasked), tokens, per task",
+                ),
             ]),
             params,
             determinism: Determinism::Nondeterministic,

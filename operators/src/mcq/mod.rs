@@ -71,15 +71,13 @@ pub fn vote(letters: &[Option<usize>], p: &[f64]) -> Option<usize> {
     if top == 0 {
         return None;
     }
-    (0..4)
-        .filter(|&i| counts[i] == top)
-        .max_by(|&a, &b| {
-            let (pa, pb) = (p.get(a).copied(), p.get(b).copied());
-            pa.unwrap_or(0.0)
-                .total_cmp(&pb.unwrap_or(0.0))
-                // Equal probabilities: the earlier letter.
-                .then(b.cmp(&a))
-        })
+    (0..4).filter(|&i| counts[i] == top).max_by(|&a, &b| {
+        let (pa, pb) = (p.get(a).copied(), p.get(b).copied());
+        pa.unwrap_or(0.0)
+            .total_cmp(&pb.unwrap_or(0.0))
+            // Equal probabilities: the earlier letter.
+            .then(b.cmp(&a))
+    })
 }
 
 /// The distribution over `candidates` from an OpenAI `logprobs.content` list: the first

@@ -37,7 +37,9 @@ fn numbers(df: &DataFrame, name: &str) -> Result<Vec<f64>> {
     let c = df
         .column(name)
         .and_then(|c| c.cast(&DataType::Float64))
-        .map_err(|e| OperatorError::polars(KIND, format!("reading `{name}` of a predictions table"), e))?;
+        .map_err(|e| {
+            OperatorError::polars(KIND, format!("reading `{name}` of a predictions table"), e)
+        })?;
     Ok(c.f64()
         .map_err(|e| OperatorError::polars(KIND, format!("reading `{name}`"), e))?
         .iter()
@@ -51,12 +53,19 @@ fn point_rows(df: &DataFrame) -> Result<(String, BTreeMap<String, Acc>)> {
         text_column(KIND, df, name)?.ok_or_else(|| {
             OperatorError::data(
                 KIND,
-                format!("a gathered table has no `{name}` column; gather mcq.answer's `predictions`"),
+                format!(
+                    "a gathered table has no `{name}` column; gather mcq.answer's `predictions`"
+                ),
             )
         })
     };
-    let (tasks, strategy, answer, pred, parsed) =
-        (col("task")?, col("strategy")?, col("answer")?, col("pred")?, col("parsed")?);
+    let (tasks, strategy, answer, pred, parsed) = (
+        col("task")?,
+        col("strategy")?,
+        col("answer")?,
+        col("pred")?,
+        col("parsed")?,
+    );
     let (tokens, calls, entropy) = (
         numbers(df, "tokens")?,
         numbers(df, "calls")?,
@@ -120,14 +129,25 @@ impl Operator for Summary {
             .map_err(|e| OperatorError::io("cannot read", &list_path, e))?;
         let points: Vec<Value> = serde_json::from_slice(&bytes)?;
         let (mut node, mut strat, mut task) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut items, mut scored, mut acc, mut fallback, mut tokens, mut secs, mut ent) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut items, mut scored, mut acc, mut fallback, mut tokens, mut secs, mut ent) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         for p in &points {
             let (Some(name), Some(path)) = (
                 p.get("node").and_then(Value::as_str),
                 p.get("path").and_then(Value::as_str),
             ) else {
-                return Err(OperatorError::data(KIND, format!("{}: a point without node or path", list_path.display())).into());
+                return Err(OperatorError::data(
+                    KIND,
+                    format!("{}: a point without node or path", list_path.display()),
+                )
+                .into());
             };
             let df = read_table(&dir.join(path))?;
             let (strategy, per) = point_rows(&df)?;
@@ -145,18 +165,21 @@ impl Operator for Summary {
             }
         }
         let height = node.len();
-        let mut df = DataFrame::new(height, vec![
-            Column::new("node".into(), node),
-            Column::new("strategy".into(), strat),
-            Column::new("task".into(), task),
-            Column::new("items".into(), items),
-            Column::new("scored".into(), scored),
-            Column::new("accuracy".into(), acc),
-            Column::new("fallback".into(), fallback),
-            Column::new("tokens".into(), tokens),
-            Column::new("calls".into(), secs),
-            Column::new("mean_entropy".into(), ent),
-        ])
+        let mut df = DataFrame::new(
+            height,
+            vec![
+                Column::new("node".into(), node),
+                Column::new("strategy".into(), strat),
+                Column::new("task".into(), task),
+                Column::new("items".into(), items),
+                Column::new("scored".into(), scored),
+                Column::new("accuracy".into(), acc),
+                Column::new("fallback".into(), fallback),
+                Column::new("tokens".into(), tokens),
+                Column::new("calls".into(), secs),
+                Column::new("mean_entropy".into(), ent),
+            ],
+        )
         .map_err(|e| OperatorError::polars(KIND, "building the summary", e))?;
         write_table(&mut df, &ctx.output("table")?.path)?;
         Ok(())

@@ -29,7 +29,10 @@ fn the_vote_takes_the_majority_and_breaks_ties_by_probability() {
     let p = [0.1, 0.2, 0.3, 0.4];
     assert_eq!(vote(&[Some(0), Some(0), Some(3)], &p), Some(0));
     // A and D two each: D is more probable.
-    assert_eq!(vote(&[Some(0), Some(3), Some(0), Some(3), None], &p), Some(3));
+    assert_eq!(
+        vote(&[Some(0), Some(3), Some(0), Some(3), None], &p),
+        Some(3)
+    );
     // Equal probabilities too: the earlier letter.
     assert_eq!(vote(&[Some(2), Some(1)], &[0.25; 4]), Some(1));
     assert_eq!(vote(&[None, None], &p), None);
@@ -47,7 +50,11 @@ fn top_logprobs_give_the_letters_renormalised() {
     let (a, b) = ((-1f64).exp() + (-2f64).exp(), (-0.5f64).exp());
     assert!((p[0] - a / (a + b)).abs() < 1e-12, "{p:?}");
     assert!((p[1] - b / (a + b)).abs() < 1e-12);
-    assert_eq!((p[2], p[3]), (0.0, 0.0), "absent letters get nothing; `a` is not `A`");
+    assert_eq!(
+        (p[2], p[3]),
+        (0.0, 0.0),
+        "absent letters get nothing; `a` is not `A`"
+    );
     let yes = json!([{"token": "Y", "logprob": -0.2, "top_logprobs": [entry("Y", -0.2), entry(" no", -1.8)]}]);
     let p = from_top_logprobs(&yes, &["Yes", "No"]).unwrap();
     assert!(p[0] > p[1] && (p[0] + p[1] - 1.0).abs() < 1e-12, "{p:?}");
@@ -59,12 +66,7 @@ fn top_logprobs_give_the_letters_renormalised() {
 fn items(dir: &Path) -> (PathBuf, PathBuf) {
     let media = dir.join("media");
     std::fs::create_dir_all(&media).unwrap();
-    let colours = [
-        [220u8, 30, 30],
-        [30, 30, 220],
-        [30, 200, 30],
-        [20, 20, 20],
-    ];
+    let colours = [[220u8, 30, 30], [30, 30, 220], [30, 200, 30], [20, 20, 20]];
     for (k, c) in colours.iter().enumerate() {
         let px: Vec<u8> = (0..16 * 16).flat_map(|_| *c).collect();
         std::fs::write(
@@ -89,7 +91,11 @@ fn items(dir: &Path) -> (PathBuf, PathBuf) {
         id.push(format!("i2t-{k}"));
         task.push("image2text");
         input.push(i2t(k));
-        answer.push(if k == 3 { None } else { Some(["A", "B", "C"][k]) });
+        answer.push(if k == 3 {
+            None
+        } else {
+            Some(["A", "B", "C"][k])
+        });
         images.push(vec![format!("c{k}.png")]);
     }
     for k in 0..2 {
@@ -104,14 +110,17 @@ fn items(dir: &Path) -> (PathBuf, PathBuf) {
     for paths in &images {
         list.append_values_iter(paths.iter().map(String::as_str));
     }
-    let mut df = DataFrame::new(n, vec![
-        Column::new("id".into(), id),
-        Column::new("task".into(), task),
-        Column::new("system".into(), vec!["Answer with one letter."; n]),
-        Column::new("input".into(), input),
-        Column::new("answer".into(), answer),
-        list.finish().into_series().into_column(),
-    ])
+    let mut df = DataFrame::new(
+        n,
+        vec![
+            Column::new("id".into(), id),
+            Column::new("task".into(), task),
+            Column::new("system".into(), vec!["Answer with one letter."; n]),
+            Column::new("input".into(), input),
+            Column::new("answer".into(), answer),
+            list.finish().into_series().into_column(),
+        ],
+    )
     .unwrap();
     let path = dir.join("items.parquet");
     crate::table_io::write_table(&mut df, &path).unwrap();
@@ -160,9 +169,8 @@ fn answer(s: &mut Setup, params: Value) -> (DataFrame, Value, String, PathBuf) {
     for (k, v) in params.as_object().unwrap() {
         p[k] = v.clone();
     }
-    let run = s
-        .h
-        .run(
+    let run =
+        s.h.run(
             &Answer,
             &[
                 ("items", PortType::Table, s.items.as_path()),
@@ -175,7 +183,8 @@ fn answer(s: &mut Setup, params: Value) -> (DataFrame, Value, String, PathBuf) {
         .unwrap();
     let path = run.outputs["predictions"].clone();
     let df = table_from_bytes(&std::fs::read(&path).unwrap());
-    let m: Value = serde_json::from_slice(&std::fs::read(&run.outputs["metrics"]).unwrap()).unwrap();
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(&run.outputs["metrics"]).unwrap()).unwrap();
     (df, m, run.log, path)
 }
 
@@ -219,7 +228,12 @@ fn check_common(df: &DataFrame, m: &Value) {
         ["i2t-0", "i2t-1", "i2t-2", "i2t-3", "t2i-0", "t2i-1"]
     );
     let preds = strings(df, "pred");
-    assert!(preds.iter().all(|p| matches!(p.as_deref(), Some("A" | "B" | "C" | "D"))), "{preds:?}");
+    assert!(
+        preds
+            .iter()
+            .all(|p| matches!(p.as_deref(), Some("A" | "B" | "C" | "D"))),
+        "{preds:?}"
+    );
     let (ent, mar) = (floats(df, "entropy"), floats(df, "margin"));
     for (i, p) in probs(df).iter().enumerate() {
         assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{p:?}");
@@ -257,7 +271,11 @@ fn choice_probability_and_direct_answers_on_a_tiny_vision_language_model() {
 
     let (direct, dm, _, _) = answer(&mut s, json!({"strategy": "direct"}));
     check_common(&direct, &dm);
-    assert_eq!(probs(&direct), p, "direct answers keep the same distribution");
+    assert_eq!(
+        probs(&direct),
+        p,
+        "direct answers keep the same distribution"
+    );
     assert!(dm["tokens"].as_u64().unwrap() > 0);
     // A reply without a letter takes the most probable one.
     let parsed = strings(&direct, "parsed");
@@ -291,7 +309,10 @@ fn self_consistency_is_seeded_per_item_and_votes() {
         _dir: dir,
     };
     let (_, _, _, again) = answer(&mut other, params.clone());
-    assert_eq!(std::fs::read(&path).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
     // Another seed samples other replies.
     let mut p2 = params;
     p2["seed"] = json!(8);
@@ -309,7 +330,11 @@ fn verification_asks_doubtful_items_again_and_two_stage_describes_first() {
     assert_eq!(m["reasked"], 6, "no probability of Yes reaches 1");
     let (none, m0, _, _) = answer(&mut s, json!({"strategy": "verify", "threshold": 0.0}));
     assert_eq!(m0["reasked"], 0);
-    assert_eq!(floats(&none, "confidence"), conf, "the check does not depend on the threshold");
+    assert_eq!(
+        floats(&none, "confidence"),
+        conf,
+        "the check does not depend on the threshold"
+    );
     assert!(m["tokens"].as_u64() > m0["tokens"].as_u64());
 
     let (two, mt, log, _) = answer(&mut s, json!({"strategy": "describe_then_answer"}));
@@ -317,16 +342,19 @@ fn verification_asks_doubtful_items_again_and_two_stage_describes_first() {
     assert!(log.contains("description: 6 prompt(s)"), "{log}");
     assert_eq!(mt["calls"], 6 * 3, "describe, score, answer");
     let (direct, _, _, _) = answer(&mut s, json!({"strategy": "direct"}));
-    assert_ne!(probs(&two), probs(&direct), "the second stage reads text, not images");
+    assert_ne!(
+        probs(&two),
+        probs(&direct),
+        "the second stage reads text, not images"
+    );
 }
 
 #[test]
 fn answer_files_list_every_test_item_in_order_with_a_letter() {
     let mut s = setup();
     let (_, m, _, path) = answer(&mut s, json!({"strategy": "direct"}));
-    let run = s
-        .h
-        .run(
+    let run =
+        s.h.run(
             &crate::mac::ExportAnswers,
             &[("table", PortType::Table, path.as_path())],
             json!({"column": "pred", "task": "image2text"}),
@@ -336,10 +364,15 @@ fn answer_files_list_every_test_item_in_order_with_a_letter() {
     let out: Value = serde_json::from_slice(&std::fs::read(&run.outputs["file"]).unwrap()).unwrap();
     let list = out.as_array().unwrap();
     assert_eq!(
-        list.iter().map(|e| e["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        list.iter()
+            .map(|e| e["id"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["i2t-0", "i2t-1", "i2t-2", "i2t-3"]
     );
-    assert!(list.iter().all(|e| matches!(e["output"].as_str(), Some("A" | "B" | "C" | "D"))));
+    assert!(
+        list.iter()
+            .all(|e| matches!(e["output"].as_str(), Some("A" | "B" | "C" | "D")))
+    );
     assert!(m["fallback"].as_u64().unwrap() + m["from_text"].as_u64().unwrap() == 6);
 }
 
@@ -348,13 +381,15 @@ fn a_bad_answer_letter_and_bad_parameters_are_refused() {
     use expflow_engine::Operator;
     let mut s = setup();
     let mut df = crate::table_io::read_table(&s.items).unwrap();
-    df.with_column(Column::new("answer".into(), vec!["A", "E", "B", "C", "D", "A"]))
-        .unwrap();
+    df.with_column(Column::new(
+        "answer".into(),
+        vec!["A", "E", "B", "C", "D", "A"],
+    ))
+    .unwrap();
     let bad = s._dir.path().join("bad.parquet");
     crate::table_io::write_table(&mut df, &bad).unwrap();
-    let err = s
-        .h
-        .run(
+    let err =
+        s.h.run(
             &Answer,
             &[
                 ("items", PortType::Table, bad.as_path()),
@@ -367,17 +402,24 @@ fn a_bad_answer_letter_and_bad_parameters_are_refused() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("row 1 (id `i2t-1`)") && err.contains("`E`"), "{err}");
+    assert!(
+        err.contains("row 1 (id `i2t-1`)") && err.contains("`E`"),
+        "{err}"
+    );
     let check = |given: Value| {
-        let (filled, _) = expflow_engine::params::fill_defaults(
-            &Answer.signature(),
-            given.as_object().unwrap(),
-        );
+        let (filled, _) =
+            expflow_engine::params::fill_defaults(&Answer.signature(), given.as_object().unwrap());
         Answer.check(&filled)
     };
     assert!(check(json!({"backend": "native"})).is_empty());
     let problems = check(json!({"backend": "native", "strategy": "beam"}));
-    assert!(problems.iter().any(|p| p.contains("strategy")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("strategy")),
+        "{problems:?}"
+    );
     let problems = check(json!({"backend": "native", "verify_prompt": "Is it right?"}));
-    assert!(problems.iter().any(|p| p.contains("{letter}")), "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("{letter}")),
+        "{problems:?}"
+    );
 }

@@ -266,10 +266,16 @@ impl Operator for Sft {
             ));
         }
         if let Some((step, v)) = out.best {
-            ctx.log(&format!("kept the adapter of step {step} ({} {v})", cfg.best_metric.as_deref().unwrap_or_default()));
+            ctx.log(&format!(
+                "kept the adapter of step {step} ({} {v})",
+                cfg.best_metric.as_deref().unwrap_or_default()
+            ));
         }
         if let Some(step) = out.stopped_early {
-            ctx.log(&format!("stopped early at step {step} of {}", out.total_steps));
+            ctx.log(&format!(
+                "stopped early at step {step} of {}",
+                out.total_steps
+            ));
         }
         crate::train_io::write_metrics(ctx, KIND, &out.rows)?;
         lora.set_training(false);

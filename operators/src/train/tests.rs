@@ -169,7 +169,9 @@ fn mc_rows(dir: &Path) -> std::path::PathBuf {
             colours[0], colours[1], colours[2], colours[3]
         );
         let answer = ["A", "B", "C", "D"][i];
-        text.push_str(&serde_json::to_string(&json!({"instruction": q, "output": answer})).unwrap());
+        text.push_str(
+            &serde_json::to_string(&json!({"instruction": q, "output": answer})).unwrap(),
+        );
         text.push('\n');
     }
     std::fs::write(&p, text).unwrap();
@@ -200,14 +202,19 @@ fn sft_keeps_the_adapter_of_the_best_dev_accuracy_and_stops_early() {
         .unwrap();
     let m = table_from_bytes(&std::fs::read(&sft.outputs["metrics"]).unwrap());
     let steps = column_i64(&m, "step");
-    let col = |name: &str| -> Vec<Option<f64>> { m.column(name).unwrap().f64().unwrap().iter().collect() };
+    let col = |name: &str| -> Vec<Option<f64>> {
+        m.column(name).unwrap().f64().unwrap().iter().collect()
+    };
     let (acc, best, loss) = (col("eval_choice_accuracy"), col("best_step"), col("loss"));
     let evals: Vec<(i64, f64, f64)> = (0..m.height())
         .filter_map(|i| Some((steps[i]?, acc[i]?, best[i]?)))
         .collect();
     // Accuracy over 4 rows cannot rise at every one of 20 evaluations: patience 1 stops it.
     let trained = loss.iter().flatten().count();
-    assert!(trained < 40 && trained % 2 == 0, "stopped early at an evaluation: {trained} steps");
+    assert!(
+        trained < 40 && trained % 2 == 0,
+        "stopped early at an evaluation: {trained} steps"
+    );
     assert!(sft.log.contains("stopped early at step"), "{}", sft.log);
     // best_step names the first evaluation with the highest accuracy so far; the last
     // evaluation is no better than the best, which the kept adapter is.
@@ -220,7 +227,12 @@ fn sft_keeps_the_adapter_of_the_best_dev_accuracy_and_stops_early() {
     }
     let last = evals.last().unwrap();
     assert!(last.1 <= top.1, "{evals:?}");
-    assert!(sft.log.contains(&format!("kept the adapter of step {}", top.0)), "{}", sft.log);
+    assert!(
+        sft.log
+            .contains(&format!("kept the adapter of step {}", top.0)),
+        "{}",
+        sft.log
+    );
     // The output model answers the dev rows with the best evaluation's accuracy.
     let g = Generator::load(
         &ModelDir::open(&sft.outputs["model"], Needs::Tokenizer).unwrap(),
@@ -253,5 +265,8 @@ fn sft_keeps_the_adapter_of_the_best_dev_accuracy_and_stops_early() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("early_stopping_patience") && err.contains("best_metric"), "{err}");
+    assert!(
+        err.contains("early_stopping_patience") && err.contains("best_metric"),
+        "{err}"
+    );
 }

@@ -125,7 +125,11 @@ impl Trainable for Generator {
         Generator::device(self)
     }
 
-    fn next_token_logprobs(&self, messages: &[ChatMessage], candidates: &[&str]) -> Result<Vec<f32>> {
+    fn next_token_logprobs(
+        &self,
+        messages: &[ChatMessage],
+        candidates: &[&str],
+    ) -> Result<Vec<f32>> {
         let prompt = self.render_chat(messages, true)?;
         Generator::next_token_logprobs(self, &prompt, candidates)
     }

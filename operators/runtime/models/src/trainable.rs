@@ -57,7 +57,11 @@ pub trait Trainable {
 
     /// The log-probability that the token after the conversation's generation prompt is the
     /// first token of each candidate (choice-probability metrics while evaluating).
-    fn next_token_logprobs(&self, _messages: &[ChatMessage], _candidates: &[&str]) -> Result<Vec<f32>> {
+    fn next_token_logprobs(
+        &self,
+        _messages: &[ChatMessage],
+        _candidates: &[&str],
+    ) -> Result<Vec<f32>> {
         Err(crate::error::ModelError::Request(
             "this model cannot score next tokens during training evaluation".into(),
         ))

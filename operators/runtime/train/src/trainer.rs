@@ -156,7 +156,8 @@ fn check(cfg: &LoopConfig, n: usize) -> Result<()> {
     }
     if cfg.early_stopping_patience > 0 && (cfg.best_metric.is_none() || cfg.eval_steps == 0) {
         return Err(TrainError::Config(
-            "early stopping needs an evaluation metric to watch: set best_metric and eval_steps".into(),
+            "early stopping needs an evaluation metric to watch: set best_metric and eval_steps"
+                .into(),
         ));
     }
     if cfg.learning_rate.is_nan() || cfg.learning_rate <= 0.0 {
