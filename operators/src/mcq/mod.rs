@@ -9,6 +9,7 @@
 
 pub mod answer;
 pub mod items;
+pub mod predictions;
 pub mod summary;
 
 #[cfg(test)]
