@@ -16,9 +16,14 @@ nodes:
   items:
     op: load
     in: {src: inputs.items}
+  model:
+    op: command
+    in: {src: inputs.model}
+    out: {dir: model}
+    params: {run: "mkdir -p ${out.dir} && cp -r ${in.src}/. ${out.dir}"}
   native:
     op: mcq.answer
-    in: {items: items.table, model: inputs.model}
+    in: {items: items.table, model: model.dir}
     params: {backend: native, strategy: STRATEGY, answer_tokens: 4}
   served:
     op: mcq.answer
