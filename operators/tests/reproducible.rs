@@ -669,13 +669,13 @@ fn macbench(b: &mut Bench) {
         "infer.chat",
         "infer.chat",
         &[
-            ("prompts", Table, test),
+            ("prompts", Table, test.clone()),
             (
                 "model",
                 Model,
                 b.out("train.sft (vision-language)", "model"),
             ),
-            ("media", Dir, data),
+            ("media", Dir, data.clone()),
         ],
         json!({"backend": "native", "user_column": "input", "system_column": "system",
                "system_as": "user", "image_column": "images", "temperature": 0, "max_tokens": 4}),
@@ -692,13 +692,13 @@ fn macbench(b: &mut Bench) {
         "mcq.answer",
         "mcq.answer",
         &[
-            ("items", Table, test.clone()),
+            ("items", Table, test),
             (
                 "model",
                 Model,
                 b.out("train.sft (vision-language)", "model"),
             ),
-            ("media", Dir, data.clone()),
+            ("media", Dir, data),
         ],
         json!({"backend": "native", "strategy": "self_consistency", "n": 2, "temperature": 1.0,
                "seed": 3, "max_tokens": 6}),
