@@ -701,7 +701,7 @@ fn macbench(b: &mut Bench) {
             ("media", Dir, data),
         ],
         json!({"backend": "native", "strategy": "self_consistency", "n": 2, "temperature": 1.0,
-               "seed": 3, "max_tokens": 6}),
+               "sampling_seed": 3, "max_tokens": 6}),
         &[],
     );
     // A gathered sweep of one point, laid out as the engine lays it out.

@@ -24,7 +24,7 @@
 //! of an output, whose bytes are a function of the node's key.
 //!
 //! Declared nondeterministic, since a remote server promises nothing; on the native runtime
-//! every output is reproducible (greedy, or sampled with a seed derived from `seed` and the
+//! every output is reproducible (greedy, or sampled with a seed derived from `sampling_seed` and the
 //! item id alone).
 
 use std::time::Instant;
@@ -140,7 +140,7 @@ impl Config {
             n: n as usize,
             temperature,
             top_p,
-            seed: p.u64("seed")?,
+            seed: p.u64("sampling_seed")?,
             threshold,
             max_tokens: tokens("max_tokens")?,
             answer_tokens: tokens("answer_tokens")?,
@@ -160,7 +160,7 @@ fn check_all(map: &Map<String, Value>) -> Result<()> {
     Ok(())
 }
 
-/// The sampling seed of one item: from `seed` and the item id alone, so an item's samples do
+/// The sampling seed of one item: from `sampling_seed` and the item id alone, so an item's samples do
 /// not depend on the other items or their order.
 pub fn item_seed(seed: u64, id: &str) -> u64 {
     let r = crate::mac::rank(seed, &[b"mcq.answer", id.as_bytes()]);
@@ -476,9 +476,9 @@ impl Operator for Answer {
             f("temperature", 0.7, "self_consistency: sampling temperature"),
             f("top_p", 1.0, "self_consistency: nucleus mass"),
             i(
-                "seed",
+                "sampling_seed",
                 0,
-                "sampling seed; each item samples with a seed from (seed, id)",
+                "each item samples with a seed from (sampling_seed, id)",
             ),
             f(
                 "threshold",

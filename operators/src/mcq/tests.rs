@@ -289,7 +289,7 @@ fn choice_probability_and_direct_answers_on_a_tiny_vision_language_model() {
 #[test]
 fn self_consistency_is_seeded_per_item_and_votes() {
     let mut s = setup();
-    let params = json!({"strategy": "self_consistency", "n": 3, "temperature": 1.0, "seed": 7, "batch_size": 1});
+    let params = json!({"strategy": "self_consistency", "n": 3, "temperature": 1.0, "sampling_seed": 7, "batch_size": 1});
     let (df, m, log, path) = answer(&mut s, params.clone());
     check_common(&df, &m);
     let responses = strings(&df, "response");
@@ -315,7 +315,7 @@ fn self_consistency_is_seeded_per_item_and_votes() {
     );
     // Another seed samples other replies.
     let mut p2 = params;
-    p2["seed"] = json!(8);
+    p2["sampling_seed"] = json!(8);
     let (df2, _, _, _) = answer(&mut other, p2);
     assert_ne!(strings(&df2, "response"), responses);
 }
