@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// The reply budget in tokens when a request sets no `max_tokens`.
     #[arg(long, default_value_t = 512)]
     pub default_max_tokens: usize,
+    /// Most alternatives per token a request's `top_logprobs` may ask for (vLLM's
+    /// `--max-logprobs`; OpenAI's limit is 20).
+    #[arg(long, default_value_t = 20)]
+    pub max_logprobs: usize,
     /// Require `Authorization: Bearer KEY` on every /v1 route (as vLLM's --api-key). Prefer
     /// the environment variable to the flag: a command line is visible to other users.
     #[arg(long, env = "EXPFLOW_SERVE_API_KEY", hide_env_values = true)]
@@ -35,7 +39,11 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<u8> {
-    let loaded = expflow_serve::load(&args.model_dir, args.model_name, args.default_max_tokens)?;
+    let mut loaded =
+        expflow_serve::load(&args.model_dir, args.model_name, args.default_max_tokens)?;
+    if let expflow_serve::LoadedKind::Chat { defaults, .. } = &mut loaded.kind {
+        defaults.max_logprobs = args.max_logprobs;
+    }
     let cfg = expflow_serve::ServeConfig {
         host: args.host,
         port: args.port,

@@ -26,6 +26,7 @@ pub mod expstar;
 pub mod infer;
 pub mod io;
 pub mod mac;
+pub mod mcq;
 pub mod params;
 pub mod retrieval;
 pub mod score;
@@ -83,6 +84,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(mac::ExportLlamaFactory));
     r.register(Arc::new(mac::ExportAnswers));
     r.register(Arc::new(mac::Cot));
+    r.register(Arc::new(mcq::Answer));
+    r.register(Arc::new(mcq::Summary));
     r.register(Arc::new(infer::Chat));
     r.register(Arc::new(infer::RagInfer));
     r.register(Arc::new(train::TinyModel));
@@ -139,6 +142,8 @@ mod tests {
         "mac.permute_options",
         "mac.recombine",
         "mac.vary_templates",
+        "mcq.answer",
+        "mcq.summary",
         "retrieve.bm25_index",
         "retrieve.expstar_results",
         "retrieve.fuse",
@@ -169,7 +174,7 @@ mod tests {
             ("command", "run") => json!("cat ${in.a} > ${out.b}"),
             ("mac.cot", "base_url") => json!("http://127.0.0.1:8000/v1"),
             ("mac.cot", "model") => json!("teacher"),
-            ("infer.chat" | "expstar.rag_infer", "backend") => json!("native"),
+            ("infer.chat" | "expstar.rag_infer" | "mcq.answer", "backend") => json!("native"),
             ("mac.vary_templates", "templates") => json!([{"name": "t"}]),
             ("infer.vllm_infer", "script") => json!("/opt/LLaMA-Factory/scripts/vllm_infer.py"),
             ("infer.vllm_infer", "dataset_name") => json!("mac_test"),

@@ -669,13 +669,13 @@ fn macbench(b: &mut Bench) {
         "infer.chat",
         "infer.chat",
         &[
-            ("prompts", Table, test),
+            ("prompts", Table, test.clone()),
             (
                 "model",
                 Model,
                 b.out("train.sft (vision-language)", "model"),
             ),
-            ("media", Dir, data),
+            ("media", Dir, data.clone()),
         ],
         json!({"backend": "native", "user_column": "input", "system_column": "system",
                "system_as": "user", "image_column": "images", "temperature": 0, "max_tokens": 4}),
@@ -685,6 +685,36 @@ fn macbench(b: &mut Bench) {
         "score.accuracy",
         "score.accuracy",
         &[("table", Table, b.out("infer.chat", "table"))],
+        json!({}),
+        &[],
+    );
+    b.check(
+        "mcq.answer",
+        "mcq.answer",
+        &[
+            ("items", Table, test),
+            (
+                "model",
+                Model,
+                b.out("train.sft (vision-language)", "model"),
+            ),
+            ("media", Dir, data),
+        ],
+        json!({"backend": "native", "strategy": "self_consistency", "n": 2, "temperature": 1.0,
+               "sampling_seed": 3, "max_tokens": 6}),
+        &[],
+    );
+    // A gathered sweep of one point, laid out as the engine lays it out.
+    let runs = b.file("runs/points.json", "[{\"node\": \"answer[strategy=sc]\", \"matrix\": {\"strategy\": \"sc\"}, \"type\": \"table\", \"path\": \"0000.parquet\"}]\n");
+    std::fs::copy(
+        b.out("mcq.answer", "predictions"),
+        runs.with_file_name("0000.parquet"),
+    )
+    .unwrap();
+    b.check(
+        "mcq.summary",
+        "mcq.summary",
+        &[("runs", Dir, runs.parent().unwrap().to_path_buf())],
         json!({}),
         &[],
     );
@@ -741,6 +771,26 @@ fn over_http(b: &mut Bench) {
         "mac.cot",
         &[("table", Table, b.out("mac.load", "table"))],
         json!({"base_url": url, "model": "tiny", "images": "none", "max_tokens": 6}),
+        &[],
+    );
+    let items = b.file(
+        "mc_items.jsonl",
+        "{\"id\": \"a\", \"task\": \"text\", \"input\": \"Heat or cool?\\nA: heat\\nB: cool\\nC: stir\\nD: wait\", \"answer\": \"A\"}\n\
+         {\"id\": \"b\", \"task\": \"text\", \"input\": \"Which is yeast?\\nA: salt\\nB: yeast\\nC: sugar\\nD: water\", \"answer\": \"\"}\n",
+    );
+    b.check(
+        "load (mc items)",
+        "load",
+        &[("src", File, items)],
+        json!({}),
+        &[],
+    );
+    b.check(
+        "mcq.answer (openai)",
+        "mcq.answer",
+        &[("items", Table, b.out("load (mc items)", "table"))],
+        json!({"backend": "openai", "base_url": url, "model": "tiny", "strategy": "verify",
+               "threshold": 1.0, "max_tokens": 6, "answer_tokens": 3}),
         &[],
     );
     server.stop().expect("stop the server");

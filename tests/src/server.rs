@@ -22,6 +22,17 @@ impl Server {
     /// `expflow serve MODEL --model-name NAME --port PORT` (0: a free one) with `envs` added to
     /// its environment; returns once it listens.
     pub fn start(model: &Path, name: &str, port: u16, envs: &[(&str, &str)]) -> Server {
+        Server::start_with(model, name, port, envs, &[])
+    }
+
+    /// [`Server::start`] with more command-line arguments (`--max-logprobs 400`).
+    pub fn start_with(
+        model: &Path,
+        name: &str,
+        port: u16,
+        envs: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let mut child = Command::new(expflow_bin())
             .args([
                 "serve",
@@ -37,6 +48,7 @@ impl Server {
                 "--model-name",
                 name,
             ])
+            .args(args)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

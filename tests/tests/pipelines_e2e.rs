@@ -219,6 +219,70 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         p.read("results/macbench/accuracy.csv")
             .starts_with("group,name")
     );
+    // The graded answer files: every test item in key order, a letter each.
+    let report = read_json(&p, "results/macbench/answer_report.json");
+    for (file, key) in [
+        ("image2text_answer.json", &key_i2t),
+        ("text2image_answer.json", &key_t2i),
+    ] {
+        let answers = read_json(&p, &format!("results/macbench/{file}"));
+        let ids = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids(&answers), ids(key), "{file}");
+        assert!(
+            answers
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| matches!(e["output"].as_str(), Some("A" | "B" | "C" | "D"))),
+            "{file}: {answers}"
+        );
+    }
+    assert_eq!(
+        report["items"].as_u64(),
+        Some(keys(&key_i2t) + keys(&key_t2i)),
+        "{report}"
+    );
+    assert_eq!(
+        report["from_text"].as_u64().unwrap() + report["fallback"].as_u64().unwrap(),
+        report["items"].as_u64().unwrap(),
+        "{report}"
+    );
+    // Dev accuracy at every evaluation and the kept step in the training curve.
+    let log = String::from_utf8_lossy(&p.expflow(&["log", "sft"]).stdout).to_string();
+    assert!(
+        log.contains("eval_choice_accuracy") && log.contains("kept the adapter of step"),
+        "{log}"
+    );
+    // Strategy x task on dev: five strategies, two tasks and `all` each.
+    let table = p.read("results/macbench/strategies.csv");
+    let mut lines = table.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .starts_with("node,strategy,task,items,scored,accuracy"),
+        "{table}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 5 * 3, "{table}");
+    for s in [
+        "direct",
+        "choice_prob",
+        "self_consistency",
+        "verify",
+        "describe_then_answer",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.contains(&format!(",{s},all,"))),
+            "{s}: {table}"
+        );
+    }
 
     assert!(
         executed(&p, &[], "macbench.yaml").is_empty(),
@@ -230,7 +294,20 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     assert!(after_edit.contains(&"sft".to_string()), "{after_edit:?}");
     for node in &after_edit {
         assert!(
-            ["sft", "answers_i2t", "answers_t2i", "answers", "accuracy"].contains(&node.as_str()),
+            [
+                "sft",
+                "answers_i2t",
+                "answers_t2i",
+                "answers",
+                "accuracy",
+                "strategies",
+                "strategies_csv",
+                "answer_test",
+                "answer_file_i2t",
+                "answer_file_t2i",
+            ]
+            .contains(&node.as_str())
+                || node.starts_with("answer_dev["),
             "{node} re-ran after an SFT edit: {after_edit:?}"
         );
     }

@@ -135,6 +135,11 @@ pub fn loop_params(d: &Defaults) -> Vec<ParamSpec> {
             json!(false),
             "whether a larger best_metric is better",
         ),
+        ParamSpec::optional(
+            "early_stopping_patience",
+            ParamKind::Int,
+            "stop after this many evaluations in a row without a better best_metric (needs best_metric and eval_steps); absent: never",
+        ),
         p(
             "checkpoint_steps",
             ParamKind::Int,
@@ -205,6 +210,16 @@ pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<(LoopConfig, 
         ));
     }
     let best = p.str("best_metric")?;
+    let patience = p.opt_u64("early_stopping_patience")?.unwrap_or(0) as usize;
+    if patience > 0 && (best.is_empty() || p.u64("eval_steps")? == 0) {
+        return Err(bad(
+            "early_stopping_patience",
+            format!(
+                "is {patience}, but early stopping watches best_metric at each evaluation; set \
+                 best_metric (e.g. eval_choice_accuracy with greater_is_better: true) and eval_steps"
+            ),
+        ));
+    }
     let seed = p.u64("seed")?;
     let cfg = LoopConfig {
         epochs,
@@ -223,6 +238,7 @@ pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<(LoopConfig, 
         eval_steps: p.u64("eval_steps")? as usize,
         best_metric: (!best.is_empty()).then(|| best.to_string()),
         greater_is_better: p.bool("greater_is_better")?,
+        early_stopping_patience: patience,
         checkpoint_steps: p.u64("checkpoint_steps")? as usize,
         seed,
     };
@@ -291,7 +307,32 @@ pub fn sft_conversations(
             let rows = expflow_train::llamafactory::dataset_rows(&dir.path, &name)?;
             (rows, Some(dir.path.clone()))
         }
-        None => return Ok(None),
+        None => {
+            // `dev` from the dataset directory (LLaMA-Factory's `eval_dataset`).
+            let name = ctx
+                .params()
+                .get("eval_dataset_name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty());
+            match (name, ctx.inputs().get("dataset")) {
+                (None, _) => return Ok(None),
+                (Some(name), Some(dir)) => (
+                    expflow_train::llamafactory::dataset_rows(&dir.path, name)?,
+                    Some(dir.path.clone()),
+                ),
+                (Some(name), None) => {
+                    return Err(OperatorError::param(
+                        op,
+                        "eval_dataset_name",
+                        format!(
+                            "is `{name}`, a dataset of the `dataset` input, which is not connected; \
+                             connect it or give the dev rows as the `dev` input"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
     };
     let mut convs = expflow_train::data::sft_conversations(&rows)
         .map_err(|e| OperatorError::data(op, format!("input `{input}`: {e}")))?;

@@ -29,8 +29,10 @@ const KIND: &str = "train.sft";
 
 pub const BACKENDS: [&str; 3] = ["native", "llamafactory", "swift"];
 
-/// `eval_loss` on the dev set and, with `eval_metric`, a task metric of greedy generations
-/// against the dev answers (`accuracy`: the first option letter; `rouge_l`: ROUGE-L F).
+/// `eval_loss` on the dev set and, with `eval_metric`, a task metric against the dev answers:
+/// of greedy generations (`accuracy`: the first option letter; `rouge_l`: ROUGE-L F), or of
+/// one forward pass (`choice_accuracy`: the most probable of the letters A–D as the reply's
+/// first token against the answer's letter, read with `mac::extract_answer`).
 struct WithTask {
     inner: SftObjective,
     dev: Vec<(Vec<ChatMessage>, String)>,
@@ -59,6 +61,11 @@ impl Objective for WithTask {
         if self.metric == "none" || self.dev.is_empty() {
             return Ok(out);
         }
+        if self.metric == "choice_accuracy" {
+            let acc = choice_accuracy(model, &self.dev)?;
+            out.insert("eval_choice_accuracy".into(), acc);
+            return Ok(out);
+        }
         let mut total = 0f64;
         for (prompt, answer) in &self.dev {
             let hyp = model.complete(prompt, self.max_new_tokens)?;
@@ -83,10 +90,27 @@ impl Objective for WithTask {
     }
 }
 
+/// The share of dev rows whose most probable next letter (of A–D, after the prompt) is the
+/// answer's letter; a row whose answer has no letter counts as wrong.
+pub fn choice_accuracy(
+    model: &dyn Trainable,
+    dev: &[(Vec<ChatMessage>, String)],
+) -> expflow_train::Result<f64> {
+    let mut right = 0usize;
+    for (prompt, answer) in dev {
+        let lps = model.next_token_logprobs(prompt, &crate::mcq::LETTER_TEXTS)?;
+        let pred = crate::mcq::argmax(&lps.iter().map(|&l| f64::from(l)).collect::<Vec<_>>());
+        right += usize::from(crate::mac::extract_answer(answer) == Some(pred));
+    }
+    Ok(right as f64 / dev.len().max(1) as f64)
+}
+
+pub const EVAL_METRICS: [&str; 4] = ["none", "accuracy", "rouge_l", "choice_accuracy"];
+
 fn check_all(map: &Map<String, Value>) -> Result<()> {
     let p = Params::new(KIND, map);
     p.choice("backend", &BACKENDS)?;
-    p.choice("eval_metric", &["none", "accuracy", "rouge_l"])?;
+    p.choice("eval_metric", &EVAL_METRICS)?;
     common::parse(KIND, map)?;
     Ok(())
 }
@@ -118,13 +142,18 @@ impl Operator for Sft {
             "eval_metric",
             ParamKind::String,
             json!("none"),
-            "task metric of greedy generations on `dev` at each evaluation: none, accuracy (first option letter) or rouge_l",
+            "task metric on `dev` at each evaluation: none, accuracy (first option letter of a greedy generation), rouge_l, or choice_accuracy (the most probable letter A-D after the prompt, one forward pass)",
         ));
         params.push(ParamSpec::with_default(
             "eval_max_tokens",
             ParamKind::Int,
             json!(64),
             "tokens generated per dev row for eval_metric",
+        ));
+        params.push(ParamSpec::optional(
+            "eval_dataset_name",
+            ParamKind::String,
+            "native: without a `dev` input, the dev rows are this dataset of the `dataset` input (as LLaMA-Factory's eval_dataset)",
         ));
         params.extend(crate::tools::backend_params());
         Signature {
@@ -234,6 +263,18 @@ impl Operator for Sft {
             ctx.log(&format!(
                 "resumed at step {} of {}",
                 out.resumed_from, out.total_steps
+            ));
+        }
+        if let Some((step, v)) = out.best {
+            ctx.log(&format!(
+                "kept the adapter of step {step} ({} {v})",
+                cfg.best_metric.as_deref().unwrap_or_default()
+            ));
+        }
+        if let Some(step) = out.stopped_early {
+            ctx.log(&format!(
+                "stopped early at step {step} of {}",
+                out.total_steps
             ));
         }
         crate::train_io::write_metrics(ctx, KIND, &out.rows)?;

@@ -157,3 +157,116 @@ fn tiny_model_kind_is_checked_before_running() {
     params.insert("kind".into(), json!("vision_language"));
     assert!(TinyModel.check(&params).is_empty());
 }
+
+/// Multiple-choice rows: a question with four options, the answer one letter.
+fn mc_rows(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("mc.jsonl");
+    let mut text = String::new();
+    let colours = ["red", "blue", "green", "black"];
+    for i in 0..4 {
+        let q = format!(
+            "Which colour is number {i}?\nA: {}\nB: {}\nC: {}\nD: {}",
+            colours[0], colours[1], colours[2], colours[3]
+        );
+        let answer = ["A", "B", "C", "D"][i];
+        text.push_str(
+            &serde_json::to_string(&json!({"instruction": q, "output": answer})).unwrap(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn sft_keeps_the_adapter_of_the_best_dev_accuracy_and_stops_early() {
+    use expflow_models::{ChatMessage, Generator, ModelDir, Needs};
+    let dir = tempfile::tempdir().unwrap();
+    let data = mc_rows(dir.path());
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let model = tiny(&mut h, &data);
+    let params = json!({"max_steps": 40, "learning_rate": 0.02, "lora_rank": 4, "lora_alpha": 8.0,
+        "eval_steps": 2, "eval_metric": "choice_accuracy", "best_metric": "eval_choice_accuracy",
+        "greater_is_better": true, "early_stopping_patience": 1, "warmup_ratio": 0.0});
+    let sft = h
+        .run(
+            &Sft,
+            &[
+                ("data", PortType::File, data.as_path()),
+                ("dev", PortType::File, data.as_path()),
+                ("model", PortType::Model, model.as_path()),
+            ],
+            params,
+            &[],
+        )
+        .unwrap();
+    let m = table_from_bytes(&std::fs::read(&sft.outputs["metrics"]).unwrap());
+    let steps = column_i64(&m, "step");
+    let col = |name: &str| -> Vec<Option<f64>> {
+        m.column(name).unwrap().f64().unwrap().iter().collect()
+    };
+    let (acc, best, loss) = (col("eval_choice_accuracy"), col("best_step"), col("loss"));
+    let evals: Vec<(i64, f64, f64)> = (0..m.height())
+        .filter_map(|i| Some((steps[i]?, acc[i]?, best[i]?)))
+        .collect();
+    // Accuracy over 4 rows cannot rise at every one of 20 evaluations: patience 1 stops it.
+    let trained = loss.iter().flatten().count();
+    assert!(
+        trained < 40 && trained % 2 == 0,
+        "stopped early at an evaluation: {trained} steps"
+    );
+    assert!(sft.log.contains("stopped early at step"), "{}", sft.log);
+    // best_step names the first evaluation with the highest accuracy so far; the last
+    // evaluation is no better than the best, which the kept adapter is.
+    let mut top = (0i64, -1f64);
+    for &(step, a, b) in &evals {
+        if a > top.1 {
+            top = (step, a);
+        }
+        assert_eq!(b as i64, top.0, "{evals:?}");
+    }
+    let last = evals.last().unwrap();
+    assert!(last.1 <= top.1, "{evals:?}");
+    assert!(
+        sft.log
+            .contains(&format!("kept the adapter of step {}", top.0)),
+        "{}",
+        sft.log
+    );
+    // The output model answers the dev rows with the best evaluation's accuracy.
+    let g = Generator::load(
+        &ModelDir::open(&sft.outputs["model"], Needs::Tokenizer).unwrap(),
+        &expflow_models::default_device().unwrap(),
+    )
+    .unwrap();
+    let rows = crate::train_io::read_rows("test", &data).unwrap();
+    let dev: Vec<(Vec<ChatMessage>, String)> = expflow_train::data::sft_conversations(&rows)
+        .unwrap()
+        .into_iter()
+        .map(|mut c| {
+            let a = c.pop().unwrap().joined_text();
+            (c, a)
+        })
+        .collect();
+    let got = super::sft::choice_accuracy(&g, &dev).unwrap();
+    assert_eq!(got, top.1, "{evals:?}");
+
+    // Early stopping without a metric to watch is refused, naming the fix.
+    let err = h
+        .run(
+            &Sft,
+            &[
+                ("data", PortType::File, data.as_path()),
+                ("model", PortType::Model, model.as_path()),
+            ],
+            json!({"max_steps": 2, "early_stopping_patience": 2}),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("early_stopping_patience") && err.contains("best_metric"),
+        "{err}"
+    );
+}

@@ -125,6 +125,15 @@ impl Trainable for Generator {
         Generator::device(self)
     }
 
+    fn next_token_logprobs(
+        &self,
+        messages: &[ChatMessage],
+        candidates: &[&str],
+    ) -> Result<Vec<f32>> {
+        let prompt = self.render_chat(messages, true)?;
+        Generator::next_token_logprobs(self, &prompt, candidates)
+    }
+
     fn complete(&self, messages: &[ChatMessage], max_new_tokens: usize) -> Result<String> {
         let prompt = self.render_chat(messages, true)?;
         let req = crate::GenRequest {

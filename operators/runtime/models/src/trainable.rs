@@ -55,6 +55,18 @@ pub trait Trainable {
 
     fn device(&self) -> &Device;
 
+    /// The log-probability that the token after the conversation's generation prompt is the
+    /// first token of each candidate (choice-probability metrics while evaluating).
+    fn next_token_logprobs(
+        &self,
+        _messages: &[ChatMessage],
+        _candidates: &[&str],
+    ) -> Result<Vec<f32>> {
+        Err(crate::error::ModelError::Request(
+            "this model cannot score next tokens during training evaluation".into(),
+        ))
+    }
+
     /// The greedy completion of a conversation, for task metrics while evaluating.
     fn complete(&self, _messages: &[ChatMessage], _max_new_tokens: usize) -> Result<String> {
         Err(crate::error::ModelError::Request(

@@ -8,7 +8,8 @@ use serde_json::{Map, Value, json};
 
 /// Most completions one request may ask for.
 pub const MAX_N: usize = 16;
-/// Most alternatives per token `top_logprobs` may ask for (OpenAI's limit).
+/// Most alternatives per token `top_logprobs` may ask for by default (OpenAI's limit and
+/// vLLM's default `--max-logprobs`); `expflow serve --max-logprobs N` raises it.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// An OpenAI error object with its HTTP status.
@@ -82,6 +83,9 @@ pub struct Defaults {
     pub top_p: f64,
     pub top_k: usize,
     pub max_tokens: usize,
+    /// Most alternatives per token a request's `top_logprobs` may ask for (vLLM's
+    /// `--max-logprobs`).
+    pub max_logprobs: usize,
 }
 
 impl Default for Defaults {
@@ -91,6 +95,7 @@ impl Default for Defaults {
             top_p: 1.0,
             top_k: 0,
             max_tokens: 256,
+            max_logprobs: MAX_TOP_LOGPROBS,
         }
     }
 }
@@ -500,7 +505,7 @@ pub fn parse_chat(bytes: &[u8], defaults: &Defaults) -> Result<ChatCall, ApiErro
             ));
         }
     };
-    if let Some(k) = count(&body, "top_logprobs", 0, MAX_TOP_LOGPROBS as u64)? {
+    if let Some(k) = count(&body, "top_logprobs", 0, defaults.max_logprobs as u64)? {
         if !s.logprobs && k > 0 {
             return Err(ApiError::bad(
                 "top_logprobs",

@@ -130,6 +130,7 @@ fn sft_step(c: &mut Criterion) {
         logging_steps: 1,
         eval_steps: 0,
         best_metric: None,
+        early_stopping_patience: 0,
         greater_is_better: false,
         checkpoint_steps: 0,
         seed: 0,

@@ -54,6 +54,9 @@ pub struct LoopConfig {
     /// Metric that picks the best evaluated adapter (e.g. `eval_loss`); `None` keeps the last.
     pub best_metric: Option<String>,
     pub greater_is_better: bool,
+    /// With `best_metric`: stop after this many evaluations in a row without a better value
+    /// (0: never stop early).
+    pub early_stopping_patience: usize,
     /// Save resumable state every this many steps (0: never).
     pub checkpoint_steps: usize,
     pub seed: u64,
@@ -80,6 +83,8 @@ pub struct Outcome {
     pub resumed_from: usize,
     /// Step and value of the best evaluation when `best_metric` chose the weights.
     pub best: Option<(usize, f64)>,
+    /// The step at which early stopping ended the run (`None`: it ran to the end).
+    pub stopped_early: Option<usize>,
 }
 
 /// Callbacks the loop calls; all optional.
@@ -107,6 +112,9 @@ struct State {
     window_loss: f64,
     window_steps: usize,
     best: Option<(usize, f64)>,
+    /// Evaluations since the best one (early stopping).
+    #[serde(default)]
+    stale: usize,
 }
 
 /// Optimizer steps for `n` items.
@@ -144,6 +152,12 @@ fn check(cfg: &LoopConfig, n: usize) -> Result<()> {
     if cfg.max_steps == 0 && cfg.epochs == 0 {
         return Err(TrainError::Config(
             "epochs is 0 and max_steps is 0: nothing to train; set one of them".into(),
+        ));
+    }
+    if cfg.early_stopping_patience > 0 && (cfg.best_metric.is_none() || cfg.eval_steps == 0) {
+        return Err(TrainError::Config(
+            "early stopping needs an evaluation metric to watch: set best_metric and eval_steps"
+                .into(),
         ));
     }
     if cfg.learning_rate.is_nan() || cfg.learning_rate <= 0.0 {
@@ -272,6 +286,7 @@ pub fn train(
         window_loss: 0.0,
         window_steps: 0,
         best: None,
+        stale: 0,
     };
     let mut best_values: Option<Vec<Tensor>> = None;
     let device = model.device().clone();
@@ -301,6 +316,7 @@ pub fn train(
     let batches = n.div_ceil(cfg.batch_size);
     let mut order_epoch = usize::MAX;
     let mut order = Vec::new();
+    let mut stopped_early = None;
     while state.step < total {
         let s = state.step;
         if let Some(cancel) = hooks.cancel
@@ -376,7 +392,7 @@ pub fn train(
             && (state.step.is_multiple_of(cfg.eval_steps) || state.step == total);
         if eval_now {
             model.set_differentiable(false);
-            let metrics = obj.evaluate(model)?;
+            let mut metrics = obj.evaluate(model)?;
             model.set_differentiable(true);
             if !metrics.is_empty() {
                 hooks.say(&format!("step {} eval {metrics:?}", state.step));
@@ -400,6 +416,12 @@ pub fn train(
                     if better {
                         state.best = Some((state.step, v));
                         best_values = Some(snapshot(lora)?);
+                        state.stale = 0;
+                    } else {
+                        state.stale += 1;
+                    }
+                    if let Some((b, _)) = state.best {
+                        metrics.insert("best_step".into(), b as f64);
                     }
                 }
                 state.rows.push(MetricRow {
@@ -411,6 +433,22 @@ pub fn train(
                     values: metrics,
                 });
             }
+        }
+        if cfg.early_stopping_patience > 0
+            && state.stale >= cfg.early_stopping_patience
+            && state.step < total
+        {
+            hooks.say(&format!(
+                "early stopping at step {}: {} evaluations without a better {}",
+                state.step,
+                state.stale,
+                cfg.best_metric.as_deref().unwrap_or_default()
+            ));
+            stopped_early = Some(state.step);
+            if let Some(p) = hooks.progress {
+                p(total, total);
+            }
+            break;
         }
         if let Some(p) = hooks.progress {
             p(state.step, total);
@@ -435,6 +473,7 @@ pub fn train(
         total_steps: total,
         resumed_from,
         best: state.best,
+        stopped_early,
     })
 }
 

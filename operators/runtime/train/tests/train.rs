@@ -75,6 +75,7 @@ fn loop_cfg(steps: usize) -> LoopConfig {
         logging_steps: 1,
         eval_steps: 0,
         best_metric: None,
+        early_stopping_patience: 0,
         greater_is_better: false,
         checkpoint_steps: 0,
         seed: 3,

@@ -150,6 +150,16 @@ impl Trainable for VisionLanguageModel {
         &self.device
     }
 
+    fn next_token_logprobs(
+        &self,
+        messages: &[ChatMessage],
+        candidates: &[&str],
+    ) -> expflow_models::Result<Vec<f32>> {
+        self.render_chat(messages)
+            .and_then(|req| VisionLanguageModel::next_token_logprobs(self, &req, candidates))
+            .map_err(model_error)
+    }
+
     fn complete(
         &self,
         messages: &[ChatMessage],
