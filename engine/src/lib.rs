@@ -32,6 +32,7 @@ pub mod params;
 pub mod plan;
 pub mod run;
 pub mod secrets;
+pub mod shared;
 pub mod spec;
 mod topo;
 pub mod workspace;
