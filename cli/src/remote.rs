@@ -101,7 +101,10 @@ pub fn open(root: &Path, name: Option<&str>) -> Result<Remote> {
             )),
             many => anyhow::bail!(EngineError::Usage(format!(
                 "this workspace has several remotes ({}); choose one with --remote NAME",
-                many.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|r| r.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))),
         },
     };
@@ -171,13 +174,21 @@ fn remote_cmd(ws_arg: &Option<PathBuf>, cmd: RemoteCommand) -> Result<u8> {
     Ok(0)
 }
 
-fn push(ws_arg: &Option<PathBuf>, run_id: Option<String>, remote: Option<String>, json: bool) -> Result<u8> {
+fn push(
+    ws_arg: &Option<PathBuf>,
+    run_id: Option<String>,
+    remote: Option<String>,
+    json: bool,
+) -> Result<u8> {
     let root = ws_root(ws_arg)?;
     let ws = Workspace::open(&root, workspace::holder("push", "", None))?;
     let runs = ws.store.runs()?;
     let run = match &run_id {
         Some(id) => {
-            let found: Vec<_> = runs.iter().filter(|r| r.run_id.starts_with(id.as_str())).collect();
+            let found: Vec<_> = runs
+                .iter()
+                .filter(|r| r.run_id.starts_with(id.as_str()))
+                .collect();
             match found.as_slice() {
                 [one] => *one,
                 [] => anyhow::bail!(EngineError::Usage(format!(
@@ -244,7 +255,10 @@ fn pull(
             EngineError::Usage("--target and --set need a pipeline file".into())
         );
         let root = ws_root(ws_arg)?;
-        let ws = Workspace::open(&root, workspace::holder("pull", pipeline.as_deref().unwrap_or(""), None))?;
+        let ws = Workspace::open(
+            &root,
+            workspace::holder("pull", pipeline.as_deref().unwrap_or(""), None),
+        )?;
         let r = open(&root, remote.as_deref())?;
         let report = r.pull_all(&ws.cas, ws.store.as_ref(), pipeline.as_deref())?;
         if json {
@@ -282,7 +296,13 @@ fn pull(
         .build()
         .context("cannot start the async runtime")?;
     let run_id = workspace::new_run_id();
-    let summary = rt.block_on(expflow_engine::run(&ws, &p, &run_id, &opts, CancelToken::new()))?;
+    let summary = rt.block_on(expflow_engine::run(
+        &ws,
+        &p,
+        &run_id,
+        &opts,
+        CancelToken::new(),
+    ))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -297,7 +317,11 @@ fn pull(
             eprintln!("failed: {node}: {err}");
         }
     }
-    Ok(if summary.failed.is_empty() { 0 } else { code::FAILED })
+    Ok(if summary.failed.is_empty() {
+        0
+    } else {
+        code::FAILED
+    })
 }
 
 fn keys(cmd: KeysCommand) -> Result<u8> {
@@ -327,7 +351,12 @@ fn keys(cmd: KeysCommand) -> Result<u8> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 for (k, own) in trust.list() {
-                    println!("{}\t{}{}", k.id(), k.label, if own { "\t(yours)" } else { "" });
+                    println!(
+                        "{}\t{}{}",
+                        k.id(),
+                        k.label,
+                        if own { "\t(yours)" } else { "" }
+                    );
                 }
             }
         }

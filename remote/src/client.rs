@@ -66,7 +66,8 @@ impl Remote {
             Location::File { dir } => {
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| RemoteError::io("cannot create directory", &dir, e))?;
-                let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(err)?;
+                let fs =
+                    object_store::local::LocalFileSystem::new_with_prefix(&dir).map_err(err)?;
                 Arc::new(fs)
             }
         };
@@ -96,9 +97,12 @@ impl Remote {
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.rt.as_ref().expect("the runtime lives until drop").spawn(async move {
-            let _ = tx.send(fut.await);
-        });
+        self.rt
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .spawn(async move {
+                let _ = tx.send(fut.await);
+            });
         rx.recv().unwrap_or_else(|_| {
             Err(RemoteError::Usage(format!(
                 "remote {}: a request task stopped unexpectedly",
@@ -139,7 +143,12 @@ pub(crate) enum Created {
 }
 
 impl Ctx {
-    pub fn err(&self, action: &'static str, path: &ObjPath, source: object_store::Error) -> RemoteError {
+    pub fn err(
+        &self,
+        action: &'static str,
+        path: &ObjPath,
+        source: object_store::Error,
+    ) -> RemoteError {
         RemoteError::Store {
             remote: self.name.clone(),
             action,
@@ -160,7 +169,9 @@ impl Ctx {
     /// The bytes at `path`, or none if it does not exist.
     pub async fn get(&self, path: &ObjPath) -> Result<Option<Bytes>> {
         match self.store.get(path).await {
-            Ok(r) => Ok(Some(r.bytes().await.map_err(|e| self.err("read", path, e))?)),
+            Ok(r) => Ok(Some(
+                r.bytes().await.map_err(|e| self.err("read", path, e))?,
+            )),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.err("read", path, e)),
         }
@@ -172,11 +183,16 @@ impl Ctx {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self.store.put_opts(path, PutPayload::from(bytes), opts).await {
+        match self
+            .store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) => Ok(Created::New),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(Created::Existed)
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(Created::Existed),
             Err(e) => Err(self.err("write", path, e)),
         }
     }

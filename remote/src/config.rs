@@ -167,7 +167,11 @@ impl Remotes {
     /// Removes the remote called `name`.
     pub fn remove(&mut self, name: &str) -> Result<RemoteSpec> {
         self.get(name)?;
-        let i = self.remotes.iter().position(|r| r.name == name).expect("found above");
+        let i = self
+            .remotes
+            .iter()
+            .position(|r| r.name == name)
+            .expect("found above");
         Ok(self.remotes.remove(i))
     }
 }
@@ -199,7 +203,9 @@ mod tests {
         assert!(err.to_string().contains("absolute"), "{err}");
         let err = spec("gs://b", None).validate().unwrap_err();
         assert!(err.to_string().contains("s3://"), "{err}");
-        let err = spec("s3://b", Some("127.0.0.1:8333")).validate().unwrap_err();
+        let err = spec("s3://b", Some("127.0.0.1:8333"))
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("http://"), "{err}");
     }
 
@@ -207,12 +213,18 @@ mod tests {
     fn add_remove_round_trip_through_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let mut r = Remotes::load(dir.path()).unwrap();
-        r.add(spec("s3://cache/x", Some("http://127.0.0.1:1"))).unwrap();
+        r.add(spec("s3://cache/x", Some("http://127.0.0.1:1")))
+            .unwrap();
         assert!(r.add(spec("file:///tmp/x", None)).is_err());
         r.save(dir.path()).unwrap();
         let mut back = Remotes::load(dir.path()).unwrap();
         assert_eq!(back, r);
         back.remove("team").unwrap();
-        assert!(back.get("team").unwrap_err().to_string().contains("remote add team"));
+        assert!(
+            back.get("team")
+                .unwrap_err()
+                .to_string()
+                .contains("remote add team")
+        );
     }
 }

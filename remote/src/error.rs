@@ -47,7 +47,11 @@ pub enum RemoteError {
 pub type Result<T, E = RemoteError> = std::result::Result<T, E>;
 
 impl RemoteError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Self {
         RemoteError::Io {
             action,
             path: path.into(),

@@ -105,7 +105,10 @@ impl Remote {
                     async move { download_one(&c, &cas, d, &node).await }
                 })
                 .buffer_unordered(CONCURRENCY / 2)
-                .try_fold((0usize, 0u64), |(n, b), x| async move { Ok((n + 1, b + x)) })
+                .try_fold(
+                    (0usize, 0u64),
+                    |(n, b), x| async move { Ok((n + 1, b + x)) },
+                )
                 .await
         })?;
         got.blobs += bytes.0;
@@ -116,7 +119,8 @@ impl Remote {
     /// Every node key that has at least one record on the remote.
     pub fn record_keys(&self) -> Result<Vec<Digest>> {
         let ctx = self.ctx();
-        let paths = self.block(async move { ctx.list(&object_store::path::Path::from("records")).await })?;
+        let paths =
+            self.block(async move { ctx.list(&object_store::path::Path::from("records")).await })?;
         let mut keys: Vec<Digest> = paths
             .iter()
             .filter_map(|p| p.parts().nth(1))
@@ -130,11 +134,18 @@ impl Remote {
 
     /// `pull` without a pipeline file: every trusted record on the remote (of `pipeline`
     /// only, when given) that the workspace lacks, with all its blobs.
-    pub fn pull_all(&self, cas: &Cas, store: &dyn Store, pipeline: Option<&str>) -> Result<PullReport> {
+    pub fn pull_all(
+        &self,
+        cas: &Cas,
+        store: &dyn Store,
+        pipeline: Option<&str>,
+    ) -> Result<PullReport> {
         let started = std::time::Instant::now();
         let mut report = PullReport::default();
         for key in self.record_keys()? {
-            let Some(rec) = self.find(&key)? else { continue };
+            let Some(rec) = self.find(&key)? else {
+                continue;
+            };
             if pipeline.is_some_and(|p| p != rec.pipeline) {
                 continue;
             }
@@ -203,7 +214,9 @@ async fn download_one(ctx: &Ctx, cas: &Cas, d: Digest, node: &str) -> Result<u64
     if actual != d {
         return Err(RemoteError::Damaged {
             remote: ctx.name.clone(),
-            what: format!("blob {d} of {node} is corrupt (its bytes hash to {actual}); it was not stored"),
+            what: format!(
+                "blob {d} of {node} is corrupt (its bytes hash to {actual}); it was not stored"
+            ),
         });
     }
     let n = hasher.count();

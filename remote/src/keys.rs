@@ -213,11 +213,14 @@ impl Trust {
             Err(e) => return Err(RemoteError::io("cannot list", tdir, e)),
         };
         for entry in entries {
-            let path = entry.map_err(|e| RemoteError::io("cannot list", &tdir, e))?.path();
+            let path = entry
+                .map_err(|e| RemoteError::io("cannot list", &tdir, e))?
+                .path();
             if path.extension().is_none_or(|e| e != "pub") {
                 continue;
             }
-            let text = fs::read_to_string(&path).map_err(|e| RemoteError::io("cannot read", &path, e))?;
+            let text =
+                fs::read_to_string(&path).map_err(|e| RemoteError::io("cannot read", &path, e))?;
             let k = PublicKey::parse(&text, &path)?;
             t.keys.entry(k.id()).or_insert(k);
         }
@@ -229,9 +232,11 @@ impl Trust {
         let text = fs::read_to_string(file).map_err(|e| RemoteError::io("cannot read", file, e))?;
         let k = PublicKey::parse(&text, file)?;
         let tdir = dir.join("trusted");
-        fs::create_dir_all(&tdir).map_err(|e| RemoteError::io("cannot create directory", &tdir, e))?;
+        fs::create_dir_all(&tdir)
+            .map_err(|e| RemoteError::io("cannot create directory", &tdir, e))?;
         let dest = tdir.join(format!("{}.pub", k.id()));
-        fs::write(&dest, k.to_line() + "\n").map_err(|e| RemoteError::io("cannot write", &dest, e))?;
+        fs::write(&dest, k.to_line() + "\n")
+            .map_err(|e| RemoteError::io("cannot write", &dest, e))?;
         Ok(k)
     }
 
@@ -287,9 +292,15 @@ mod tests {
     fn generate_signs_trusts_itself_and_keeps_the_private_key_private() {
         let dir = tempfile::tempdir().unwrap();
         let kp = KeyPair::generate(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join("signing.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(KeyPair::generate(dir.path()).is_err(), "an existing key is never replaced");
+        assert!(
+            KeyPair::generate(dir.path()).is_err(),
+            "an existing key is never replaced"
+        );
         let sig = kp.sign(b"record");
         assert!(kp.public.verifies(b"record", &sig));
         assert!(!kp.public.verifies(b"recorD", &sig));
@@ -306,7 +317,12 @@ mod tests {
         let mate = tempfile::tempdir().unwrap();
         KeyPair::generate(me.path()).unwrap();
         let theirs = KeyPair::generate(mate.path()).unwrap();
-        assert!(Trust::load(me.path()).unwrap().get(&theirs.public.bytes).is_none());
+        assert!(
+            Trust::load(me.path())
+                .unwrap()
+                .get(&theirs.public.bytes)
+                .is_none()
+        );
         let added = Trust::add_file(me.path(), &mate.path().join("signing.pub")).unwrap();
         assert_eq!(added, theirs.public);
         let trust = Trust::load(me.path()).unwrap();
@@ -315,6 +331,9 @@ mod tests {
         let junk = me.path().join("junk.pub");
         fs::write(&junk, "ssh-ed25519 AAAA").unwrap();
         let err = Trust::add_file(me.path(), &junk).unwrap_err().to_string();
-        assert!(err.contains("junk.pub") && err.contains("expflow-ed25519"), "{err}");
+        assert!(
+            err.contains("junk.pub") && err.contains("expflow-ed25519"),
+            "{err}"
+        );
     }
 }

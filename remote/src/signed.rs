@@ -49,10 +49,9 @@ impl std::fmt::Display for Rejection {
                 f,
                 "it is signed by {signer}, whose key this user does not trust (add it with `expflow keys trust FILE`)"
             ),
-            Rejection::WrongKey { signer } => write!(
-                f,
-                "it is signed by {signer} but describes another node key"
-            ),
+            Rejection::WrongKey { signer } => {
+                write!(f, "it is signed by {signer} but describes another node key")
+            }
         }
     }
 }
@@ -76,9 +75,13 @@ impl Envelope {
     }
 
     /// The record in `bytes`, if it is signed by a trusted key and describes node key `key`.
-    pub fn open(bytes: &[u8], key: &Digest, trust: &Trust) -> Result<(Record, PublicKey), Rejection> {
-        let env: Envelope = serde_json::from_slice(bytes)
-            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+    pub fn open(
+        bytes: &[u8],
+        key: &Digest,
+        trust: &Trust,
+    ) -> Result<(Record, PublicKey), Rejection> {
+        let env: Envelope =
+            serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
         if env.format != FORMAT {
             return Err(Rejection::Malformed(format!("format {:?}", env.format)));
         }

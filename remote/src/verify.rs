@@ -50,7 +50,9 @@ impl Remote {
         // Blob → the records naming it.
         let mut refs: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
         for key in self.record_keys()? {
-            let Some(rec) = self.find(&key)? else { continue };
+            let Some(rec) = self.find(&key)? else {
+                continue;
+            };
             report.records_checked += 1;
             let label = format!("{} ({})", rec.node, key.short());
             for (_, d, dir) in rec.blob_refs() {
@@ -96,7 +98,9 @@ impl Remote {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |t| t.subsec_nanos() as usize)
             % present.len().max(1);
-        let sample: Vec<Digest> = (0..n).map(|i| present[(start + i) % present.len()]).collect();
+        let sample: Vec<Digest> = (0..n)
+            .map(|i| present[(start + i) % present.len()])
+            .collect();
         let ctx = self.ctx();
         let hashed: Vec<(Digest, Digest, u64)> = self.block(async move {
             futures::stream::iter(sample)
@@ -104,7 +108,11 @@ impl Remote {
                     let c = ctx.clone();
                     async move {
                         let path = blob_path(&d);
-                        let r = c.store.get(&path).await.map_err(|e| c.err("read", &path, e))?;
+                        let r = c
+                            .store
+                            .get(&path)
+                            .await
+                            .map_err(|e| c.err("read", &path, e))?;
                         let mut s = r.into_stream();
                         let mut h = blake3::Hasher::new();
                         while let Some(chunk) = s.next().await {
@@ -123,9 +131,10 @@ impl Remote {
             if actual != d {
                 let who: BTreeSet<&String> = refs[&d].iter().collect();
                 let who: Vec<&str> = who.into_iter().map(String::as_str).collect();
-                report
-                    .corrupt
-                    .push(format!("blob {d} (of {}) hashes to {actual}", who.join(", ")));
+                report.corrupt.push(format!(
+                    "blob {d} (of {}) hashes to {actual}",
+                    who.join(", ")
+                ));
             }
         }
         Ok(report)

@@ -172,7 +172,11 @@ impl Side {
 fn list(v: &Value) -> Vec<String> {
     let mut out: Vec<String> = v
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out
@@ -273,7 +277,10 @@ fn a_second_workspace_reuses_an_s3_remote_and_downloads_only_what_it_needs() {
 #[test]
 fn a_file_remote_works_the_same_way() {
     let dir = tempfile::tempdir().unwrap();
-    two_workspaces_share(&format!("file://{}", dir.path().join("cache").display()), None);
+    two_workspaces_share(
+        &format!("file://{}", dir.path().join("cache").display()),
+        None,
+    );
 }
 
 #[test]
@@ -300,7 +307,11 @@ fn untrusted_and_tampered_records_are_ignored_with_a_warning_naming_the_signer()
     );
 
     // Once he trusts her key, a fresh workspace of his executes nothing.
-    bob.ok(&["keys", "trust", &alice.cfg.join("signing.pub").display().to_string()]);
+    bob.ok(&[
+        "keys",
+        "trust",
+        &alice.cfg.join("signing.pub").display().to_string(),
+    ]);
     let bob2 = Side::new(bob_cfg.path(), &url, None);
     let r = bob2.run(&["--remote", "team"]);
     r.expect_code(0);
@@ -330,7 +341,12 @@ fn untrusted_and_tampered_records_are_ignored_with_a_warning_naming_the_signer()
         r.stderr
     );
     let v = bob3.cmd(&["--workspace", ".expflow", "verify", "--remote", "team"]);
-    assert_eq!(v.status.code(), Some(4), "{}", String::from_utf8_lossy(&v.stdout));
+    assert_eq!(
+        v.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&v.stdout)
+    );
 }
 
 /// The key of `node`'s record in `side`'s latest run.
@@ -384,8 +400,14 @@ fn a_push_killed_mid_way_leaves_no_record_and_a_second_push_completes() {
     // Small blobs go first: as soon as one is there, the large one is on its way.
     let started = Instant::now();
     while s3_count(&ep, &format!("{prefix}/blobs/")) == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "the push ended before it could be killed");
-        assert!(started.elapsed() < Duration::from_secs(60), "no blob appeared");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the push ended before it could be killed"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no blob appeared"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     child.kill().unwrap();
@@ -401,7 +423,9 @@ fn a_push_killed_mid_way_leaves_no_record_and_a_second_push_completes() {
     assert_eq!(s3_count(&ep, &format!("{prefix}/records/")), 2);
     let other = Side::new(cfg.path(), &url, Some(&ep));
     other.p.write("big.yaml", BIG);
-    let r = other.p.run_with_env("big.yaml", &["--remote", "team"], &other.env());
+    let r = other
+        .p
+        .run_with_env("big.yaml", &["--remote", "team"], &other.env());
     r.expect_code(0);
     assert_eq!(list(&r.summary["executed"]), Vec::<String>::new());
     assert_eq!(list(&r.summary["fetched"]), names(&["big", "small"]));
