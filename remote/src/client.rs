@@ -45,7 +45,7 @@ impl Remote {
             remote: spec.name.clone(),
             action: "open",
             path: spec.url.clone(),
-            source,
+            source: Box::new(source),
         };
         let store: Arc<dyn ObjectStore> = match spec.location()? {
             Location::S3 { bucket, prefix } => {
@@ -153,7 +153,7 @@ impl Ctx {
             remote: self.name.clone(),
             action,
             path: path.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -16,7 +16,7 @@ pub enum RemoteError {
         action: &'static str,
         path: String,
         #[source]
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
 
     /// A remote object is damaged or missing where a record says it must be.
