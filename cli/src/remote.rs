@@ -29,8 +29,10 @@ pub enum Commands {
         #[arg(long)]
         json: bool,
     },
-    /// Download trusted records and their blobs from a remote: a pipeline's current nodes
-    /// (a file), or every record of a pipeline name, or every record.
+    /// Download trusted records and their blobs from a remote.
+    ///
+    /// With a pipeline file: its nodes as they are now (nothing executes); with a pipeline
+    /// name: every record of that pipeline; with neither: every record.
     Pull {
         /// A pipeline file (its nodes as they are now) or a pipeline name (every record).
         pipeline: Option<String>,
@@ -114,10 +116,22 @@ pub fn open(root: &Path, name: Option<&str>) -> Result<Remote> {
 
 /// The shared cache for `run --remote NAME`.
 pub fn shared(root: &Path, name: &str) -> Result<Arc<dyn expflow_engine::shared::SharedCache>> {
-    Ok(Arc::new(open(root, Some(name))?))
+    Ok(Arc::new(open(root, Some(name)).map_err(usage_code)?))
+}
+
+/// A remote's usage errors (a bad URL, an unknown remote) exit with 2 like the engine's.
+fn usage_code(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<expflow_remote::RemoteError>() {
+        Some(expflow_remote::RemoteError::Usage(msg)) => EngineError::Usage(msg.clone()).into(),
+        _ => e,
+    }
 }
 
 pub fn dispatch(ws_arg: &Option<PathBuf>, cmd: Commands) -> Result<u8> {
+    dispatch_inner(ws_arg, cmd).map_err(usage_code)
+}
+
+fn dispatch_inner(ws_arg: &Option<PathBuf>, cmd: Commands) -> Result<u8> {
     match cmd {
         Commands::Remote { command } => remote_cmd(ws_arg, command),
         Commands::Push {
@@ -367,8 +381,8 @@ fn keys(cmd: KeysCommand) -> Result<u8> {
 /// `verify --remote NAME`: exit 4 when a blob is missing or corrupt or a signature is bad.
 pub fn verify(ws_arg: &Option<PathBuf>, name: &str, fraction: f64, json: bool) -> Result<u8> {
     let root = ws_root(ws_arg)?;
-    let r = open(&root, Some(name))?;
-    let report = r.verify(fraction)?;
+    let r = open(&root, Some(name)).map_err(usage_code)?;
+    let report = r.verify(fraction).map_err(|e| usage_code(e.into()))?;
     let clean = report.is_clean();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
