@@ -140,9 +140,13 @@ pub async fn run(
     let started = Instant::now();
     let selected = select(p, &opts.targets)?;
     // Before anything executes: a destination that is not expflow's stops the run here.
-    materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
+    // A pull materialises nothing.
+    if !opts.fetch_only {
+        materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
+    }
     // Before anything is written or executed: every declared secret must be set.
-    let secrets = crate::secrets::Secrets::from_env(&p.secrets, &p.file)?;
+    let declared: &[String] = if opts.fetch_only { &[] } else { &p.secrets };
+    let secrets = crate::secrets::Secrets::from_env(declared, &p.file)?;
     let events = Arc::new(EventLog::create(&ws.run_dir(run_id).join("events.jsonl"))?);
     let emit = {
         let events = events.clone();
