@@ -11,6 +11,7 @@ mod maint;
 mod nodelog;
 mod progress;
 mod report;
+mod remote;
 mod score;
 mod serve;
 mod synth;
@@ -109,6 +110,10 @@ enum Command {
         /// (or it was edited since); the old content is replaced atomically.
         #[arg(long)]
         force_outputs: bool,
+        /// On a local miss, use the record of this remote cache (downloading only the
+        /// blobs the targets need).
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
     },
     /// Show what a run would do, and why, without running anything.
     Plan {
@@ -236,6 +241,12 @@ enum Command {
     },
     /// Re-hash every stored blob and check every record; exit 4 on a mismatch.
     Verify {
+        /// Check this remote instead: every record's blobs exist, a sample is re-hashed.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// With --remote: the fraction of blobs to download and re-hash.
+        #[arg(long, default_value_t = 0.1, requires = "remote")]
+        fraction: f64,
         #[arg(long)]
         json: bool,
     },
@@ -295,6 +306,8 @@ enum Command {
         #[command(subcommand)]
         command: synth::SynthCommand,
     },
+    #[command(flatten)]
+    Shared(remote::Commands),
     /// The record database.
     Db {
         #[command(subcommand)]
@@ -423,6 +436,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             keep_going,
             json,
             force_outputs,
+            remote,
         } => run(
             &ws_arg,
             &p,
@@ -432,6 +446,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 keep_going,
                 json,
                 force_outputs,
+                remote,
             },
         ),
         Command::Plan { p, target, json } => {
@@ -509,7 +524,13 @@ fn dispatch(cli: Cli) -> Result<u8> {
             print!("{}", inspect::graph(&pipeline, format, json)?);
             Ok(0)
         }
-        Command::Verify { json } => maint::verify(&ws_arg, json),
+        Command::Verify {
+            remote: Some(name),
+            fraction,
+            json,
+        } => remote::verify(&ws_arg, &name, fraction, json),
+        Command::Verify { json, .. } => maint::verify(&ws_arg, json),
+        Command::Shared(cmd) => remote::dispatch(&ws_arg, cmd),
         Command::Audit {
             fraction,
             seed,
@@ -554,6 +575,7 @@ struct RunFlags {
     keep_going: bool,
     json: bool,
     force_outputs: bool,
+    remote: Option<String>,
 }
 
 fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8> {
@@ -563,6 +585,7 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         keep_going,
         json,
         force_outputs,
+        remote,
     } = flags;
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
@@ -586,6 +609,9 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         );
         opts.jobs = j;
         opts.cpus = opts.cpus.max(j as u32);
+    }
+    if let Some(name) = &remote {
+        opts.shared = Some(remote::shared(ws.root(), name)?);
     }
     let display = progress::Display::new(json);
     opts.observer = Some(display.observer());

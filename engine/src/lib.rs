@@ -33,6 +33,7 @@ pub mod plan;
 pub mod profile;
 pub mod run;
 pub mod secrets;
+pub mod shared;
 pub mod spec;
 mod topo;
 pub mod workspace;

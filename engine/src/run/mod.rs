@@ -20,6 +20,7 @@ use crate::operator::PortType;
 use crate::workspace::Workspace;
 
 mod sched;
+mod shared;
 
 /// Called with every event as it happens (for progress displays).
 pub type Observer = Arc<dyn Fn(&EventKind) + Send + Sync>;
@@ -44,6 +45,11 @@ pub struct RunOptions {
     pub retry_base: Duration,
     /// Replace what is at an `outputs:` destination even if expflow did not write it.
     pub force_outputs: bool,
+    /// A shared cache to look records up in on a local miss (`run --remote NAME`).
+    pub shared: Option<Arc<dyn crate::shared::SharedCache>>,
+    /// Execute nothing (`pull`): download every node the shared cache has, skip the nodes
+    /// neither cache has, and record no run.
+    pub fetch_only: bool,
 }
 
 impl Default for RunOptions {
@@ -59,6 +65,8 @@ impl Default for RunOptions {
             observer: None,
             retry_base: Duration::from_millis(500),
             force_outputs: false,
+            shared: None,
+            fetch_only: false,
         }
     }
 }
@@ -91,6 +99,12 @@ pub struct RunSummary {
     pub cached: Vec<String>,
     pub failed: Vec<String>,
     pub skipped: Vec<String>,
+    /// Cached nodes whose records came from the shared cache (`--remote`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub remote: Vec<String>,
+    /// Of those, the nodes whose blobs were downloaded (the rest were not needed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fetched: Vec<String>,
     /// Node → error message, for failed nodes.
     #[serde(skip)]
     pub errors: Vec<(String, String)>,
@@ -126,9 +140,13 @@ pub async fn run(
     let started = Instant::now();
     let selected = select(p, &opts.targets)?;
     // Before anything executes: a destination that is not expflow's stops the run here.
-    materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
+    // A pull materialises nothing.
+    if !opts.fetch_only {
+        materialize::check_destinations(ws, p, &selected, opts.force_outputs)?;
+    }
     // Before anything is written or executed: every declared secret must be set.
-    let secrets = crate::secrets::Secrets::from_env(&p.secrets, &p.file)?;
+    let declared: &[String] = if opts.fetch_only { &[] } else { &p.secrets };
+    let secrets = crate::secrets::Secrets::from_env(declared, &p.file)?;
     let events = Arc::new(EventLog::create(&ws.run_dir(run_id).join("events.jsonl"))?);
     let emit = {
         let events = events.clone();
@@ -186,6 +204,7 @@ pub async fn run(
             ..RunSummary::default()
         },
         children: vec![Vec::new(); p.nodes.len()],
+        remote_hits: HashMap::new(),
     };
     for &i in &selected {
         s.state[i] = State::Waiting;
@@ -238,6 +257,9 @@ pub async fn run(
             s.summary.skipped.push(p.nodes[i].name.clone());
         }
     }
+    if !cancel.is_cancelled() && s.summary.failed.is_empty() {
+        s.fetch_needed(&selected);
+    }
     let status = if cancel.is_cancelled() {
         "cancelled"
     } else if s.summary.failed.is_empty() {
@@ -256,6 +278,20 @@ pub async fn run(
                 .map(|m| (p.nodes[*i].name.clone(), m.key()))
         })
         .collect();
+    if opts.fetch_only {
+        // A pull records no run.
+        (s.emit)(EventKind::RunFinished {
+            status: status.into(),
+            executed: 0,
+            cached: s.summary.cached.len(),
+            failed: s.summary.failed.len(),
+            skipped: s.summary.skipped.len(),
+            duration_ms: s.summary.duration_ms,
+        });
+        let _ = std::fs::remove_dir_all(ws.run_dir(run_id));
+        let _ = std::fs::remove_dir_all(ws.scratch_dir(run_id));
+        return Ok(s.summary);
+    }
     ws.store.put_run(&RunInfo {
         run_id: run_id.to_string(),
         pipeline: p.name.clone(),
@@ -370,6 +406,8 @@ struct Sched<'a, E: Fn(EventKind)> {
     stopping: bool,
     summary: RunSummary,
     children: Vec<Vec<usize>>,
+    /// Nodes found in the shared cache whose blobs are not downloaded yet.
+    remote_hits: HashMap<usize, expflow_cache::Record>,
 }
 
 /// Where each input of node `i` comes from, as written in a pipeline (`inputs.raw`, `a.rows`).

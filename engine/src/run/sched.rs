@@ -12,6 +12,10 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             if self.stopping {
                 continue;
             }
+            if let Err(msg) = self.fetch_inputs_of(i, true) {
+                self.fail(i, None, 1, msg);
+                continue;
+            }
             let node = &self.p.nodes[i];
             let material = match self.material_for(i) {
                 Ok(m) => m,
@@ -36,6 +40,31 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 self.outputs[i] = Some(rec.outputs);
                 self.state[i] = State::Done;
                 work.extend(self.release_children(i));
+                continue;
+            }
+            if let Some(rec) = self.remote_lookup(i, &key) {
+                let node = &self.p.nodes[i];
+                (self.emit)(EventKind::NodeCached {
+                    node: node.name.clone(),
+                    key,
+                });
+                self.summary.cached.push(node.name.clone());
+                self.summary.remote.push(node.name.clone());
+                self.outputs[i] = Some(rec.outputs.clone());
+                self.remote_hits.insert(i, rec);
+                self.state[i] = State::Done;
+                work.extend(self.release_children(i));
+                continue;
+            }
+            if self.opts.fetch_only {
+                let name = self.p.nodes[i].name.clone();
+                (self.emit)(EventKind::NodeSkipped {
+                    node: name.clone(),
+                    reason: "in neither the local nor the remote cache".into(),
+                });
+                self.summary.skipped.push(name);
+                self.state[i] = State::Skipped;
+                self.skip_descendants(i);
                 continue;
             }
             if self.inflight.contains_key(&key) {
@@ -179,6 +208,11 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     && self.used_mem + mem <= self.opts.mem_gb);
             if !fits || self.free_gpus.len() < r.gpus as usize {
                 passed.push(i);
+                continue;
+            }
+            if let Err(msg) = self.fetch_inputs_of(i, false) {
+                let key = self.material[i].as_ref().map(KeyMaterial::key);
+                self.fail(i, key, 1, msg);
                 continue;
             }
             self.used_cpus += cpus;
