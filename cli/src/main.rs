@@ -13,6 +13,7 @@ mod score;
 mod serve;
 mod synth;
 mod synth_mac;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -100,6 +101,10 @@ enum Command {
         /// (or it was edited since); the old content is replaced atomically.
         #[arg(long)]
         force_outputs: bool,
+        /// Where nodes that name no `executor:` run: `local` (this machine) or `slurm`
+        /// (settings in .expflow/config.yaml or ~/.config/expflow/config.yaml).
+        #[arg(long, value_name = "NAME")]
+        executor: Option<String>,
     },
     /// Show what a run would do, and why, without running anything.
     Plan {
@@ -270,6 +275,12 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Run one task file inside a cluster job (written by `run --executor slurm`).
+    #[command(hide = true)]
+    Worker {
+        /// The task file (`.expflow/runs/RUN/tasks/NODE.ATTEMPT.json`).
+        task: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -396,6 +407,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             keep_going,
             json,
             force_outputs,
+            executor,
         } => run(
             &ws_arg,
             &p,
@@ -405,6 +417,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 keep_going,
                 json,
                 force_outputs,
+                executor,
             },
         ),
         Command::Plan { p, target, json } => {
@@ -513,6 +526,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Db {
             command: DbCommand::Rebuild,
         } => maint::rebuild(&ws_arg),
+        Command::Worker { task } => worker::run(&task, &registry()),
     }
 }
 
@@ -523,6 +537,7 @@ struct RunFlags {
     keep_going: bool,
     json: bool,
     force_outputs: bool,
+    executor: Option<String>,
 }
 
 fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8> {
@@ -532,6 +547,7 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         keep_going,
         json,
         force_outputs,
+        executor,
     } = flags;
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
@@ -546,6 +562,8 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         keep_going,
         targets,
         force_outputs,
+        executor,
+        executors: expflow_engine::executor::config::load(ws.root())?,
         ..RunOptions::default()
     };
     if let Some(j) = jobs {

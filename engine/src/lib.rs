@@ -13,6 +13,7 @@ pub mod compile;
 pub mod context;
 pub mod diag;
 pub mod error;
+pub mod executor;
 pub mod estimate;
 pub mod events;
 pub mod fuzzing;

@@ -25,6 +25,8 @@ pub struct PipelineSpec {
     pub bad_nodes: Vec<String>,
     /// `secrets:`: names of environment variables read at run time, never stored.
     pub secrets: Vec<(String, Loc)>,
+    /// `executor:` (`local`, `slurm`).
+    pub executor: Option<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,6 +59,7 @@ pub struct NodeSpec {
     /// `metrics:`: output ports whose values the record keeps (JSON numbers, or the numeric
     /// columns of a table).
     pub metrics: Vec<(String, Loc)>,
+    pub executor: Option<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -70,10 +73,11 @@ pub struct OutputSpec {
     pub loc: Loc,
 }
 
-const TOP_KEYS: [&str; 6] = [
-    "pipeline", "params", "inputs", "nodes", "outputs", "secrets",
+const TOP_KEYS: [&str; 7] = [
+    "pipeline", "params", "inputs", "nodes", "outputs", "secrets", "executor",
 ];
-const NODE_KEYS: [&str; 8] = [
+const NODE_KEYS: [&str; 9] = [
+    "executor",
     "op",
     "in",
     "out",
@@ -176,6 +180,7 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
                 }
             }
             "secrets" => spec.secrets = crate::secrets::read_names(v, diags),
+            "executor" => spec.executor = read_executor(v, "the pipeline", diags),
             "outputs" => {
                 for (path, key_loc, n) in keyed_entries(v, "outputs", diags) {
                     match n.as_str() {
@@ -227,6 +232,22 @@ pub fn read(file: &Path, text: &str, diags: &mut Diagnostics) -> PipelineSpec {
     spec
 }
 
+/// `executor: NAME`, one of [`crate::executor::NAMES`].
+fn read_executor(v: &Node, whose: &str, diags: &mut Diagnostics) -> Option<(String, Loc)> {
+    let names = crate::executor::NAMES;
+    match v.as_str() {
+        Some(e) if names.contains(&e) => Some((e.to_string(), v.loc.clone())),
+        _ => {
+            diags.push(
+                &v.loc,
+                format!("`executor` of {whose} must be an executor, found {}", describe(v)),
+                Some(format!("the executors are: {}", names.join(", "))),
+            );
+            None
+        }
+    }
+}
+
 fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
     if !valid_name(name, false) {
         diags.push(
@@ -258,6 +279,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
         resources: Vec::new(),
         retries: None,
         metrics: Vec::new(),
+        executor: None,
     };
     for (k, v) in entries {
         let key = k.as_key().unwrap_or_default();
@@ -324,6 +346,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                     }
                 }
             }
+            "executor" => node.executor = read_executor(v, &format!("node `{name}`"), diags),
             "resources" => {
                 node.resources = map_entries(v, &format!("nodes.{name}.resources"), diags)
             }

@@ -36,6 +36,8 @@ pub struct Pipeline {
     pub outputs: Vec<(PathBuf, usize, String)>,
     /// `secrets:`: names of the environment variables `run` reads when it starts.
     pub secrets: Vec<String>,
+    /// The top-level `executor:` (nodes that name none run there).
+    pub executor: Option<String>,
 }
 
 /// One node instance (a matrix node gives one per sweep point).
@@ -59,6 +61,10 @@ pub struct CNode {
     /// Upstream node indices (unique, sorted).
     pub deps: Vec<usize>,
     pub loc: Loc,
+    /// `executor:` of the node (not part of its key).
+    pub executor: Option<String>,
+    /// `resources: {time_min: N}`: a wall-clock limit for cluster executors.
+    pub time_min: Option<u32>,
 }
 
 /// Where an input port's artifact comes from.
@@ -255,6 +261,7 @@ pub fn compile_with(
             .map(|(p, n, port)| (p, position[n], port))
             .collect(),
         secrets: spec.secrets.iter().map(|(n, _)| n.clone()).collect(),
+        executor: spec.executor.as_ref().map(|(e, _)| e.clone()),
     })
 }
 

@@ -19,6 +19,7 @@ use crate::node::{self, NodeEnv, ingest_input, record_ok};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
 
+mod remote;
 mod sched;
 
 /// Called with every event as it happens (for progress displays).
@@ -44,6 +45,10 @@ pub struct RunOptions {
     pub retry_base: Duration,
     /// Replace what is at an `outputs:` destination even if expflow did not write it.
     pub force_outputs: bool,
+    /// `--executor`: where nodes that do not name an executor run.
+    pub executor: Option<String>,
+    /// Executor site settings (config files).
+    pub executors: crate::executor::Settings,
 }
 
 impl Default for RunOptions {
@@ -59,6 +64,8 @@ impl Default for RunOptions {
             observer: None,
             retry_base: Duration::from_millis(500),
             force_outputs: false,
+            executor: None,
+            executors: crate::executor::Settings::default(),
         }
     }
 }
@@ -186,6 +193,7 @@ pub async fn run(
             ..RunSummary::default()
         },
         children: vec![Vec::new(); p.nodes.len()],
+        remote: remote::Remote::new(ws, p, &selected, opts, run_id)?,
     };
     for &i in &selected {
         s.state[i] = State::Waiting;
@@ -210,7 +218,9 @@ pub async fn run(
         if !s.stopping {
             s.launch(&tx);
         }
-        if s.running == 0 {
+        s.remote_step(&tx)?;
+        // (A cluster node's result may have made others runnable just now.)
+        if s.running == 0 && (s.stopping || s.runnable.is_empty()) {
             break;
         }
         tokio::select! {
@@ -364,6 +374,7 @@ struct Sched<'a, E: Fn(EventKind)> {
     stopping: bool,
     summary: RunSummary,
     children: Vec<Vec<usize>>,
+    remote: remote::Remote,
 }
 
 /// Where each input of node `i` comes from, as written in a pipeline (`inputs.raw`, `a.rows`).
