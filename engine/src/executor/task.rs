@@ -160,9 +160,12 @@ fn execute(task: &Task, registry: &Registry) -> std::result::Result<TaskResult, 
         secrets,
         memo_store: true,
     };
-    // The scheduler gave the job its GPUs (`CUDA_VISIBLE_DEVICES`).
-    let gpus: Vec<u32> = crate::run::detect_gpus()
-        .into_iter()
+    // The cluster gave the job its GPUs in `CUDA_VISIBLE_DEVICES` (an `EXPFLOW_GPUS`
+    // exported from the submitting shell says nothing about this machine).
+    let gpus: Vec<u32> = std::env::var("CUDA_VISIBLE_DEVICES")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
         .take(task.gpus as usize)
         .collect();
     if gpus.len() < task.gpus as usize {
