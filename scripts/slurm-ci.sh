@@ -35,7 +35,7 @@ stop() {
 wait_for() { # seconds, command...
   local n=$(( $1 * 10 )); shift
   for _ in $(seq "$n"); do
-    if "$@" >/dev/null 2>&1; then return 0; fi
+    if timeout 5 "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
   echo "slurm-ci: timed out waiting for: $*" >&2
@@ -49,6 +49,7 @@ fi
 [ "$cmd" = start ] || { echo "usage: slurm-ci.sh start|stop DIR" >&2; exit 2; }
 
 stop
+chmod 755 "$D" # MariaDB runs as mysql and must reach its directories
 mkdir -p "$D"/{etc,run,log,spool/slurmd,spool/ctld,mysql-run}
 cpus="$(nproc)"
 # At least 16 CPUs for Slurm (config_overrides): a 20-point array drains in one wave.

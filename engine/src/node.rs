@@ -64,7 +64,12 @@ pub fn blob_ok(cas: &Cas, store: &dyn Store, d: &Digest) -> Result<bool> {
 }
 
 /// Whether a stored artifact is intact: the blob, and for a directory its manifest's files.
-pub(crate) fn artifact_ok(cas: &Cas, store: &dyn Store, digest: &Digest, dir: bool) -> Result<bool> {
+pub(crate) fn artifact_ok(
+    cas: &Cas,
+    store: &dyn Store,
+    digest: &Digest,
+    dir: bool,
+) -> Result<bool> {
     if !blob_ok(cas, store, digest)? {
         return Ok(false);
     }

@@ -240,7 +240,10 @@ fn read_executor(v: &Node, whose: &str, diags: &mut Diagnostics) -> Option<(Stri
         _ => {
             diags.push(
                 &v.loc,
-                format!("`executor` of {whose} must be an executor, found {}", describe(v)),
+                format!(
+                    "`executor` of {whose} must be an executor, found {}",
+                    describe(v)
+                ),
                 Some(format!("the executors are: {}", names.join(", "))),
             );
             None

@@ -69,7 +69,10 @@ fn sacct(run: &str, want: usize) -> Vec<(String, String)> {
             .filter_map(|l| l.split_once('|'))
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect();
-        let done = lines.iter().filter(|(_, s)| s != "PENDING" && s != "RUNNING").count();
+        let done = lines
+            .iter()
+            .filter(|(_, s)| s != "PENDING" && s != "RUNNING")
+            .count();
         if done >= want || started.elapsed() > Duration::from_secs(60) {
             return lines;
         }
@@ -126,7 +129,10 @@ fn the_demo_pipeline_runs_on_slurm_with_the_same_results_as_locally() {
     assert_eq!(l.code, 0, "{}", l.stderr);
     assert_eq!(p.read("results/top.jsonl"), q.read("results/top.jsonl"));
     assert_eq!(p.read("results/count.txt"), q.read("results/count.txt"));
-    assert!(jobs(&q, &run_id(&q)).is_empty(), "--executor local submits nothing");
+    assert!(
+        jobs(&q, &run_id(&q)).is_empty(),
+        "--executor local submits nothing"
+    );
     // Records were written by the coordinator: the next run executes nothing.
     let again = p.run("demo.yaml", &[]);
     assert_eq!(again.code, 0, "{}", again.stderr);
@@ -294,4 +300,35 @@ fn ctrl_c_cancels_the_runs_jobs() {
     let again = p.expflow(&["plan", "l.yaml", "--json"]);
     let plan: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert!(plan.as_array().unwrap().iter().all(|n| n["state"] == "run"));
+}
+
+#[test]
+fn an_unknown_executor_is_an_error_naming_the_place() {
+    let p = Project::new();
+    p.write(
+        "x.yaml",
+        "pipeline: x\nnodes:\n  a:\n    op: command\n    executor: pbs\n    out: {o: file}\n    params:\n      run: \"echo > ${out.o}\"\n",
+    );
+    let out = p.expflow(&["plan", "x.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("x.yaml:5:") && err.contains("local, slurm"),
+        "{err}"
+    );
+    p.write(
+        "y.yaml",
+        "pipeline: y\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"echo > ${out.o}\"\n",
+    );
+    let out = p.expflow(&["run", "y.yaml", "--executor", "pbs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--executor pbs"));
+    p.write(".expflow/config.yaml", "slurm:\n  partiton: debug\n");
+    let out = p.expflow(&["run", "y.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("config.yaml") && err.contains("partiton"),
+        "{err}"
+    );
 }

@@ -108,7 +108,10 @@ pub fn user_file() -> Option<PathBuf> {
 /// Reads the user's and the workspace's (`WORKSPACE/config.yaml`) settings.
 pub fn load(workspace: &Path) -> Result<Settings> {
     let mut merged = Value::Object(Default::default());
-    for file in user_file().into_iter().chain([workspace.join("config.yaml")]) {
+    for file in user_file()
+        .into_iter()
+        .chain([workspace.join("config.yaml")])
+    {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
@@ -143,7 +146,7 @@ fn parse(v: &Value) -> std::result::Result<Settings, String> {
             super::NAMES.join(", ")
         ));
     }
-    if !(s.slurm.poll_interval_s > 0.0) {
+    if s.slurm.poll_interval_s.is_nan() || s.slurm.poll_interval_s <= 0.0 {
         return Err("slurm.poll_interval_s must be a positive number of seconds".into());
     }
     s.slurm.result_grace_s = s.slurm.result_grace_s.max(0.0);

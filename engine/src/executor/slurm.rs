@@ -63,7 +63,9 @@ impl Slurm {
                 c
             }
         };
-        let out = c.output().map_err(|e| format!("cannot run `{prog}`: {e}"))?;
+        let out = c
+            .output()
+            .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "`{prog}` failed ({}): {}",
@@ -157,7 +159,10 @@ impl Slurm {
             .collect::<Vec<_>>();
             match self.command("sacct", &args) {
                 Ok(out) => return Ok(out),
-                Err(e) if self.s.accounting == Accounting::Auto && e.contains("accounting storage is disabled") => {
+                Err(e)
+                    if self.s.accounting == Accounting::Auto
+                        && e.contains("accounting storage is disabled") =>
+                {
                     tracing::info!("Slurm accounting is off: reading job states with squeue");
                     self.no_accounting.store(true, Ordering::Relaxed);
                 }
@@ -207,7 +212,13 @@ impl Executor for Slurm {
                 &["--parsable".into(), script.display().to_string()],
             )
             .map_err(|e| EngineError::Other(format!("cannot submit {}: {e}", script.display())))?;
-        let id = out.trim().split(';').next().unwrap_or("").trim().to_string();
+        let id = out
+            .trim()
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
         if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
             return Err(EngineError::Other(format!(
                 "sbatch printed `{}`, not a job id",
@@ -286,7 +297,11 @@ pub fn parse_states(out: &str) -> HashMap<String, JobState> {
 
 fn to_state(s: &str) -> JobState {
     // `CANCELLED by 0`: the first word is the state.
-    let word = s.split_whitespace().next().unwrap_or("").trim_end_matches('+');
+    let word = s
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('+');
     match word {
         "RUNNING" | "COMPLETING" | "STAGE_OUT" | "SIGNALING" => JobState::Running,
         "COMPLETED" => JobState::Completed,
@@ -302,8 +317,7 @@ fn to_state(s: &str) -> JobState {
 /// Single-quotes a word for sh.
 pub fn quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,%@+".contains(c))
     {
         return s.to_string();
@@ -328,7 +342,10 @@ mod tests {
         assert_eq!(s["9"], JobState::Interrupted("CANCELLED by 0".into()));
         assert_eq!(s["10"], JobState::Failed("OUT_OF_MEMORY".into()));
         assert!(matches!(s["11"], JobState::Interrupted(_)));
-        assert_eq!(max_array_size("A = 1\nMaxArraySize            = 1001\n"), Some(1001));
+        assert_eq!(
+            max_array_size("A = 1\nMaxArraySize            = 1001\n"),
+            Some(1001)
+        );
         assert_eq!(quote("a b'c"), "'a b'\\''c'");
     }
 }

@@ -58,9 +58,8 @@ impl Task {
 
     pub fn read(path: &Path) -> Result<Task> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| {
-            EngineError::Usage(format!("{}: not a task file: {e}", path.display()))
-        })
+        serde_json::from_str(&text)
+            .map_err(|e| EngineError::Usage(format!("{}: not a task file: {e}", path.display())))
     }
 }
 

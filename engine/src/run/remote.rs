@@ -36,6 +36,9 @@ struct Active {
     resubmits: u32,
     /// When the cluster first said the job had finished without a result file.
     finished: Option<(Instant, JobState)>,
+    submitted: Instant,
+    /// Polls in a row that did not report the job.
+    missing: u32,
 }
 
 fn static_name(name: &str) -> &'static str {
@@ -249,6 +252,8 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                             log: sub.log,
                             resubmits,
                             finished: None,
+                            submitted: Instant::now(),
+                            missing: 0,
                         },
                     );
                 }
@@ -325,8 +330,8 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         }
         let (cas, store) = (&self.env.cas, self.env.store.as_ref());
         for (port, out) in &r.outputs {
-            let ok = node::artifact_ok(cas, store, &out.digest, out.dir)
-                .map_err(|e| e.to_string())?;
+            let ok =
+                node::artifact_ok(cas, store, &out.digest, out.dir).map_err(|e| e.to_string())?;
             if !ok {
                 return Err(format!(
                     "job {job} reported output `{port}` as {}, but the store does not hold those bytes; \
@@ -384,8 +389,18 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let mut ended: Vec<(String, JobState)> = Vec::new();
         for (job, a) in self.remote.active.iter_mut() {
             let Some(state) = states.get(job) else {
+                // Accounting lags a submission; squeue forgets finished jobs. A job that
+                // stays unreported (10 polls and 2 minutes) and wrote no result is lost.
+                a.missing += 1;
+                if a.missing >= 10 && a.submitted.elapsed() >= Duration::from_secs(120) {
+                    ended.push((
+                        job.clone(),
+                        JobState::Interrupted("no longer reported by the cluster".into()),
+                    ));
+                }
                 continue;
             };
+            a.missing = 0;
             match state {
                 JobState::Interrupted(_) => ended.push((job.clone(), state.clone())),
                 s if s.is_finished() => {
