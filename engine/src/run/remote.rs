@@ -18,14 +18,17 @@ pub(super) struct Remote {
     settings: Settings,
     ws_root: PathBuf,
     run_id: String,
-    /// (node, attempt, resubmits) waiting to be submitted.
-    queue: Vec<(usize, u32, u32)>,
+    /// Waiting to be submitted.
+    queue: Vec<Queued>,
     active: HashMap<String, Active>,
     batch: u64,
     last_poll: Option<Instant>,
     last_check: Option<Instant>,
     cancelled: bool,
 }
+
+/// (node, attempt, resubmits).
+type Queued = (usize, u32, u32);
 
 struct Active {
     idx: usize,
@@ -79,10 +82,11 @@ impl Remote {
             .collect();
         let mut executors = HashMap::new();
         for &i in selected {
-            if of[i] != "local" && !executors.contains_key(of[i]) {
-                if let Some(e) = executor::open(of[i], &opts.executors)? {
-                    executors.insert(of[i], e);
-                }
+            if of[i] != "local"
+                && !executors.contains_key(of[i])
+                && let Some(e) = executor::open(of[i], &opts.executors)?
+            {
+                executors.insert(of[i], e);
             }
         }
         Ok(Remote {
@@ -160,7 +164,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         }
         let queue = std::mem::take(&mut self.remote.queue);
         // Batches: equal executor, resources and time limit, in queue order.
-        let mut groups: Vec<(String, Vec<(usize, u32, u32)>)> = Vec::new();
+        let mut groups: Vec<(String, Vec<Queued>)> = Vec::new();
         for q in queue {
             let n = &self.p.nodes[q.0];
             let r = n.resources;
@@ -189,7 +193,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         &mut self,
         exec: &Arc<dyn Executor>,
         exec_name: &'static str,
-        chunk: &[(usize, u32, u32)],
+        chunk: &[Queued],
         tasks_dir: &Path,
         tx: &mpsc::UnboundedSender<Finished>,
     ) -> Result<()> {
