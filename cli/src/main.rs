@@ -10,12 +10,13 @@ mod inspect;
 mod maint;
 mod nodelog;
 mod progress;
-mod report;
 mod remote;
+mod report;
 mod score;
 mod serve;
 mod synth;
 mod synth_mac;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -114,6 +115,10 @@ enum Command {
         /// blobs the targets need).
         #[arg(long, value_name = "NAME")]
         remote: Option<String>,
+        /// Where nodes that name no `executor:` run: `local` (this machine) or `slurm`
+        /// (settings in .expflow/config.yaml or ~/.config/expflow/config.yaml).
+        #[arg(long, value_name = "NAME")]
+        executor: Option<String>,
     },
     /// Show what a run would do, and why, without running anything.
     Plan {
@@ -313,6 +318,12 @@ enum Command {
         #[command(subcommand)]
         command: DbCommand,
     },
+    /// Run one task file inside a cluster job (written by `run --executor slurm`).
+    #[command(hide = true)]
+    Worker {
+        /// The task file (`.expflow/runs/RUN/tasks/NODE.ATTEMPT.json`).
+        task: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -437,6 +448,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             json,
             force_outputs,
             remote,
+            executor,
         } => run(
             &ws_arg,
             &p,
@@ -447,6 +459,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 json,
                 force_outputs,
                 remote,
+                executor,
             },
         ),
         Command::Plan { p, target, json } => {
@@ -565,6 +578,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Db {
             command: DbCommand::Rebuild,
         } => maint::rebuild(&ws_arg),
+        Command::Worker { task } => worker::run(&task, &registry()),
     }
 }
 
@@ -576,6 +590,7 @@ struct RunFlags {
     json: bool,
     force_outputs: bool,
     remote: Option<String>,
+    executor: Option<String>,
 }
 
 fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8> {
@@ -586,6 +601,7 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         json,
         force_outputs,
         remote,
+        executor,
     } = flags;
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
@@ -600,6 +616,8 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         keep_going,
         targets,
         force_outputs,
+        executor,
+        executors: expflow_engine::executor::config::load(ws.root())?,
         ..RunOptions::default()
     };
     if let Some(j) = jobs {

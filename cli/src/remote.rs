@@ -292,6 +292,8 @@ fn pull(
     let args = crate::PipelineArgs {
         pipeline: file.to_path_buf(),
         sets,
+        inputs: Vec::new(),
+        profile: Vec::new(),
         max_nodes: expflow_engine::limits::DEFAULT_MAX_NODES,
     };
     let p = crate::load(&args)?;

@@ -282,6 +282,8 @@ fn audit_one(
         determinism: op.determinism(&material.params),
         deps: Vec::new(),
         loc: Loc::default(),
+        executor: None,
+        time_min: None,
     };
     let done = match execute(
         env,

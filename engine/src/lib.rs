@@ -15,6 +15,7 @@ pub mod diag;
 pub mod error;
 pub mod estimate;
 pub mod events;
+pub mod executor;
 pub mod fuzzing;
 pub mod gather;
 pub mod harness;

@@ -64,7 +64,12 @@ pub fn blob_ok(cas: &Cas, store: &dyn Store, d: &Digest) -> Result<bool> {
 }
 
 /// Whether a stored artifact is intact: the blob, and for a directory its manifest's files.
-fn artifact_ok(cas: &Cas, store: &dyn Store, digest: &Digest, dir: bool) -> Result<bool> {
+pub(crate) fn artifact_ok(
+    cas: &Cas,
+    store: &dyn Store,
+    digest: &Digest,
+    dir: bool,
+) -> Result<bool> {
     if !blob_ok(cas, store, digest)? {
         return Ok(false);
     }
@@ -154,6 +159,67 @@ pub struct Executed {
     pub memo: (u64, u64),
     /// Figures the operator noted about this execution ([`Context::note`]).
     pub notes: serde_json::Map<String, serde_json::Value>,
+    /// What the record keeps besides the outputs.
+    pub facts: Facts,
+}
+
+/// What a node's record keeps besides its outputs, as the execution found it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Facts {
+    pub started_ms: u64,
+    pub items: Vec<Digest>,
+    pub secrets: Vec<String>,
+    pub metrics: expflow_cache::Metrics,
+    pub threads: u32,
+    pub host: String,
+}
+
+/// Writes the record of a node whose outputs are stored (its log, if any, is stored too).
+/// The caller has made sure the outputs are intact.
+#[allow(clippy::too_many_arguments)]
+pub fn commit_record(
+    env: &NodeEnv,
+    node_name: &str,
+    determinism: &str,
+    material: &KeyMaterial,
+    key: &Digest,
+    outputs: &BTreeMap<String, OutputRef>,
+    duration_ms: u64,
+    facts: &Facts,
+) -> Result<()> {
+    let log_path = env
+        .run_dir
+        .join("logs")
+        .join(format!("{}.log", safe_name(node_name)));
+    let log_empty = std::fs::metadata(&log_path).map_or(true, |m| m.len() == 0);
+    let log_digest = if log_empty {
+        None
+    } else {
+        env.cas.put_file(&log_path).ok().map(|(d, _)| d)
+    };
+    let rec = Record {
+        key: *key,
+        pipeline: env.pipeline.clone(),
+        node: node_name.to_string(),
+        op: material.op.clone(),
+        op_version: material.op_version,
+        determinism: determinism.into(),
+        outputs: outputs.clone(),
+        material: material.to_json(),
+        started_ms: facts.started_ms,
+        duration_ms,
+        host: facts.host.clone(),
+        engine_version: crate::ENGINE_VERSION.into(),
+        log: log_digest,
+        run_id: env.run_id.clone(),
+        secrets: facts.secrets.clone(),
+        items: facts.items.clone(),
+        threads: facts.threads,
+        metrics: facts.metrics.clone(),
+    };
+    env.store.put_record(&rec)?;
+    env.store.set_last(&env.pipeline, node_name, key)?;
+    Ok(())
 }
 
 /// Runs `node` with the given input digests, stores its outputs and, when `commit` is set,
@@ -416,45 +482,33 @@ fn run_in(
     }
     let duration_ms = now_ms().saturating_sub(started);
     let memo = ctx.memo_counts();
+    let facts = Facts {
+        started_ms: started,
+        items: ctx.items.lock().map(|v| v.clone()).unwrap_or_default(),
+        secrets: ctx.secrets.lock().map(|v| v.clone()).unwrap_or_default(),
+        metrics,
+        threads: compute_threads(),
+        host: hostname(),
+    };
     if commit {
-        let log_empty = std::fs::metadata(&log_path).map_or(true, |m| m.len() == 0);
-        let log_digest = if log_empty {
-            None
-        } else {
-            env.cas.put_file(&log_path).ok().map(|(d, _)| d)
-        };
-        let items = ctx.items.lock().map(|v| v.clone()).unwrap_or_default();
-        let secrets = ctx.secrets.lock().map(|v| v.clone()).unwrap_or_default();
-        let rec = Record {
-            key: *key,
-            pipeline: env.pipeline.clone(),
-            node: node.name.clone(),
-            op: material.op.clone(),
-            op_version: material.op_version,
-            determinism: node.determinism.as_str().into(),
-            outputs: refs.clone(),
-            material: material.to_json(),
-            started_ms: started,
+        commit_record(
+            env,
+            &node.name,
+            node.determinism.as_str(),
+            material,
+            key,
+            &refs,
             duration_ms,
-            host: hostname(),
-            engine_version: crate::ENGINE_VERSION.into(),
-            log: log_digest,
-            run_id: env.run_id.clone(),
-            secrets,
-            items,
-            threads: compute_threads(),
-            metrics,
-        };
-        env.store.put_record(&rec).map_err(|e| err(&e))?;
-        env.store
-            .set_last(&env.pipeline, &node.name, key)
-            .map_err(|e| err(&e))?;
+            &facts,
+        )
+        .map_err(|e| err(&e))?;
     }
     Ok(Executed {
         outputs: refs,
         duration_ms,
         memo,
         notes: ctx.notes(),
+        facts,
     })
 }
 

@@ -27,6 +27,8 @@ pub struct PipelineSpec {
     pub secrets: Vec<(String, Loc)>,
     /// `profiles:`: the declared profiles (those selected are merged in already).
     pub profiles: Vec<crate::profile::ProfileInfo>,
+    /// `executor:` (`local`, `slurm`).
+    pub executor: Option<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +61,7 @@ pub struct NodeSpec {
     /// `metrics:`: output ports whose values the record keeps (JSON numbers, or the numeric
     /// columns of a table).
     pub metrics: Vec<(String, Loc)>,
+    pub executor: Option<(String, Loc)>,
 }
 
 #[derive(Clone, Debug)]
@@ -72,10 +75,11 @@ pub struct OutputSpec {
     pub loc: Loc,
 }
 
-const TOP_KEYS: [&str; 7] = [
-    "pipeline", "params", "inputs", "nodes", "outputs", "secrets", "profiles",
+const TOP_KEYS: [&str; 8] = [
+    "pipeline", "params", "inputs", "nodes", "outputs", "secrets", "profiles", "executor",
 ];
-const NODE_KEYS: [&str; 8] = [
+const NODE_KEYS: [&str; 9] = [
+    "executor",
     "op",
     "in",
     "out",
@@ -191,6 +195,7 @@ pub fn read_profiled(
             "secrets" => spec.secrets = crate::secrets::read_names(v, diags),
             // Read (and the selected ones merged) by `profile::apply`.
             "profiles" => {}
+            "executor" => spec.executor = read_executor(v, "the pipeline", diags),
             "outputs" => {
                 for (path, key_loc, n) in keyed_entries(v, "outputs", diags) {
                     match n.as_str() {
@@ -242,6 +247,25 @@ pub fn read_profiled(
     spec
 }
 
+/// `executor: NAME`, one of [`crate::executor::NAMES`].
+fn read_executor(v: &Node, whose: &str, diags: &mut Diagnostics) -> Option<(String, Loc)> {
+    let names = crate::executor::NAMES;
+    match v.as_str() {
+        Some(e) if names.contains(&e) => Some((e.to_string(), v.loc.clone())),
+        _ => {
+            diags.push(
+                &v.loc,
+                format!(
+                    "`executor` of {whose} must be an executor, found {}",
+                    describe(v)
+                ),
+                Some(format!("the executors are: {}", names.join(", "))),
+            );
+            None
+        }
+    }
+}
+
 fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> {
     if !valid_name(name, false) {
         diags.push(
@@ -273,6 +297,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
         resources: Vec::new(),
         retries: None,
         metrics: Vec::new(),
+        executor: None,
     };
     for (k, v) in entries {
         let key = k.as_key().unwrap_or_default();
@@ -339,6 +364,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                     }
                 }
             }
+            "executor" => node.executor = read_executor(v, &format!("node `{name}`"), diags),
             "resources" => {
                 node.resources = map_entries(v, &format!("nodes.{name}.resources"), diags)
             }

@@ -76,6 +76,7 @@ impl Builder<'_> {
         }
         let outputs = self.outputs(spec, &sig.outputs);
         let resources = self.resources(spec, sig.resources);
+        let time_min = self.time_min(spec);
         let metrics = self.metrics(spec, &outputs);
         for point in points {
             let name = instance_name(&spec.name, &point);
@@ -148,6 +149,8 @@ impl Builder<'_> {
                 point: point.iter().cloned().collect(),
                 deps: Vec::new(),
                 loc: spec.loc.clone(),
+                executor: spec.executor.as_ref().map(|(e, _)| e.clone()),
+                time_min,
             });
             self.refs.push((
                 spec.ins.clone(),
@@ -401,6 +404,8 @@ impl Builder<'_> {
                 "mem_gb" if j.as_f64().is_some_and(|n| n >= 0.0) => {
                     r.mem_gb = j.as_f64().unwrap_or(0.0)
                 }
+                // Read by `time_min` below.
+                "time_min" => {}
                 "cpus" | "gpus" | "mem_gb" => self.diags.push(
                     &v.loc,
                     format!(
@@ -413,11 +418,33 @@ impl Builder<'_> {
                 _ => self.diags.push(
                     &v.loc,
                     format!("unknown resource `{k}` in node `{}`", spec.name),
-                    Some("resources are: cpus, gpus, mem_gb".into()),
+                    Some("resources are: cpus, gpus, mem_gb, time_min".into()),
                 ),
             }
         }
         r
+    }
+}
+
+impl Builder<'_> {
+    /// `resources: {time_min: N}`: whole minutes, at least 1.
+    fn time_min(&mut self, spec: &NodeSpec) -> Option<u32> {
+        let (_, v) = spec.resources.iter().find(|(k, _)| k == "time_min")?;
+        match v.to_json().as_u64() {
+            Some(n) if (1..=u32::MAX as u64).contains(&n) => Some(n as u32),
+            _ => {
+                self.diags.push(
+                    &v.loc,
+                    format!(
+                        "resource `time_min` of node `{}` must be a whole number of minutes (at least 1), found {}",
+                        spec.name,
+                        spec::describe(v)
+                    ),
+                    None,
+                );
+                None
+            }
+        }
     }
 }
 

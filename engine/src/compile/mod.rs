@@ -43,6 +43,8 @@ pub struct Pipeline {
     /// Inputs that do not exist (only with [`CompileOptions::missing_inputs_ok`]): name →
     /// path. Such a pipeline is checked, not run.
     pub missing_inputs: Vec<(String, PathBuf)>,
+    /// The top-level `executor:` (nodes that name none run there).
+    pub executor: Option<String>,
 }
 
 /// One node instance (a matrix node gives one per sweep point).
@@ -66,6 +68,10 @@ pub struct CNode {
     /// Upstream node indices (unique, sorted).
     pub deps: Vec<usize>,
     pub loc: Loc,
+    /// `executor:` of the node (not part of its key).
+    pub executor: Option<String>,
+    /// `resources: {time_min: N}`: a wall-clock limit for cluster executors.
+    pub time_min: Option<u32>,
 }
 
 /// Where an input port's artifact comes from.
@@ -277,6 +283,7 @@ pub fn compile_with(
         profiles: opts.profiles.clone(),
         input_overrides,
         missing_inputs,
+        executor: spec.executor.as_ref().map(|(e, _)| e.clone()),
     })
 }
 

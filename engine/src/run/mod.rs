@@ -19,6 +19,7 @@ use crate::node::{self, NodeEnv, ingest_input, record_ok};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
 
+mod remote;
 mod sched;
 mod shared;
 
@@ -50,6 +51,10 @@ pub struct RunOptions {
     /// Execute nothing (`pull`): download every node the shared cache has, skip the nodes
     /// neither cache has, and record no run.
     pub fetch_only: bool,
+    /// `--executor`: where nodes that do not name an executor run.
+    pub executor: Option<String>,
+    /// Executor site settings (config files).
+    pub executors: crate::executor::Settings,
 }
 
 impl Default for RunOptions {
@@ -67,6 +72,8 @@ impl Default for RunOptions {
             force_outputs: false,
             shared: None,
             fetch_only: false,
+            executor: None,
+            executors: crate::executor::Settings::default(),
         }
     }
 }
@@ -205,6 +212,7 @@ pub async fn run(
         },
         children: vec![Vec::new(); p.nodes.len()],
         remote_hits: HashMap::new(),
+        remote: remote::Remote::new(ws, p, &selected, opts, run_id)?,
     };
     for &i in &selected {
         s.state[i] = State::Waiting;
@@ -229,7 +237,9 @@ pub async fn run(
         if !s.stopping {
             s.launch(&tx);
         }
-        if s.running == 0 {
+        s.remote_step(&tx)?;
+        // (A cluster node's result may have made others runnable just now.)
+        if s.running == 0 && (s.stopping || s.runnable.is_empty()) {
             break;
         }
         tokio::select! {
@@ -408,6 +418,7 @@ struct Sched<'a, E: Fn(EventKind)> {
     children: Vec<Vec<usize>>,
     /// Nodes found in the shared cache whose blobs are not downloaded yet.
     remote_hits: HashMap<usize, expflow_cache::Record>,
+    remote: remote::Remote,
 }
 
 /// Where each input of node `i` comes from, as written in a pipeline (`inputs.raw`, `a.rows`).

@@ -185,10 +185,19 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
     /// does not fit now is passed over for later ones, up to a bounded look-ahead).
     pub(super) fn launch(&mut self, tx: &mpsc::UnboundedSender<Finished>) {
         let mut passed = Vec::new();
-        while self.running < self.opts.jobs.max(1) && passed.len() < 256 {
+        while passed.len() < 256 {
             let Some(i) = self.runnable.pop_first() else {
                 break;
             };
+            // Cluster nodes: the cluster's scheduler packs them; submitted in batches.
+            if self.remote.is_remote(i) {
+                self.start(i, 1, Vec::new(), tx);
+                continue;
+            }
+            if self.running - self.remote.running() >= self.opts.jobs.max(1) {
+                passed.push(i);
+                continue;
+            }
             let r = self.p.nodes[i].resources;
             if r.gpus as usize > self.opts.gpus.len() {
                 let msg = format!(
@@ -244,6 +253,10 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             key,
             attempt,
         });
+        if self.remote.is_remote(i) {
+            self.remote.enqueue(i, attempt);
+            return;
+        }
         let env = self.env.clone();
         let types = self.input_types(i);
         let tx = tx.clone();
@@ -370,8 +383,11 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         Ok(())
     }
 
-    fn release(&mut self, i: usize) {
+    pub(super) fn release(&mut self, i: usize) {
         self.running -= 1;
+        if self.remote.is_remote(i) {
+            return;
+        }
         let r = self.p.nodes[i].resources;
         self.used_cpus = self
             .used_cpus
