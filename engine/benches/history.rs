@@ -128,6 +128,8 @@ fn fill(store: &dyn Store) -> (String, String) {
                 status: "ok".into(),
                 nodes,
                 params,
+                profiles: Vec::new(),
+                inputs: Default::default(),
             })
             .unwrap();
         ids.push(run_id);
