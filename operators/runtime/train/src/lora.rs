@@ -67,6 +67,28 @@ fn name_hash(name: &str) -> u64 {
     h
 }
 
+impl LoraLinear {
+    /// A branch with given weights (`a`: r × in, `b`: out × r) and scale, no dropout: an
+    /// adapter read from disk.
+    pub(crate) fn loaded(
+        name: String,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+        switches: Arc<Switches>,
+    ) -> Result<LoraLinear> {
+        Ok(LoraLinear {
+            name,
+            a: Var::from_tensor(&a)?,
+            b: Var::from_tensor(&b)?,
+            scale,
+            dropout: 0.0,
+            seed: 0,
+            switches,
+        })
+    }
+}
+
 impl Adapter for LoraLinear {
     fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
@@ -158,6 +180,19 @@ impl Lora {
             layers,
             switches,
         })
+    }
+
+    /// Adapters already attached (see [`crate::peft::load_adapter`]).
+    pub(crate) fn from_layers(
+        config: LoraConfig,
+        layers: Vec<Arc<LoraLinear>>,
+        switches: Arc<Switches>,
+    ) -> Lora {
+        Lora {
+            config,
+            layers,
+            switches,
+        }
     }
 
     /// Removes every adapter from `model` (the base model again).

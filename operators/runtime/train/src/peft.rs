@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use expflow_models::Trainable;
 use serde_json::json;
 
 use crate::error::{Result, TrainError};
@@ -109,4 +110,160 @@ pub fn merge(base: &Path, lora: &Lora, out: &Path) -> Result<()> {
     }
     candle_core::safetensors::save(&weights, out.join("model.safetensors"))?;
     Ok(())
+}
+
+/// A module path as both tensor namings of Qwen2.5-VL write it: transformers ≥ 4.52 nests the
+/// language model (`model.language_model.layers…`) and the vision tower (`model.visual…`),
+/// the hub's checkpoints do not (`model.layers…`, `visual…`).
+fn canonical_module(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("model.language_model.") {
+        format!("model.{rest}")
+    } else if let Some(rest) = path.strip_prefix("model.visual.") {
+        format!("visual.{rest}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// Reads a PEFT LoRA adapter directory (`adapter_config.json`, `adapter_model.safetensors`,
+/// as PEFT, LLaMA-Factory and ms-swift save it) and attaches it to `model`'s linears, so the
+/// model computes `x Wᵀ + (α/r)·x Aᵀ Bᵀ` without merging (`use_rslora`: α/√r). Module paths
+/// are matched in either Qwen2.5-VL naming. An adapter this runtime cannot apply exactly
+/// (DoRA, bias training, saved whole modules, weights for a linear the model has not, such as
+/// the vision tower's) is an error naming what it holds.
+pub fn load_adapter(model: &mut dyn Trainable, dir: &Path) -> Result<Lora> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| TrainError::io("cannot read", &cfg_path, e))?;
+    let bad = |problem: String| TrainError::File {
+        path: cfg_path.clone(),
+        problem,
+    };
+    let cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    if cfg["peft_type"].as_str().is_some_and(|t| t != "LORA") {
+        return Err(bad(format!(
+            "peft_type is {}; only LORA adapters can be applied",
+            cfg["peft_type"]
+        )));
+    }
+    if cfg["use_dora"].as_bool() == Some(true) {
+        return Err(bad("use_dora is true; DoRA adapters cannot be applied by the native runtime: merge it with the tool that trained it".into()));
+    }
+    if cfg["bias"].as_str().is_some_and(|b| b != "none") {
+        return Err(bad(format!(
+            "bias is {}; only adapters without trained biases can be applied",
+            cfg["bias"]
+        )));
+    }
+    let rank = cfg["r"]
+        .as_u64()
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad("no positive `r` (the LoRA rank)".into()))? as usize;
+    let alpha = cfg["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| bad("no `lora_alpha`".into()))?;
+    let scale = if cfg["use_rslora"].as_bool() == Some(true) {
+        alpha / (rank as f64).sqrt()
+    } else {
+        alpha / rank as f64
+    };
+    let weights_path = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+    // module (canonical) → (A, B)
+    let mut pairs: HashMap<String, (Option<Tensor>, Option<Tensor>)> = HashMap::new();
+    for (key, t) in tensors {
+        let body = key.strip_prefix("base_model.model.").unwrap_or(&key);
+        let (module, which) = if let Some(m) = body.strip_suffix(".lora_A.weight") {
+            (m, 0)
+        } else if let Some(m) = body.strip_suffix(".lora_B.weight") {
+            (m, 1)
+        } else {
+            return Err(TrainError::File {
+                path: weights_path.clone(),
+                problem: format!(
+                    "tensor `{key}` is not a LoRA A/B weight (saved modules, biases or embeddings \
+                     cannot be applied by the native runtime); merge the adapter with the tool that trained it"
+                ),
+            });
+        };
+        let slot = pairs.entry(canonical_module(module)).or_default();
+        if which == 0 {
+            slot.0 = Some(t);
+        } else {
+            slot.1 = Some(t);
+        }
+    }
+    let device = model.device().clone();
+    let mut layers = Vec::new();
+    let switches = std::sync::Arc::new(crate::lora::Switches::default());
+    for (name, linear) in model.linears_mut() {
+        let Some((a, b)) = pairs.remove(&canonical_module(&name)) else {
+            continue;
+        };
+        let (Some(a), Some(b)) = (a, b) else {
+            return Err(TrainError::File {
+                path: weights_path.clone(),
+                problem: format!("`{name}` has only one of lora_A and lora_B"),
+            });
+        };
+        let (out_dim, in_dim) = (linear.out_dim(), linear.in_dim());
+        if a.dims() != [rank, in_dim] || b.dims() != [out_dim, rank] {
+            return Err(TrainError::File {
+                path: weights_path.clone(),
+                problem: format!(
+                    "`{name}`: lora_A is {:?} and lora_B {:?}, the model needs [{rank}, {in_dim}] and [{out_dim}, {rank}]; the adapter belongs to another base model",
+                    a.dims(),
+                    b.dims()
+                ),
+            });
+        }
+        let layer = std::sync::Arc::new(crate::lora::LoraLinear::loaded(
+            name,
+            a.to_dtype(DType::F32)?.to_device(&device)?,
+            b.to_dtype(DType::F32)?.to_device(&device)?,
+            scale,
+            switches.clone(),
+        )?);
+        linear.adapter = Some(layer.clone());
+        layers.push(layer);
+    }
+    if !pairs.is_empty() {
+        let mut left: Vec<_> = pairs.into_keys().collect();
+        left.sort();
+        Lora::detach(model);
+        return Err(TrainError::File {
+            path: weights_path,
+            problem: format!(
+                "weights for linears this model does not adapt: {} (the native runtime applies \
+                 adapters to the language model only; train with the vision tower frozen)",
+                left.join(", ")
+            ),
+        });
+    }
+    if layers.is_empty() {
+        return Err(TrainError::File {
+            path: weights_path,
+            problem: "holds no LoRA weights".into(),
+        });
+    }
+    let mut targets: Vec<String> = layers
+        .iter()
+        .map(|l| l.name.rsplit('.').next().unwrap_or(&l.name).to_string())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    Ok(Lora::from_layers(
+        crate::lora::LoraConfig {
+            rank,
+            // α such that α/r is the scale applied (rsLoRA included), so a merge of this
+            // `Lora` writes the weights the adapter computes.
+            alpha: scale * rank as f64,
+            dropout: 0.0,
+            targets,
+            seed: 0,
+        },
+        layers,
+        switches,
+    ))
 }

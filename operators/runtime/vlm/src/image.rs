@@ -109,8 +109,24 @@ impl ImageProcessor {
     /// Reads `preprocessor_config.json` of `dir` (transformers' defaults when absent).
     /// `min_pixels`/`max_pixels` are taken from the top level, then from `size`
     /// (`min_pixels`/`max_pixels` or transformers 5's `shortest_edge`/`longest_edge`).
+    /// transformers ≥ 5 saves the settings as the `image_processor` object of
+    /// `processor_config.json` instead (a LLaMA-Factory export, for one); that is read when
+    /// `preprocessor_config.json` is absent.
     pub fn from_dir(dir: &ModelDir) -> Result<ImageProcessor> {
         let path = dir.root.join("preprocessor_config.json");
+        let bundled = dir.root.join("processor_config.json");
+        if !path.is_file() && bundled.is_file() {
+            let v: Value = std::fs::read_to_string(&bundled)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+                .unwrap_or(Value::Null);
+            if let Some(ip) = v.get("image_processor") {
+                return ImageProcessor::from_json(ip).map_err(|problem| VlmError::Config {
+                    path: bundled,
+                    problem,
+                });
+            }
+        }
         if !path.is_file() {
             tracing::warn!(dir = %dir.root.display(), "no preprocessor_config.json; using transformers' defaults");
             return Ok(ImageProcessor::default());
@@ -317,6 +333,27 @@ mod tests {
         let (h, w) = smart_resize(20, 30, 28, 56 * 56, 1 << 30).unwrap();
         assert!(h * w >= 56 * 56 && h % 28 == 0 && w % 28 == 0, "{h}x{w}");
         assert!(smart_resize(1, 300, 28, 0, 1 << 30).is_err());
+    }
+
+    #[test]
+    fn settings_bundled_in_processor_config_are_read_without_a_preprocessor_config() {
+        let d = tempfile::tempdir().unwrap();
+        crate::write_tiny_vlm(
+            d.path(),
+            &crate::TinyVlmSpec::default(),
+            &["a cover".to_string()],
+        )
+        .unwrap();
+        let pre = d.path().join("preprocessor_config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&pre).unwrap()).unwrap();
+        v["size"] = serde_json::json!({"shortest_edge": 6272, "longest_edge": 25088});
+        std::fs::remove_file(&pre).unwrap();
+        let bundled =
+            serde_json::json!({"image_processor": v, "processor_class": "Qwen2_5_VLProcessor"});
+        std::fs::write(d.path().join("processor_config.json"), bundled.to_string()).unwrap();
+        let dir = ModelDir::open(d.path(), expflow_models::Needs::Tokenizer).unwrap();
+        let p = ImageProcessor::from_dir(&dir).unwrap();
+        assert_eq!((p.min_pixels, p.max_pixels), (6272, 25088));
     }
 
     #[test]
