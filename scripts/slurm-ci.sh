@@ -39,6 +39,11 @@ wait_for() { # seconds, command...
     sleep 0.1
   done
   echo "slurm-ci: timed out waiting for: $*" >&2
+  for log in "$D"/log/*.log; do
+    [ -f "$log" ] || continue
+    echo "--- last lines of $log" >&2
+    tail -n 20 "$log" >&2
+  done
   return 1
 }
 
@@ -57,9 +62,13 @@ slots=$(( cpus > 16 ? cpus : 16 ))
 
 # munge (slurmdbd authenticates with it); the key comes from the package.
 mkdir -p /run/munge && chown munge:munge /run/munge
-if [ ! -S /run/munge/munge.socket.2 ]; then
+# A socket left by a munged that no longer runs (a machine image, a killed session) answers
+# nothing: check that munge works rather than that its socket exists.
+if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+  rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
   cp /run/munge/munged.pid "$D/run/munged.pid" 2>/dev/null || true
+  wait_for 10 sh -c 'munge -n | unmunge'
 fi
 
 # MariaDB in its own data directory and port.
