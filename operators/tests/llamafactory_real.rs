@@ -283,7 +283,7 @@ fn llamafactory_sft_of_a_tiny_vlm_keeps_the_checkpoint_with_the_best_dev_accurac
         })
         .collect();
     let again =
-        expflow_operators::tools::checkpoints::dev_score(&applied, &pairs, "accuracy", 4).unwrap();
+        expflow_operators::train::checkpoints::dev_score(&applied, &pairs, "accuracy", 4).unwrap();
     assert_eq!(again, best.1, "the kept adapter's dev accuracy");
     eprintln!(
         "llamafactory real SFT + checkpoint evaluation + export: {:.0} s",

@@ -329,7 +329,7 @@ fn tool(ctx: &Context) -> String {
 }
 
 /// Runs one training stage with LLaMA-Factory (see the module doc).
-pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
+pub fn train(ctx: &Context, stage: Stage, evaluate: super::Evaluate) -> Result<(), OpError> {
     let op = if stage == Stage::Sft {
         "train.sft"
     } else {
@@ -420,8 +420,7 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
                 .get("eval_max_tokens")
                 .and_then(Value::as_u64)
                 .unwrap_or(64) as usize;
-            let scored =
-                super::checkpoints::evaluate(ctx, op, &output_dir, &state, metric, max_tokens)?;
+            let scored = evaluate(ctx, op, &output_dir, &state, metric, max_tokens)?;
             let scores: Vec<(usize, f64)> = scored.iter().map(|(s, _, v)| (*s, *v)).collect();
             super::checkpoints::merge_scores(&mut rows, metric, &scores);
             let (step, value) = super::checkpoints::best(&scores).unwrap_or_default();

@@ -456,7 +456,11 @@ pub fn run_external(
     let p = Params::new(op, ctx.params());
     match p.choice("backend", &super::sft::BACKENDS) {
         Err(e) => Some(Err(e.into())),
-        Ok("llamafactory") => Some(crate::tools::llamafactory::train(ctx, stage)),
+        Ok("llamafactory") => Some(crate::tools::llamafactory::train(
+            ctx,
+            stage,
+            super::checkpoints::evaluate,
+        )),
         Ok("swift") => Some(crate::tools::swift::train(ctx, stage)),
         Ok(_) => None,
     }

@@ -5,6 +5,7 @@
 //!   log-probabilities kept as their own artifact;
 //! - [`common`]: the parameters, inputs and outputs they share.
 
+pub mod checkpoints;
 pub mod common;
 pub mod dpo;
 pub mod sft;
