@@ -1,6 +1,6 @@
 //! The saved checkpoints of an external trainer: which adapters exist, the best by a dev
 //! score, and the scores joined to the metrics rows. The evaluation itself (native runtime)
-//! is `crate::train::checkpoints`, passed in by the training operators. Each `checkpoint-<step>/` LoRA adapter (PEFT layout) is applied to the base model on
+//! is `train::checkpoints`, passed in by the training operators. Each `checkpoint-<step>/` LoRA adapter (PEFT layout) is applied to the base model on
 //! the native runtime, the dev rows are answered, and the task metric (`eval_accuracy` or
 //! `eval_rouge_l`) is computed per checkpoint; the best checkpoint by that metric is the one
 //! the node outputs. The tools' own `compute_accuracy` is token-level teacher-forced

@@ -32,7 +32,7 @@ pub use vllm_infer::VllmInfer;
 /// Scores an external trainer's saved adapters on the dev set: (context, operator, the
 /// trainer's output directory, its `trainer_state.json`, the metric, max new tokens) to
 /// (step, adapter directory, score) in step order. The training operators pass their native
-/// evaluation (`crate::train::checkpoints::evaluate`), so this module does not import them.
+/// evaluation (`train::checkpoints::evaluate`), so this module does not import them.
 pub type Evaluate = fn(
     &Context,
     &'static str,
