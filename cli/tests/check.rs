@@ -169,3 +169,28 @@ fn a_problem_of_the_base_is_reported_once_not_under_each_profile() {
         "{stdout}"
     );
 }
+
+/// A declared input that is a directory feeds a `model` port (the user's own model
+/// directory); a declared input file still does not.
+#[test]
+fn a_declared_input_directory_is_a_model_a_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.csv"), "prompt\nhello\n").unwrap();
+    std::fs::create_dir(dir.path().join("my-model")).unwrap();
+    std::fs::write(dir.path().join("weights.bin"), "not a model").unwrap();
+    let pipe = |model: &str| {
+        format!(
+            "pipeline: p\ninputs:\n  raw: data.csv\n  base: {model}\nnodes:\n  rows:\n    op: load\n    in: {{src: inputs.raw}}\n  answers:\n    op: infer.chat\n    in: {{prompts: rows.table, model: inputs.base}}\n    params: {{backend: native}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("dir.yaml"), pipe("my-model")).unwrap();
+    std::fs::write(dir.path().join("file.yaml"), pipe("weights.bin")).unwrap();
+    let (code, _, err) = expflow(dir.path(), &["check", "dir.yaml"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = expflow(dir.path(), &["check", "file.yaml"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("type mismatch: input `model` of node `answers` wants a model"),
+        "{err}"
+    );
+}

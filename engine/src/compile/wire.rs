@@ -78,8 +78,15 @@ impl Builder<'_> {
                     continue;
                 };
                 let untyped = matches!(&src, Source::Input(n) if self.untyped_inputs.contains(n));
+                // A declared input directory is the user's own model, index or directory:
+                // its type is what the port reads it as (the operator checks its contents
+                // when it loads it, and names what is missing).
+                let user_dir = matches!(&src, Source::Input(_))
+                    && ty == PortType::Dir
+                    && want.is_some_and(PortType::is_dir);
                 if let Some(want) = want
                     && !untyped
+                    && !user_dir
                     && !ty.fits(want)
                 {
                     let hint = if want == PortType::Table && !ty.is_dir() {

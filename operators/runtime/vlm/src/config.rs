@@ -87,7 +87,9 @@ pub struct VisionConfig {
     pub intermediate_size: usize,
     #[serde(default = "d_vheads")]
     pub num_heads: usize,
-    #[serde(default = "d_three", alias = "in_chans")]
+    /// `in_channels`, or the older `in_chans` when only that is written (transformers
+    /// writes both in some versions; they must agree).
+    #[serde(default = "d_three")]
     pub in_channels: usize,
     #[serde(default = "d_patch")]
     pub patch_size: usize,
@@ -196,6 +198,16 @@ impl VlmConfig {
             .ok_or_else(|| bad("no `vision_config`; this is not a Qwen2.5-VL checkpoint".into()))?;
         let mut vision: VisionConfig = serde_json::from_value(vision_value.clone())
             .map_err(|e| bad(format!("vision_config: {e}")))?;
+        let channels = |key: &str| vision_value.get(key).and_then(Value::as_u64);
+        match (channels("in_channels"), channels("in_chans")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(bad(format!(
+                    "vision_config: `in_channels` ({a}) and `in_chans` ({b}) disagree; keep one"
+                )));
+            }
+            (None, Some(b)) => vision.in_channels = b as usize,
+            _ => {}
+        }
         vision.rope_theta = vision_value
             .get("rope_parameters")
             .and_then(|r| r.get("rope_theta"))
@@ -284,4 +296,41 @@ fn find_mrope_section(v: &Value) -> Option<Vec<usize>> {
             .map(|x| x.as_u64().map(|n| n as usize))
             .collect::<Option<Vec<_>>>()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny checkpoint's config with `vision_config` edited by `edit`.
+    fn parsed(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Result<VlmConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tiny::write_tiny_vlm(dir.path(), &Default::default(), &["a b".into()]).unwrap();
+        let path = dir.path().join("config.json");
+        let mut top: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(top["vision_config"].as_object_mut().unwrap());
+        VlmConfig::from_value(&top, &path)
+    }
+
+    #[test]
+    fn in_channels_is_read_under_either_name_and_both_must_agree() {
+        let only_old = parsed(|v| {
+            v.remove("in_channels");
+            v.insert("in_chans".into(), 1.into());
+        })
+        .unwrap();
+        assert_eq!(only_old.vision.in_channels, 1);
+        let both = parsed(|v| {
+            v.insert("in_channels".into(), 1.into());
+            v.insert("in_chans".into(), 1.into());
+        })
+        .unwrap();
+        assert_eq!(both.vision.in_channels, 1);
+        let err = parsed(|v| {
+            v.insert("in_channels".into(), 3.into());
+            v.insert("in_chans".into(), 1.into());
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("disagree"), "{err}");
+    }
 }
