@@ -76,18 +76,23 @@ impl Slurm {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The job script of a batch.
+    /// The job script of a batch. In the shared data mode the job reads its task file's
+    /// path from `list`; in the object data mode the script holds the task object paths
+    /// and the job writes its log into its own workspace (Slurm cannot create the
+    /// directory of an `--output` file, and the submitting workspace is not there).
     pub fn script(&self, req: &JobRequest, list: &Path) -> String {
         let n = req.tasks.len();
         let mut l = vec!["#!/bin/bash".to_string()];
         let mut o = |s: String| l.push(format!("#SBATCH {s}"));
         o(format!("--job-name={}", req.name));
-        let log = if n > 1 {
-            req.log_dir.join("slurm-%A_%a.out")
+        let log = if req.object.is_some() {
+            "/dev/null".into()
+        } else if n > 1 {
+            req.log_dir.join("slurm-%A_%a.out").display().to_string()
         } else {
-            req.log_dir.join("slurm-%j.out")
+            req.log_dir.join("slurm-%j.out").display().to_string()
         };
-        o(format!("--output={}", log.display()));
+        o(format!("--output={log}"));
         o(format!("--cpus-per-task={}", req.resources.cpus.max(1)));
         if req.resources.mem_gb > 0.0 {
             o(format!(
@@ -130,12 +135,37 @@ impl Slurm {
             o(a.clone());
         }
         l.push("set -e".into());
-        l.extend(self.s.setup.iter().cloned());
+        let mut args = String::new();
+        match &req.object {
+            None => {
+                l.extend(self.s.setup.iter().cloned());
+                l.push(format!(
+                    "task=\"$(sed -n \"$(( ${{SLURM_ARRAY_TASK_ID:-0}} + 1 ))p\" {})\"",
+                    quote(&list.display().to_string())
+                ));
+            }
+            Some(obj) => {
+                l.push(format!("ws=\"{}\"", obj.workspace));
+                l.push("mkdir -p \"$ws/logs\"".into());
+                l.push(format!(
+                    "exec >>\"$ws/logs/{}\" 2>&1",
+                    object_log_name()
+                ));
+                l.extend(self.s.setup.iter().cloned());
+                let tasks: Vec<String> = req.tasks.iter().map(|t| quote(t)).collect();
+                l.push(format!("tasks=({})", tasks.join(" ")));
+                l.push("task=\"${tasks[${SLURM_ARRAY_TASK_ID:-0}]}\"".into());
+                for a in &obj.worker_args {
+                    args.push(' ');
+                    args.push_str(&quote(a));
+                }
+                args.push_str(" --workspace \"$ws\"");
+            }
+        }
         l.push(format!(
-            "task=\"$(sed -n \"$(( ${{SLURM_ARRAY_TASK_ID:-0}} + 1 ))p\" {})\"",
-            quote(&list.display().to_string())
+            "exec {} worker{args} \"$task\"",
+            quote(&self.worker)
         ));
-        l.push(format!("exec {} worker \"$task\"", quote(&self.worker)));
         l.join("\n") + "\n"
     }
 
@@ -201,8 +231,10 @@ impl Executor for Slurm {
         std::fs::create_dir_all(&req.jobs_dir).map_err(|e| EngineError::io(&req.jobs_dir, e))?;
         std::fs::create_dir_all(&req.log_dir).map_err(|e| EngineError::io(&req.log_dir, e))?;
         let list = req.jobs_dir.join(format!("batch-{}.tasks", req.batch));
-        let lines: Vec<String> = req.tasks.iter().map(|t| t.display().to_string()).collect();
-        std::fs::write(&list, lines.join("\n") + "\n").map_err(|e| EngineError::io(&list, e))?;
+        if req.object.is_none() {
+            std::fs::write(&list, req.tasks.join("\n") + "\n")
+                .map_err(|e| EngineError::io(&list, e))?;
+        }
         let script = req.jobs_dir.join(format!("batch-{}.sh", req.batch));
         std::fs::write(&script, self.script(req, &list))
             .map_err(|e| EngineError::io(&script, e))?;
@@ -225,16 +257,21 @@ impl Executor for Slurm {
                 out.trim()
             )));
         }
+        // In the object data mode the log is on the compute node, in the job's workspace.
+        let log_dir = match &req.object {
+            Some(obj) => Path::new(&obj.workspace).join("logs"),
+            None => req.log_dir.clone(),
+        };
         Ok(if req.tasks.len() == 1 {
             vec![Submitted {
-                log: req.log_dir.join(format!("slurm-{id}.out")),
+                log: log_dir.join(format!("slurm-{id}.out")),
                 job: id,
             }]
         } else {
             (0..req.tasks.len())
                 .map(|i| Submitted {
                     job: format!("{id}_{i}"),
-                    log: req.log_dir.join(format!("slurm-{id}_{i}.out")),
+                    log: log_dir.join(format!("slurm-{id}_{i}.out")),
                 })
                 .collect()
         })
@@ -255,6 +292,12 @@ impl Executor for Slurm {
             .map(drop)
             .map_err(EngineError::Other)
     }
+}
+
+/// The log file name a job of the object data mode writes (`slurm-JOB.out`, or
+/// `slurm-ARRAY_INDEX.out` for an array element), as the job's shell expands it.
+fn object_log_name() -> &'static str {
+    "slurm-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}.out"
 }
 
 /// `MaxArraySize` from `scontrol show config`: array indices go up to one less.
