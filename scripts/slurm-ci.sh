@@ -28,15 +28,13 @@ stop() {
     kill "$(cat "$D/mysql-run/mariadb.pid")" 2>/dev/null || true
     rm -f "$D/mysql-run/mariadb.pid"
   fi
-  if [ -f "$D/run/munged.pid" ]; then
-    kill "$(cat "$D/run/munged.pid")" 2>/dev/null || true
-    rm -f "$D/run/munged.pid"
-  fi
+  # munged is left running: its socket (/run/munge) is the machine's, and other Slurm
+  # instances on this machine (another DIR) authenticate through it too.
 }
 
 wait_for() { # seconds, command...
-  local n=$(( $1 * 10 )); shift
-  for _ in $(seq "$n"); do
+  local end=$(( $(date +%s) + $1 )); shift
+  while [ "$(date +%s)" -lt "$end" ]; do
     if timeout 5 "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
@@ -72,14 +70,15 @@ AccountingStoragePort=$(( port + 3 ))"
   dbd_port_conf="DbdPort=$(( port + 3 ))"
 fi
 
-# munge (slurmdbd authenticates with it); the key comes from the package.
+# munge (slurmdbd authenticates with it); the key comes from the package. Its socket is
+# the machine's, shared by every Slurm instance here, so it is started when none answers and
+# never stopped by this script.
 mkdir -p /run/munge && chown munge:munge /run/munge
 # A socket left by a munged that no longer runs (a machine image, a killed session) answers
 # nothing: check that munge works rather than that its socket exists.
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
-  cp /run/munge/munged.pid "$D/run/munged.pid" 2>/dev/null || true
   wait_for 10 sh -c 'munge -n | unmunge'
 fi
 
