@@ -46,6 +46,17 @@ impl Slurm {
 
     /// Runs a Slurm command (here, or over ssh) and returns its standard output.
     fn command(&self, prog: &str, args: &[String]) -> std::result::Result<String, String> {
+        self.command_with_input(prog, args, None)
+    }
+
+    /// [`Slurm::command`] with `input` on its standard input (a job script for `sbatch`,
+    /// which then need not be a file the login host can read).
+    fn command_with_input(
+        &self,
+        prog: &str,
+        args: &[String],
+        input: Option<&[u8]>,
+    ) -> std::result::Result<String, String> {
         let mut c = match &self.s.ssh {
             Some(host) => {
                 let mut c = Command::new("ssh");
@@ -63,9 +74,22 @@ impl Slurm {
                 c
             }
         };
-        let out = c
-            .output()
-            .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
+        let out = match input {
+            None => c.output(),
+            Some(bytes) => c
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write as _;
+                    let fed = child.stdin.take().map(|mut i| i.write_all(bytes));
+                    let out = child.wait_with_output()?;
+                    fed.transpose()?;
+                    Ok(out)
+                }),
+        }
+        .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "`{prog}` failed ({}): {}",
@@ -236,13 +260,12 @@ impl Executor for Slurm {
                 .map_err(|e| EngineError::io(&list, e))?;
         }
         let script = req.jobs_dir.join(format!("batch-{}.sh", req.batch));
-        std::fs::write(&script, self.script(req, &list))
-            .map_err(|e| EngineError::io(&script, e))?;
+        let text = self.script(req, &list);
+        std::fs::write(&script, &text).map_err(|e| EngineError::io(&script, e))?;
+        // The script goes on sbatch's standard input (a copy stays in the run's directory):
+        // over ssh the login host need not see this file.
         let out = self
-            .command(
-                "sbatch",
-                &["--parsable".into(), script.display().to_string()],
-            )
+            .command_with_input("sbatch", &["--parsable".into()], Some(text.as_bytes()))
             .map_err(|e| EngineError::Other(format!("cannot submit {}: {e}", script.display())))?;
         let id = out
             .trim()
