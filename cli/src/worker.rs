@@ -37,7 +37,10 @@ pub fn run_object(
         registry,
     )?;
     if !ok {
-        eprintln!("expflow worker: the node failed; see its result on remote {}", spec.name);
+        eprintln!(
+            "expflow worker: the node failed; see its result on remote {}",
+            spec.name
+        );
     }
     Ok(if ok { 0 } else { 1 })
 }

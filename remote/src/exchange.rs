@@ -38,7 +38,10 @@ impl Remote {
         for d in all.into_iter().filter(|d| !present.contains(d)) {
             let path = cas.blob_path(&d);
             let size = std::fs::metadata(&path)
-                .map_err(|_| expflow_cache::CacheError::BlobMissing { digest: d, path: path.clone() })?
+                .map_err(|_| expflow_cache::CacheError::BlobMissing {
+                    digest: d,
+                    path: path.clone(),
+                })?
                 .len();
             todo.push((d, path, size));
         }
@@ -71,7 +74,10 @@ impl Remote {
 /// `jobs/…` paths only: the exchange never reads or writes blobs or records by path.
 fn job_path(path: &str) -> Result<ObjPath> {
     let p = ObjPath::from(path.trim_end_matches('/'));
-    if p.parts().next().is_none_or(|first| first.as_ref() != "jobs") {
+    if p.parts()
+        .next()
+        .is_none_or(|first| first.as_ref() != "jobs")
+    {
         return Err(RemoteError::Usage(format!(
             "{path}: not a job object (those live under jobs/)"
         )));
@@ -119,7 +125,12 @@ impl ObjectExchange for Remote {
         let p = job_path(prefix).map_err(engine_err)?;
         let ctx = self.ctx();
         self.block(async move {
-            Ok(ctx.list(&p).await?.into_iter().map(|p| p.to_string()).collect())
+            Ok(ctx
+                .list(&p)
+                .await?
+                .into_iter()
+                .map(|p| p.to_string())
+                .collect())
         })
         .map_err(engine_err)
     }

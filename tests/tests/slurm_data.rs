@@ -181,15 +181,32 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     ];
     let url = format!("s3://{BUCKET}/{prefix}");
     let add = p.expflow_with_env(
-        &["--workspace", ".expflow", "remote", "add", "team", &url, "--endpoint", &endpoint],
+        &[
+            "--workspace",
+            ".expflow",
+            "remote",
+            "add",
+            "team",
+            &url,
+            "--endpoint",
+            &endpoint,
+        ],
         &envs,
     );
-    assert!(add.status.success(), "{}", String::from_utf8_lossy(&add.stderr));
+    assert!(
+        add.status.success(),
+        "{}",
+        String::from_utf8_lossy(&add.stderr)
+    );
 
     // Without a remote the mode cannot work: an error saying what to add.
     let no_remote = p.run_with_env("objects.yaml", &[], &envs);
     assert_eq!(no_remote.code, 2, "{}", no_remote.stderr);
-    assert!(no_remote.stderr.contains("--remote NAME"), "{}", no_remote.stderr);
+    assert!(
+        no_remote.stderr.contains("--remote NAME"),
+        "{}",
+        no_remote.stderr
+    );
 
     let r = p.run_with_env("objects.yaml", &["--remote", "team"], &envs);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -209,7 +226,10 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     for s in &scripts {
         let text = std::fs::read_to_string(s).unwrap();
         assert!(!text.contains(&project_dir), "{}:\n{text}", s.display());
-        assert!(text.contains("--remote-url") && text.contains("--output=/dev/null"), "{text}");
+        assert!(
+            text.contains("--remote-url") && text.contains("--output=/dev/null"),
+            "{text}"
+        );
     }
     let tasks = s3_keys(&endpoint, &format!("{prefix}/jobs/{run}/tasks/"));
     let results = s3_keys(&endpoint, &format!("{prefix}/jobs/{run}/results/"));
@@ -229,8 +249,14 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     assert_eq!(outs.len(), 3, "{outs:?}");
     let remote_blobs = s3_keys(&endpoint, &format!("{prefix}/blobs/"));
     for (node, d) in &outs {
-        assert!(has_blob(&worker_ws, d), "{node}: {d} not in the job workspace");
-        assert!(has_blob(&p.path(".expflow"), d), "{node}: {d} not downloaded");
+        assert!(
+            has_blob(&worker_ws, d),
+            "{node}: {d} not in the job workspace"
+        );
+        assert!(
+            has_blob(&p.path(".expflow"), d),
+            "{node}: {d} not downloaded"
+        );
         assert!(
             remote_blobs.iter().any(|k| k.ends_with(d.as_str())),
             "{node}: {d} not on the remote"
@@ -241,7 +267,11 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     assert!(
         files_under(&p.path(&format!(".expflow/runs/{run}/logs")))
             .iter()
-            .all(|f| !f.file_name().unwrap().to_string_lossy().starts_with("slurm-")),
+            .all(|f| !f
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("slurm-")),
         "no job log in the submitting workspace"
     );
 
@@ -267,7 +297,11 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     assert!(
         files_under(&p.path(&format!(".expflow/runs/{run2}/logs")))
             .iter()
-            .any(|f| f.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
+            .any(|f| f
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("slurm-"))
     );
 }
 
@@ -339,7 +373,12 @@ fn the_expstar_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
     let r = data_stage_on_slurm(
         setup,
         "expstar.yaml",
-        &["llamafactory_sft", "llamafactory_dpo", "eval_rows", "retrieved"],
+        &[
+            "llamafactory_sft",
+            "llamafactory_dpo",
+            "eval_rows",
+            "retrieved",
+        ],
     );
     let executed = r.executed();
     for node in ["scan", "clips", "rag", "dpo", "kb_index", "hits"] {
@@ -355,20 +394,20 @@ fn the_macbench_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
     }
     let setup = |p: &Project| {
         std::fs::copy(pipelines().join("macbench.yaml"), p.path("macbench.yaml")).unwrap();
-        copy_dir(
-            &pipelines().join("data/macbench"),
-            &p.path("data/macbench"),
-        );
+        copy_dir(&pipelines().join("data/macbench"), &p.path("data/macbench"));
     };
     // Loading, splits, recombination, option permutation, templates, the LLaMA-Factory
     // dataset (with its images) and the answer keys; no model.
-    let r = data_stage_on_slurm(
-        setup,
-        "macbench.yaml",
-        &["dataset", "key_i2t", "key_t2i"],
-    );
+    let r = data_stage_on_slurm(setup, "macbench.yaml", &["dataset", "key_i2t", "key_t2i"]);
     let executed = r.executed();
-    for node in ["i2t", "split", "permuted", "train_all", "dataset", "key_t2i"] {
+    for node in [
+        "i2t",
+        "split",
+        "permuted",
+        "train_all",
+        "dataset",
+        "key_t2i",
+    ] {
         assert!(executed.iter().any(|n| n == node), "{node}: {executed:?}");
     }
     assert!(!executed.iter().any(|n| n == "base" || n == "sft"));

@@ -33,7 +33,11 @@ fn keygen(path: &Path) {
         .arg(path)
         .output()
         .expect("ssh-keygen");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Starts sshd with `SLURM_CONF` set for its sessions (a login node's Slurm).
@@ -149,11 +153,15 @@ fn slurm_commands_go_over_one_ssh_connection_to_the_login_node() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(summary["executed"].as_array().unwrap().len(), 2, "{summary}");
+    assert_eq!(
+        summary["executed"].as_array().unwrap().len(),
+        2,
+        "{summary}"
+    );
     assert_eq!(p.read("out/b.txt"), "one\none\n");
     let run = summary["run_id"].as_str().unwrap();
-    let jobs = std::fs::read_to_string(p.path(&format!(".expflow/runs/{run}/jobs/jobs.tsv")))
-        .unwrap();
+    let jobs =
+        std::fs::read_to_string(p.path(&format!(".expflow/runs/{run}/jobs/jobs.tsv"))).unwrap();
     assert_eq!(jobs.lines().count(), 2, "{jobs}");
     // Two sbatch calls, an `sbatch --version`, and status polls: one authentication, the
     // rest multiplexed over the master connection.

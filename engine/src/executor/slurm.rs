@@ -171,10 +171,7 @@ impl Slurm {
             Some(obj) => {
                 l.push(format!("ws=\"{}\"", obj.workspace));
                 l.push("mkdir -p \"$ws/logs\"".into());
-                l.push(format!(
-                    "exec >>\"$ws/logs/{}\" 2>&1",
-                    object_log_name()
-                ));
+                l.push(format!("exec >>\"$ws/logs/{}\" 2>&1", object_log_name()));
                 l.extend(self.s.setup.iter().cloned());
                 let tasks: Vec<String> = req.tasks.iter().map(|t| quote(t)).collect();
                 l.push(format!("tasks=({})", tasks.join(" ")));

@@ -145,9 +145,12 @@ fn exchange_and_execute(
             (*d, dir)
         })
         .collect();
-    let got = x
-        .download(&cas, &inputs)
-        .map_err(|e| format!("cannot download the inputs from remote {}: {e}", x.locator().name))?;
+    let got = x.download(&cas, &inputs).map_err(|e| {
+        format!(
+            "cannot download the inputs from remote {}: {e}",
+            x.locator().name
+        )
+    })?;
     tracing::info!(blobs = got.blobs, bytes = got.bytes, "inputs downloaded");
     let mut r = execute(task, registry)?;
     let log_path = task
@@ -165,9 +168,12 @@ fn exchange_and_execute(
         up.extend(f.items.iter().map(|d| (*d, false)));
     }
     up.extend(r.memos.iter().map(|(_, b)| (*b, false)));
-    let sent = x
-        .upload(&cas, &up)
-        .map_err(|e| format!("cannot upload the outputs to remote {}: {e}", x.locator().name))?;
+    let sent = x.upload(&cas, &up).map_err(|e| {
+        format!(
+            "cannot upload the outputs to remote {}: {e}",
+            x.locator().name
+        )
+    })?;
     tracing::info!(blobs = sent.blobs, bytes = sent.bytes, "outputs uploaded");
     Ok(r)
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use crate::executor::config::DataMode;
 use crate::executor::{self, Executor, JobRequest, JobState, ObjectJob, Settings, task};
-use crate::shared::SharedCache;
 use crate::node::safe_name;
+use crate::shared::SharedCache;
 
 use super::*;
 
@@ -305,7 +305,12 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 // into this one.
                 workspace: PathBuf::new(),
                 pipeline: self.p.name.clone(),
-                pipeline_file: self.p.file.file_name().map(PathBuf::from).unwrap_or_default(),
+                pipeline_file: self
+                    .p
+                    .file
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
                 run_id: self.remote.run_id.clone(),
                 node: node.name.clone(),
                 key: material.key(),
@@ -316,8 +321,8 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 result: PathBuf::from(&result_obj),
             };
             let sent = x.upload(&self.env.cas, &inputs).and_then(|got| {
-                let bytes = serde_json::to_vec_pretty(&t)
-                    .map_err(|e| EngineError::Other(e.to_string()))?;
+                let bytes =
+                    serde_json::to_vec_pretty(&t).map_err(|e| EngineError::Other(e.to_string()))?;
                 t.write(&tasks_dir.join(format!("{stem}.json")))?;
                 x.put_object(&task_obj, bytes)?;
                 Ok(got)
@@ -494,7 +499,10 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let listed: std::collections::HashSet<String> = match x.list_objects(&prefix) {
             Ok(l) => l.into_iter().collect(),
             Err(e) => {
-                tracing::warn!("remote {}: cannot list the run's results: {e}", shared.name());
+                tracing::warn!(
+                    "remote {}: cannot list the run's results: {e}",
+                    shared.name()
+                );
                 return;
             }
         };
@@ -509,7 +517,9 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     Err(e) => done.push((
                         job.clone(),
                         task::TaskResult {
-                            error: Some(format!("job {job} wrote an unreadable result {path}: {e}")),
+                            error: Some(format!(
+                                "job {job} wrote an unreadable result {path}: {e}"
+                            )),
                             ..Default::default()
                         },
                     )),
