@@ -391,6 +391,68 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::Resources;
+
+    /// The object data mode's script, run by bash as Slurm would run array element 1 (with
+    /// `echo` as the worker): it picks its task, logs into the job's workspace, and names
+    /// nothing of the submitting workspace.
+    #[test]
+    fn an_object_mode_script_runs_its_element_in_its_own_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let slurm = Slurm {
+            s: SlurmSettings {
+                setup: vec!["echo setup-ran".into()],
+                ..SlurmSettings::default()
+            },
+            worker: "/bin/echo".into(),
+            max_array: OnceLock::new(),
+            no_accounting: AtomicBool::new(false),
+        };
+        let req = JobRequest {
+            name: "run1".into(),
+            tasks: vec![
+                "jobs/run1/tasks/a.1.b1.json".into(),
+                "jobs/run1/tasks/b c.1.b1.json".into(),
+            ],
+            resources: Resources::default(),
+            time_min: None,
+            jobs_dir: "/submit/ws/runs/run1/jobs".into(),
+            log_dir: "/submit/ws/runs/run1/logs".into(),
+            batch: 1,
+            object: Some(super::super::ObjectJob {
+                worker_args: vec!["--remote-url".into(), "s3://b/p x".into()],
+                workspace: format!("{}/$JOBDIR", dir.path().display()),
+            }),
+        };
+        let script = slurm.script(&req, Path::new("/submit/ws/runs/run1/jobs/batch-1.tasks"));
+        assert!(!script.contains("/submit/ws"), "{script}");
+        assert!(script.contains("#SBATCH --output=/dev/null"), "{script}");
+        assert!(script.contains("#SBATCH --array=0-1"), "{script}");
+        let file = dir.path().join("job.sh");
+        std::fs::write(&file, &script).unwrap();
+        let out = Command::new("bash")
+            .arg(&file)
+            .env("JOBDIR", "w")
+            .env("SLURM_JOB_ID", "8")
+            .env("SLURM_ARRAY_JOB_ID", "7")
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string(dir.path().join("w/logs/slurm-7_1.out")).unwrap();
+        let ws = dir.path().join("w");
+        assert_eq!(
+            log,
+            format!(
+                "setup-ran\nworker --remote-url s3://b/p x --workspace {} jobs/run1/tasks/b c.1.b1.json\n",
+                ws.display()
+            )
+        );
+    }
 
     #[test]
     fn states_of_jobs_and_array_elements() {
