@@ -281,8 +281,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let shared = self.remote.object.clone().expect("the object data mode");
         let x = shared.exchange().expect("checked when the run started");
         let loc = x.locator();
-        let mut files = Vec::new();
-        let mut failed: Option<String> = None;
+        let mut prepared = Vec::new();
         for &(i, attempt, _) in chunk {
             let node = &self.p.nodes[i];
             let material = self.material[i]
@@ -290,7 +289,6 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 .expect("material is computed before a node runs");
             let stem = format!("{}.{attempt}.b{batch}", safe_name(&node.name));
             let prefix = format!("jobs/{}", self.remote.run_id);
-            let task_obj = format!("{prefix}/tasks/{stem}.json");
             let result_obj = format!("{prefix}/results/{stem}.json");
             let inputs: Vec<(Digest, bool)> = material
                 .inputs
@@ -320,33 +318,45 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 attempt,
                 result: PathBuf::from(&result_obj),
             };
-            let sent = x.upload(&self.env.cas, &inputs).and_then(|got| {
-                let bytes =
-                    serde_json::to_vec_pretty(&t).map_err(|e| EngineError::Other(e.to_string()))?;
-                t.write(&tasks_dir.join(format!("{stem}.json")))?;
-                x.put_object(&task_obj, bytes)?;
-                Ok(got)
-            });
-            match sent {
-                Ok(got) => {
-                    tracing::info!(
-                        node = %node.name,
-                        blobs = got.blobs,
-                        bytes = got.bytes,
-                        "inputs uploaded to remote {}",
-                        loc.name
-                    );
-                    files.push((PathBuf::from(task_obj), PathBuf::from(result_obj)));
-                }
-                Err(e) => {
-                    failed = Some(format!(
-                        "cannot hand {} to its job through remote {}: {e}",
-                        node.name, loc.name
-                    ));
-                    break;
-                }
-            }
+            prepared.push((
+                stem.clone(),
+                format!("{prefix}/tasks/{stem}.json"),
+                inputs,
+                t,
+            ));
         }
+        // Each task's inputs and the task itself, several tasks at once (a job array of
+        // small nodes is bound by requests, not bytes).
+        let cas = &self.env.cas;
+        let hand =
+            |(stem, task_obj, inputs, t): &(String, String, Vec<(Digest, bool)>, task::Task)| {
+                let got = x.upload(cas, inputs)?;
+                let bytes =
+                    serde_json::to_vec_pretty(t).map_err(|e| EngineError::Other(e.to_string()))?;
+                t.write(&tasks_dir.join(format!("{stem}.json")))?;
+                x.put_object(task_obj, bytes)?;
+                tracing::info!(
+                    node = %t.node,
+                    blobs = got.blobs,
+                    bytes = got.bytes,
+                    "inputs uploaded to remote {}",
+                    loc.name
+                );
+                Ok::<_, EngineError>(())
+            };
+        let sent: Vec<Result<()>> = parallel(&prepared, 8, hand);
+        let failed = prepared.iter().zip(&sent).find_map(|(p, r)| {
+            r.as_ref().err().map(|e| {
+                format!(
+                    "cannot hand {} to its job through remote {}: {e}",
+                    p.3.node, loc.name
+                )
+            })
+        });
+        let files: Vec<(PathBuf, PathBuf)> = prepared
+            .into_iter()
+            .map(|(_, task_obj, _, t)| (PathBuf::from(task_obj), t.result))
+            .collect();
         if let Some(msg) = failed {
             for &(i, attempt, _) in chunk {
                 self.finish(
@@ -506,26 +516,40 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 return;
             }
         };
-        for (job, a) in &self.remote.active {
-            let path = a.result.to_string_lossy();
-            if !listed.contains(path.as_ref()) {
-                continue;
-            }
-            match x.get_object(&path) {
-                Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
-                    Ok(r) => done.push((job.clone(), r)),
-                    Err(e) => done.push((
-                        job.clone(),
-                        task::TaskResult {
-                            error: Some(format!(
-                                "job {job} wrote an unreadable result {path}: {e}"
-                            )),
-                            ..Default::default()
-                        },
-                    )),
+        let ready: Vec<(String, String)> = self
+            .remote
+            .active
+            .iter()
+            .map(|(job, a)| (job.clone(), a.result.to_string_lossy().into_owned()))
+            .filter(|(_, path)| listed.contains(path))
+            .collect();
+        // Several at once: the result, then the blobs it names (downloaded here so that
+        // committing, one job after another, finds them local; it checks them again).
+        let cas = &self.env.cas;
+        let read = parallel(&ready, 8, |(job, path)| match x.get_object(path) {
+            Ok(Some(bytes)) => Some(match serde_json::from_slice::<task::TaskResult>(&bytes) {
+                Ok(r) => {
+                    if r.error.is_none()
+                        && let Err(e) = x.download(cas, &job_artifacts(&r))
+                    {
+                        tracing::warn!("job {job}: {e}");
+                    }
+                    r
+                }
+                Err(e) => task::TaskResult {
+                    error: Some(format!("job {job} wrote an unreadable result {path}: {e}")),
+                    ..Default::default()
                 },
-                Ok(None) => {}
-                Err(e) => tracing::warn!("remote {}: cannot read {path}: {e}", shared.name()),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("remote {}: cannot read {path}: {e}", shared.name());
+                None
+            }
+        });
+        for ((job, _), r) in ready.into_iter().zip(read) {
+            if let Some(r) = r {
+                done.push((job, r));
             }
         }
     }
@@ -541,13 +565,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         r: &task::TaskResult,
     ) -> std::result::Result<(), String> {
         let x = shared.exchange().expect("the object data mode");
-        let mut want: Vec<(Digest, bool)> = r.outputs.values().map(|o| (o.digest, o.dir)).collect();
-        want.extend(r.log.map(|d| (d, false)));
-        if let Some(f) = &r.facts {
-            want.extend(f.items.iter().map(|d| (*d, false)));
-        }
-        want.extend(r.memos.iter().map(|(_, b)| (*b, false)));
-        let got = x.download(&self.env.cas, &want).map_err(|e| {
+        let got = x.download(&self.env.cas, &job_artifacts(r)).map_err(|e| {
             format!(
                 "job {job} reported outputs that cannot be downloaded from remote {}: {e}",
                 shared.name()
@@ -749,6 +767,38 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             self.summary.skipped.push(self.p.nodes[i].name.clone());
         }
     }
+}
+
+/// Every blob a job's result names: outputs (directories whole), log, items, memo blobs.
+fn job_artifacts(r: &task::TaskResult) -> Vec<(Digest, bool)> {
+    let mut want: Vec<(Digest, bool)> = r.outputs.values().map(|o| (o.digest, o.dir)).collect();
+    want.extend(r.log.map(|d| (d, false)));
+    if let Some(f) = &r.facts {
+        want.extend(f.items.iter().map(|d| (*d, false)));
+    }
+    want.extend(r.memos.iter().map(|(_, b)| (*b, false)));
+    want
+}
+
+/// `f` over `items` on up to `threads` threads, results in order.
+fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || c.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker thread panicked"))
+            .collect()
+    })
 }
 
 fn append(path: &Path, text: &str) {
