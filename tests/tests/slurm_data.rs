@@ -288,6 +288,22 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     assert_eq!(again.code, 0, "{}", again.stderr);
     assert!(again.executed().is_empty(), "{:?}", again.executed());
 
+    // A node failing in its job fails with its log's tail, which came back in the result.
+    p.write(
+        "bad.yaml",
+        "pipeline: bad\nnodes:\n  bad:\n    op: command\n    out: {o: file}\n    params: {run: \"echo boom-4711 >&2; exit 3\"}\n",
+    );
+    let bad = p.run_with_env("bad.yaml", &["--remote", "team"], &envs);
+    assert_eq!(bad.code, 1, "{}", bad.stderr);
+    let err: String = bad
+        .events
+        .iter()
+        .filter(|e| e["event"] == "node_failed")
+        .map(|e| e["error"].to_string())
+        .collect();
+    assert!(err.contains("boom-4711"), "{err}");
+    assert_eq!(bad.summary["failed"], serde_json::json!(["bad"]));
+
     // `--data shared` wins over the config: the job then writes into this workspace.
     p.write("data.txt", "gamma\n");
     let shared = p.run_with_env("objects.yaml", &["--data", "shared"], &envs);
