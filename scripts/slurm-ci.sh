@@ -6,6 +6,8 @@
 #   scripts/slurm-ci.sh stop DIR    # stops them by their pid files
 #
 # After `start`, `export SLURM_CONF=DIR/etc/slurm.conf` points Slurm's commands at it.
+# SLURM_CI_PORT=N moves the four ports it listens on (MariaDB N, slurmctld N+1, slurmd N+2,
+# slurmdbd N+3; default 3307 with Slurm's own defaults), so that two can run on one machine.
 # Recipe 1 of ../shared/specs/distributed.md. No systemd: every daemon is started by hand.
 set -euo pipefail
 
@@ -26,15 +28,13 @@ stop() {
     kill "$(cat "$D/mysql-run/mariadb.pid")" 2>/dev/null || true
     rm -f "$D/mysql-run/mariadb.pid"
   fi
-  if [ -f "$D/run/munged.pid" ]; then
-    kill "$(cat "$D/run/munged.pid")" 2>/dev/null || true
-    rm -f "$D/run/munged.pid"
-  fi
+  # munged is left running: its socket (/run/munge) is the machine's, and other Slurm
+  # instances on this machine (another DIR) authenticate through it too.
 }
 
 wait_for() { # seconds, command...
-  local n=$(( $1 * 10 )); shift
-  for _ in $(seq "$n"); do
+  local end=$(( $(date +%s) + $1 )); shift
+  while [ "$(date +%s)" -lt "$end" ]; do
     if timeout 5 "$@" >/dev/null 2>&1; then return 0; fi
     sleep 0.1
   done
@@ -59,15 +59,26 @@ mkdir -p "$D"/{etc,run,log,spool/slurmd,spool/ctld,mysql-run}
 cpus="$(nproc)"
 # At least 16 CPUs for Slurm (config_overrides): a 20-point array drains in one wave.
 slots=$(( cpus > 16 ? cpus : 16 ))
+port="${SLURM_CI_PORT:-}"
+db_port="${port:-3307}"
+ports_conf=""
+dbd_port_conf=""
+if [ -n "$port" ]; then
+  ports_conf="SlurmctldPort=$(( port + 1 ))
+SlurmdPort=$(( port + 2 ))
+AccountingStoragePort=$(( port + 3 ))"
+  dbd_port_conf="DbdPort=$(( port + 3 ))"
+fi
 
-# munge (slurmdbd authenticates with it); the key comes from the package.
+# munge (slurmdbd authenticates with it); the key comes from the package. Its socket is
+# the machine's, shared by every Slurm instance here, so it is started when none answers and
+# never stopped by this script.
 mkdir -p /run/munge && chown munge:munge /run/munge
 # A socket left by a munged that no longer runs (a machine image, a killed session) answers
 # nothing: check that munge works rather than that its socket exists.
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock /run/munge/munged.pid
   runuser -u munge -- /usr/sbin/munged --pid-file=/run/munge/munged.pid
-  cp /run/munge/munged.pid "$D/run/munged.pid" 2>/dev/null || true
   wait_for 10 sh -c 'munge -n | unmunge'
 fi
 
@@ -77,7 +88,7 @@ if [ ! -d "$D/mysql/mysql" ]; then
   mariadb-install-db --user=mysql --datadir="$D/mysql" >"$D/log/mariadb-install.log" 2>&1
 fi
 setsid mariadbd --user=mysql --datadir="$D/mysql" --socket="$D/mysql-run/mysql.sock" \
-  --port=3307 --bind-address=127.0.0.1 --pid-file="$D/mysql-run/mariadb.pid" \
+  --port="$db_port" --bind-address=127.0.0.1 --pid-file="$D/mysql-run/mariadb.pid" \
   --skip-log-error >"$D/log/mariadb.log" 2>&1 </dev/null &
 wait_for 30 mariadb --socket="$D/mysql-run/mysql.sock" -uroot -e 'select 1'
 mariadb --socket="$D/mysql-run/mysql.sock" -uroot <<'SQL'
@@ -98,7 +109,8 @@ DbdHost=localhost
 SlurmUser=root
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort=3307
+StoragePort=$db_port
+$dbd_port_conf
 StorageUser=slurm
 StoragePass=ci-slurm
 StorageLoc=slurm_acct_db
@@ -131,6 +143,7 @@ DefMemPerCPU=100
 GresTypes=gpu
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+$ports_conf
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/filetxt

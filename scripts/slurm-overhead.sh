@@ -2,6 +2,8 @@
 # Submit-to-record overhead of the Slurm executor: a chain of N trivial nodes (one job
 # each, submitted one after another) and a matrix of M trivial points (one job array), each
 # run on Slurm and locally. Needs a running Slurm (scripts/slurm-ci.sh) and a built expflow.
+# With S3_ENDPOINT (an S3 server with a bucket `expflow-bench`, AWS_* credentials set), the
+# object data mode too (`--data object`, jobs in their own workspace under the temp dir).
 #   scripts/slurm-overhead.sh [EXPFLOW] [N] [M]
 set -euo pipefail
 bin="${1:-target/debug/expflow}"; bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
@@ -29,3 +31,14 @@ for ex in local slurm; do
     echo "$ex $p: $count nodes in $t s ($(echo "scale=3; $t / $count" | bc) s per node)"
   done
 done
+if [ -n "${S3_ENDPOINT:-}" ]; then
+  export EXPFLOW_CONFIG_DIR="$d/config"
+  for p in chain fan; do
+    rm -rf .expflow "$d/worker"; mkdir -p .expflow
+    printf 'slurm:\n  poll_interval_s: %s\n  worker_workspace: %s\n' "${POLL:-1}" "$d/worker" > .expflow/config.yaml
+    "$bin" --workspace .expflow remote add bench "s3://expflow-bench/overhead-$$-$p" --endpoint "$S3_ENDPOINT" >/dev/null
+    t=$(secs "$bin" run "$p.yaml" --executor slurm --data object --remote bench)
+    count=$([ "$p" = chain ] && echo "$n" || echo "$m")
+    echo "slurm (object data) $p: $count nodes in $t s ($(echo "scale=3; $t / $count" | bc) s per node)"
+  done
+fi

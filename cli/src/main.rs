@@ -119,6 +119,11 @@ enum Command {
         /// (settings in .expflow/config.yaml or ~/.config/expflow/config.yaml).
         #[arg(long, value_name = "NAME")]
         executor: Option<String>,
+        /// How cluster jobs reach the data: `shared` (the workspace is on a file system the
+        /// compute nodes share) or `object` (through the `--remote` cache; no shared file
+        /// system). Default: `slurm.data` in the config, else `shared`.
+        #[arg(long, value_name = "MODE")]
+        data: Option<String>,
     },
     /// Show what a run would do, and why, without running anything.
     Plan {
@@ -321,8 +326,17 @@ enum Command {
     /// Run one task file inside a cluster job (written by `run --executor slurm`).
     #[command(hide = true)]
     Worker {
-        /// The task file (`.expflow/runs/RUN/tasks/NODE.ATTEMPT.json`).
+        /// The task file (`.expflow/runs/RUN/tasks/NODE.ATTEMPT.json`), or in the object
+        /// data mode the task's object path on the remote (`jobs/RUN/tasks/…`).
         task: PathBuf,
+        /// The object data mode: the remote the task, inputs and outputs travel through
+        /// (`--workspace` is then the job's own workspace).
+        #[arg(long, value_name = "NAME", requires = "remote_url")]
+        remote_name: Option<String>,
+        #[arg(long, value_name = "URL", requires = "remote_name")]
+        remote_url: Option<String>,
+        #[arg(long, value_name = "URL", requires = "remote_url")]
+        remote_endpoint: Option<String>,
     },
 }
 
@@ -449,6 +463,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             force_outputs,
             remote,
             executor,
+            data,
         } => run(
             &ws_arg,
             &p,
@@ -460,6 +475,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
                 force_outputs,
                 remote,
                 executor,
+                data,
             },
         ),
         Command::Plan { p, target, json } => {
@@ -578,7 +594,24 @@ fn dispatch(cli: Cli) -> Result<u8> {
         Command::Db {
             command: DbCommand::Rebuild,
         } => maint::rebuild(&ws_arg),
-        Command::Worker { task } => worker::run(&task, &registry()),
+        Command::Worker {
+            task,
+            remote_name,
+            remote_url,
+            remote_endpoint,
+        } => match (remote_name, remote_url) {
+            (Some(name), Some(url)) => worker::run_object(
+                &task,
+                expflow_remote::RemoteSpec {
+                    name,
+                    url,
+                    endpoint: remote_endpoint,
+                },
+                ws_arg.as_deref(),
+                &registry(),
+            ),
+            _ => worker::run(&task, &registry()),
+        },
     }
 }
 
@@ -591,6 +624,7 @@ struct RunFlags {
     force_outputs: bool,
     remote: Option<String>,
     executor: Option<String>,
+    data: Option<String>,
 }
 
 fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8> {
@@ -602,6 +636,7 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         force_outputs,
         remote,
         executor,
+        data,
     } = flags;
     let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
@@ -627,6 +662,9 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         );
         opts.jobs = j;
         opts.cpus = opts.cpus.max(j as u32);
+    }
+    if let Some(mode) = &data {
+        opts.executors.slurm.data = expflow_engine::executor::config::DataMode::parse(mode)?;
     }
     if let Some(name) = &remote {
         opts.shared = Some(remote::shared(ws.root(), name)?);

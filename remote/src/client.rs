@@ -19,6 +19,8 @@ pub(crate) const CONCURRENCY: usize = 16;
 /// An open remote.
 pub struct Remote {
     pub(crate) name: String,
+    /// What it was opened from (jobs of the object data mode open it the same way).
+    pub(crate) spec: RemoteSpec,
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) trust: Trust,
     rt: Option<tokio::runtime::Runtime>,
@@ -79,6 +81,7 @@ impl Remote {
             .map_err(|e| RemoteError::io("cannot start the runtime for remote", &spec.name, e))?;
         Ok(Remote {
             name: spec.name.clone(),
+            spec: spec.clone(),
             store,
             trust,
             rt: Some(rt),

@@ -77,27 +77,29 @@ impl Remote {
             .filter(|o| o.dir)
             .map(|o| o.digest)
             .collect();
-        self.download(cas, manifests.iter().copied(), rec, &mut got)?;
+        self.download(cas, manifests.iter().copied(), &rec.node, &mut got)?;
         let mut wanted: BTreeSet<Digest> = rec.blob_refs().into_iter().map(|(_, d, _)| d).collect();
         for m in &manifests {
             wanted.extend(cas.read_manifest(m)?.entries.iter().map(|e| e.digest));
         }
-        self.download(cas, wanted.into_iter(), rec, &mut got)?;
+        self.download(cas, wanted.into_iter(), &rec.node, &mut got)?;
         Ok(got)
     }
 
-    fn download(
+    /// Downloads the blobs `digests` that `cas` lacks; `node` names whose they are in
+    /// messages.
+    pub(crate) fn download(
         &self,
         cas: &Cas,
         digests: impl Iterator<Item = Digest>,
-        rec: &Record,
+        node: &str,
         got: &mut Fetched,
     ) -> Result<()> {
         let todo: Vec<Digest> = digests.filter(|d| !cas.contains(d)).collect();
         if todo.is_empty() {
             return Ok(());
         }
-        let (ctx, cas2, node) = (self.ctx(), cas.clone(), rec.node.clone());
+        let (ctx, cas2, node) = (self.ctx(), cas.clone(), node.to_string());
         let bytes = self.block(async move {
             futures::stream::iter(todo)
                 .map(|d| {
@@ -239,5 +241,9 @@ impl SharedCache for Remote {
 
     fn fetch(&self, rec: &Record, cas: &Cas) -> expflow_engine::Result<Fetched> {
         Remote::fetch(self, rec, cas).map_err(|e| expflow_engine::EngineError::Other(e.to_string()))
+    }
+
+    fn exchange(&self) -> Option<&dyn expflow_engine::shared::ObjectExchange> {
+        Some(self)
     }
 }

@@ -15,6 +15,7 @@
 mod client;
 mod config;
 mod error;
+mod exchange;
 mod fetch;
 mod keys;
 mod push;

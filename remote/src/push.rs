@@ -154,7 +154,7 @@ pub(crate) async fn exist(ctx: Ctx, digests: Vec<Digest>) -> Result<BTreeSet<Dig
 
 /// Uploads the local blob at `path`, checking on the way that its bytes hash to `d` (a
 /// damaged local blob is never published under its name).
-async fn upload(ctx: &Ctx, d: Digest, path: &std::path::Path) -> Result<()> {
+pub(crate) async fn upload(ctx: &Ctx, d: Digest, path: &std::path::Path) -> Result<()> {
     let damaged = |actual: Digest| {
         RemoteError::Cache(expflow_cache::CacheError::BlobCorrupt {
             digest: d,

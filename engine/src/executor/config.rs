@@ -55,6 +55,14 @@ pub struct SlurmSettings {
     /// Seconds to wait for a finished job's result file to become visible (shared file
     /// systems cache attributes).
     pub result_grace_s: f64,
+    /// How jobs reach the data: `shared` (the workspace is on a file system the compute
+    /// nodes share) or `object` (they fetch inputs from and push outputs to the run's
+    /// remote cache; `--data` on the command line wins).
+    pub data: DataMode,
+    /// In the `object` data mode: the job's own workspace on the compute node (the job's
+    /// shell expands it, so `$TMPDIR` or `/scratch/$USER/expflow` work). Default
+    /// `${TMPDIR:-/tmp}/expflow-worker`.
+    pub worker_workspace: Option<String>,
 }
 
 impl Default for SlurmSettings {
@@ -76,6 +84,8 @@ impl Default for SlurmSettings {
             ssh_options: Vec::new(),
             accounting: Accounting::Auto,
             result_grace_s: 60.0,
+            data: DataMode::Shared,
+            worker_workspace: None,
         }
     }
 }
@@ -85,6 +95,29 @@ impl Default for SlurmSettings {
 pub enum GpuFlag {
     Gres,
     Gpus,
+}
+
+/// How a cluster job reaches its inputs and where it leaves its outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataMode {
+    /// The workspace is on a file system the compute nodes share.
+    Shared,
+    /// Through the run's remote cache (object storage); no shared file system.
+    Object,
+}
+
+impl DataMode {
+    /// `--data NAME`.
+    pub fn parse(name: &str) -> Result<DataMode> {
+        match name {
+            "shared" => Ok(DataMode::Shared),
+            "object" => Ok(DataMode::Object),
+            other => Err(EngineError::Usage(format!(
+                "--data {other}: the data modes are `shared` (a file system the compute nodes share) and `object` (through the remote cache)"
+            ))),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
@@ -150,6 +183,13 @@ fn parse(v: &Value) -> std::result::Result<Settings, String> {
         return Err("slurm.poll_interval_s must be a positive number of seconds".into());
     }
     s.slurm.result_grace_s = s.slurm.result_grace_s.max(0.0);
+    if let Some(w) = &s.slurm.worker_workspace
+        && (w.is_empty() || w.contains(['"', '`', '\n']))
+    {
+        return Err(format!(
+            "slurm.worker_workspace {w:?}: write a directory path (`$VAR`s are expanded by the job's shell; quotes and backquotes are not allowed)"
+        ));
+    }
     Ok(s)
 }
 

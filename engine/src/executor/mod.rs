@@ -26,8 +26,9 @@ pub const NAMES: [&str; 2] = ["local", "slurm"];
 pub struct JobRequest {
     /// The job name: the run id (so one query finds all of a run's jobs).
     pub name: String,
-    /// Task files, in array-index order.
-    pub tasks: Vec<PathBuf>,
+    /// Task files (shared data mode) or task object paths on the remote (object data
+    /// mode), in array-index order.
+    pub tasks: Vec<String>,
     /// What each task needs (the same for every task of a batch).
     pub resources: Resources,
     /// Wall-clock limit in minutes, if the nodes declared one.
@@ -37,6 +38,19 @@ pub struct JobRequest {
     pub log_dir: PathBuf,
     /// A number for this batch, unique within the run (names its files).
     pub batch: u64,
+    /// Set in the object-storage data mode: the job shares no file system with the
+    /// submitting workspace.
+    pub object: Option<ObjectJob>,
+}
+
+/// How a job of the object-storage data mode runs its worker.
+#[derive(Clone, Debug)]
+pub struct ObjectJob {
+    /// Arguments for `expflow worker` before the task (the remote's locator, the job's
+    /// workspace).
+    pub worker_args: Vec<String>,
+    /// The job's own workspace on the compute node, as the job's shell expands it.
+    pub workspace: String,
 }
 
 /// A submitted task: its job id (`123`, or `123_4` for an array element) and its log.

@@ -46,6 +46,17 @@ impl Slurm {
 
     /// Runs a Slurm command (here, or over ssh) and returns its standard output.
     fn command(&self, prog: &str, args: &[String]) -> std::result::Result<String, String> {
+        self.command_with_input(prog, args, None)
+    }
+
+    /// [`Slurm::command`] with `input` on its standard input (a job script for `sbatch`,
+    /// which then need not be a file the login host can read).
+    fn command_with_input(
+        &self,
+        prog: &str,
+        args: &[String],
+        input: Option<&[u8]>,
+    ) -> std::result::Result<String, String> {
         let mut c = match &self.s.ssh {
             Some(host) => {
                 let mut c = Command::new("ssh");
@@ -63,9 +74,22 @@ impl Slurm {
                 c
             }
         };
-        let out = c
-            .output()
-            .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
+        let out = match input {
+            None => c.output(),
+            Some(bytes) => c
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut child| {
+                    use std::io::Write as _;
+                    let fed = child.stdin.take().map(|mut i| i.write_all(bytes));
+                    let out = child.wait_with_output()?;
+                    fed.transpose()?;
+                    Ok(out)
+                }),
+        }
+        .map_err(|e| format!("cannot run `{prog}`: {e}"))?;
         if !out.status.success() {
             return Err(format!(
                 "`{prog}` failed ({}): {}",
@@ -76,18 +100,23 @@ impl Slurm {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The job script of a batch.
+    /// The job script of a batch. In the shared data mode the job reads its task file's
+    /// path from `list`; in the object data mode the script holds the task object paths
+    /// and the job writes its log into its own workspace (Slurm cannot create the
+    /// directory of an `--output` file, and the submitting workspace is not there).
     pub fn script(&self, req: &JobRequest, list: &Path) -> String {
         let n = req.tasks.len();
         let mut l = vec!["#!/bin/bash".to_string()];
         let mut o = |s: String| l.push(format!("#SBATCH {s}"));
         o(format!("--job-name={}", req.name));
-        let log = if n > 1 {
-            req.log_dir.join("slurm-%A_%a.out")
+        let log = if req.object.is_some() {
+            "/dev/null".into()
+        } else if n > 1 {
+            req.log_dir.join("slurm-%A_%a.out").display().to_string()
         } else {
-            req.log_dir.join("slurm-%j.out")
+            req.log_dir.join("slurm-%j.out").display().to_string()
         };
-        o(format!("--output={}", log.display()));
+        o(format!("--output={log}"));
         o(format!("--cpus-per-task={}", req.resources.cpus.max(1)));
         if req.resources.mem_gb > 0.0 {
             o(format!(
@@ -130,12 +159,34 @@ impl Slurm {
             o(a.clone());
         }
         l.push("set -e".into());
-        l.extend(self.s.setup.iter().cloned());
+        let mut args = String::new();
+        match &req.object {
+            None => {
+                l.extend(self.s.setup.iter().cloned());
+                l.push(format!(
+                    "task=\"$(sed -n \"$(( ${{SLURM_ARRAY_TASK_ID:-0}} + 1 ))p\" {})\"",
+                    quote(&list.display().to_string())
+                ));
+            }
+            Some(obj) => {
+                l.push(format!("ws=\"{}\"", obj.workspace));
+                l.push("mkdir -p \"$ws/logs\"".into());
+                l.push(format!("exec >>\"$ws/logs/{}\" 2>&1", object_log_name()));
+                l.extend(self.s.setup.iter().cloned());
+                let tasks: Vec<String> = req.tasks.iter().map(|t| quote(t)).collect();
+                l.push(format!("tasks=({})", tasks.join(" ")));
+                l.push("task=\"${tasks[${SLURM_ARRAY_TASK_ID:-0}]}\"".into());
+                for a in &obj.worker_args {
+                    args.push(' ');
+                    args.push_str(&quote(a));
+                }
+                args.push_str(" --workspace \"$ws\"");
+            }
+        }
         l.push(format!(
-            "task=\"$(sed -n \"$(( ${{SLURM_ARRAY_TASK_ID:-0}} + 1 ))p\" {})\"",
-            quote(&list.display().to_string())
+            "exec {} worker{args} \"$task\"",
+            quote(&self.worker)
         ));
-        l.push(format!("exec {} worker \"$task\"", quote(&self.worker)));
         l.join("\n") + "\n"
     }
 
@@ -201,16 +252,17 @@ impl Executor for Slurm {
         std::fs::create_dir_all(&req.jobs_dir).map_err(|e| EngineError::io(&req.jobs_dir, e))?;
         std::fs::create_dir_all(&req.log_dir).map_err(|e| EngineError::io(&req.log_dir, e))?;
         let list = req.jobs_dir.join(format!("batch-{}.tasks", req.batch));
-        let lines: Vec<String> = req.tasks.iter().map(|t| t.display().to_string()).collect();
-        std::fs::write(&list, lines.join("\n") + "\n").map_err(|e| EngineError::io(&list, e))?;
+        if req.object.is_none() {
+            std::fs::write(&list, req.tasks.join("\n") + "\n")
+                .map_err(|e| EngineError::io(&list, e))?;
+        }
         let script = req.jobs_dir.join(format!("batch-{}.sh", req.batch));
-        std::fs::write(&script, self.script(req, &list))
-            .map_err(|e| EngineError::io(&script, e))?;
+        let text = self.script(req, &list);
+        std::fs::write(&script, &text).map_err(|e| EngineError::io(&script, e))?;
+        // The script goes on sbatch's standard input (a copy stays in the run's directory):
+        // over ssh the login host need not see this file.
         let out = self
-            .command(
-                "sbatch",
-                &["--parsable".into(), script.display().to_string()],
-            )
+            .command_with_input("sbatch", &["--parsable".into()], Some(text.as_bytes()))
             .map_err(|e| EngineError::Other(format!("cannot submit {}: {e}", script.display())))?;
         let id = out
             .trim()
@@ -225,16 +277,21 @@ impl Executor for Slurm {
                 out.trim()
             )));
         }
+        // In the object data mode the log is on the compute node, in the job's workspace.
+        let log_dir = match &req.object {
+            Some(obj) => Path::new(&obj.workspace).join("logs"),
+            None => req.log_dir.clone(),
+        };
         Ok(if req.tasks.len() == 1 {
             vec![Submitted {
-                log: req.log_dir.join(format!("slurm-{id}.out")),
+                log: log_dir.join(format!("slurm-{id}.out")),
                 job: id,
             }]
         } else {
             (0..req.tasks.len())
                 .map(|i| Submitted {
                     job: format!("{id}_{i}"),
-                    log: req.log_dir.join(format!("slurm-{id}_{i}.out")),
+                    log: log_dir.join(format!("slurm-{id}_{i}.out")),
                 })
                 .collect()
         })
@@ -255,6 +312,12 @@ impl Executor for Slurm {
             .map(drop)
             .map_err(EngineError::Other)
     }
+}
+
+/// The log file name a job of the object data mode writes (`slurm-JOB.out`, or
+/// `slurm-ARRAY_INDEX.out` for an array element), as the job's shell expands it.
+fn object_log_name() -> &'static str {
+    "slurm-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}.out"
 }
 
 /// `MaxArraySize` from `scontrol show config`: array indices go up to one less.
@@ -328,6 +391,68 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::Resources;
+
+    /// The object data mode's script, run by bash as Slurm would run array element 1 (with
+    /// `echo` as the worker): it picks its task, logs into the job's workspace, and names
+    /// nothing of the submitting workspace.
+    #[test]
+    fn an_object_mode_script_runs_its_element_in_its_own_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let slurm = Slurm {
+            s: SlurmSettings {
+                setup: vec!["echo setup-ran".into()],
+                ..SlurmSettings::default()
+            },
+            worker: "/bin/echo".into(),
+            max_array: OnceLock::new(),
+            no_accounting: AtomicBool::new(false),
+        };
+        let req = JobRequest {
+            name: "run1".into(),
+            tasks: vec![
+                "jobs/run1/tasks/a.1.b1.json".into(),
+                "jobs/run1/tasks/b c.1.b1.json".into(),
+            ],
+            resources: Resources::default(),
+            time_min: None,
+            jobs_dir: "/submit/ws/runs/run1/jobs".into(),
+            log_dir: "/submit/ws/runs/run1/logs".into(),
+            batch: 1,
+            object: Some(super::super::ObjectJob {
+                worker_args: vec!["--remote-url".into(), "s3://b/p x".into()],
+                workspace: format!("{}/$JOBDIR", dir.path().display()),
+            }),
+        };
+        let script = slurm.script(&req, Path::new("/submit/ws/runs/run1/jobs/batch-1.tasks"));
+        assert!(!script.contains("/submit/ws"), "{script}");
+        assert!(script.contains("#SBATCH --output=/dev/null"), "{script}");
+        assert!(script.contains("#SBATCH --array=0-1"), "{script}");
+        let file = dir.path().join("job.sh");
+        std::fs::write(&file, &script).unwrap();
+        let out = Command::new("bash")
+            .arg(&file)
+            .env("JOBDIR", "w")
+            .env("SLURM_JOB_ID", "8")
+            .env("SLURM_ARRAY_JOB_ID", "7")
+            .env("SLURM_ARRAY_TASK_ID", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = std::fs::read_to_string(dir.path().join("w/logs/slurm-7_1.out")).unwrap();
+        let ws = dir.path().join("w");
+        assert_eq!(
+            log,
+            format!(
+                "setup-ran\nworker --remote-url s3://b/p x --workspace {} jobs/run1/tasks/b c.1.b1.json\n",
+                ws.display()
+            )
+        );
+    }
 
     #[test]
     fn states_of_jobs_and_array_elements() {

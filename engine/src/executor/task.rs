@@ -16,6 +16,7 @@ use crate::error::{EngineError, Result};
 use crate::key::KeyMaterial;
 use crate::node::{self, Facts, NodeEnv};
 use crate::operator::{Registry, Resources};
+use crate::shared::ObjectExchange;
 
 /// One node execution, as a job reads it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -49,6 +50,10 @@ pub struct TaskResult {
     pub facts: Option<Facts>,
     /// Per-item memo entries the worker wrote (item key → blob).
     pub memos: Vec<(Digest, Digest)>,
+    /// The node log's blob, in the object data mode (the coordinator cannot read the
+    /// job's files there).
+    #[serde(default)]
+    pub log: Option<Digest>,
 }
 
 impl Task {
@@ -89,6 +94,88 @@ pub fn run_task(path: &Path, registry: &Registry) -> Result<bool> {
     let ok = result.error.is_none();
     write_json(&task.result, &result)?;
     Ok(ok)
+}
+
+/// Runs the task at `task_obj` on the remote `x` (the object data mode) in the job's own
+/// workspace `workspace`: downloads its inputs (each blob re-hashed), executes it, uploads
+/// its outputs, log and items, and writes its result object. `Ok(true)` when the node
+/// succeeded.
+pub fn run_object_task(
+    x: &dyn ObjectExchange,
+    task_obj: &str,
+    workspace: &Path,
+    registry: &Registry,
+) -> Result<bool> {
+    let name = x.locator().name;
+    let bytes = x.get_object(task_obj)?.ok_or_else(|| {
+        EngineError::Usage(format!(
+            "remote {name} has no task at {task_obj}; was the run's remote emptied?"
+        ))
+    })?;
+    let mut task: Task = serde_json::from_slice(&bytes).map_err(|e| {
+        EngineError::Usage(format!("remote {name}: {task_obj} is not a task file: {e}"))
+    })?;
+    std::fs::create_dir_all(workspace).map_err(|e| EngineError::io(workspace, e))?;
+    task.workspace = std::path::absolute(workspace).map_err(|e| EngineError::io(workspace, e))?;
+    let result = match exchange_and_execute(x, &task, registry) {
+        Ok(r) => r,
+        Err(msg) => TaskResult {
+            error: Some(msg),
+            ..TaskResult::default()
+        },
+    };
+    let ok = result.error.is_none();
+    let text = serde_json::to_vec_pretty(&result).map_err(|e| EngineError::Other(e.to_string()))?;
+    x.put_object(&task.result.to_string_lossy(), text)?;
+    Ok(ok)
+}
+
+fn exchange_and_execute(
+    x: &dyn ObjectExchange,
+    task: &Task,
+    registry: &Registry,
+) -> std::result::Result<TaskResult, String> {
+    let cas = Cas::open(&task.workspace.join("cas")).map_err(|e| e.to_string())?;
+    let m = &task.material;
+    let inputs: Vec<(Digest, bool)> = m
+        .inputs
+        .iter()
+        .map(|(port, d)| {
+            let dir = m.input_types.get(port).is_some_and(|t| t.is_dir());
+            (*d, dir)
+        })
+        .collect();
+    let got = x.download(&cas, &inputs).map_err(|e| {
+        format!(
+            "cannot download the inputs from remote {}: {e}",
+            x.locator().name
+        )
+    })?;
+    tracing::info!(blobs = got.blobs, bytes = got.bytes, "inputs downloaded");
+    let mut r = execute(task, registry)?;
+    let log_path = task
+        .workspace
+        .join("runs")
+        .join(&task.run_id)
+        .join("logs")
+        .join(format!("{}.log", crate::node::safe_name(&task.node)));
+    if std::fs::metadata(&log_path).is_ok_and(|m| m.len() > 0) {
+        r.log = Some(cas.put_file(&log_path).map_err(|e| e.to_string())?.0);
+    }
+    let mut up: Vec<(Digest, bool)> = r.outputs.values().map(|o| (o.digest, o.dir)).collect();
+    up.extend(r.log.map(|d| (d, false)));
+    if let Some(f) = &r.facts {
+        up.extend(f.items.iter().map(|d| (*d, false)));
+    }
+    up.extend(r.memos.iter().map(|(_, b)| (*b, false)));
+    let sent = x.upload(&cas, &up).map_err(|e| {
+        format!(
+            "cannot upload the outputs to remote {}: {e}",
+            x.locator().name
+        )
+    })?;
+    tracing::info!(blobs = sent.blobs, bytes = sent.bytes, "outputs uploaded");
+    Ok(r)
 }
 
 fn execute(task: &Task, registry: &Registry) -> std::result::Result<TaskResult, String> {
@@ -194,6 +281,7 @@ fn execute(task: &Task, registry: &Registry) -> std::result::Result<TaskResult, 
         notes: done.notes,
         facts: Some(done.facts),
         memos,
+        log: None,
     })
 }
 

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::executor::{self, Executor, JobRequest, JobState, Settings, task};
+use crate::executor::config::DataMode;
+use crate::executor::{self, Executor, JobRequest, JobState, ObjectJob, Settings, task};
 use crate::node::safe_name;
+use crate::shared::SharedCache;
 
 use super::*;
 
@@ -25,6 +27,8 @@ pub(super) struct Remote {
     last_poll: Option<Instant>,
     last_check: Option<Instant>,
     cancelled: bool,
+    /// The object data mode's remote (jobs share no file system with this workspace).
+    object: Option<Arc<dyn SharedCache>>,
 }
 
 /// (node, attempt, resubmits).
@@ -34,6 +38,7 @@ struct Active {
     idx: usize,
     attempt: u32,
     exec: &'static str,
+    /// The result file (shared data mode) or result object path (object data mode).
     result: PathBuf,
     log: PathBuf,
     resubmits: u32,
@@ -89,9 +94,27 @@ impl Remote {
                 executors.insert(of[i], e);
             }
         }
+        let data = opts.executors.slurm.data;
+        let object = match (&opts.shared, data) {
+            (_, DataMode::Shared) => None,
+            _ if executors.is_empty() => None,
+            (Some(shared), DataMode::Object) if shared.exchange().is_some() => Some(shared.clone()),
+            (Some(shared), DataMode::Object) => {
+                return Err(EngineError::Usage(format!(
+                    "the object data mode moves data through the remote cache, but remote {} cannot serve cluster jobs",
+                    shared.name()
+                )));
+            }
+            (None, DataMode::Object) => {
+                return Err(EngineError::Usage(
+                    "the object data mode (`--data object`, or `slurm.data: object` in the config) moves data through a remote cache: run with `--remote NAME` (see `expflow remote add`)".into(),
+                ));
+            }
+        };
         Ok(Remote {
             of,
             executors,
+            object,
             settings: opts.executors.clone(),
             ws_root: ws.root().to_path_buf(),
             run_id: run_id.to_string(),
@@ -197,6 +220,11 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         tasks_dir: &Path,
         tx: &mpsc::UnboundedSender<Finished>,
     ) -> Result<()> {
+        self.remote.batch += 1;
+        let batch = self.remote.batch;
+        if self.remote.object.is_some() {
+            return self.submit_object_chunk(exec, exec_name, chunk, tasks_dir, batch, tx);
+        }
         let mut files = Vec::new();
         for &(i, attempt, _) in chunk {
             let node = &self.p.nodes[i];
@@ -225,16 +253,166 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             files.push((file, result));
         }
         let first = &self.p.nodes[chunk[0].0];
-        self.remote.batch += 1;
         let req = JobRequest {
             name: self.remote.run_id.clone(),
-            tasks: files.iter().map(|(f, _)| f.clone()).collect(),
+            tasks: files.iter().map(|(f, _)| f.display().to_string()).collect(),
             resources: first.resources,
             time_min: first.time_min,
             jobs_dir: self.remote.run_dir().join("jobs"),
             log_dir: self.remote.run_dir().join("logs"),
-            batch: self.remote.batch,
+            batch,
+            object: None,
         };
+        self.submitted(exec, exec_name, chunk, req, files, tx)
+    }
+
+    /// The object data mode: each task's inputs are uploaded to the remote (what it lacks),
+    /// the task goes there too, and the job script names the task objects; the job's
+    /// workspace is its own.
+    fn submit_object_chunk(
+        &mut self,
+        exec: &Arc<dyn Executor>,
+        exec_name: &'static str,
+        chunk: &[Queued],
+        tasks_dir: &Path,
+        batch: u64,
+        tx: &mpsc::UnboundedSender<Finished>,
+    ) -> Result<()> {
+        let shared = self.remote.object.clone().expect("the object data mode");
+        let x = shared.exchange().expect("checked when the run started");
+        let loc = x.locator();
+        let mut prepared = Vec::new();
+        for &(i, attempt, _) in chunk {
+            let node = &self.p.nodes[i];
+            let material = self.material[i]
+                .clone()
+                .expect("material is computed before a node runs");
+            let stem = format!("{}.{attempt}.b{batch}", safe_name(&node.name));
+            let prefix = format!("jobs/{}", self.remote.run_id);
+            let result_obj = format!("{prefix}/results/{stem}.json");
+            let inputs: Vec<(Digest, bool)> = material
+                .inputs
+                .iter()
+                .map(|(port, d)| {
+                    let dir = material.input_types.get(port).is_some_and(|t| t.is_dir());
+                    (*d, dir)
+                })
+                .collect();
+            let t = task::Task {
+                // The job's own workspace, which it names itself: nothing here points
+                // into this one.
+                workspace: PathBuf::new(),
+                pipeline: self.p.name.clone(),
+                pipeline_file: self
+                    .p
+                    .file
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_default(),
+                run_id: self.remote.run_id.clone(),
+                node: node.name.clone(),
+                key: material.key(),
+                material,
+                gpus: node.resources.gpus,
+                secrets: self.p.secrets.clone(),
+                attempt,
+                result: PathBuf::from(&result_obj),
+            };
+            prepared.push((
+                stem.clone(),
+                format!("{prefix}/tasks/{stem}.json"),
+                inputs,
+                t,
+            ));
+        }
+        // Each task's inputs and the task itself, several tasks at once (a job array of
+        // small nodes is bound by requests, not bytes).
+        let cas = &self.env.cas;
+        let hand =
+            |(stem, task_obj, inputs, t): &(String, String, Vec<(Digest, bool)>, task::Task)| {
+                let got = x.upload(cas, inputs)?;
+                let bytes =
+                    serde_json::to_vec_pretty(t).map_err(|e| EngineError::Other(e.to_string()))?;
+                t.write(&tasks_dir.join(format!("{stem}.json")))?;
+                x.put_object(task_obj, bytes)?;
+                tracing::info!(
+                    node = %t.node,
+                    blobs = got.blobs,
+                    bytes = got.bytes,
+                    "inputs uploaded to remote {}",
+                    loc.name
+                );
+                Ok::<_, EngineError>(())
+            };
+        let sent: Vec<Result<()>> = parallel(&prepared, 8, hand);
+        let failed = prepared.iter().zip(&sent).find_map(|(p, r)| {
+            r.as_ref().err().map(|e| {
+                format!(
+                    "cannot hand {} to its job through remote {}: {e}",
+                    p.3.node, loc.name
+                )
+            })
+        });
+        let files: Vec<(PathBuf, PathBuf)> = prepared
+            .into_iter()
+            .map(|(_, task_obj, _, t)| (PathBuf::from(task_obj), t.result))
+            .collect();
+        if let Some(msg) = failed {
+            for &(i, attempt, _) in chunk {
+                self.finish(
+                    Finished {
+                        idx: i,
+                        attempt,
+                        result: Err(msg.clone()),
+                    },
+                    tx,
+                )?;
+            }
+            return Ok(());
+        }
+        let mut worker_args = vec![
+            "--remote-name".to_string(),
+            loc.name.clone(),
+            "--remote-url".into(),
+            loc.url.clone(),
+        ];
+        if let Some(ep) = &loc.endpoint {
+            worker_args.extend(["--remote-endpoint".to_string(), ep.clone()]);
+        }
+        let workspace = self
+            .remote
+            .settings
+            .slurm
+            .worker_workspace
+            .clone()
+            .unwrap_or_else(|| "${TMPDIR:-/tmp}/expflow-worker".into());
+        let first = &self.p.nodes[chunk[0].0];
+        let req = JobRequest {
+            name: self.remote.run_id.clone(),
+            tasks: files.iter().map(|(f, _)| f.display().to_string()).collect(),
+            resources: first.resources,
+            time_min: first.time_min,
+            jobs_dir: self.remote.run_dir().join("jobs"),
+            log_dir: self.remote.run_dir().join("logs"),
+            batch,
+            object: Some(ObjectJob {
+                worker_args,
+                workspace,
+            }),
+        };
+        self.submitted(exec, exec_name, chunk, req, files, tx)
+    }
+
+    /// Submits `req` and tracks its jobs (or fails the chunk's nodes).
+    fn submitted(
+        &mut self,
+        exec: &Arc<dyn Executor>,
+        exec_name: &'static str,
+        chunk: &[Queued],
+        req: JobRequest,
+        files: Vec<(PathBuf, PathBuf)>,
+        tx: &mpsc::UnboundedSender<Finished>,
+    ) -> Result<()> {
         match exec.submit(&req) {
             Ok(subs) => {
                 let mut lines = String::new();
@@ -282,9 +460,13 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
     /// Jobs whose result file is there: commit (after checking) or fail.
     fn remote_results(&mut self, tx: &mpsc::UnboundedSender<Finished>) -> Result<()> {
         let mut done: Vec<(String, task::TaskResult)> = Vec::new();
-        for (job, a) in &self.remote.active {
-            if let Some(r) = task::read_result(&a.result) {
-                done.push((job.clone(), r));
+        if let Some(shared) = self.remote.object.clone() {
+            self.object_results(shared.as_ref(), &mut done);
+        } else {
+            for (job, a) in &self.remote.active {
+                if let Some(r) = task::read_result(&a.result) {
+                    done.push((job.clone(), r));
+                }
             }
         }
         for (job, r) in done {
@@ -298,7 +480,12 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     a.log.display(),
                     tail(&a.log, 20)
                 )),
-                None => self.commit_remote(a.idx, &job, r),
+                None => match self.remote.object.clone() {
+                    Some(shared) => self
+                        .fetch_outputs(shared.as_ref(), a.idx, &job, &r)
+                        .and_then(|()| self.commit_remote(a.idx, &job, r)),
+                    None => self.commit_remote(a.idx, &job, r),
+                },
             };
             self.finish(
                 Finished {
@@ -308,6 +495,90 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 },
                 tx,
             )?;
+        }
+        Ok(())
+    }
+
+    /// The object data mode: the results the run's jobs put on the remote (one listing).
+    fn object_results(&self, shared: &dyn SharedCache, done: &mut Vec<(String, task::TaskResult)>) {
+        if self.remote.active.is_empty() {
+            return;
+        }
+        let x = shared.exchange().expect("the object data mode");
+        let prefix = format!("jobs/{}/results/", self.remote.run_id);
+        let listed: std::collections::HashSet<String> = match x.list_objects(&prefix) {
+            Ok(l) => l.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(
+                    "remote {}: cannot list the run's results: {e}",
+                    shared.name()
+                );
+                return;
+            }
+        };
+        let ready: Vec<(String, String)> = self
+            .remote
+            .active
+            .iter()
+            .map(|(job, a)| (job.clone(), a.result.to_string_lossy().into_owned()))
+            .filter(|(_, path)| listed.contains(path))
+            .collect();
+        // Several at once: the result, then the blobs it names (downloaded here so that
+        // committing, one job after another, finds them local; it checks them again).
+        let cas = &self.env.cas;
+        let read = parallel(&ready, 8, |(job, path)| match x.get_object(path) {
+            Ok(Some(bytes)) => Some(match serde_json::from_slice::<task::TaskResult>(&bytes) {
+                Ok(r) => {
+                    if r.error.is_none()
+                        && let Err(e) = x.download(cas, &job_artifacts(&r))
+                    {
+                        tracing::warn!("job {job}: {e}");
+                    }
+                    r
+                }
+                Err(e) => task::TaskResult {
+                    error: Some(format!("job {job} wrote an unreadable result {path}: {e}")),
+                    ..Default::default()
+                },
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!("remote {}: cannot read {path}: {e}", shared.name());
+                None
+            }
+        });
+        for ((job, _), r) in ready.into_iter().zip(read) {
+            if let Some(r) = r {
+                done.push((job, r));
+            }
+        }
+    }
+
+    /// The object data mode: downloads what a job reports (outputs, log, items, memo
+    /// blobs) into the local CAS, each blob re-hashed, and puts the node log where the
+    /// record takes it from. The outputs are then checked as in the shared mode.
+    fn fetch_outputs(
+        &self,
+        shared: &dyn SharedCache,
+        i: usize,
+        job: &str,
+        r: &task::TaskResult,
+    ) -> std::result::Result<(), String> {
+        let x = shared.exchange().expect("the object data mode");
+        let got = x.download(&self.env.cas, &job_artifacts(r)).map_err(|e| {
+            format!(
+                "job {job} reported outputs that cannot be downloaded from remote {}: {e}",
+                shared.name()
+            )
+        })?;
+        let name = &self.p.nodes[i].name;
+        tracing::info!(node = %name, blobs = got.blobs, bytes = got.bytes, "outputs downloaded");
+        if let Some(log) = r.log {
+            let dir = self.remote.run_dir().join("logs");
+            let dest = dir.join(format!("{}.log", safe_name(name)));
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::copy(self.env.cas.blob_path(&log), &dest).map(drop))
+                .map_err(|e| format!("{}: {e}", dest.display()))?;
         }
         Ok(())
     }
@@ -496,6 +767,38 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             self.summary.skipped.push(self.p.nodes[i].name.clone());
         }
     }
+}
+
+/// Every blob a job's result names: outputs (directories whole), log, items, memo blobs.
+fn job_artifacts(r: &task::TaskResult) -> Vec<(Digest, bool)> {
+    let mut want: Vec<(Digest, bool)> = r.outputs.values().map(|o| (o.digest, o.dir)).collect();
+    want.extend(r.log.map(|d| (d, false)));
+    if let Some(f) = &r.facts {
+        want.extend(f.items.iter().map(|d| (*d, false)));
+    }
+    want.extend(r.memos.iter().map(|(_, b)| (*b, false)));
+    want
+}
+
+/// `f` over `items` on up to `threads` threads, results in order.
+fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    if items.len() <= 1 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(threads.max(1));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|c| {
+                let f = &f;
+                s.spawn(move || c.iter().map(f).collect::<Vec<R>>())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a worker thread panicked"))
+            .collect()
+    })
 }
 
 fn append(path: &Path, text: &str) {
