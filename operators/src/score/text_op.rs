@@ -29,6 +29,8 @@ const KIND: &str = "score.text";
 
 /// BERTScore settings (used when the `bertscore_model` input is connected).
 struct BertConfig {
+    batch_size: usize,
+    prefix_space: bool,
     layer: Option<usize>,
     idf: bool,
     baseline: Option<Baseline>,
@@ -96,6 +98,17 @@ impl Config {
         }
         Ok(Config {
             bert: BertConfig {
+                batch_size: match p.u64("bertscore_batch_size")? {
+                    0 => {
+                        return Err(OperatorError::param(
+                            KIND,
+                            "bertscore_batch_size",
+                            "must be at least 1",
+                        ));
+                    }
+                    n => n as usize,
+                },
+                prefix_space: p.bool("bertscore_prefix_space")?,
                 layer: p.opt_u64("bertscore_layer")?.map(|n| n as usize),
                 idf: p.bool("bertscore_idf")?,
                 baseline: bert_baseline(&p)?,
@@ -500,15 +513,18 @@ fn bertscore(
             })? as usize,
     };
     ctx.log(&format!(
-        "BERTScore model {}: weights blake3 {}, layer {layers}, idf {}, baseline {:?}",
+        "BERTScore model {}: weights blake3 {}, layer {layers}, idf {}, baseline {:?}, batch size {}",
         path.display(),
         dir.weight_digest()?,
         cfg.idf,
-        cfg.baseline
+        cfg.baseline,
+        cfg.batch_size
     ));
     let device = default_device()?;
     ctx.log(&format!("device {device:?}"));
-    let scorer = BertScorer::load(&dir, &device, layers, cfg.max_len)?;
+    let scorer = BertScorer::load(&dir, &device, layers, cfg.max_len)?
+        .with_batch_size(cfg.batch_size)
+        .with_prefix_space(cfg.prefix_space);
     Ok(BertRows::score(&scorer, hyps, refs, cfg.idf, cfg.baseline)
         .map_err(|e| OperatorError::data(KIND, format!("BERTScore: {e}")))?)
 }
@@ -674,6 +690,20 @@ impl Operator for ScoreText {
                     ParamKind::Map,
                     Value::Null,
                     "BERTScore: rescale with bert-score's baseline row {p, r, f} of the layer (default: no rescaling)",
+                ),
+                s(
+                    "bertscore_batch_size",
+                    ParamKind::Int,
+                    json!(expflow_encoders::bertscore::DEFAULT_BATCH_SIZE),
+                    "BERTScore: bert-score's batch_size (its padding can floor a best cosine at 0; \
+                     ExpStar's batch_evaluate.py uses 15)",
+                ),
+                s(
+                    "bertscore_prefix_space",
+                    ParamKind::Bool,
+                    json!(true),
+                    "BERTScore with a GPT-2/RoBERTa tokenizer: a space before each text, as bert-score \
+                     under transformers 4 (false: as under transformers 5, which drops it)",
                 ),
                 s(
                     "bertscore_max_len",

@@ -250,8 +250,13 @@ impl TextEncoder {
         let arch = Architecture::of(dir)?;
         let positions = arch.positions(dir);
         if max_len == 0 || max_len > positions {
+            let less = if arch == Architecture::Roberta {
+                ", less pad_token_id + 1"
+            } else {
+                ""
+            };
             return Err(EncoderError::Param(format!(
-                "max_len {max_len} must be between 1 and the {positions} positions of {}",
+                "max_len {max_len} must be between 1 and max_position_embeddings ({positions}{less}) of {}",
                 config_path.display()
             )));
         }
