@@ -556,7 +556,7 @@ impl Operator for ScoreText {
                 ),
                 Port::new(
                     "bertscore_model",
-                    PortType::Model,
+                    PortType::Dir,
                     "BERTScore's encoder (BERT, RoBERTa, DeBERTa v1/v2/v3 directory with tokenizer.json; \
                      ExpStar: microsoft/deberta-large-mnli); when connected, BERTScore P/R/F1 are scored",
                 )
