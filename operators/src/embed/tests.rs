@@ -451,7 +451,10 @@ fn score_text_fills_the_bertscore_columns_when_a_model_is_connected() {
     let m: Value =
         serde_json::from_slice(&std::fs::read(&run.outputs["metrics"]).unwrap()).unwrap();
     assert_eq!(m["bertscore_f"], json!(mean(&want.f, &[0, 1, 2])));
-    assert_eq!(m["groups"]["a"]["bertscore_p"], json!(mean(&want.p, &[0, 2])));
+    assert_eq!(
+        m["groups"]["a"]["bertscore_p"],
+        json!(mean(&want.p, &[0, 2]))
+    );
     let scores = read_table(&run.outputs["scores"]).unwrap();
     let f: Vec<f32> = scores
         .column("bertscore_f")
@@ -464,7 +467,11 @@ fn score_text_fills_the_bertscore_columns_when_a_model_is_connected() {
 
     // Without the model the BERTScore cells stay empty, as batch_evaluate.py writes NaN.
     let plain = b
-        .run(&ScoreText, &[("table", PortType::Table, t.as_path())], params)
+        .run(
+            &ScoreText,
+            &[("table", PortType::Table, t.as_path())],
+            params,
+        )
         .unwrap();
     let csv = std::fs::read_to_string(&plain.outputs["results"]).unwrap();
     assert!(csv.lines().nth(1).unwrap().ends_with(",,,"), "{csv}");
@@ -479,8 +486,12 @@ fn bertscore_rows_take_the_best_reference() {
     let r1 = "measure the temperature".to_string();
     let r2 = "open the valve of the gas cylinder slowly".to_string();
     let both = BertRows::score(&scorer, &h, &[vec![r1.clone(), r2.clone()]], false, None).unwrap();
-    let a = scorer.score(&h, std::slice::from_ref(&r1), false, None).unwrap();
-    let c = scorer.score(&h, std::slice::from_ref(&r2), false, None).unwrap();
+    let a = scorer
+        .score(&h, std::slice::from_ref(&r1), false, None)
+        .unwrap();
+    let c = scorer
+        .score(&h, std::slice::from_ref(&r2), false, None)
+        .unwrap();
     assert_eq!(both.p, vec![a.p[0].max(c.p[0])]);
     assert_eq!(both.r, vec![a.r[0].max(c.r[0])]);
     assert_eq!(both.f, vec![a.f[0].max(c.f[0])]);

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use expflow_encoders::{Baseline, BertScorer};
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
     Resources, Signature,
 };
-use expflow_encoders::{Baseline, BertScorer};
 use expflow_models::{ModelDir, Needs, default_device};
 use polars::prelude::*;
 use serde_json::{Map, Value, json};
@@ -94,7 +94,11 @@ impl Config {
         }
         let bert_max_len = p.opt_u64("bertscore_max_len")?.map(|n| n as usize);
         if bert_max_len == Some(0) {
-            return Err(OperatorError::param(KIND, "bertscore_max_len", "must be at least 1"));
+            return Err(OperatorError::param(
+                KIND,
+                "bertscore_max_len",
+                "must be at least 1",
+            ));
         }
         Ok(Config {
             bert: BertConfig {
@@ -198,7 +202,10 @@ impl BertRows {
             .score(&flat_h, &flat_r, idf, baseline)
             .map_err(|e| e.to_string())?;
         let best = |v: &[f32], b: &std::ops::Range<usize>| {
-            v[b.clone()].iter().copied().fold(f32::NEG_INFINITY, f32::max)
+            v[b.clone()]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
         };
         let mut out = BertRows::default();
         for b in &bounds {
@@ -221,7 +228,10 @@ impl BertRows {
 }
 
 fn insert_bert(m: &mut Map<String, Value>, means: [Option<f64>; 3]) {
-    for (k, v) in ["bertscore_p", "bertscore_r", "bertscore_f"].iter().zip(means) {
+    for (k, v) in ["bertscore_p", "bertscore_r", "bertscore_f"]
+        .iter()
+        .zip(means)
+    {
         m.insert((*k).to_string(), v.map_or(Value::Null, |x| json!(x)));
     }
 }
@@ -358,12 +368,7 @@ fn csv_field(s: &str) -> String {
 /// One results line in `batch_evaluate.py`'s form: every value ×100 with two decimals;
 /// values not computed (BERTScore without a model, metrics not asked for) are empty, as NaN
 /// is there.
-fn csv_line(
-    experiment: &str,
-    data_type: &str,
-    c: &CorpusScores,
-    bert: [Option<f64>; 3],
-) -> String {
+fn csv_line(experiment: &str, data_type: &str, c: &CorpusScores, bert: [Option<f64>; 3]) -> String {
     let v = |x: Option<f64>| x.map(|x| format!("{:.2}", x * 100.0)).unwrap_or_default();
     let b = |k: usize| c.bleu.as_ref().map(|b| b.stats.precision(k));
     [

@@ -374,7 +374,11 @@ impl BertScorer {
             .map(|row| row.iter().copied().fold(start(hyp_floor), f32::max))
             .collect();
         let best_per_ref: Vec<f32> = (0..ref_ids.len())
-            .map(|j| sim.iter().map(|row| row[j]).fold(start(ref_floor), f32::max))
+            .map(|j| {
+                sim.iter()
+                    .map(|row| row[j])
+                    .fold(start(ref_floor), f32::max)
+            })
             .collect();
         let p = weighted(best_per_hyp, hyp_ids);
         let r = weighted(best_per_ref, ref_ids);

@@ -121,7 +121,11 @@ impl Embeddings {
             positions: c
                 .position_biased_input
                 .then(|| {
-                    candle_nn::embedding(c.max_position_embeddings, emb, vb.pp("position_embeddings"))
+                    candle_nn::embedding(
+                        c.max_position_embeddings,
+                        emb,
+                        vb.pp("position_embeddings"),
+                    )
                 })
                 .transpose()?,
             token_type: (c.type_vocab_size > 0)
@@ -227,7 +231,10 @@ impl Attention {
         let q = (q / scale)?.contiguous()?;
         let mut scores = q.matmul(&k.t()?)?;
         if let Some((rel_emb, c2p_index)) = rel {
-            let index = c2p_index.unsqueeze(0)?.unsqueeze(0)?.broadcast_as((b, nh, t, t))?;
+            let index = c2p_index
+                .unsqueeze(0)?
+                .unsqueeze(0)?
+                .broadcast_as((b, nh, t, t))?;
             if let Some(pp) = &self.pos_proj {
                 let pos_k = self.rel_heads(&pp.forward(rel_emb)?)?.unsqueeze(0)?;
                 let c2p = q.broadcast_matmul(&pos_k.t()?)?.contiguous()?;
@@ -248,12 +255,11 @@ impl Attention {
             }
         }
         let floor = Tensor::new(f32::MIN, h.device())?.broadcast_as(scores.shape())?;
-        let scores = keep.broadcast_as(scores.shape())?.where_cond(&scores, &floor)?;
+        let scores = keep
+            .broadcast_as(scores.shape())?
+            .where_cond(&scores, &floor)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * d))?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         self.out_norm.forward(&(self.out.forward(&ctx)? + h)?)
     }
 }
@@ -308,7 +314,7 @@ impl DebertaModel {
         if c.talking_head {
             candle_core::bail!("DeBERTa with `talking_head: true` is not supported");
         }
-        if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) {
             candle_core::bail!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 c.hidden_size,
@@ -379,7 +385,9 @@ mod tests {
                 r#"{{"vocab_size":5,"hidden_size":4,"num_hidden_layers":1,"num_attention_heads":2,
                    "intermediate_size":8,"max_position_embeddings":8,"pos_att_type":{v}}}"#
             );
-            serde_json::from_str::<DebertaConfig>(&json).unwrap().pos_att_type
+            serde_json::from_str::<DebertaConfig>(&json)
+                .unwrap()
+                .pos_att_type
         };
         assert_eq!(parse(r#"["c2p","p2c"]"#), ["c2p", "p2c"]);
         assert_eq!(parse(r#""p2c|c2p""#), ["p2c", "c2p"]);

@@ -36,7 +36,7 @@ enum Backbone {
     Bert(BertModel),
     Roberta(XLMRobertaModel),
     Deberta(DebertaModel),
-    DebertaV2(DebertaV2Model),
+    DebertaV2(Box<DebertaV2Model>),
 }
 
 /// The architectures [`TextEncoder`] runs, by `model_type`.
@@ -117,7 +117,7 @@ fn parse_config<T: serde::de::DeserializeOwned>(dir: &ModelDir, value: Value) ->
         .map_err(|e| EncoderError::config(dir.root.join("config.json"), e.to_string()))
 }
 
-/// Sets the layer count to `layers` (checked against the model's) and returns the hidden size.
+/// Sets the layer count `n` to `layers` when given, refusing more layers than the model has.
 fn cut_layers(dir: &ModelDir, n: &mut usize, layers: Option<usize>) -> Result<()> {
     if let Some(l) = layers {
         if l > *n {
@@ -154,7 +154,12 @@ fn load_backbone(
             let mut c: BertConfig = dir.config_as()?;
             cut_layers(dir, &mut c.num_hidden_layers, layers)?;
             let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id as u32);
-            (Backbone::Bert(BertModel::load(vb, &c)?), out.0, out.1, out.2)
+            (
+                Backbone::Bert(BertModel::load(vb, &c)?),
+                out.0,
+                out.1,
+                out.2,
+            )
         }
         Architecture::Roberta => {
             let mut defaults = common.to_vec();
@@ -176,13 +181,27 @@ fn load_backbone(
             }
             cut_layers(dir, &mut c.num_hidden_layers, layers)?;
             let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id);
-            (Backbone::Roberta(XLMRobertaModel::new(&c, vb)?), out.0, out.1, out.2)
+            (
+                Backbone::Roberta(XLMRobertaModel::new(&c, vb)?),
+                out.0,
+                out.1,
+                out.2,
+            )
         }
         Architecture::Deberta => {
             let mut c: DebertaConfig = parse_config(dir, dir.config.clone())?;
             cut_layers(dir, &mut c.num_hidden_layers, layers)?;
-            let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id.unwrap_or(0));
-            (Backbone::Deberta(DebertaModel::load(vb, &c)?), out.0, out.1, out.2)
+            let out = (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.pad_token_id.unwrap_or(0),
+            );
+            (
+                Backbone::Deberta(DebertaModel::load(vb, &c)?),
+                out.0,
+                out.1,
+                out.2,
+            )
         }
         Architecture::DebertaV2 => {
             let mut defaults = common.to_vec();
@@ -197,8 +216,17 @@ fn load_backbone(
             ]);
             let mut c: DebertaV2Config = parse_config(dir, config_with_defaults(dir, &defaults))?;
             cut_layers(dir, &mut c.num_hidden_layers, layers)?;
-            let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id.unwrap_or(0) as u32);
-            (Backbone::DebertaV2(DebertaV2Model::load(vb, &c)?), out.0, out.1, out.2)
+            let out = (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.pad_token_id.unwrap_or(0) as u32,
+            );
+            (
+                Backbone::DebertaV2(Box::new(DebertaV2Model::load(vb, &c)?)),
+                out.0,
+                out.1,
+                out.2,
+            )
         }
     })
 }

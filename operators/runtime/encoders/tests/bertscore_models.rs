@@ -135,10 +135,24 @@ fn check(model: &str, arch: Architecture, prefix_space: bool) {
         .with_batch_size(BATCH);
 
     // Token ids: bert-score's `sent_encode` (prefix space for RoBERTa, truncation).
-    assert_eq!(scorer.encode(&cands()).unwrap(), ids(&want["ids"]["cands"]), "{model}: candidate ids");
-    assert_eq!(scorer.encode(&refs()).unwrap(), ids(&want["ids"]["refs"]), "{model}: reference ids");
-    let longest = ids(&want["ids"]["cands"]).iter().map(Vec::len).max().unwrap();
-    let max_len = dir.tokenizer_config.as_ref().unwrap()["model_max_length"].as_u64().unwrap() as usize;
+    assert_eq!(
+        scorer.encode(&cands()).unwrap(),
+        ids(&want["ids"]["cands"]),
+        "{model}: candidate ids"
+    );
+    assert_eq!(
+        scorer.encode(&refs()).unwrap(),
+        ids(&want["ids"]["refs"]),
+        "{model}: reference ids"
+    );
+    let longest = ids(&want["ids"]["cands"])
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap();
+    let max_len = dir.tokenizer_config.as_ref().unwrap()["model_max_length"]
+        .as_u64()
+        .unwrap() as usize;
     assert_eq!(longest, max_len, "{model}: one candidate must be truncated");
 
     // Layer-L states of each candidate (batched and padded here; one at a time there).
@@ -148,9 +162,18 @@ fn check(model: &str, arch: Architecture, prefix_space: bool) {
         .into_iter()
         .map(|t| t.states.to_vec2::<f32>().unwrap())
         .collect();
-    for (i, (got, exp)) in states.into_iter().zip(want["states"].as_array().unwrap()).enumerate() {
+    for (i, (got, exp)) in states
+        .into_iter()
+        .zip(want["states"].as_array().unwrap())
+        .enumerate()
+    {
         let exp = rows(exp);
-        assert_close(&format!("{model}: states of candidate {i}"), &got, &exp, 1e-4);
+        assert_close(
+            &format!("{model}: states of candidate {i}"),
+            &got,
+            &exp,
+            1e-4,
+        );
     }
 
     let baseline = Baseline::from_csv(&fixtures().join("bertscore_baseline.csv"), LAYERS).unwrap();

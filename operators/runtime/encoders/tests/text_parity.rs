@@ -206,7 +206,9 @@ fn unknown_model_types_are_refused() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("model_type `t5`") && err.contains("config.json") && err.contains("deberta-v2"),
+        err.contains("model_type `t5`")
+            && err.contains("config.json")
+            && err.contains("deberta-v2"),
         "{err}"
     );
 }
