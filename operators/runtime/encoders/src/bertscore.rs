@@ -135,6 +135,30 @@ fn special_token(dir: &ModelDir, key: &str, default: &str) -> String {
     }
 }
 
+/// The best cosine of each candidate token (a row of `sim`) and of each of the `n_ref`
+/// reference tokens (a column). With `hyp_floor` the reference was padded in its batch, whose
+/// padded similarities bert-score multiplies by 0: a candidate token's best is then at least
+/// 0; `ref_floor` likewise for the reference tokens.
+fn greedy_best(
+    sim: &[Vec<f32>],
+    n_ref: usize,
+    (hyp_floor, ref_floor): (bool, bool),
+) -> (Vec<f32>, Vec<f32>) {
+    let start = |floor: bool| if floor { 0.0 } else { f32::NEG_INFINITY };
+    let per_hyp = sim
+        .iter()
+        .map(|row| row.iter().copied().fold(start(hyp_floor), f32::max))
+        .collect();
+    let per_ref = (0..n_ref)
+        .map(|j| {
+            sim.iter()
+                .map(|row| row[j])
+                .fold(start(ref_floor), f32::max)
+        })
+        .collect();
+    (per_hyp, per_ref)
+}
+
 /// Whether bert-score encodes with `add_prefix_space=True`: it does for the tokenizer classes
 /// `GPT2Tokenizer` and `RobertaTokenizer` (and, through transformers' Auto classes, their fast
 /// twins), which RoBERTa checkpoints name or imply.
@@ -367,22 +391,35 @@ impl BertScorer {
                 .map(|(b, w)| *b as f64 * w / total)
                 .sum()
         };
-        // A padded partner contributes similarities of 0 to the maximum.
-        let start = |floor: bool| if floor { 0.0 } else { f32::NEG_INFINITY };
-        let best_per_hyp: Vec<f32> = sim
-            .iter()
-            .map(|row| row.iter().copied().fold(start(hyp_floor), f32::max))
-            .collect();
-        let best_per_ref: Vec<f32> = (0..ref_ids.len())
-            .map(|j| {
-                sim.iter()
-                    .map(|row| row[j])
-                    .fold(start(ref_floor), f32::max)
-            })
-            .collect();
+        let (best_per_hyp, best_per_ref) = greedy_best(&sim, ref_ids.len(), (hyp_floor, ref_floor));
         let p = weighted(best_per_hyp, hyp_ids);
         let r = weighted(best_per_ref, ref_ids);
         let f = 2.0 * p * r / (p + r);
         Ok((p, r, if f.is_nan() { 0.0 } else { f }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::greedy_best;
+
+    #[test]
+    fn padding_floors_the_best_cosine_at_zero() {
+        // Candidate token 0 has only negative cosines; reference token 1 too.
+        let sim = vec![vec![-0.4, -0.2], vec![0.9, -0.5]];
+        assert_eq!(
+            greedy_best(&sim, 2, (false, false)),
+            (vec![-0.2, 0.9], vec![0.9, -0.2])
+        );
+        // The reference was padded in its batch: candidate tokens see a 0.
+        assert_eq!(
+            greedy_best(&sim, 2, (true, false)),
+            (vec![0.0, 0.9], vec![0.9, -0.2])
+        );
+        // The candidate was padded: reference tokens see a 0.
+        assert_eq!(
+            greedy_best(&sim, 2, (false, true)),
+            (vec![-0.2, 0.9], vec![0.9, 0.0])
+        );
     }
 }
