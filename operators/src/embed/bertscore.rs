@@ -88,7 +88,8 @@ impl Operator for ScoreBertScore {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: RoBERTa and DeBERTa models; bert-score's batch padding (batches of 64).
+        2
     }
 
     fn signature(&self) -> Signature {

@@ -394,3 +394,107 @@ fn bertscore_metrics_equal_the_scorer() {
     );
     assert!(e[0].contains("`baseline`"), "{e:?}");
 }
+
+#[test]
+fn score_text_fills_the_bertscore_columns_when_a_model_is_connected() {
+    use crate::score::{CSV_HEADER, ScoreText};
+    // ExpStar's scorer architecture (DeBERTa v1, as microsoft/deberta-large-mnli), tiny.
+    let deberta = fixtures().join("deberta-tiny");
+    let hyps = [
+        "<Narration>\nAdd the yeast to the beaker.",
+        "open the gas valve slowly",
+        "measure the temperature",
+    ];
+    let refs = [
+        "<Narration>\nAdd 3 spatulas of yeast to the beaker.",
+        "open the valve of the gas cylinder slowly",
+        "measure the temperature every ten seconds",
+    ];
+    let df = df!("hyp" => hyps, "refs" => refs, "data_type" => ["a", "b", "a"]).unwrap();
+    let mut b = Bench::new();
+    let t = b.table(&df);
+    let params = json!({"metrics": ["bleu"], "group_by": "data_type", "experiment": "arm",
+                        "bertscore_layer": 2});
+    let run = b
+        .run(
+            &ScoreText,
+            &[
+                ("table", PortType::Table, t.as_path()),
+                ("bertscore_model", PortType::Model, deberta.as_path()),
+            ],
+            params.clone(),
+        )
+        .unwrap();
+    let dir = ModelDir::open(&deberta, Needs::Tokenizer).unwrap();
+    let scorer = BertScorer::load(&dir, &default_device().unwrap(), 2, None).unwrap();
+    let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let want = scorer.score(&own(&hyps), &own(&refs), false, None).unwrap();
+    let mean = |xs: &[f32], idx: &[usize]| {
+        idx.iter().map(|&i| f64::from(xs[i])).sum::<f64>() / idx.len() as f64
+    };
+    let cell = |x: f64| format!("{:.2}", x * 100.0);
+    let csv = std::fs::read_to_string(&run.outputs["results"]).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines[0], CSV_HEADER);
+    for (line, idx) in [(1, vec![0, 1, 2]), (2, vec![0, 2]), (3, vec![1])] {
+        let cells: Vec<&str> = lines[line].split(',').collect();
+        assert_eq!(
+            cells[9..],
+            [
+                cell(mean(&want.p, &idx)),
+                cell(mean(&want.r, &idx)),
+                cell(mean(&want.f, &idx))
+            ],
+            "{csv}"
+        );
+    }
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(&run.outputs["metrics"]).unwrap()).unwrap();
+    assert_eq!(m["bertscore_f"], json!(mean(&want.f, &[0, 1, 2])));
+    assert_eq!(
+        m["groups"]["a"]["bertscore_p"],
+        json!(mean(&want.p, &[0, 2]))
+    );
+    let scores = read_table(&run.outputs["scores"]).unwrap();
+    let f: Vec<f32> = scores
+        .column("bertscore_f")
+        .unwrap()
+        .f32()
+        .unwrap()
+        .into_no_null_iter()
+        .collect();
+    assert_eq!(f, want.f);
+
+    // Without the model the BERTScore cells stay empty, as batch_evaluate.py writes NaN.
+    let plain = b
+        .run(
+            &ScoreText,
+            &[("table", PortType::Table, t.as_path())],
+            params,
+        )
+        .unwrap();
+    let csv = std::fs::read_to_string(&plain.outputs["results"]).unwrap();
+    assert!(csv.lines().nth(1).unwrap().ends_with(",,,"), "{csv}");
+}
+
+#[test]
+fn bertscore_rows_take_the_best_reference() {
+    use crate::score::BertRows;
+    let dir = ModelDir::open(fixtures().join("roberta-tiny"), Needs::Tokenizer).unwrap();
+    let scorer = BertScorer::load(&dir, &default_device().unwrap(), 2, None).unwrap();
+    let h = vec!["open the gas valve slowly".to_string()];
+    let r1 = "measure the temperature".to_string();
+    let r2 = "open the valve of the gas cylinder slowly".to_string();
+    let both = BertRows::score(&scorer, &h, &[vec![r1.clone(), r2.clone()]], false, None).unwrap();
+    let a = scorer
+        .score(&h, std::slice::from_ref(&r1), false, None)
+        .unwrap();
+    let c = scorer
+        .score(&h, std::slice::from_ref(&r2), false, None)
+        .unwrap();
+    assert_eq!(both.p, vec![a.p[0].max(c.p[0])]);
+    assert_eq!(both.r, vec![a.r[0].max(c.r[0])]);
+    assert_eq!(both.f, vec![a.f[0].max(c.f[0])]);
+    let e = BertRows::score(&scorer, &h, &[vec![]], false, None).unwrap_err();
+    assert!(e.contains("row 0 has no reference"), "{e}");
+}

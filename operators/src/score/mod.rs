@@ -21,4 +21,6 @@ mod accuracy_op;
 mod text_op;
 
 pub use accuracy_op::{AccuracyResult, ScoreAccuracy, evaluate as evaluate_accuracy};
-pub use text_op::{CSV_HEADER, ScoreText, TextResult, evaluate as evaluate_text};
+pub use text_op::{
+    BertRows, CSV_HEADER, ScoreText, TextResult, evaluate as evaluate_text, evaluate_with_bertscore,
+};

@@ -1,12 +1,16 @@
-//! `score.text`: BLEU, ROUGE-L, METEOR and CIDEr-D of a table of hypotheses and references.
+//! `score.text`: BLEU, ROUGE-L, METEOR and CIDEr-D of a table of hypotheses and references,
+//! and BERTScore P/R/F1 when a `bertscore_model` is connected (ExpStar's results table, spec
+//! G: `microsoft/deberta-large-mnli`, layer 18, no idf, no baseline rescaling).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use expflow_encoders::{Baseline, BertScorer};
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
     Resources, Signature,
 };
+use expflow_models::{ModelDir, Needs, default_device};
 use polars::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -23,7 +27,18 @@ pub struct ScoreText;
 
 const KIND: &str = "score.text";
 
+/// BERTScore settings (used when the `bertscore_model` input is connected).
+struct BertConfig {
+    batch_size: usize,
+    prefix_space: bool,
+    layer: Option<usize>,
+    idf: bool,
+    baseline: Option<Baseline>,
+    max_len: Option<usize>,
+}
+
 struct Config {
+    bert: BertConfig,
     hyp: Option<String>,
     refs: Option<String>,
     group_by: Option<String>,
@@ -77,7 +92,32 @@ impl Config {
                 "must be positive",
             ));
         }
+        let bert_max_len = p.opt_u64("bertscore_max_len")?.map(|n| n as usize);
+        if bert_max_len == Some(0) {
+            return Err(OperatorError::param(
+                KIND,
+                "bertscore_max_len",
+                "must be at least 1",
+            ));
+        }
         Ok(Config {
+            bert: BertConfig {
+                batch_size: match p.u64("bertscore_batch_size")? {
+                    0 => {
+                        return Err(OperatorError::param(
+                            KIND,
+                            "bertscore_batch_size",
+                            "must be at least 1",
+                        ));
+                    }
+                    n => n as usize,
+                },
+                prefix_space: p.bool("bertscore_prefix_space")?,
+                layer: p.opt_u64("bertscore_layer")?.map(|n| n as usize),
+                idf: p.bool("bertscore_idf")?,
+                baseline: bert_baseline(&p)?,
+                max_len: bert_max_len,
+            },
             hyp: p.opt_str("hyp")?.map(str::to_string),
             refs: p.opt_str("refs")?.map(str::to_string),
             group_by: p.opt_str("group_by")?.map(str::to_string),
@@ -99,6 +139,103 @@ impl Config {
 }
 
 /// A column by name, or a struct field as `column.field` (ExpStar's `pred.feedback`).
+/// `bertscore_baseline`: bert-score's baseline row `{p, r, f}` of the layer used, or null.
+fn bert_baseline(p: &Params<'_>) -> Result<Option<Baseline>> {
+    let Some(v) = p.get("bertscore_baseline") else {
+        return Ok(None);
+    };
+    let bad = || {
+        OperatorError::param(
+            KIND,
+            "bertscore_baseline",
+            format!("must be a map of numbers {{p, r, f}} (bert-score's baseline row), got {v}"),
+        )
+    };
+    let m = v.as_object().ok_or_else(bad)?;
+    let num = |k: &str| m.get(k).and_then(Value::as_f64).ok_or_else(bad);
+    if m.len() != 3 {
+        return Err(bad());
+    }
+    Ok(Some(Baseline {
+        p: num("p")? as f32,
+        r: num("r")? as f32,
+        f: num("f")? as f32,
+    }))
+}
+
+/// BERTScore P, R and F1 of each row.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BertRows {
+    pub p: Vec<f32>,
+    pub r: Vec<f32>,
+    pub f: Vec<f32>,
+}
+
+impl BertRows {
+    /// Scores each hypothesis against its references; with several references a row takes
+    /// the best P, R and F1 over them (each on its own), as bert-score does.
+    pub fn score(
+        scorer: &BertScorer,
+        hyps: &[String],
+        refs: &[Vec<String>],
+        idf: bool,
+        baseline: Option<Baseline>,
+    ) -> std::result::Result<BertRows, String> {
+        let mut flat_h = Vec::new();
+        let mut flat_r = Vec::new();
+        let mut bounds = Vec::new();
+        for (h, rs) in hyps.iter().zip(refs) {
+            if rs.is_empty() {
+                return Err(format!(
+                    "row {} has no reference; BERTScore needs at least one",
+                    bounds.len()
+                ));
+            }
+            let start = flat_h.len();
+            for r in rs {
+                flat_h.push(h.clone());
+                flat_r.push(r.clone());
+            }
+            bounds.push(start..flat_h.len());
+        }
+        let s = scorer
+            .score(&flat_h, &flat_r, idf, baseline)
+            .map_err(|e| e.to_string())?;
+        let best = |v: &[f32], b: &std::ops::Range<usize>| {
+            v[b.clone()]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max)
+        };
+        let mut out = BertRows::default();
+        for b in &bounds {
+            out.p.push(best(&s.p, b));
+            out.r.push(best(&s.r, b));
+            out.f.push(best(&s.f, b));
+        }
+        Ok(out)
+    }
+
+    /// Means of P, R and F1 over the rows `idx` (none where a mean is NaN or there are no
+    /// rows), in f64 over the f32 values.
+    fn means(&self, idx: &[usize]) -> [Option<f64>; 3] {
+        let mean = |v: &[f32]| {
+            let m = idx.iter().map(|&i| f64::from(v[i])).sum::<f64>() / idx.len() as f64;
+            (!idx.is_empty() && m.is_finite()).then_some(m)
+        };
+        [mean(&self.p), mean(&self.r), mean(&self.f)]
+    }
+}
+
+fn insert_bert(m: &mut Map<String, Value>, means: [Option<f64>; 3]) {
+    for (k, v) in ["bertscore_p", "bertscore_r", "bertscore_f"]
+        .iter()
+        .zip(means)
+    {
+        m.insert((*k).to_string(), v.map_or(Value::Null, |x| json!(x)));
+    }
+}
+
 fn column_series(df: &DataFrame, name: &str) -> Result<Series> {
     if let Ok(c) = df.column(name) {
         return Ok(c.as_materialized_series().clone());
@@ -178,6 +315,7 @@ fn scores_table(
     rows: &[RowScores],
     cfg: &TextConfig,
     groups: Option<(&str, &[String])>,
+    bert: Option<&BertRows>,
 ) -> Result<DataFrame> {
     let n = rows.len();
     let mut cols = vec![Column::new("row".into(), (0..n as i64).collect::<Vec<_>>())];
@@ -208,6 +346,11 @@ fn scores_table(
     if cfg.has(Metric::CiderD) {
         cols.push(Column::new("cider_d".into(), f(&|r| r.cider_d)));
     }
+    if let Some(b) = bert {
+        cols.push(Column::new("bertscore_p".into(), b.p.clone()));
+        cols.push(Column::new("bertscore_r".into(), b.r.clone()));
+        cols.push(Column::new("bertscore_f".into(), b.f.clone()));
+    }
     DataFrame::new(n, cols).map_err(|e| OperatorError::polars(KIND, "building the scores table", e))
 }
 
@@ -223,8 +366,9 @@ fn csv_field(s: &str) -> String {
 }
 
 /// One results line in `batch_evaluate.py`'s form: every value ×100 with two decimals;
-/// values not computed (BERTScore, metrics not asked for) are empty, as NaN is there.
-fn csv_line(experiment: &str, data_type: &str, c: &CorpusScores) -> String {
+/// values not computed (BERTScore without a model, metrics not asked for) are empty, as NaN
+/// is there.
+fn csv_line(experiment: &str, data_type: &str, c: &CorpusScores, bert: [Option<f64>; 3]) -> String {
     let v = |x: Option<f64>| x.map(|x| format!("{:.2}", x * 100.0)).unwrap_or_default();
     let b = |k: usize| c.bleu.as_ref().map(|b| b.stats.precision(k));
     [
@@ -237,9 +381,9 @@ fn csv_line(experiment: &str, data_type: &str, c: &CorpusScores) -> String {
         v(c.meteor),
         v(c.rouge_l.map(|r| r.fmeasure)),
         v(c.cider_d),
-        String::new(),
-        String::new(),
-        String::new(),
+        v(bert[0]),
+        v(bert[1]),
+        v(bert[2]),
     ]
     .join(",")
 }
@@ -263,9 +407,32 @@ pub fn evaluate(
     experiment: &str,
     cfg: &TextConfig,
 ) -> std::result::Result<TextResult, String> {
+    evaluate_with_bertscore(hyps, refs, groups, sections, experiment, cfg, None)
+}
+
+/// [`evaluate`], with the BERTScore of each row (computed by [`BertRows::score`]) in the
+/// metrics (`bertscore_p`, `bertscore_r`, `bertscore_f`: means over the rows, overall and
+/// per group) and in the CSV's BERTScore columns.
+pub fn evaluate_with_bertscore(
+    hyps: &[String],
+    refs: &[Vec<String>],
+    groups: Option<&[String]>,
+    sections: bool,
+    experiment: &str,
+    cfg: &TextConfig,
+    bert: Option<&BertRows>,
+) -> std::result::Result<TextResult, String> {
     let (rows, all) = corpus::score(hyps, refs, cfg).map_err(|e| e.to_string())?;
+    let bert_means = |idx: &[usize]| bert.map_or([None; 3], |b| b.means(idx));
+    let every: Vec<usize> = (0..hyps.len()).collect();
     let mut metrics = all.to_json();
-    let mut csv = format!("{CSV_HEADER}\n{}\n", csv_line(experiment, "all", &all));
+    if bert.is_some() {
+        insert_bert(&mut metrics, bert_means(&every));
+    }
+    let mut csv = format!(
+        "{CSV_HEADER}\n{}\n",
+        csv_line(experiment, "all", &all, bert_means(&every))
+    );
     if let Some(g) = groups {
         let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, k) in g.iter().enumerate() {
@@ -279,9 +446,13 @@ pub fn evaluate(
                 .map(|&i| refs[i].iter().map(String::as_str).collect())
                 .collect();
             let (_, c) = corpus::score(&h, &r, cfg).map_err(|e| e.to_string())?;
-            csv.push_str(&csv_line(experiment, k, &c));
+            csv.push_str(&csv_line(experiment, k, &c, bert_means(&idx)));
             csv.push('\n');
-            gm.insert(k.to_string(), Value::Object(c.to_json()));
+            let mut cm = c.to_json();
+            if bert.is_some() {
+                insert_bert(&mut cm, bert_means(&idx));
+            }
+            gm.insert(k.to_string(), Value::Object(cm));
         }
         metrics.insert("groups".into(), Value::Object(gm));
     }
@@ -316,6 +487,53 @@ pub fn evaluate(
     })
 }
 
+/// Loads the BERTScore model at `path` and scores every row.
+fn bertscore(
+    ctx: &Context,
+    path: &std::path::Path,
+    cfg: &BertConfig,
+    hyps: &[String],
+    refs: &[Vec<String>],
+) -> std::result::Result<BertRows, OpError> {
+    let dir = ModelDir::open(path, Needs::Tokenizer).map_err(|e| {
+        OperatorError::data(
+            KIND,
+            format!(
+                "input `bertscore_model` ({}) is not a usable model directory: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    let layers = match cfg.layer {
+        Some(l) => l,
+        None => dir
+            .config
+            .get("num_hidden_layers")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| {
+                OperatorError::data(
+                    KIND,
+                    "the BERTScore model's config.json has no `num_hidden_layers`; set `bertscore_layer`",
+                )
+            })? as usize,
+    };
+    ctx.log(&format!(
+        "BERTScore model {}: weights blake3 {}, layer {layers}, idf {}, baseline {:?}, batch size {}",
+        path.display(),
+        dir.weight_digest()?,
+        cfg.idf,
+        cfg.baseline,
+        cfg.batch_size
+    ));
+    let device = default_device()?;
+    ctx.log(&format!("device {device:?}"));
+    let scorer = BertScorer::load(&dir, &device, layers, cfg.max_len)?
+        .with_batch_size(cfg.batch_size)
+        .with_prefix_space(cfg.prefix_space);
+    Ok(BertRows::score(&scorer, hyps, refs, cfg.idf, cfg.baseline)
+        .map_err(|e| OperatorError::data(KIND, format!("BERTScore: {e}")))?)
+}
+
 fn write_json(path: &std::path::Path, v: Map<String, Value>) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(&Value::Object(v))
         .map_err(|e| OperatorError::data(KIND, e.to_string()))?;
@@ -329,17 +547,26 @@ impl Operator for ScoreText {
     }
 
     fn version(&self) -> u32 {
-        1
+        2
     }
 
     fn signature(&self) -> Signature {
         let s = |name, kind, default: Value, doc| ParamSpec::with_default(name, kind, default, doc);
         Signature {
-            inputs: Ports::Fixed(vec![Port::new(
-                "table",
-                PortType::Table,
-                "hypotheses and references (`hyp`/`refs`, or ExpStar's `pred.feedback`/`gt.feedback`)",
-            )]),
+            inputs: Ports::Fixed(vec![
+                Port::new(
+                    "table",
+                    PortType::Table,
+                    "hypotheses and references (`hyp`/`refs`, or ExpStar's `pred.feedback`/`gt.feedback`)",
+                ),
+                Port::new(
+                    "bertscore_model",
+                    PortType::Dir,
+                    "BERTScore's encoder (BERT, RoBERTa, DeBERTa v1/v2/v3 directory with tokenizer.json; \
+                     ExpStar: microsoft/deberta-large-mnli); when connected, BERTScore P/R/F1 are scored",
+                )
+                .optional(),
+            ]),
             outputs: Ports::Fixed(vec![
                 Port::new(
                     "scores",
@@ -450,6 +677,45 @@ impl Operator for ScoreText {
                     Value::Null,
                     "the CSV's experiment name; default the node name",
                 ),
+                s(
+                    "bertscore_layer",
+                    ParamKind::Int,
+                    Value::Null,
+                    "BERTScore: the states after this many layers (bert-score's num_layers; \
+                     18 for microsoft/deberta-large-mnli); default all layers",
+                ),
+                s(
+                    "bertscore_idf",
+                    ParamKind::Bool,
+                    json!(false),
+                    "BERTScore: weight tokens by their idf over the references (bert-score's default: off)",
+                ),
+                s(
+                    "bertscore_baseline",
+                    ParamKind::Map,
+                    Value::Null,
+                    "BERTScore: rescale with bert-score's baseline row {p, r, f} of the layer (default: no rescaling)",
+                ),
+                s(
+                    "bertscore_batch_size",
+                    ParamKind::Int,
+                    json!(expflow_encoders::bertscore::DEFAULT_BATCH_SIZE),
+                    "BERTScore: bert-score's batch_size (its padding can floor a best cosine at 0; \
+                     ExpStar's batch_evaluate.py uses 15)",
+                ),
+                s(
+                    "bertscore_prefix_space",
+                    ParamKind::Bool,
+                    json!(true),
+                    "BERTScore with a GPT-2/RoBERTa tokenizer: a space before each text, as bert-score \
+                     under transformers 4 (false: as under transformers 5, which drops it)",
+                ),
+                s(
+                    "bertscore_max_len",
+                    ParamKind::Int,
+                    Value::Null,
+                    "BERTScore: maximum tokens per text; default the tokenizer's model_max_length",
+                ),
             ],
             determinism: Determinism::Deterministic,
             resources: Resources::default(),
@@ -472,13 +738,18 @@ impl Operator for ScoreText {
             .experiment
             .clone()
             .unwrap_or_else(|| ctx.node().to_string());
-        let r = evaluate(
+        let bert = match ctx.inputs().get("bertscore_model") {
+            None => None,
+            Some(input) => Some(bertscore(ctx, &input.path, &cfg.bert, &hyps, &refs)?),
+        };
+        let r = evaluate_with_bertscore(
             &hyps,
             &refs,
             groups.as_deref(),
             cfg.sections,
             &experiment,
             &cfg.text,
+            bert.as_ref(),
         )
         .map_err(|e| OperatorError::data(KIND, e))?;
         ctx.log(&format!("scored {} rows", r.rows.len()));
@@ -486,6 +757,7 @@ impl Operator for ScoreText {
             &r.rows,
             &cfg.text,
             cfg.group_by.as_deref().zip(groups.as_deref()),
+            bert.as_ref(),
         )?;
         write_table(&mut table, &ctx.output("scores")?.path)?;
         write_json(&ctx.output("metrics")?.path, r.metrics)?;

@@ -5,7 +5,9 @@
 //! pipelines: the engine and cache must not be needed here. `expflow-vlm`, `expflow-serve` and
 //! `expflow-operators` depend on it.
 //!
-//! - [`text`]: [`TextEncoder`], mean / CLS / last-token / max pooling, optional L2;
+//! - [`text`]: [`TextEncoder`] (BERT, RoBERTa, DeBERTa v1/v2/v3), mean / CLS / last-token /
+//!   max pooling, optional L2;
+//! - [`deberta`]: DeBERTa v1 (`microsoft/deberta-large-mnli`), which candle-transformers lacks;
 //! - [`defaults`]: the pooling and normalisation a sentence-transformers directory asks for;
 //! - [`clip`]: [`ClipModel`], both towers with their projections;
 //! - [`preprocess`]: CLIP image preprocessing matching transformers' PIL backend;
@@ -15,6 +17,7 @@
 
 pub mod bertscore;
 pub mod clip;
+pub mod deberta;
 pub mod defaults;
 pub mod error;
 pub mod pooling;
@@ -28,5 +31,5 @@ pub use defaults::EncoderDefaults;
 pub use error::{EncoderError, Result};
 pub use expflow_models::Pooling;
 pub use preprocess::ImagePreprocess;
-pub use text::{TextEncoder, TokenStates};
+pub use text::{Architecture, TextEncoder, TokenStates};
 pub use video::{FrameSampling, VideoOptions};

@@ -1,14 +1,22 @@
-//! BERT-family text encoders (MiniLM, Contriever, bge, e5) on candle-transformers' `bert`.
+//! BERT-family text encoders (MiniLM, Contriever, bge, e5) on candle-transformers' `bert`,
+//! RoBERTa/XLM-R on its `xlm_roberta`, DeBERTa-v2/v3 on its `debertav2`, and DeBERTa v1
+//! (`microsoft/deberta-large-mnli`) on [`crate::deberta`]; the `model_type` of `config.json`
+//! picks one.
 //!
 //! Texts are tokenised with the directory's `tokenizer.json` (truncated to `max_len` tokens,
 //! special tokens kept), sorted by length and run in batches padded on the right, so that
 //! short texts do not pay for long ones; results come back in the caller's order.
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::debertav2::{Config as DebertaV2Config, DebertaV2Model};
+use candle_transformers::models::xlm_roberta::{Config as RobertaConfig, XLMRobertaModel};
 use expflow_models::{ModelDir, Pooling};
+use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::deberta::{DebertaConfig, DebertaModel};
 use crate::defaults::EncoderDefaults;
 use crate::error::{EncoderError, Result};
 use crate::pooling::{l2_normalize, pool_tokens};
@@ -23,9 +31,209 @@ pub struct TokenStates {
     pub states: Tensor,
 }
 
-/// A loaded BERT-family encoder.
+/// The transformer under a [`TextEncoder`].
+enum Backbone {
+    Bert(BertModel),
+    Roberta(XLMRobertaModel),
+    Deberta(DebertaModel),
+    DebertaV2(Box<DebertaV2Model>),
+}
+
+/// The architectures [`TextEncoder`] runs, by `model_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    Bert,
+    /// `roberta`, `xlm-roberta`, `camembert`: BERT with positions counted from
+    /// `pad_token_id + 1` and padding skipped.
+    Roberta,
+    /// DeBERTa v1 (`deberta`).
+    Deberta,
+    /// DeBERTa v2 and v3 (`deberta-v2`).
+    DebertaV2,
+}
+
+impl Architecture {
+    /// The architecture of `dir` from its `model_type` (none means BERT).
+    pub fn of(dir: &ModelDir) -> Result<Architecture> {
+        Ok(match dir.model_type() {
+            None | Some("bert") => Architecture::Bert,
+            Some("roberta" | "xlm-roberta" | "camembert") => Architecture::Roberta,
+            Some("deberta") => Architecture::Deberta,
+            Some("deberta-v2") => Architecture::DebertaV2,
+            Some(other) => {
+                return Err(EncoderError::config(
+                    dir.root.join("config.json"),
+                    format!(
+                        "model_type `{other}` is not a text encoder this runtime has; it runs `bert`, \
+                         `roberta` (also `xlm-roberta`, `camembert`), `deberta` and `deberta-v2` checkpoints"
+                    ),
+                ));
+            }
+        })
+    }
+
+    /// Positions a sequence may use: `max_position_embeddings`, less `pad_token_id + 1` for
+    /// RoBERTa (whose positions start after the padding index: 512 of roberta-large's 514).
+    pub fn positions(self, dir: &ModelDir) -> usize {
+        let get = |k: &str| dir.config.get(k).and_then(Value::as_u64);
+        let max_pos = get("max_position_embeddings").unwrap_or(512) as usize;
+        match self {
+            Architecture::Roberta => {
+                max_pos.saturating_sub(get("pad_token_id").unwrap_or(1) as usize + 1)
+            }
+            _ => max_pos,
+        }
+    }
+
+    /// The prefix of the weights in a checkpoint saved from a task model
+    /// (`roberta.embeddings...`, `deberta.embeddings...`), or none.
+    fn weight_prefix(self, dir: &ModelDir) -> Option<&'static str> {
+        let name = match self {
+            Architecture::Bert => return None,
+            Architecture::Roberta => "roberta",
+            Architecture::Deberta | Architecture::DebertaV2 => "deberta",
+        };
+        dir.tensors
+            .contains_key(&format!("{name}.embeddings.word_embeddings.weight"))
+            .then_some(name)
+    }
+}
+
+/// `config.json` with the defaults transformers applies to keys a saved config may omit.
+fn config_with_defaults(dir: &ModelDir, defaults: &[(&str, Value)]) -> Value {
+    let mut config = dir.config.clone();
+    if let Some(map) = config.as_object_mut() {
+        for (k, v) in defaults {
+            if map.get(*k).is_none_or(Value::is_null) {
+                map.insert((*k).to_string(), v.clone());
+            }
+        }
+    }
+    config
+}
+
+fn parse_config<T: serde::de::DeserializeOwned>(dir: &ModelDir, value: Value) -> Result<T> {
+    serde_json::from_value(value)
+        .map_err(|e| EncoderError::config(dir.root.join("config.json"), e.to_string()))
+}
+
+/// Sets the layer count `n` to `layers` when given, refusing more layers than the model has.
+fn cut_layers(dir: &ModelDir, n: &mut usize, layers: Option<usize>) -> Result<()> {
+    if let Some(l) = layers {
+        if l > *n {
+            return Err(EncoderError::Param(format!(
+                "layer {l} asked for, but {} has {} layers",
+                dir.root.join("config.json").display(),
+                n
+            )));
+        }
+        *n = l;
+    }
+    Ok(())
+}
+
+/// Loads the backbone of `dir`: (model, hidden size, layers, padding id).
+fn load_backbone(
+    dir: &ModelDir,
+    arch: Architecture,
+    vb: VarBuilder,
+    layers: Option<usize>,
+) -> Result<(Backbone, usize, usize, u32)> {
+    let vb = match arch.weight_prefix(dir) {
+        Some(p) => vb.pp(p),
+        None => vb,
+    };
+    let common = [
+        ("hidden_act", Value::from("gelu")),
+        ("hidden_dropout_prob", Value::from(0.1)),
+        ("attention_probs_dropout_prob", Value::from(0.1)),
+        ("initializer_range", Value::from(0.02)),
+    ];
+    Ok(match arch {
+        Architecture::Bert => {
+            let mut c: BertConfig = dir.config_as()?;
+            cut_layers(dir, &mut c.num_hidden_layers, layers)?;
+            let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id as u32);
+            (
+                Backbone::Bert(BertModel::load(vb, &c)?),
+                out.0,
+                out.1,
+                out.2,
+            )
+        }
+        Architecture::Roberta => {
+            let mut defaults = common.to_vec();
+            defaults.extend([
+                ("position_embedding_type", Value::from("absolute")),
+                ("layer_norm_eps", Value::from(1e-5)),
+                ("type_vocab_size", Value::from(1)),
+                ("pad_token_id", Value::from(1)),
+            ]);
+            let mut c: RobertaConfig = parse_config(dir, config_with_defaults(dir, &defaults))?;
+            if c.position_embedding_type != "absolute" {
+                return Err(EncoderError::config(
+                    dir.root.join("config.json"),
+                    format!(
+                        "position_embedding_type `{}` is not supported; only `absolute`",
+                        c.position_embedding_type
+                    ),
+                ));
+            }
+            cut_layers(dir, &mut c.num_hidden_layers, layers)?;
+            let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id);
+            (
+                Backbone::Roberta(XLMRobertaModel::new(&c, vb)?),
+                out.0,
+                out.1,
+                out.2,
+            )
+        }
+        Architecture::Deberta => {
+            let mut c: DebertaConfig = parse_config(dir, dir.config.clone())?;
+            cut_layers(dir, &mut c.num_hidden_layers, layers)?;
+            let out = (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.pad_token_id.unwrap_or(0),
+            );
+            (
+                Backbone::Deberta(DebertaModel::load(vb, &c)?),
+                out.0,
+                out.1,
+                out.2,
+            )
+        }
+        Architecture::DebertaV2 => {
+            let mut defaults = common.to_vec();
+            defaults.extend([
+                ("type_vocab_size", Value::from(0)),
+                ("layer_norm_eps", Value::from(1e-7)),
+                ("relative_attention", Value::from(false)),
+                ("max_relative_positions", Value::from(-1)),
+                ("position_biased_input", Value::from(true)),
+                ("pos_att_type", Value::Array(Vec::new())),
+                ("pad_token_id", Value::from(0)),
+            ]);
+            let mut c: DebertaV2Config = parse_config(dir, config_with_defaults(dir, &defaults))?;
+            cut_layers(dir, &mut c.num_hidden_layers, layers)?;
+            let out = (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.pad_token_id.unwrap_or(0) as u32,
+            );
+            (
+                Backbone::DebertaV2(Box::new(DebertaV2Model::load(vb, &c)?)),
+                out.0,
+                out.1,
+                out.2,
+            )
+        }
+    })
+}
+
+/// A loaded text encoder.
 pub struct TextEncoder {
-    model: BertModel,
+    model: Backbone,
     tokenizer: Tokenizer,
     device: Device,
     pooling: Pooling,
@@ -67,38 +275,21 @@ impl TextEncoder {
         layers: Option<usize>,
     ) -> Result<TextEncoder> {
         let config_path = dir.root.join("config.json");
-        match dir.model_type() {
-            None | Some("bert") => {}
-            Some(other) => {
-                return Err(EncoderError::config(
-                    config_path,
-                    format!(
-                        "model_type `{other}` is not a BERT model; the text encoder runs `bert` \
-                         checkpoints only (RoBERTa/XLM-R position ids differ and would give wrong vectors)"
-                    ),
-                ));
-            }
-        }
-        let mut config: BertConfig = dir.config_as()?;
-        if let Some(l) = layers {
-            if l > config.num_hidden_layers {
-                return Err(EncoderError::Param(format!(
-                    "layer {l} asked for, but {} has {} layers",
-                    config_path.display(),
-                    config.num_hidden_layers
-                )));
-            }
-            config.num_hidden_layers = l;
-        }
-        if max_len == 0 || max_len > config.max_position_embeddings {
+        let arch = Architecture::of(dir)?;
+        let positions = arch.positions(dir);
+        if max_len == 0 || max_len > positions {
+            let less = if arch == Architecture::Roberta {
+                ", less pad_token_id + 1"
+            } else {
+                ""
+            };
             return Err(EncoderError::Param(format!(
-                "max_len {max_len} must be between 1 and max_position_embeddings ({}) of {}",
-                config.max_position_embeddings,
+                "max_len {max_len} must be between 1 and max_position_embeddings ({positions}{less}) of {}",
                 config_path.display()
             )));
         }
         let vb = dir.var_builder(DType::F32, device)?;
-        let model = BertModel::load(vb, &config)?;
+        let (model, dim, num_layers, pad_id) = load_backbone(dir, arch, vb, layers)?;
         let mut tokenizer = dir.tokenizer()?;
         tokenizer.with_padding(None);
         tokenizer
@@ -111,8 +302,9 @@ impl TextEncoder {
             })?;
         tracing::debug!(
             dir = %dir.root.display(),
-            layers = config.num_hidden_layers,
-            dim = config.hidden_size,
+            ?arch,
+            layers = num_layers,
+            dim,
             ?pooling,
             normalize,
             max_len,
@@ -125,8 +317,8 @@ impl TextEncoder {
             pooling,
             normalize,
             max_len,
-            dim: config.hidden_size,
-            pad_id: config.pad_token_id as u32,
+            dim,
+            pad_id,
             batch_size: DEFAULT_BATCH_SIZE,
         })
     }
@@ -228,7 +420,12 @@ impl TextEncoder {
         let ids = Tensor::from_vec(ids, (batch.len(), t), &self.device)?;
         let mask = Tensor::from_vec(mask, (batch.len(), t), &self.device)?;
         let types = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = match &self.model {
+            Backbone::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
+            Backbone::Roberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
+            Backbone::Deberta(m) => m.forward(&ids, &mask)?,
+            Backbone::DebertaV2(m) => m.forward(&ids, Some(types), Some(mask.clone()))?,
+        };
         Ok((hidden, mask, lens))
     }
 }

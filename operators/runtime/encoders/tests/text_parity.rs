@@ -191,13 +191,13 @@ fn sentence_transformers_files_pick_the_defaults() {
 }
 
 #[test]
-fn non_bert_model_types_are_refused() {
+fn unknown_model_types_are_refused() {
     let d = tempfile::tempdir().unwrap();
     copy_dir(d.path());
     let config = std::fs::read_to_string(d.path().join("config.json")).unwrap();
     std::fs::write(
         d.path().join("config.json"),
-        config.replace("\"model_type\": \"bert\"", "\"model_type\": \"roberta\""),
+        config.replace("\"model_type\": \"bert\"", "\"model_type\": \"t5\""),
     )
     .unwrap();
     let dir = ModelDir::open(d.path(), Needs::Tokenizer).unwrap();
@@ -206,7 +206,9 @@ fn non_bert_model_types_are_refused() {
         .unwrap()
         .to_string();
     assert!(
-        err.contains("model_type `roberta`") && err.contains("config.json"),
+        err.contains("model_type `t5`")
+            && err.contains("config.json")
+            && err.contains("deberta-v2"),
         "{err}"
     );
 }
