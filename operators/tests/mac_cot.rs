@@ -248,7 +248,7 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
     assert_eq!(ids, ["n0#cot", "n1#cot", "n4#cot", "n5#cot"]);
     assert!(
         kept.iter()
-            .all(|i| i.output.ends_with("Answer: B") && i.variant == "cot" && i.answer == 1)
+            .all(|i| i.output.ends_with("Answer: B") && i.variant == "cot" && i.answer == Some(1))
     );
     assert!(
         kept[0].input.starts_with("<image>Which cover story fits?"),

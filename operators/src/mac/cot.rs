@@ -32,7 +32,7 @@ use expflow_engine::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    Item, LETTERS, Task, extract_answer, fill, pretty, read_items, record_name, write_file,
+    Item, LETTERS, Task, extract_answer, fill, pretty, read_labelled, record_name, write_file,
     write_items,
 };
 use crate::error::{OperatorError, Result};
@@ -311,7 +311,7 @@ impl Operator for Cot {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let items = read_items(ctx, KIND, "table")?;
+        let items = read_labelled(ctx, KIND, "table")?;
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
         let mut requests: Vec<Request> = items
             .iter()
@@ -344,7 +344,7 @@ impl Operator for Cot {
                 continue;
             }
             match extract_answer(&a.content) {
-                Some(k) if k == it.answer => {
+                Some(k) if Some(k) == it.answer => {
                     let mut c = it.derive("cot");
                     c.output = a.content.trim().to_string();
                     kept.push(c);
