@@ -77,6 +77,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(embed::EmbedImage));
     r.register(Arc::new(embed::EmbedVideo));
     r.register(Arc::new(embed::ScoreBertScore));
+    r.register(Arc::new(mac::HardDistractors));
     r.register(Arc::new(mac::Load));
     r.register(Arc::new(mac::LoadSplit));
     r.register(Arc::new(mac::PermuteOptions));
@@ -139,6 +140,7 @@ mod tests {
         "mac.cot",
         "mac.export_answers",
         "mac.export_llamafactory",
+        "mac.hard_distractors",
         "mac.load",
         "mac.load_split",
         "mac.permute_options",

@@ -412,7 +412,11 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
 
     // A rationale that ends on the gold letter but argues for another option is dropped and
     // counted.
-    let flip = table(&mut h, dir.path(), &[record("f0", "FLIP"), record("f1", "plain")]);
+    let flip = table(
+        &mut h,
+        dir.path(),
+        &[record("f0", "FLIP"), record("f1", "plain")],
+    );
     let run = h
         .run(&mac::Cot, &[("table", PortType::Table, &flip)], params, &[])
         .unwrap();
@@ -425,5 +429,4 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
     );
     let kept = mac::df_to_items("test", &read_table(&run.outputs["table"]).unwrap()).unwrap();
     assert_eq!(kept[0].id, "f1#cot");
-
 }

@@ -618,6 +618,17 @@ fn macbench(b: &mut Bench) {
         &[],
     );
     b.check(
+        "mac.hard_distractors",
+        "mac.hard_distractors",
+        &[
+            ("table", Table, b.out("mac.recombine", "table")),
+            ("model", Model, encoders().join("clip-tiny")),
+            ("media", Dir, data.clone()),
+        ],
+        json!({"replace": 2, "curriculum": "repeat_hard"}),
+        &[],
+    );
+    b.check(
         "mac.permute_options",
         "mac.permute_options",
         &[("table", Table, b.out("mac.recombine", "table"))],

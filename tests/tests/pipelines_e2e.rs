@@ -239,8 +239,8 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         n("data/macbench/datasets/image2text_dev.json")
             + n("data/macbench/datasets/text2image_dev.json"),
     );
-    let original = String::from_utf8_lossy(&p.expflow(&["log", "sft[recipe=original]"]).stdout)
-        .to_string();
+    let original =
+        String::from_utf8_lossy(&p.expflow(&["log", "sft[recipe=original]"]).stdout).to_string();
     assert!(
         original.contains(&format!("SFT: {train_n} rows"))
             && original.contains(&format!("{dev_n} dev rows")),
@@ -258,7 +258,10 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
             .map(|e| e["id"].as_str().unwrap().to_string())
             .collect()
     };
-    let test_ids = ids(&read_json(&p, "data/macbench/datasets/image2text_test.json"));
+    let test_ids = ids(&read_json(
+        &p,
+        "data/macbench/datasets/image2text_test.json",
+    ));
     assert_eq!(test_ids, ids(&key_i2t), "the key is in test order");
     let report = read_json(&p, "results/macbench/answer_report.json");
     let mut correct = 0;

@@ -223,7 +223,10 @@ pub fn argued_for(text: &str) -> std::collections::BTreeSet<usize> {
     let words: Vec<String> = text
         .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '.' | '*' | '"' | '\''))
         .filter(|w| !w.is_empty())
-        .map(|w| w.trim_matches(|c| c == '(' || c == ')' || c == ':').to_string())
+        .map(|w| {
+            w.trim_matches(|c| c == '(' || c == ')' || c == ':')
+                .to_string()
+        })
         .collect();
     let letter = |w: &str| LETTERS.iter().position(|l| w == l.to_string());
     let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
@@ -395,8 +398,7 @@ impl Operator for Cot {
             }
             match extract_answer(&a.content) {
                 Some(k)
-                    if Some(k) == it.answer
-                        && argued_for(&a.content).iter().any(|&o| o != k) =>
+                    if Some(k) == it.answer && argued_for(&a.content).iter().any(|&o| o != k) =>
                 {
                     contradicts += 1;
                 }
@@ -443,7 +445,10 @@ mod tests {
             [1, 2]
         );
         assert_eq!(set("B is correct because of the neuron.\nAnswer: B"), [1]);
-        assert_eq!(set("Option B is not correct; the answer is not A. Answer: D"), [3]);
+        assert_eq!(
+            set("Option B is not correct; the answer is not A. Answer: D"),
+            [3]
+        );
         assert!(argued_for("A coral reef is shown in blue.").is_empty());
     }
 }

@@ -128,8 +128,7 @@ fn load_task(dir: &Path, task: Task, cfg: &Config) -> Result<Vec<Item>> {
 /// Sets the answers of test `items` from the grader's key at `path`.
 fn apply_key(items: &mut [Item], path: &Path) -> Result<()> {
     let bad = |what: String| OperatorError::data(KIND, format!("{}: {what}", path.display()));
-    let bytes =
-        std::fs::read(path).map_err(|e| OperatorError::io("cannot read", path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| OperatorError::io("cannot read", path, e))?;
     let entries: Vec<Value> = serde_json::from_slice(&bytes).map_err(|e| OperatorError::Parse {
         path: path.to_path_buf(),
         format: "answer key JSON",
@@ -147,7 +146,11 @@ fn apply_key(items: &mut [Item], path: &Path) -> Result<()> {
         let k = LETTERS
             .iter()
             .position(|l| letter.trim() == l.to_string())
-            .ok_or_else(|| bad(format!("entry {i} (id `{id}`): `output` {letter:?} is not A–D")))?;
+            .ok_or_else(|| {
+                bad(format!(
+                    "entry {i} (id `{id}`): `output` {letter:?} is not A–D"
+                ))
+            })?;
         key.insert(id, k);
     }
     for (i, it) in items.iter_mut().enumerate() {

@@ -9,6 +9,8 @@
 //!   distractors drawn from the same journal;
 //! - `mac.vary_templates`: re-renders items with prompt templates given in YAML;
 //! - `mac.recombine`: image2text ↔ text2image items built from the same (cover, story) pairs;
+//! - `mac.hard_distractors`: distractors ranked by CLIP similarity within the journal, a
+//!   difficulty per item, and a curriculum;
 //! - `mac.cot`: chain-of-thought rationales from a teacher model behind an OpenAI-compatible
 //!   endpoint, memoised per request, kept only when their final letter is the gold one;
 //! - `mac.export_llamafactory`, `mac.export_answers`: the trainer's dataset directory and the
@@ -30,6 +32,7 @@ use crate::table_io::{read_table, write_table};
 pub mod cot;
 pub mod export_answers;
 pub mod export_llamafactory;
+pub mod hard;
 pub mod load;
 pub mod load_split;
 pub mod permute;
@@ -41,6 +44,7 @@ pub mod templates;
 pub use cot::Cot;
 pub use export_answers::ExportAnswers;
 pub use export_llamafactory::ExportLlamaFactory;
+pub use hard::HardDistractors;
 pub use load::Load;
 pub use load_split::LoadSplit;
 pub use permute::PermuteOptions;
@@ -139,7 +143,9 @@ pub struct Item {
 impl Item {
     /// The gold letter, or the empty string for an unanswered (test) item.
     pub fn answer_letter(&self) -> String {
-        self.answer.map(|a| LETTERS[a].to_string()).unwrap_or_default()
+        self.answer
+            .map(|a| LETTERS[a].to_string())
+            .unwrap_or_default()
     }
 
     /// The gold option's index, or an error naming the item when it has none (augmenting
@@ -167,7 +173,10 @@ impl Item {
     /// The (cover image, story) pair the item asks about; for an unanswered item only the
     /// given side is known (the other is empty).
     pub fn pair(&self) -> (String, String) {
-        let gold = self.answer.map(|a| self.options[a].clone()).unwrap_or_default();
+        let gold = self
+            .answer
+            .map(|a| self.options[a].clone())
+            .unwrap_or_default();
         match self.task {
             Task::ImageToText => (self.cover_image.clone().unwrap_or_default(), gold),
             Task::TextToImage => (gold, self.story.clone().unwrap_or_default()),
@@ -596,7 +605,10 @@ pub fn items_to_df(op: &'static str, items: &[Item]) -> Result<DataFrame> {
         Column::new("option_B".into(), s(&|i| i.options[1].clone())),
         Column::new("option_C".into(), s(&|i| i.options[2].clone())),
         Column::new("option_D".into(), s(&|i| i.options[3].clone())),
-        Column::new("answer".into(), o(&|i| i.answer.map(|a| LETTERS[a].to_string()))),
+        Column::new(
+            "answer".into(),
+            o(&|i| i.answer.map(|a| LETTERS[a].to_string())),
+        ),
         Column::new("system".into(), s(&|i| i.system.clone())),
         Column::new("input".into(), s(&|i| i.input.clone())),
         Column::new("output".into(), s(&|i| i.output.clone())),
@@ -686,13 +698,13 @@ pub fn df_to_items(op: &'static str, df: &DataFrame) -> Result<Vec<Item>> {
         let t = task[i].as_deref().unwrap_or_default();
         let task = Task::parse(t)
             .ok_or_else(|| bad(format!("task `{t}` is neither image2text nor text2image")))?;
-        let answer = match answer[i].as_deref().map(str::trim) {
-            None | Some("") => None,
-            Some(a) => Some(
-                letter_index(a)
-                    .ok_or_else(|| bad(format!("answer `{a}` is not A–D (or empty: unanswered)")))?,
-            ),
-        };
+        let answer =
+            match answer[i].as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(a) => Some(letter_index(a).ok_or_else(|| {
+                    bad(format!("answer `{a}` is not A–D (or empty: unanswered)"))
+                })?),
+            };
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         items.push(Item {
             id: idv.clone(),
