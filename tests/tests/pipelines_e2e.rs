@@ -169,6 +169,32 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     std::fs::copy(pipelines().join("macbench.yaml"), p.path("macbench.yaml")).unwrap();
     copy_dir(&pipelines().join("data/macbench"), &p.path("data/macbench"));
 
+    // Both configurations check; the GPU one also with its model inputs present (so the ports
+    // they feed are type-checked: a directory input reaches a `model` port through `base`).
+    std::fs::create_dir_all(p.path("qwen")).unwrap();
+    p.write("qwen/config.json", "{}");
+    for extra in [
+        &[][..],
+        &["--profile", "gpu"][..],
+        &[
+            "--profile",
+            "gpu",
+            "--input",
+            "base_model=qwen",
+            "--input",
+            "clip=data/macbench/clip-tiny",
+        ][..],
+    ] {
+        let out = p.expflow(&[&["check", "macbench.yaml"][..], extra].concat());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     // The task's own files are the inputs: a training record without a letter fails the run
     // before anything trains, naming the file and the record.
     copy_dir(&p.path("data/macbench/datasets"), &p.path("bad"));
@@ -196,6 +222,7 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         "sft[recipe=original]",
         "sft[recipe=augmented]",
         "answer_test[recipe=augmented]",
+        "hardened",
         "recipes",
     ] {
         assert!(
