@@ -1,7 +1,8 @@
 //! The pipelines users run, end to end through the real binary, on copies of
 //! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
-//! retrieval-aware inference → scores) and MAC-Bench on its synthetic data (augmentation →
-//! vision-language SFT → inference → accuracy). A second run executes nothing; `expflow
+//! retrieval-aware inference → scores) and MAC-Bench on its synthetic data in the task's
+//! six-file layout (its train/dev/test split → augmentation → two recipes of
+//! vision-language SFT → answering strategies → the graded answer files). A second run executes nothing; `expflow
 //! audit --fraction 1` then re-executes every node and finds nothing changed; changing one
 //! SFT hyperparameter re-runs training and what follows it, nothing before it.
 
