@@ -2,9 +2,10 @@
 //! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
 //! retrieval-aware inference → scores) and MAC-Bench on its synthetic data in the task's
 //! six-file layout (its train/dev/test split → augmentation → two recipes of
-//! vision-language SFT → answering strategies → the graded answer files). A second run executes nothing; `expflow
-//! audit --fraction 1` then re-executes every node and finds nothing changed; changing one
-//! SFT hyperparameter re-runs training and what follows it, nothing before it.
+//! vision-language SFT → answering strategies → the graded answer files). A second run
+//! executes nothing; `expflow audit --fraction 1` then re-executes every node and finds
+//! nothing changed; changing one SFT hyperparameter re-runs training and what follows it,
+//! nothing before it.
 
 use std::path::Path;
 
