@@ -1,5 +1,6 @@
-//! `expflow synth mac`: synthetic MAC-Bench data (generated cover PNGs, stories, MAC's CSV and
-//! LLaMA-Factory alpaca JSON), deterministic for a seed. The generator lives in
+//! `expflow synth mac`: synthetic MAC-Bench data (generated cover PNGs, stories, MAC's CSV,
+//! LLaMA-Factory alpaca JSON, and the task's six train/dev/test files under `datasets/` with
+//! the test answers in separate key files), deterministic for a seed. The generator lives in
 //! `expflow_operators::mac::synth`, where the operator tests use it too.
 
 use std::path::PathBuf;
@@ -32,6 +33,11 @@ pub fn run(args: MacArgs) -> Result<u8> {
         summary.journals,
         summary.issues,
         summary.issues,
+        args.out.display()
+    );
+    println!(
+        "the task's layout: {}/datasets/{{image2text,text2image}}_{{train,dev,test}}.json (test answers withheld in <task>_test_key.json), images relative to {}",
+        args.out.display(),
         args.out.display()
     );
     Ok(0)

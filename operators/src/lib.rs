@@ -77,7 +77,9 @@ pub fn registry() -> Registry {
     r.register(Arc::new(embed::EmbedImage));
     r.register(Arc::new(embed::EmbedVideo));
     r.register(Arc::new(embed::ScoreBertScore));
+    r.register(Arc::new(mac::HardDistractors));
     r.register(Arc::new(mac::Load));
+    r.register(Arc::new(mac::LoadSplit));
     r.register(Arc::new(mac::PermuteOptions));
     r.register(Arc::new(mac::VaryTemplates));
     r.register(Arc::new(mac::Recombine));
@@ -138,7 +140,9 @@ mod tests {
         "mac.cot",
         "mac.export_answers",
         "mac.export_llamafactory",
+        "mac.hard_distractors",
         "mac.load",
+        "mac.load_split",
         "mac.permute_options",
         "mac.recombine",
         "mac.vary_templates",
@@ -174,6 +178,7 @@ mod tests {
             ("command", "run") => json!("cat ${in.a} > ${out.b}"),
             ("mac.cot", "base_url") => json!("http://127.0.0.1:8000/v1"),
             ("mac.cot", "model") => json!("teacher"),
+            ("mac.load_split", "split") => json!("train"),
             ("infer.chat" | "expstar.rag_infer" | "mcq.answer", "backend") => json!("native"),
             ("mac.vary_templates", "templates") => json!([{"name": "t"}]),
             ("infer.vllm_infer", "script") => json!("/opt/LLaMA-Factory/scripts/vllm_infer.py"),

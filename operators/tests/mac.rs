@@ -145,7 +145,7 @@ fn load_checks_records_and_names_them() {
     let it = &items(&t)[0];
     assert_eq!(
         (it.journal.as_str(), it.answer, it.options[1].as_str()),
-        ("Nature", 2, "beta")
+        ("Nature", Some(2), "beta")
     );
     assert_eq!(it.input, GOOD, "the record's text is kept as it is");
 
@@ -230,7 +230,8 @@ fn permutation_remaps_the_answer_and_draws_distractors_from_the_journal() {
     for c in &out[orig.len()..] {
         let o = by_id[c.source_id.as_str()];
         assert_eq!(
-            c.options[c.answer], o.options[o.answer],
+            c.options[c.answer.unwrap()],
+            o.options[o.answer.unwrap()],
             "{}: gold follows",
             c.id
         );
@@ -240,12 +241,12 @@ fn permutation_remaps_the_answer_and_draws_distractors_from_the_journal() {
         assert!(c.id.starts_with(&o.id) && c.variant.starts_with("perm"));
         assert!(c.input.contains(&format!(
             "{}: {}",
-            mac::LETTERS[c.answer],
-            o.options[o.answer]
+            mac::LETTERS[c.answer.unwrap()],
+            o.options[o.answer.unwrap()]
         )));
-        assert_eq!(c.output, mac::LETTERS[c.answer].to_string());
+        assert_eq!(c.output, mac::LETTERS[c.answer.unwrap()].to_string());
         c.validate().unwrap();
-        moved += usize::from(c.answer != o.answer);
+        moved += usize::from(c.answer.unwrap() != o.answer.unwrap());
     }
     assert!(moved > orig.len(), "most copies move the answer ({moved})");
     let other = items(&b.apply(&mac::PermuteOptions, &t, json!({"seed": 4, "copies": 2})));
@@ -267,7 +268,7 @@ fn permutation_remaps_the_answer_and_draws_distractors_from_the_journal() {
     let mut replaced = 0;
     for c in &nd {
         let o = by_id[c.source_id.as_str()];
-        assert_eq!(c.options[c.answer], o.options[o.answer]);
+        assert_eq!(c.options[c.answer.unwrap()], o.options[o.answer.unwrap()]);
         assert_eq!(c.options.iter().collect::<BTreeSet<_>>().len(), 4);
         for x in &c.options {
             assert!(
@@ -300,7 +301,10 @@ fn templates_re_render_items_and_are_checked() {
     assert_eq!(out.len(), 2 * orig.len());
     for (c, o) in out.iter().zip(orig.iter().flat_map(|o| [o, o])) {
         c.validate().unwrap();
-        assert_eq!((c.answer, &c.options), (o.answer, &o.options));
+        assert_eq!(
+            (c.answer.unwrap(), &c.options),
+            (o.answer.unwrap(), &o.options)
+        );
         if c.variant == "tpl-terse" {
             assert!(c.input.starts_with("Story: On the cover"), "{}", c.input);
             assert_eq!(c.system, "Reply with A, B, C or D.");
@@ -342,12 +346,17 @@ fn recombination_asks_the_same_pairs_the_other_way() {
     assert_eq!(out.len(), i2t.len());
     let cover_of: BTreeMap<String, String> = i2t
         .iter()
-        .map(|i| (i.options[i.answer].clone(), i.cover_image.clone().unwrap()))
+        .map(|i| {
+            (
+                i.options[i.answer.unwrap()].clone(),
+                i.cover_image.clone().unwrap(),
+            )
+        })
         .collect();
     for (n, o) in out.iter().zip(&i2t) {
         assert_eq!(n.task, Task::TextToImage);
         assert_eq!(n.pair(), o.pair(), "same pair");
-        assert_eq!(n.answer, o.answer, "same letter");
+        assert_eq!(n.answer.unwrap(), o.answer.unwrap(), "same letter");
         assert_eq!(n.question, mac::T2I_QUESTION);
         assert_eq!(n.source_id, o.id);
         for k in 0..4 {
@@ -385,7 +394,7 @@ fn recombination_asks_the_same_pairs_the_other_way() {
     for n in &back {
         assert_eq!(n.task, Task::ImageToText);
         n.validate().unwrap();
-        let story = &n.options[n.answer];
+        let story = &n.options[n.answer.unwrap()];
         assert_eq!(&cover_of[story], n.cover_image.as_ref().unwrap());
     }
 }
@@ -493,4 +502,238 @@ fn writers_give_llamafactory_datasets_and_grader_files() {
         got,
         json!([{"id": "a", "output": "B"}, {"id": "b", "output": "None"}])
     );
+}
+
+fn load_split(b: &mut Bench, dir: &Path, params: Value) -> Result<PathBuf, String> {
+    Ok(b.run(&mac::LoadSplit, &[("datasets", PortType::Dir, dir)], params)?["table"].clone())
+}
+
+#[test]
+fn the_tasks_six_files_load_as_train_dev_and_unanswered_test() {
+    let mut b = Bench::new();
+    let d = b.synth(24, 5);
+    let ds = d.join("datasets");
+    for task in ["image2text", "text2image"] {
+        for split in ["train", "dev", "test"] {
+            assert!(ds.join(format!("{task}_{split}.json")).is_file());
+        }
+    }
+    // The test files are as the task gives them: an id each, `output` null.
+    let raw: Value =
+        serde_json::from_slice(&std::fs::read(ds.join("image2text_test.json")).unwrap()).unwrap();
+    for r in raw.as_array().unwrap() {
+        assert!(r["output"].is_null() && r["id"].is_string(), "{r}");
+    }
+    let whole = items(&b.load(&d.join("mac_image2text.json"), json!({})).unwrap());
+    let gold: BTreeMap<&str, Option<usize>> =
+        whole.iter().map(|i| (i.id.as_str(), i.answer)).collect();
+
+    let train = items(&load_split(&mut b, &ds, json!({"split": "train"})).unwrap());
+    let dev = items(&load_split(&mut b, &ds, json!({"split": "dev"})).unwrap());
+    assert!(train.iter().chain(&dev).all(|i| i.answer.is_some()));
+    assert_eq!(
+        train.iter().filter(|i| i.task == Task::TextToImage).count(),
+        train.len() / 2,
+        "both tasks' training files"
+    );
+    // Without its key (the task's own data), test items have no answer.
+    let bare = b.root.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    for split in ["train", "dev", "test"] {
+        for task in ["image2text", "text2image"] {
+            let f = format!("{task}_{split}.json");
+            std::fs::copy(ds.join(&f), bare.join(&f)).unwrap();
+        }
+    }
+    let test = items(
+        &load_split(
+            &mut b,
+            &bare,
+            json!({"split": "test", "task": "image2text"}),
+        )
+        .unwrap(),
+    );
+    assert!(
+        !test.is_empty()
+            && test
+                .iter()
+                .all(|i| i.answer.is_none() && i.output.is_empty())
+    );
+    // With the synthetic key beside them, the withheld answers come back.
+    let keyed =
+        items(&load_split(&mut b, &ds, json!({"split": "test", "task": "image2text"})).unwrap());
+    assert_eq!(keyed.len(), test.len());
+    for it in &keyed {
+        assert_eq!(it.answer, gold[it.id.as_str()], "{}", it.id);
+    }
+    assert_eq!(
+        train.len() + dev.len() + 2 * test.len(),
+        2 * whole.len(),
+        "every item in exactly one split"
+    );
+    // Test items are answered, never augmented.
+    let t = load_split(&mut b, &bare, json!({"split": "test"})).unwrap();
+    let e = b
+        .run(
+            &mac::PermuteOptions,
+            &[("table", PortType::Table, &t)],
+            json!({}),
+        )
+        .unwrap_err();
+    assert!(e.contains("has no answer (a test item)"), "{e}");
+
+    // A training record without a valid letter: an error naming the file and the record.
+    let mut recs: Value =
+        serde_json::from_slice(&std::fs::read(bare.join("text2image_train.json")).unwrap())
+            .unwrap();
+    recs[2]["output"] = Value::Null;
+    std::fs::write(bare.join("text2image_train.json"), recs.to_string()).unwrap();
+    let e = load_split(&mut b, &bare, json!({"split": "train"})).unwrap_err();
+    assert!(
+        e.contains("text2image_train.json") && e.contains("record 2 ") && e.contains("no `output`"),
+        "{e}"
+    );
+    recs[2]["output"] = json!("E");
+    std::fs::write(bare.join("text2image_train.json"), recs.to_string()).unwrap();
+    let e = load_split(&mut b, &bare, json!({"split": "train"})).unwrap_err();
+    assert!(
+        e.contains("text2image_train.json")
+            && e.contains("record 2 ")
+            && e.contains("no answer letter"),
+        "{e}"
+    );
+    std::fs::remove_file(bare.join("image2text_dev.json")).unwrap();
+    let e = load_split(&mut b, &bare, json!({"split": "dev"})).unwrap_err();
+    assert!(
+        e.contains("image2text_dev.json") && e.contains("six files"),
+        "{e}"
+    );
+    // A key that misses a test record is refused.
+    let mut key: Value =
+        serde_json::from_slice(&std::fs::read(ds.join("text2image_test_key.json")).unwrap())
+            .unwrap();
+    let dropped = key.as_array_mut().unwrap().remove(0);
+    std::fs::write(ds.join("text2image_test_key.json"), key.to_string()).unwrap();
+    let e = load_split(&mut b, &ds, json!({"split": "test"})).unwrap_err();
+    assert!(
+        e.contains("text2image_test_key.json") && e.contains(dropped["id"].as_str().unwrap()),
+        "{e}"
+    );
+}
+
+#[test]
+fn recombination_never_asks_what_a_held_out_item_asks() {
+    let mut b = Bench::new();
+    let d = b.synth(24, 6);
+    let ds = d.join("datasets");
+    let train = load_split(&mut b, &ds, json!({"split": "train"})).unwrap();
+    let test = load_split(&mut b, &ds, json!({"split": "test", "key": false})).unwrap();
+    let free = items(&b.apply(&mac::Recombine, &train, json!({"keep_original": false})));
+    let held: BTreeSet<(Task, String)> = items(&test).iter().map(|i| (i.task, i.given())).collect();
+    let leaking = free
+        .iter()
+        .filter(|n| held.contains(&(n.task, n.given())))
+        .count();
+    assert!(
+        leaking > 0,
+        "without `exclude`, some recombined items ask test questions"
+    );
+    let out = b
+        .run(
+            &mac::Recombine,
+            &[
+                ("table", PortType::Table, &train),
+                ("exclude", PortType::Table, &test),
+            ],
+            json!({"keep_original": false}),
+        )
+        .unwrap();
+    let kept = items(&out["table"]);
+    assert_eq!(kept.len(), free.len() - leaking);
+    assert!(kept.iter().all(|n| !held.contains(&(n.task, n.given()))));
+}
+
+fn clip_tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime/encoders/tests/fixtures/clip-tiny")
+}
+
+#[test]
+fn hard_distractors_are_the_nearest_in_clip_space_and_rank_the_curriculum() {
+    let mut b = Bench::new();
+    let d = b.synth(24, 9);
+    let i2t = b.load(&d.join("mac_image2text.json"), json!({})).unwrap();
+    let t2i = b.load(&d.join("mac_text2image.json"), json!({})).unwrap();
+    let both = b
+        .run(
+            &expflow_operators::table::Concat,
+            &[("a", PortType::Table, &i2t), ("b", PortType::Table, &t2i)],
+            json!({}),
+        )
+        .unwrap()["table"]
+        .clone();
+    let orig = items(&both);
+    let run = |b: &mut Bench, params: Value| {
+        let out = b
+            .run(
+                &mac::HardDistractors,
+                &[
+                    ("table", PortType::Table, &both),
+                    ("model", PortType::Model, &clip_tiny()),
+                    ("media", PortType::Dir, &d),
+                ],
+                params,
+            )
+            .unwrap();
+        let df = read_table(&out["table"]).unwrap();
+        let diff: Vec<f64> = df
+            .column("difficulty")
+            .unwrap()
+            .f64()
+            .unwrap()
+            .into_no_null_iter()
+            .collect();
+        (mac::df_to_items("test", &df).unwrap(), diff)
+    };
+    let (kept, base_diff) = run(&mut b, json!({"replace": 0}));
+    assert_eq!(kept, orig, "replace 0 keeps every option");
+    let (hard, hard_diff) = run(&mut b, json!({"replace": 3}));
+    assert_eq!(hard.len(), orig.len());
+    for ((h, o), (dh, d0)) in hard.iter().zip(&orig).zip(hard_diff.iter().zip(&base_diff)) {
+        h.validate().unwrap();
+        assert_eq!(h.answer, o.answer, "the gold letter stays");
+        let a = h.answer.unwrap();
+        assert_eq!(h.options[a], o.options[a]);
+        // Same journal, and at least as close to the gold as the distractors they replace.
+        for (k, opt) in h.options.iter().enumerate() {
+            let j = match h.task {
+                Task::ImageToText => opt.contains(&h.journal.replace('_', " ")),
+                Task::TextToImage => mac::journal_of(opt) == h.journal,
+            };
+            assert!(j, "{} option {k}: {opt}", h.id);
+        }
+        assert!(dh >= &(d0 - 1e-9), "{}: {dh} < {d0}", h.id);
+    }
+    assert!(
+        hard.iter().any(|h| h.id.ends_with("#sim")),
+        "some items get nearer distractors"
+    );
+    // Deterministic: same bytes again.
+    assert_eq!(run(&mut b, json!({"replace": 3})).1, hard_diff);
+
+    // Curricula: easy first sorts by difficulty; repeat_hard adds the hardest quarter again.
+    let (easy, easy_diff) = run(&mut b, json!({"replace": 3, "curriculum": "easy_first"}));
+    assert!(easy_diff.windows(2).all(|w| w[0] <= w[1]), "{easy_diff:?}");
+    assert_eq!(easy.len(), orig.len());
+    let (rep, rep_diff) = run(
+        &mut b,
+        json!({"replace": 3, "curriculum": "repeat_hard", "hard_fraction": 0.25}),
+    );
+    let extra = (orig.len() as f64 * 0.25).round() as usize;
+    assert_eq!(rep.len(), orig.len() + extra);
+    let mut sorted = hard_diff.clone();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let threshold = sorted[extra - 1];
+    for (it, d) in rep[orig.len()..].iter().zip(&rep_diff[orig.len()..]) {
+        assert!(it.id.ends_with("#hard") && *d >= threshold, "{} {d}", it.id);
+    }
 }

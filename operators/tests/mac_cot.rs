@@ -144,6 +144,10 @@ fn handle(mut s: TcpStream, seen: &Mutex<Seen>) {
     };
     let content = if text.contains("MUMBLE") {
         "The cover is hard to read; I cannot decide.".to_string()
+    } else if text.contains("FLIP") {
+        // The right final letter after arguing for another option.
+        let other = (b'A' + ((gold as u8 - b'A' + 1) % 4)) as char;
+        format!("Option {other} is the correct one: it shows a reef.\nAnswer: {gold}")
     } else {
         format!("The cover shows a pattern.\nIt matches option {letter}'s story.\nAnswer: {letter}")
     };
@@ -248,7 +252,7 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
     assert_eq!(ids, ["n0#cot", "n1#cot", "n4#cot", "n5#cot"]);
     assert!(
         kept.iter()
-            .all(|i| i.output.ends_with("Answer: B") && i.variant == "cot" && i.answer == 1)
+            .all(|i| i.output.ends_with("Answer: B") && i.variant == "cot" && i.answer == Some(1))
     );
     assert!(
         kept[0].input.starts_with("<image>Which cover story fits?"),
@@ -394,7 +398,7 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
     );
 
     // A missing key variable is a clear error.
-    let mut p5 = params;
+    let mut p5 = params.clone();
     p5["api_key_env"] = json!("EXPFLOW_TEST_MAC_COT_UNSET");
     let e = h
         .run(&mac::Cot, &[("table", PortType::Table, &t)], p5, &[])
@@ -405,4 +409,24 @@ fn cot_over_http_memoises_retries_and_keeps_gold_rationales() {
         e.contains("EXPFLOW_TEST_MAC_COT_UNSET") && e.contains("not set"),
         "{e}"
     );
+
+    // A rationale that ends on the gold letter but argues for another option is dropped and
+    // counted.
+    let flip = table(
+        &mut h,
+        dir.path(),
+        &[record("f0", "FLIP"), record("f1", "plain")],
+    );
+    let run = h
+        .run(&mac::Cot, &[("table", PortType::Table, &flip)], params, &[])
+        .unwrap();
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&run.outputs["report"]).unwrap()).unwrap();
+    assert_eq!(
+        (report["kept"].as_u64(), report["contradicts"].as_u64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let kept = mac::df_to_items("test", &read_table(&run.outputs["table"]).unwrap()).unwrap();
+    assert_eq!(kept[0].id, "f1#cot");
 }

@@ -592,6 +592,13 @@ fn macbench(b: &mut Bench) {
         &[],
     );
     b.check(
+        "mac.load_split",
+        "mac.load_split",
+        &[("datasets", Dir, data.join("datasets"))],
+        json!({"split": "test"}),
+        &[],
+    );
+    b.check(
         "table.split (mac)",
         "table.split",
         &[("table", Table, b.out("mac.load", "table"))],
@@ -603,8 +610,22 @@ fn macbench(b: &mut Bench) {
     b.check(
         "mac.recombine",
         "mac.recombine",
-        &[("table", Table, train)],
+        &[
+            ("table", Table, train),
+            ("exclude", Table, b.out("mac.load_split", "table")),
+        ],
         json!({"seed": 42, "to": "text2image"}),
+        &[],
+    );
+    b.check(
+        "mac.hard_distractors",
+        "mac.hard_distractors",
+        &[
+            ("table", Table, b.out("mac.recombine", "table")),
+            ("model", Model, encoders().join("clip-tiny")),
+            ("media", Dir, data.clone()),
+        ],
+        json!({"replace": 2, "curriculum": "repeat_hard"}),
         &[],
     );
     b.check(

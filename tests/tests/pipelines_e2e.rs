@@ -1,9 +1,11 @@
 //! The pipelines users run, end to end through the real binary, on copies of
 //! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
-//! retrieval-aware inference → scores) and MAC-Bench on its synthetic data (augmentation →
-//! vision-language SFT → inference → accuracy). A second run executes nothing; `expflow
-//! audit --fraction 1` then re-executes every node and finds nothing changed; changing one
-//! SFT hyperparameter re-runs training and what follows it, nothing before it.
+//! retrieval-aware inference → scores) and MAC-Bench on its synthetic data in the task's
+//! six-file layout (its train/dev/test split → augmentation → two recipes of
+//! vision-language SFT → answering strategies → the graded answer files). A second run
+//! executes nothing; `expflow audit --fraction 1` then re-executes every node and finds
+//! nothing changed; changing one SFT hyperparameter re-runs training and what follows it,
+//! nothing before it.
 
 use std::path::Path;
 
@@ -169,9 +171,62 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     std::fs::copy(pipelines().join("macbench.yaml"), p.path("macbench.yaml")).unwrap();
     copy_dir(&pipelines().join("data/macbench"), &p.path("data/macbench"));
 
+    // Both configurations check; the GPU one also with its model inputs present (so the ports
+    // they feed are type-checked: a directory input reaches a `model` port through `base`).
+    std::fs::create_dir_all(p.path("qwen")).unwrap();
+    p.write("qwen/config.json", "{}");
+    for extra in [
+        &[][..],
+        &["--profile", "gpu"][..],
+        &[
+            "--profile",
+            "gpu",
+            "--input",
+            "base_model=qwen",
+            "--input",
+            "clip=data/macbench/clip-tiny",
+        ][..],
+    ] {
+        let out = p.expflow(&[&["check", "macbench.yaml"][..], extra].concat());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The task's own files are the inputs: a training record without a letter fails the run
+    // before anything trains, naming the file and the record.
+    copy_dir(&p.path("data/macbench/datasets"), &p.path("bad"));
+    let mut recs: Value = read_json(&p, "bad/image2text_train.json");
+    recs[3]["output"] = Value::Null;
+    p.write("bad/image2text_train.json", &recs.to_string());
+    let bad = p.run("macbench.yaml", &["--input", "datasets=bad"]);
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr.contains("image2text_train.json")
+            && bad.stderr.contains("record 3 ")
+            && bad.stderr.contains("no `output`"),
+        "{}",
+        bad.stderr
+    );
+    assert!(!bad.executed().iter().any(|n| n.starts_with("sft")));
+
     let first = p.run("macbench.yaml", &[]);
     first.expect_code(0);
-    for node in ["base", "sft", "answers_i2t", "answers_t2i", "accuracy"] {
+    for node in [
+        "train",
+        "dev",
+        "test",
+        "base",
+        "sft[recipe=original]",
+        "sft[recipe=augmented]",
+        "answer_test[recipe=augmented]",
+        "hardened",
+        "recipes",
+    ] {
         assert!(
             first.executed().contains(&node.to_string()),
             "{node} did not run: {:?}",
@@ -179,8 +234,8 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         );
     }
     // The model is a Qwen2.5-VL and training saw the images.
-    let out = p.expflow(&["log", "sft"]);
-    let log = String::from_utf8_lossy(&out.stdout);
+    let out = p.expflow(&["log", "sft[recipe=augmented]"]);
+    let log = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(log.contains("Qwen2.5-VL"), "{log}");
     let losses: Vec<f64> = log
         .lines()
@@ -199,65 +254,81 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         losses[losses.len() - 1] < losses[0] * 0.7,
         "training on the images and answers lowers the loss: {losses:?}"
     );
-    let metrics = read_json(&p, "results/macbench/accuracy.json");
-    let key_i2t = read_json(&p, "results/macbench/key_image2text.json");
-    let key_t2i = read_json(&p, "results/macbench/key_text2image.json");
-    let keys = |v: &Value| {
-        v.as_object()
-            .map(|o| o.len())
-            .or_else(|| v.as_array().map(Vec::len))
-            .unwrap() as u64
-    };
-    assert_eq!(
-        metrics["n"].as_u64(),
-        Some(keys(&key_i2t) + keys(&key_t2i)),
-        "every test item of both tasks is scored: {metrics}"
-    );
-    let acc = metrics["accuracy"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&acc), "{metrics}");
-    assert!(
-        p.read("results/macbench/accuracy.csv")
-            .starts_with("group,name")
-    );
-    // The graded answer files: every test item in key order, a letter each.
-    let report = read_json(&p, "results/macbench/answer_report.json");
-    for (file, key) in [
-        ("image2text_answer.json", &key_i2t),
-        ("text2image_answer.json", &key_t2i),
-    ] {
-        let answers = read_json(&p, &format!("results/macbench/{file}"));
-        let ids = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|e| e["id"].as_str().unwrap().to_string())
-                .collect()
-        };
-        assert_eq!(ids(&answers), ids(key), "{file}");
-        assert!(
-            answers
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|e| matches!(e["output"].as_str(), Some("A" | "B" | "C" | "D"))),
-            "{file}: {answers}"
-        );
-    }
-    assert_eq!(
-        report["items"].as_u64(),
-        Some(keys(&key_i2t) + keys(&key_t2i)),
-        "{report}"
-    );
-    assert_eq!(
-        report["from_text"].as_u64().unwrap() + report["fallback"].as_u64().unwrap(),
-        report["items"].as_u64().unwrap(),
-        "{report}"
-    );
     // Dev accuracy at every evaluation and the kept step in the training curve.
-    let log = String::from_utf8_lossy(&p.expflow(&["log", "sft"]).stdout).to_string();
     assert!(
         log.contains("eval_choice_accuracy") && log.contains("kept the adapter of step"),
         "{log}"
+    );
+    // The task's split is used as given: training rows are the train files' items (and,
+    // for the augmented recipe, what was made from them), the dev set is the dev files'.
+    let n = |rel: &str| read_json(&p, rel).as_array().unwrap().len();
+    let (train_n, dev_n) = (
+        n("data/macbench/datasets/image2text_train.json")
+            + n("data/macbench/datasets/text2image_train.json"),
+        n("data/macbench/datasets/image2text_dev.json")
+            + n("data/macbench/datasets/text2image_dev.json"),
+    );
+    let original =
+        String::from_utf8_lossy(&p.expflow(&["log", "sft[recipe=original]"]).stdout).to_string();
+    assert!(
+        original.contains(&format!("SFT: {train_n} rows"))
+            && original.contains(&format!("{dev_n} dev rows")),
+        "{original}"
+    );
+
+    // The graded answer files, per recipe: every test record in input order, a letter each;
+    // the synthetic key (withheld from the test files) scores them.
+    let key_i2t = read_json(&p, "data/macbench/datasets/image2text_test_key.json");
+    let key_t2i = read_json(&p, "data/macbench/datasets/text2image_test_key.json");
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let test_ids = ids(&read_json(
+        &p,
+        "data/macbench/datasets/image2text_test.json",
+    ));
+    assert_eq!(test_ids, ids(&key_i2t), "the key is in test order");
+    let report = read_json(&p, "results/macbench/answer_report.json");
+    let mut correct = 0;
+    for dir in ["results/macbench", "results/macbench/original"] {
+        for (file, key) in [
+            ("image2text_answer.json", &key_i2t),
+            ("text2image_answer.json", &key_t2i),
+        ] {
+            let answers = read_json(&p, &format!("{dir}/{file}"));
+            assert_eq!(ids(&answers), ids(key), "{dir}/{file}");
+            let answers = answers.as_array().unwrap();
+            assert!(
+                answers
+                    .iter()
+                    .all(|e| matches!(e["output"].as_str(), Some("A" | "B" | "C" | "D"))),
+                "{dir}/{file}: {answers:?}"
+            );
+            if dir == "results/macbench" {
+                correct += answers
+                    .iter()
+                    .zip(key.as_array().unwrap())
+                    .filter(|(a, k)| a["output"] == k["output"])
+                    .count() as u64;
+            }
+        }
+    }
+    let total = (ids(&key_i2t).len() + ids(&key_t2i).len()) as u64;
+    assert_eq!(report["items"].as_u64(), Some(total), "{report}");
+    assert_eq!(report["scored"].as_u64(), Some(total), "{report}");
+    assert_eq!(
+        report["correct"].as_u64(),
+        Some(correct),
+        "the report scores the answer files against the key: {report}"
+    );
+    assert_eq!(
+        report["from_text"].as_u64().unwrap() + report["fallback"].as_u64().unwrap(),
+        total,
+        "{report}"
     );
     // Strategy x task on dev: five strategies, two tasks and `all` each.
     let table = p.read("results/macbench/strategies.csv");
@@ -283,31 +354,45 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
             "{s}: {table}"
         );
     }
+    // Recipes side by side: each recipe's dev accuracy, per task and overall.
+    let table = p.read("results/macbench/recipes.csv");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2 * 3, "{table}");
+    for recipe in ["original", "augmented"] {
+        let all = rows
+            .iter()
+            .find(|r| r.starts_with(&format!("recipe_dev[recipe={recipe}],choice_prob,all,")))
+            .unwrap_or_else(|| panic!("{recipe}: {table}"));
+        let cols: Vec<&str> = all.split(',').collect();
+        assert_eq!(cols[3], dev_n.to_string(), "{table}");
+        let acc: f64 = cols[5].parse().unwrap();
+        assert!((0.0..=1.0).contains(&acc), "{table}");
+    }
 
     assert!(
         executed(&p, &[], "macbench.yaml").is_empty(),
         "a second run executes nothing"
     );
     let first_id = first.summary["run_id"].as_str().unwrap();
-    audit_is_clean_and_logs_name_their_run(&p, first_id, "answers_i2t");
+    audit_is_clean_and_logs_name_their_run(&p, first_id, "answer_test[recipe=augmented]");
     let after_edit = executed(&p, &["--set", "sft_lr=0.02"], "macbench.yaml");
-    assert!(after_edit.contains(&"sft".to_string()), "{after_edit:?}");
+    assert!(
+        after_edit.contains(&"sft[recipe=augmented]".to_string()),
+        "{after_edit:?}"
+    );
     for node in &after_edit {
         assert!(
-            [
-                "sft",
-                "answers_i2t",
-                "answers_t2i",
-                "answers",
-                "accuracy",
-                "strategies",
-                "strategies_csv",
-                "answer_test",
-                "answer_file_i2t",
-                "answer_file_t2i",
-            ]
-            .contains(&node.as_str())
-                || node.starts_with("answer_dev["),
+            ["strategies", "strategies_csv", "recipes", "recipes_csv"].contains(&node.as_str())
+                || [
+                    "sft[",
+                    "answer_dev[",
+                    "answer_test[",
+                    "answer_file_i2t[",
+                    "answer_file_t2i[",
+                    "recipe_dev[",
+                ]
+                .iter()
+                .any(|p| node.starts_with(p)),
             "{node} re-ran after an SFT edit: {after_edit:?}"
         );
     }

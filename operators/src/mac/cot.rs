@@ -17,9 +17,11 @@
 //! `api_key_env`) is never part of a parameter, key, memo item, log line or output.
 //!
 //! **Filter.** A rationale is kept only when its final letter ([`super::extract_answer`]) is
-//! the item's gold letter and the response was not cut off (`finish_reason: length`). Kept
-//! items: the rationale (trimmed) as `output`, id `<id>#cot`, variant `cot`. The `report`
-//! output counts items, requests sent and memoised, kept, wrong, unparsable and truncated.
+//! the item's gold letter, it never argues for another option on the way ([`argued_for`]:
+//! "the answer is B", "option B is correct" with B not gold), and the response was not cut
+//! off (`finish_reason: length`). Kept items: the rationale (trimmed) as `output`, id
+//! `<id>#cot`, variant `cot`. The `report` output counts items, kept, wrong, contradicts
+//! (right final letter, another option argued for), unparsable and truncated.
 //!
 //! Declared nondeterministic: a teacher's sampling is not reproducible across servers.
 
@@ -32,7 +34,7 @@ use expflow_engine::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    Item, LETTERS, Task, extract_answer, fill, pretty, read_items, record_name, write_file,
+    Item, LETTERS, Task, extract_answer, fill, pretty, read_labelled, record_name, write_file,
     write_items,
 };
 use crate::error::{OperatorError, Result};
@@ -212,6 +214,56 @@ fn parse_memo(bytes: &[u8]) -> std::result::Result<Answer, OpError> {
     })
 }
 
+/// The options a rationale states as the answer anywhere in its text: a letter A–D right
+/// after "answer" (`answer is B`, `Answer: (B)`), or in "option B is correct/right/best/the
+/// answer" / "B is the correct/right/best option/answer" (case of the words ignored; the
+/// letter must stand alone).
+pub fn argued_for(text: &str) -> std::collections::BTreeSet<usize> {
+    let mut out = std::collections::BTreeSet::new();
+    let words: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '.' | '*' | '"' | '\''))
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.trim_matches(|c| c == '(' || c == ')' || c == ':')
+                .to_string()
+        })
+        .collect();
+    let letter = |w: &str| LETTERS.iter().position(|l| w == l.to_string());
+    let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+    let verdict = |i: usize| -> bool {
+        // `is [the] correct|right|best|answer` starting at word i.
+        let mut j = i;
+        if lower.get(j).map(String::as_str) != Some("is") {
+            return false;
+        }
+        j += 1;
+        if lower.get(j).map(String::as_str) == Some("the") {
+            j += 1;
+        }
+        matches!(
+            lower.get(j).map(String::as_str),
+            Some("correct" | "right" | "best" | "answer")
+        )
+    };
+    for (i, w) in words.iter().enumerate() {
+        if lower[i] == "answer" || lower[i] == "answer:" {
+            let mut j = i + 1;
+            if lower.get(j).map(String::as_str) == Some("is") {
+                j += 1;
+            }
+            if let Some(k) = words.get(j).and_then(|w| letter(w)) {
+                out.insert(k);
+            }
+        }
+        if let Some(k) = letter(w)
+            && verdict(i + 1)
+        {
+            out.insert(k);
+        }
+    }
+    out
+}
+
 impl Operator for Cot {
     fn kind(&self) -> &'static str {
         KIND
@@ -311,7 +363,7 @@ impl Operator for Cot {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let items = read_items(ctx, KIND, "table")?;
+        let items = read_labelled(ctx, KIND, "table")?;
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
         let mut requests: Vec<Request> = items
             .iter()
@@ -338,13 +390,19 @@ impl Operator for Cot {
         })?;
         let total = items.len();
         let (mut kept, mut wrong, mut unparsable, mut truncated) = (Vec::new(), 0u64, 0u64, 0u64);
+        let mut contradicts = 0u64;
         for (it, a) in items.iter().zip(answers) {
             if a.finish_reason == "length" {
                 truncated += 1;
                 continue;
             }
             match extract_answer(&a.content) {
-                Some(k) if k == it.answer => {
+                Some(k)
+                    if Some(k) == it.answer && argued_for(&a.content).iter().any(|&o| o != k) =>
+                {
+                    contradicts += 1;
+                }
+                Some(k) if Some(k) == it.answer => {
                     let mut c = it.derive("cot");
                     c.output = a.content.trim().to_string();
                     kept.push(c);
@@ -364,11 +422,33 @@ impl Operator for Cot {
             "items": total,
             "kept": kept.len(),
             "wrong": wrong,
+            "contradicts": contradicts,
             "unparsable": unparsable,
             "truncated": truncated,
         });
         ctx.log(&format!("report: {report}"));
         write_file(&ctx.output("report")?.path, &pretty(&report))?;
         write_items(ctx, KIND, "table", &kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argued_for;
+
+    #[test]
+    fn rationales_arguing_for_an_option_are_found() {
+        let set = |t: &str| argued_for(t).into_iter().collect::<Vec<_>>();
+        assert_eq!(set("It shows a reef.\nAnswer: C"), [2]);
+        assert_eq!(
+            set("Option B is the best match at first sight. Looking closer, the answer is (C)."),
+            [1, 2]
+        );
+        assert_eq!(set("B is correct because of the neuron.\nAnswer: B"), [1]);
+        assert_eq!(
+            set("Option B is not correct; the answer is not A. Answer: D"),
+            [3]
+        );
+        assert!(argued_for("A coral reef is shown in blue.").is_empty());
     }
 }

@@ -46,6 +46,8 @@ struct Config {
     task: &'static str,
     system: String,
     id_prefix: String,
+    /// Whether every record must carry its answer (test records may not).
+    require_answer: bool,
 }
 
 impl Config {
@@ -56,6 +58,7 @@ impl Config {
             task: p.choice("task", &["auto", "image2text", "text2image"])?,
             system: p.str("system")?.to_string(),
             id_prefix: p.str("id_prefix")?.to_string(),
+            require_answer: p.choice("answers", &["required", "optional"])? == "required",
         })
     }
 }
@@ -169,7 +172,15 @@ fn from_alpaca(index: usize, rec: &Value, cfg: &Config) -> Result<Item> {
         (None, Some(b)) => b,
         (None, None) => return Err(fail("has neither `input` nor `instruction`".into())),
     };
-    let output = get("output")?.ok_or_else(|| fail("has no `output`".into()))?;
+    let output = match get("output")? {
+        Some(o) => Some(o),
+        None if !cfg.require_answer => None,
+        None => {
+            return Err(fail(
+                "has no `output` (its answer letter); only test records may leave it null".into(),
+            ));
+        }
+    };
     let images: Vec<String> = match rec.get("images") {
         Some(Value::Array(a)) => a
             .iter()
@@ -211,12 +222,15 @@ fn from_alpaca(index: usize, rec: &Value, cfg: &Config) -> Result<Item> {
             images.len()
         )));
     }
-    let answer = extract_answer(&output).ok_or_else(|| {
-        fail(format!(
-            "no answer letter A–D in `output` {:?}",
-            truncate(&output, 80)
-        ))
-    })?;
+    let answer = match &output {
+        Some(output) => Some(extract_answer(output).ok_or_else(|| {
+            fail(format!(
+                "no answer letter A–D in `output` {:?}",
+                truncate(output, 80)
+            ))
+        })?),
+        None => None,
+    };
     let text = input.replace(IMAGE, "");
     let (question, cover_image, story, options) = match task {
         Task::ImageToText => {
@@ -231,10 +245,20 @@ fn from_alpaca(index: usize, rec: &Value, cfg: &Config) -> Result<Item> {
     };
     let journal = match get("journal")? {
         Some(j) => j,
-        None => journal_of(match task {
-            Task::ImageToText => &images[0],
-            Task::TextToImage => &images[answer],
-        }),
+        None => match (task, answer) {
+            (Task::ImageToText, _) => journal_of(&images[0]),
+            (Task::TextToImage, Some(a)) => journal_of(&images[a]),
+            // Without the answer, the journal every option shares (MAC draws distractors
+            // from the cover's own journal), else `unknown`.
+            (Task::TextToImage, None) => {
+                let js: std::collections::BTreeSet<String> =
+                    images.iter().map(|i| journal_of(i)).collect();
+                match js.len() {
+                    1 => js.into_iter().next().unwrap_or_default(),
+                    _ => "unknown".into(),
+                }
+            }
+        },
     };
     Ok(Item {
         source_id: id.clone(),
@@ -249,7 +273,7 @@ fn from_alpaca(index: usize, rec: &Value, cfg: &Config) -> Result<Item> {
         answer,
         system,
         input,
-        output,
+        output: output.unwrap_or_default(),
         images,
     })
 }
@@ -364,10 +388,11 @@ fn read_csv(bytes: &[u8], cfg: &Config, path: &Path) -> Result<Vec<Item>> {
             return Err(fail(format!("option {} is empty", LETTERS[k])));
         }
         let a = v(4);
-        let answer = LETTERS
-            .iter()
-            .position(|l| a.trim() == l.to_string())
-            .ok_or_else(|| fail(format!("answer `{a}` is not one of A, B, C, D")))?;
+        let answer = match LETTERS.iter().position(|l| a.trim() == l.to_string()) {
+            Some(k) => Some(k),
+            None if a.trim().is_empty() && !cfg.require_answer => None,
+            None => return Err(fail(format!("answer `{a}` is not one of A, B, C, D"))),
+        };
         if task == Task::TextToImage
             && let Some(k) = options.iter().position(|o| !is_image_path(o))
         {
@@ -475,6 +500,12 @@ impl Operator for Load {
                     ParamKind::String,
                     json!("Answer with one letter."),
                     "CSV only: the `system` text of rendered records",
+                ),
+                ParamSpec::with_default(
+                    "answers",
+                    ParamKind::String,
+                    json!("required"),
+                    "required, or optional: a record with `output` null (CSV: `answer` empty) is an unanswered test item",
                 ),
                 ParamSpec::with_default(
                     "id_prefix",

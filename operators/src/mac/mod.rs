@@ -3,10 +3,14 @@
 //!
 //! - `mac.load`: LLaMA-Factory alpaca JSON / JSON Lines or MAC's CSV → an item table, with
 //!   the `<image>` count and the A–D options checked per record;
+//! - `mac.load_split`: one split (train, dev, test) of the task's six-file directory, test
+//!   items unanswered unless a key file is beside them;
 //! - `mac.permute_options`: seeded shuffles of A–D (answer remapped), optionally with new
 //!   distractors drawn from the same journal;
 //! - `mac.vary_templates`: re-renders items with prompt templates given in YAML;
 //! - `mac.recombine`: image2text ↔ text2image items built from the same (cover, story) pairs;
+//! - `mac.hard_distractors`: distractors ranked by CLIP similarity within the journal, a
+//!   difficulty per item, and a curriculum;
 //! - `mac.cot`: chain-of-thought rationales from a teacher model behind an OpenAI-compatible
 //!   endpoint, memoised per request, kept only when their final letter is the gold one;
 //! - `mac.export_llamafactory`, `mac.export_answers`: the trainer's dataset directory and the
@@ -28,7 +32,9 @@ use crate::table_io::{read_table, write_table};
 pub mod cot;
 pub mod export_answers;
 pub mod export_llamafactory;
+pub mod hard;
 pub mod load;
+pub mod load_split;
 pub mod permute;
 pub mod png;
 pub mod recombine;
@@ -38,7 +44,9 @@ pub mod templates;
 pub use cot::Cot;
 pub use export_answers::ExportAnswers;
 pub use export_llamafactory::ExportLlamaFactory;
+pub use hard::HardDistractors;
 pub use load::Load;
+pub use load_split::LoadSplit;
 pub use permute::PermuteOptions;
 pub use recombine::Recombine;
 pub use templates::VaryTemplates;
@@ -124,8 +132,8 @@ pub struct Item {
     pub story: Option<String>,
     /// Story texts (image2text) or image paths (text2image), A to D.
     pub options: [String; 4],
-    /// Index of the gold option (0 = A).
-    pub answer: usize,
+    /// Index of the gold option (0 = A); `None` for a test item given without its answer.
+    pub answer: Option<usize>,
     pub system: String,
     pub input: String,
     pub output: String,
@@ -133,33 +141,65 @@ pub struct Item {
 }
 
 impl Item {
-    pub fn answer_letter(&self) -> char {
-        LETTERS[self.answer]
+    /// The gold letter, or the empty string for an unanswered (test) item.
+    pub fn answer_letter(&self) -> String {
+        self.answer
+            .map(|a| LETTERS[a].to_string())
+            .unwrap_or_default()
     }
 
-    /// The (cover image, story) pair the item asks about.
-    pub fn pair(&self) -> (String, String) {
+    /// The gold option's index, or an error naming the item when it has none (augmenting
+    /// needs the answer; test items are answered, never augmented).
+    pub fn gold(&self, op: &'static str) -> Result<usize> {
+        self.answer.ok_or_else(|| {
+            OperatorError::data(
+                op,
+                format!(
+                    "item `{}` has no answer (a test item); augment the training items only",
+                    self.id
+                ),
+            )
+        })
+    }
+
+    /// What the item gives: its cover image (image2text) or its story (text2image).
+    pub fn given(&self) -> String {
         match self.task {
-            Task::ImageToText => (
-                self.cover_image.clone().unwrap_or_default(),
-                self.options[self.answer].clone(),
-            ),
-            Task::TextToImage => (
-                self.options[self.answer].clone(),
-                self.story.clone().unwrap_or_default(),
-            ),
+            Task::ImageToText => self.cover_image.clone().unwrap_or_default(),
+            Task::TextToImage => self.story.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The (cover image, story) pair the item asks about; for an unanswered item only the
+    /// given side is known (the other is empty).
+    pub fn pair(&self) -> (String, String) {
+        let gold = self
+            .answer
+            .map(|a| self.options[a].clone())
+            .unwrap_or_default();
+        match self.task {
+            Task::ImageToText => (self.cover_image.clone().unwrap_or_default(), gold),
+            Task::TextToImage => (gold, self.story.clone().unwrap_or_default()),
         }
     }
 
     /// A key of the (cover image, story) pair, equal for both tasks' items about one pair:
     /// the first 16 hex digits of BLAKE3(cover ‖ 0x00 ‖ story). Split by it to keep a pair,
-    /// in both tasks and all augmentations, on one side.
+    /// in both tasks and all augmentations, on one side. An unanswered item hashes its task
+    /// and given side instead (0x01 ‖ task ‖ 0x00 ‖ given), its own group.
     pub fn pair_id(&self) -> String {
-        let (cover, story) = self.pair();
         let mut h = blake3::Hasher::new();
-        h.update(cover.as_bytes());
-        h.update(&[0]);
-        h.update(story.as_bytes());
+        if self.answer.is_some() {
+            let (cover, story) = self.pair();
+            h.update(cover.as_bytes());
+            h.update(&[0]);
+            h.update(story.as_bytes());
+        } else {
+            h.update(&[1]);
+            h.update(self.task.as_str().as_bytes());
+            h.update(&[0]);
+            h.update(self.given().as_bytes());
+        }
         h.finalize().to_hex()[..16].to_string()
     }
 
@@ -192,8 +232,10 @@ impl Item {
                 self.images.len()
             ));
         }
-        if self.answer >= 4 {
-            return Err(format!("answer index {} is not A–D", self.answer));
+        if let Some(a) = self.answer
+            && a >= 4
+        {
+            return Err(format!("answer index {a} is not A–D"));
         }
         Ok(())
     }
@@ -489,8 +531,14 @@ impl Template {
         item.system = self.system.clone();
         item.input = user;
         item.images = imgs;
-        let letter = item.answer_letter().to_string();
-        item.output = fill_known(&self.output, &|n| (n == "answer").then(|| letter.clone()));
+        // An unanswered (test) item has no output to write.
+        item.output = match item.answer {
+            Some(_) => {
+                let letter = item.answer_letter();
+                fill_known(&self.output, &|n| (n == "answer").then(|| letter.clone()))
+            }
+            None => String::new(),
+        };
     }
 }
 
@@ -557,7 +605,10 @@ pub fn items_to_df(op: &'static str, items: &[Item]) -> Result<DataFrame> {
         Column::new("option_B".into(), s(&|i| i.options[1].clone())),
         Column::new("option_C".into(), s(&|i| i.options[2].clone())),
         Column::new("option_D".into(), s(&|i| i.options[3].clone())),
-        Column::new("answer".into(), s(&|i| i.answer_letter().to_string())),
+        Column::new(
+            "answer".into(),
+            o(&|i| i.answer.map(|a| LETTERS[a].to_string())),
+        ),
         Column::new("system".into(), s(&|i| i.system.clone())),
         Column::new("input".into(), s(&|i| i.input.clone())),
         Column::new("output".into(), s(&|i| i.output.clone())),
@@ -647,8 +698,13 @@ pub fn df_to_items(op: &'static str, df: &DataFrame) -> Result<Vec<Item>> {
         let t = task[i].as_deref().unwrap_or_default();
         let task = Task::parse(t)
             .ok_or_else(|| bad(format!("task `{t}` is neither image2text nor text2image")))?;
-        let a = answer[i].as_deref().unwrap_or_default();
-        let answer = letter_index(a).ok_or_else(|| bad(format!("answer `{a}` is not A–D")))?;
+        let answer =
+            match answer[i].as_deref().map(str::trim) {
+                None | Some("") => None,
+                Some(a) => Some(letter_index(a).ok_or_else(|| {
+                    bad(format!("answer `{a}` is not A–D (or empty: unanswered)"))
+                })?),
+            };
         let text = |v: &Option<String>| v.clone().unwrap_or_default();
         items.push(Item {
             id: idv.clone(),
@@ -679,6 +735,15 @@ pub fn df_to_items(op: &'static str, df: &DataFrame) -> Result<Vec<Item>> {
 pub fn read_items(ctx: &Context, op: &'static str, port: &str) -> Result<Vec<Item>, OpError> {
     let df = read_table(&ctx.input(port)?.path)?;
     Ok(df_to_items(op, &df)?)
+}
+
+/// Reads the item table on input `port`, every item with its answer (augmenting needs it).
+pub fn read_labelled(ctx: &Context, op: &'static str, port: &str) -> Result<Vec<Item>, OpError> {
+    let items = read_items(ctx, op, port)?;
+    for it in &items {
+        it.gold(op)?;
+    }
+    Ok(items)
 }
 
 /// Writes `items` as an item table to output `port`.

@@ -25,7 +25,7 @@ use expflow_engine::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{Item, LETTERS, Task, Template, rank, ranked, read_items, write_items};
+use super::{Item, LETTERS, Task, Template, rank, ranked, read_labelled, write_items};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -88,6 +88,8 @@ pub fn permute(items: &[Item], cfg: &Config) -> (Vec<Item>, usize) {
     let mut out = Vec::new();
     let mut short = 0;
     for it in items {
+        // Unanswered items are refused by `run` (see `Item::gold`).
+        let Some(answer) = it.answer else { continue };
         for k in 1..=cfg.copies {
             let kb = k.to_le_bytes();
             let mut options = it.options.clone();
@@ -99,7 +101,7 @@ pub fn permute(items: &[Item], cfg: &Config) -> (Vec<Item>, usize) {
                     .cloned()
                     .collect();
                 let candidates = ranked(cfg.seed, &[it.id.as_bytes(), &kb, b"distractor"], &pool);
-                let distractors: Vec<usize> = (0..4).filter(|&i| i != it.answer).collect();
+                let distractors: Vec<usize> = (0..4).filter(|&i| i != answer).collect();
                 let slots = letter_order(cfg.seed, &it.id, &kb, b"slot", &distractors);
                 let mut cand = candidates.into_iter();
                 for &slot in slots.iter().take(cfg.new_distractors) {
@@ -113,8 +115,8 @@ pub fn permute(items: &[Item], cfg: &Config) -> (Vec<Item>, usize) {
             let mut p = it.derive(&format!("perm{k}"));
             for (new, &old) in order.iter().enumerate() {
                 p.options[new] = options[old].clone();
-                if old == it.answer {
-                    p.answer = new;
+                if old == answer {
+                    p.answer = Some(new);
                 }
             }
             cfg.template.render(&mut p);
@@ -179,7 +181,7 @@ impl Operator for PermuteOptions {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let items = read_items(ctx, KIND, "table")?;
+        let items = read_labelled(ctx, KIND, "table")?;
         let (copies, short) = permute(&items, &cfg);
         if short > 0 {
             ctx.log(&format!(

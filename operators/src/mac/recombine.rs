@@ -24,7 +24,8 @@ use expflow_engine::{
 use serde_json::{Map, Value, json};
 
 use super::{
-    I2T_QUESTION, Item, LETTERS, T2I_QUESTION, Task, Template, ranked, read_items, write_items,
+    I2T_QUESTION, Item, LETTERS, T2I_QUESTION, Task, Template, ranked, read_items, read_labelled,
+    write_items,
 };
 use crate::error::Result;
 use crate::params::{Params, problems};
@@ -96,6 +97,8 @@ pub fn recombine(items: &[Item], cfg: &Config) -> (Vec<Item>, usize) {
         if cfg.to != "both" && cfg.to != target.as_str() {
             continue;
         }
+        // Unanswered items are refused by `run` (see `Item::gold`).
+        let Some(answer) = it.answer else { continue };
         let j = &journals[&it.journal];
         let (cover, story) = it.pair();
         if j.asked.contains(&(target, cover.clone(), story.clone())) {
@@ -108,10 +111,10 @@ pub fn recombine(items: &[Item], cfg: &Config) -> (Vec<Item>, usize) {
         };
         let mut options: [Option<String>; 4] = Default::default();
         let mut used: BTreeSet<String> = BTreeSet::new();
-        options[it.answer] = Some(gold.clone());
+        options[answer] = Some(gold.clone());
         used.insert(gold);
         for (i, o) in it.options.iter().enumerate() {
-            if i == it.answer {
+            if i == answer {
                 continue;
             }
             if let Some(c) = map.get(o)
@@ -183,7 +186,15 @@ impl Operator for Recombine {
 
     fn signature(&self) -> Signature {
         Signature {
-            inputs: Ports::Fixed(vec![Port::new("table", PortType::Table, "MAC items")]),
+            inputs: Ports::Fixed(vec![
+                Port::new("table", PortType::Table, "MAC items"),
+                Port::new(
+                    "exclude",
+                    PortType::Table,
+                    "held-out items (dev, test; answers not needed): no new item gives the cover or story one of them gives in its task",
+                )
+                .optional(),
+            ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "table",
                 PortType::Table,
@@ -233,12 +244,27 @@ impl Operator for Recombine {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let items = read_items(ctx, KIND, "table")?;
-        let (new, skipped) = recombine(&items, &cfg);
+        let items = read_labelled(ctx, KIND, "table")?;
+        let (mut new, skipped) = recombine(&items, &cfg);
         if skipped > 0 {
             ctx.log(&format!(
                 "{skipped} item(s) not recombined: the pair is already asked the other way, or the journal has fewer than 4 options"
             ));
+        }
+        if ctx.inputs().contains_key("exclude") {
+            let held: BTreeSet<(Task, String)> = read_items(ctx, KIND, "exclude")?
+                .iter()
+                .map(|it| (it.task, it.given()))
+                .collect();
+            let before = new.len();
+            new.retain(|n| !held.contains(&(n.task, n.given())));
+            let dropped = before - new.len();
+            ctx.note("held_out", dropped as u64);
+            if dropped > 0 {
+                ctx.log(&format!(
+                    "{dropped} recombined item(s) dropped: a held-out item asks the same question (its cover or story)"
+                ));
+            }
         }
         let mut out = if cfg.keep_original { items } else { Vec::new() };
         out.extend(new);

@@ -9,7 +9,15 @@
 //! OUT/mac_text2image.json              alpaca records, one per issue (id t2i_<journal>_<issue>)
 //! OUT/image2text_info.csv              MAC CSV of the image2text items
 //! OUT/text2image_info.csv              MAC CSV of the text2image items
+//! OUT/datasets/<task>_<split>.json     the task's six files (task: image2text, text2image;
+//!                                      split: train, dev, test), records {system, input,
+//!                                      output, images}; test records add `id`, `output` null
+//! OUT/datasets/<task>_test_key.json    the withheld test answers, [{"id", "output"}]
 //! ```
+//!
+//! The six files are laid out as the task gives them: each task's items are split on their
+//! own (as MAC's builder splits each task's file), 15% test, 15% dev (at least one each), the
+//! rest train, by rank(seed, id, "split"); records keep the issue order within a file.
 //!
 //! `items` issues are spread round-robin over `min(6, items / 4)` journals, so every journal
 //! has at least four issues and distractors (other issues of the same journal, as MAC's
@@ -147,7 +155,7 @@ fn csv(items: &[Item]) -> String {
             it.id.clone(),
             it.question.clone(),
             cover,
-            it.answer_letter().to_string(),
+            it.answer_letter(),
         ];
         fields.extend(it.options.iter().cloned());
         let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
@@ -166,6 +174,69 @@ fn record(it: &Item) -> Value {
         "output": it.output,
         "images": it.images,
     })
+}
+
+/// The split of each of `items` (0 train, 1 dev, 2 test): see the module docs.
+fn splits(items: &[Item], seed: u64) -> Vec<usize> {
+    let n = items.len();
+    let held = ((n as f64 * 0.15).round() as usize).max(1);
+    let ids: Vec<String> = items.iter().map(|it| it.id.clone()).collect();
+    let order = ranked(seed, &[b"split"], &ids);
+    let mut split = vec![0; n];
+    for (pos, id) in order.iter().enumerate() {
+        let i = ids.iter().position(|x| x == id).unwrap_or_default();
+        split[i] = if pos < held {
+            2
+        } else if pos < 2 * held {
+            1
+        } else {
+            0
+        };
+    }
+    split
+}
+
+/// Writes one task's three files and its test key under `dir`.
+fn write_splits(dir: &Path, items: &[Item], task: Task, seed: u64) -> Result<()> {
+    let split = splits(items, seed);
+    for (k, name) in ["train", "dev", "test"].iter().enumerate() {
+        let chosen = items.iter().zip(&split).filter(|(_, s)| **s == k);
+        let records: Vec<Value> = chosen
+            .clone()
+            .map(|(it, _)| {
+                let mut r = json!({
+                    "system": it.system,
+                    "input": it.input,
+                    "output": it.output,
+                    "images": it.images,
+                });
+                if k == 2 {
+                    r = json!({
+                        "id": it.id,
+                        "system": it.system,
+                        "input": it.input,
+                        "output": null,
+                        "images": it.images,
+                    });
+                }
+                r
+            })
+            .collect();
+        write_file(
+            &dir.join(super::load_split::file_name(task, name)),
+            &pretty(&Value::Array(records)),
+        )?;
+        if k == 2 {
+            let key: Vec<Value> = chosen
+                .map(|(it, _)| json!({"id": it.id, "output": it.answer_letter()}))
+                .collect();
+            write_file(
+                &dir.join(super::load_split::key_name(task)),
+                &pretty(&Value::Array(key)),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `items` synthetic issues under `out` (see the module docs), covers `size` pixels
@@ -255,7 +326,7 @@ pub fn write_mac(out: &Path, items: usize, seed: u64, size: u32) -> Result<Summa
                 cover_image: (task == Task::ImageToText).then(|| cover_path(is)),
                 story: (task == Task::TextToImage).then(|| is.story.clone()),
                 options,
-                answer,
+                answer: Some(answer),
                 system: String::new(),
                 input: String::new(),
                 output: String::new(),
@@ -272,6 +343,8 @@ pub fn write_mac(out: &Path, items: usize, seed: u64, size: u32) -> Result<Summa
     write_file(&out.join("mac_image2text.json"), &pretty(&records(&i2t)))?;
     write_file(&out.join("mac_text2image.json"), &pretty(&records(&t2i)))?;
     write_file(&out.join("image2text_info.csv"), csv(&i2t).as_bytes())?;
+    write_splits(&out.join("datasets"), &i2t, Task::ImageToText, seed)?;
+    write_splits(&out.join("datasets"), &t2i, Task::TextToImage, seed)?;
     write_file(&out.join("text2image_info.csv"), csv(&t2i).as_bytes())?;
     Ok(Summary {
         issues: items,
