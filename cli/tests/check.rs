@@ -187,10 +187,10 @@ fn a_declared_input_directory_is_a_model_a_file_is_not() {
     std::fs::write(dir.path().join("file.yaml"), pipe("weights.bin")).unwrap();
     let (code, _, err) = expflow(dir.path(), &["check", "dir.yaml"]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = expflow(dir.path(), &["check", "file.yaml"]);
-    assert_ne!(code, 0);
+    let (code, out, err) = expflow(dir.path(), &["check", "file.yaml"]);
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
-        err.contains("type mismatch: input `model` of node `answers` wants a model"),
-        "{err}"
+        out.contains("type mismatch: input `model` of node `answers` wants a model, but `inputs.base` is a file"),
+        "{out}{err}"
     );
 }
