@@ -17,13 +17,17 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::journal::{Entry, Journal, read_entries_from};
-use crate::record::{Record, RunInfo};
+use crate::record::{Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
 /// Where the engine keeps records, last keys, the stat cache, item memos, runs and pins.
 pub trait Store: Send + Sync {
     /// The record for node key `key`.
     fn get_record(&self, key: &Digest) -> Result<Option<Record>>;
+    /// What listing runs needs of the record for `key` (see [`RecordSummary`]).
+    fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {
+        Ok(self.get_record(key)?.as_ref().map(RecordSummary::of))
+    }
     /// Stores `rec` durably: its journal line is fsynced before this returns.
     fn put_record(&self, rec: &Record) -> Result<()>;
     /// Forgets the record for `key` (journaled).
@@ -336,6 +340,10 @@ fn last_key(pipeline: &str, node: &str) -> Vec<u8> {
 
 impl Store for SledStore {
     fn get_record(&self, key: &Digest) -> Result<Option<Record>> {
+        self.get_json(&self.records, &key.0, || format!("record {key}"))
+    }
+
+    fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {
         self.get_json(&self.records, &key.0, || format!("record {key}"))
     }
 

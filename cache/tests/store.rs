@@ -329,3 +329,47 @@ fn the_store_is_usable_from_many_threads() {
     assert_eq!(store.records().unwrap().len(), 40);
     assert_eq!(journal_types(&ws).len(), 80);
 }
+
+/// A record's summary read from the database (without its curves or key material) is what
+/// summarising the whole record gives: parameters, scalars, and each series' last number
+/// (a trailing null skipped, an all-null series left out); a record with no material or no
+/// metrics has none.
+#[test]
+fn record_summary_matches_the_full_record() {
+    let (_d, ws, _cas) = workspace();
+    let store = SledStore::open(&ws).unwrap();
+    let mut rec = common::record("summary", "p", "train", &[]);
+    rec.metrics.scalars.insert("scores.bleu".into(), 31.5);
+    rec.metrics
+        .series
+        .insert("metrics.loss".into(), vec![Some(2.0), Some(1.25), None]);
+    rec.metrics
+        .series
+        .insert("metrics.eval".into(), vec![None, None]);
+    store.put_record(&rec).unwrap();
+    let mut bare = common::record("bare", "p", "other", &[]);
+    bare.material = serde_json::Value::Null;
+    store.put_record(&bare).unwrap();
+
+    let s = store.get_record_summary(&rec.key).unwrap().unwrap();
+    assert_eq!(s, expflow_cache::RecordSummary::of(&rec));
+    assert_eq!(s.params["lr"], serde_json::json!(0.0001));
+    let mut metrics = s.metrics.clone();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        metrics,
+        vec![
+            ("metrics.loss".to_string(), 1.25),
+            ("scores.bleu".to_string(), 31.5)
+        ]
+    );
+    let b = store.get_record_summary(&bare.key).unwrap().unwrap();
+    assert_eq!(b, expflow_cache::RecordSummary::of(&bare));
+    assert!(b.params.is_empty() && b.metrics.is_empty());
+    assert!(
+        store
+            .get_record_summary(&Digest::of_bytes(b"none"))
+            .unwrap()
+            .is_none()
+    );
+}
