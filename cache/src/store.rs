@@ -8,6 +8,7 @@
 //! per-record path: it runs in the background, and at every run and pin), and
 //! [`crate::rebuild`] recreates it from the journal when it cannot be opened at all.
 
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -17,13 +18,18 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::journal::{Entry, Journal, read_entries_from};
-use crate::record::{Record, RecordSummary, RunInfo};
+use crate::record::{OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
 /// Where the engine keeps records, last keys, the stat cache, item memos, runs and pins.
 pub trait Store: Send + Sync {
     /// The record for node key `key`.
     fn get_record(&self, key: &Digest) -> Result<Option<Record>>;
+    /// The outputs of the record for `key`: what a cache hit needs, read without the rest
+    /// of the record.
+    fn get_record_outputs(&self, key: &Digest) -> Result<Option<BTreeMap<String, OutputRef>>> {
+        Ok(self.get_record(key)?.map(|r| r.outputs))
+    }
     /// What listing runs needs of the record for `key` (see [`RecordSummary`]).
     fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {
         Ok(self.get_record(key)?.as_ref().map(RecordSummary::of))
@@ -341,6 +347,16 @@ fn last_key(pipeline: &str, node: &str) -> Vec<u8> {
 impl Store for SledStore {
     fn get_record(&self, key: &Digest) -> Result<Option<Record>> {
         self.get_json(&self.records, &key.0, || format!("record {key}"))
+    }
+
+    fn get_record_outputs(&self, key: &Digest) -> Result<Option<BTreeMap<String, OutputRef>>> {
+        #[derive(Deserialize)]
+        struct Outputs {
+            outputs: BTreeMap<String, OutputRef>,
+        }
+        let o: Option<Outputs> =
+            self.get_json(&self.records, &key.0, || format!("record {key}"))?;
+        Ok(o.map(|o| o.outputs))
     }
 
     fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {

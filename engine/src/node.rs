@@ -88,7 +88,16 @@ pub(crate) fn artifact_ok(
 
 /// Whether every output of a record is intact.
 pub fn record_ok(cas: &Cas, store: &dyn Store, rec: &Record) -> Result<bool> {
-    for out in rec.outputs.values() {
+    outputs_ok(cas, store, &rec.outputs)
+}
+
+/// Whether every one of a record's outputs is intact.
+pub fn outputs_ok(
+    cas: &Cas,
+    store: &dyn Store,
+    outputs: &BTreeMap<String, OutputRef>,
+) -> Result<bool> {
+    for out in outputs.values() {
         if !artifact_ok(cas, store, &out.digest, out.dir)? {
             return Ok(false);
         }
