@@ -222,3 +222,14 @@ impl<'de> Deserialize<'de> for LastValue {
         d.deserialize_seq(V)
     }
 }
+
+/// What a cache hit needs of a record, in one lookup: its outputs, and the stat of each
+/// output's blob file when expflow last found the blob intact (a blob whose stat is still the
+/// same is trusted without reading it, as with the stat cache).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub outputs: BTreeMap<String, OutputRef>,
+    /// Port → the stat of its blob file as last checked; absent until checked.
+    #[serde(default)]
+    pub stats: BTreeMap<String, crate::stat::StatKey>,
+}

@@ -373,3 +373,42 @@ fn record_summary_matches_the_full_record() {
             .is_none()
     );
 }
+
+/// The hit index: a record stored before it existed (no entry) is found through the record,
+/// without blob stats; an entry stored for it is found itself, survives reopening, and is
+/// dropped when the record is stored again or forgotten (so a hit never uses outputs other
+/// than the record's).
+#[test]
+fn hit_entries_come_from_records_and_are_dropped_with_them() {
+    let (_d, ws, cas) = workspace();
+    let out = common::file_output(&cas, b"hit");
+    let rec = common::record("hit", "p", "n", &[("o", out.clone())]);
+    let stat = stat_key(&cas.blob_path(&out.digest).display().to_string());
+    {
+        let store = SledStore::open(&ws).unwrap();
+        store.put_record(&rec).unwrap();
+        let h = store.get_hit(&rec.key).unwrap().unwrap();
+        assert_eq!(h.outputs, rec.outputs);
+        assert!(h.stats.is_empty());
+        let mut with = h.clone();
+        with.stats.insert("o".into(), stat.clone());
+        store.put_hit(&rec.key, &with).unwrap();
+        assert_eq!(store.get_hit(&rec.key).unwrap().unwrap(), with);
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(&ws).unwrap();
+    assert_eq!(store.get_hit(&rec.key).unwrap().unwrap().stats["o"], stat);
+    store.put_record(&rec).unwrap();
+    assert!(store.get_hit(&rec.key).unwrap().unwrap().stats.is_empty());
+    store
+        .put_hit(
+            &rec.key,
+            &expflow_cache::Hit {
+                outputs: rec.outputs.clone(),
+                stats: [("o".to_string(), stat)].into_iter().collect(),
+            },
+        )
+        .unwrap();
+    store.remove_record(&rec.key).unwrap();
+    assert!(store.get_hit(&rec.key).unwrap().is_none());
+}

@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::events::{EventKind, EventLog, now_ms};
 use crate::key::{KEY_SCHEMA, KeyMaterial};
 use crate::materialize;
-use crate::node::{self, NodeEnv, ingest_input, outputs_ok};
+use crate::node::{self, NodeEnv, hit_ok, ingest_input};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
 

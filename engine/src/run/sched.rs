@@ -27,8 +27,8 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             let key = material.key();
             self.material[i] = Some(material);
             self.keys[i] = Some(key);
-            if let Some(outputs) = self.env.store.get_record_outputs(&key)?
-                && outputs_ok(&self.env.cas, self.env.store.as_ref(), &outputs)?
+            if let Some(mut hit) = self.env.store.get_hit(&key)?
+                && hit_ok(&self.env.cas, self.env.store.as_ref(), &key, &mut hit)?
             {
                 if self.last.get(node.name.as_str()) != Some(&key) {
                     self.env.store.set_last(&self.p.name, &node.name, &key)?;
@@ -38,7 +38,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     key,
                 });
                 self.summary.cached.push(node.name.clone());
-                self.outputs[i] = Some(outputs);
+                self.outputs[i] = Some(hit.outputs);
                 self.state[i] = State::Done;
                 work.extend(self.release_children(i));
                 continue;
