@@ -282,14 +282,14 @@ mod tests {
             ]
             .into_iter()
             .collect(),
-            env: if i % 2 == 0 {
+            env: if i.is_multiple_of(2) {
                 BTreeMap::new()
             } else {
                 [("python".to_string(), "3.11".to_string())]
                     .into_iter()
                     .collect()
             },
-            seed: (i % 3 == 0).then_some(i * 1_000_003),
+            seed: i.is_multiple_of(3).then_some(i * 1_000_003),
             metrics: if i % 2 == 1 {
                 vec!["scores \"q\"".into(), "z".into()]
             } else {

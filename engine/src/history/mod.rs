@@ -154,7 +154,7 @@ impl<'a> History<'a> {
                 }
             }
         }
-        let mut previous: HashMap<&str, (&RunInfo, Vec<(&str, &RecordSummary)>)> = HashMap::new();
+        let mut previous: HashMap<&str, (&RunInfo, Nodes)> = HashMap::new();
         let mut out = Vec::with_capacity(runs.len());
         for run in runs {
             let nodes = present(&summaries, run);
@@ -191,11 +191,11 @@ impl<'a> History<'a> {
     }
 }
 
+/// A run's nodes with their records' summaries.
+type Nodes<'r> = Vec<(&'r str, &'r RecordSummary)>;
+
 /// The run's nodes whose record is present.
-fn present<'r>(
-    records: &'r HashMap<Digest, Option<RecordSummary>>,
-    run: &'r RunInfo,
-) -> Vec<(&'r str, &'r RecordSummary)> {
+fn present<'r>(records: &'r HashMap<Digest, Option<RecordSummary>>, run: &'r RunInfo) -> Nodes<'r> {
     run.nodes
         .iter()
         .filter_map(|(n, k)| {
