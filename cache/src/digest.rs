@@ -48,11 +48,17 @@ impl Digest {
         if bytes.len() != 64 {
             return Err(bad("wrong length"));
         }
+        // A table lookup per character, one check for the whole digest (records hold many
+        // digests: this is on the path of every record and run read).
         let mut out = [0u8; 32];
-        for (i, pair) in bytes.chunks_exact(2).enumerate() {
-            let hi = hex_val(pair[0]).ok_or_else(|| bad("not a hex character"))?;
-            let lo = hex_val(pair[1]).ok_or_else(|| bad("not a hex character"))?;
-            out[i] = (hi << 4) | lo;
+        let mut invalid = 0u8;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (hi, lo) = (HEX_VAL[pair[0] as usize], HEX_VAL[pair[1] as usize]);
+            invalid |= hi | lo;
+            *o = (hi << 4) | (lo & 0x0f);
+        }
+        if invalid & 0x80 != 0 {
+            return Err(bad("not a hex character"));
         }
         Ok(Digest(out))
     }
@@ -65,14 +71,22 @@ impl Digest {
     }
 }
 
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// The value of each hex character; 0x80 for every other byte.
+const HEX_VAL: [u8; 256] = {
+    let mut t = [0x80u8; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
     }
-}
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = 10 + c as u8;
+        t[b'A' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    t
+};
 
 impl From<blake3::Hash> for Digest {
     fn from(h: blake3::Hash) -> Self {

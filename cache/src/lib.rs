@@ -31,7 +31,7 @@ pub use error::{CacheError, Result};
 pub use gc::{GcReport, gc};
 pub use manifest::{Manifest, ManifestEntry};
 pub use rebuild::{RebuildReport, rebuild};
-pub use record::{Metrics, OutputRef, Record, RunInfo};
+pub use record::{Hit, Metrics, OutputRef, Record, RecordSummary, RunInfo};
 pub use stat::{StatKey, digest_path_cached};
 pub use store::{SledStore, Store};
 pub use tree_stat::{TreeStat, digest_path, pinned_mtime};

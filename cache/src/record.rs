@@ -117,3 +117,119 @@ pub struct RunInfo {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
 }
+
+/// What listing runs needs of a record, decoded without the rest: its key and run, the
+/// node's parameters, and each metric's value (a series by its last value). Reading it
+/// allocates no training curve and none of the key material but the parameters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordSummary {
+    pub key: Digest,
+    pub run_id: String,
+    /// `material.params`: the node's parameters.
+    #[serde(default, rename = "material", deserialize_with = "params_of_material")]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// `PORT.FIELD` → value: every scalar metric, and the last value of every series that
+    /// has one.
+    #[serde(default, deserialize_with = "last_metrics")]
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl RecordSummary {
+    /// The summary of a full record (what decoding its stored form gives).
+    pub fn of(rec: &Record) -> RecordSummary {
+        let params = match rec.material.get("params") {
+            Some(serde_json::Value::Object(m)) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let mut metrics: Vec<(String, f64)> = rec
+            .metrics
+            .scalars
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (name, values) in &rec.metrics.series {
+            if let Some(last) = values.iter().rev().flatten().next() {
+                metrics.push((name.clone(), *last));
+            }
+        }
+        RecordSummary {
+            key: rec.key,
+            run_id: rec.run_id.clone(),
+            params,
+            metrics,
+        }
+    }
+}
+
+fn params_of_material<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<serde_json::Map<String, serde_json::Value>, D::Error> {
+    #[derive(Deserialize)]
+    struct Material {
+        #[serde(default)]
+        params: Option<serde_json::Value>,
+    }
+    // `material` is any JSON value (`null` in a record without one).
+    let m: Option<Material> = Option::deserialize(d)?;
+    Ok(match m.and_then(|m| m.params) {
+        Some(serde_json::Value::Object(p)) => p,
+        _ => serde_json::Map::new(),
+    })
+}
+
+fn last_metrics<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+    #[derive(Deserialize)]
+    struct Lasts {
+        #[serde(default)]
+        scalars: BTreeMap<String, f64>,
+        #[serde(default)]
+        series: BTreeMap<String, LastValue>,
+    }
+    let m = Lasts::deserialize(d)?;
+    let mut out: Vec<(String, f64)> = m.scalars.into_iter().collect();
+    out.extend(
+        m.series
+            .into_iter()
+            .filter_map(|(name, LastValue(v))| v.map(|v| (name, v))),
+    );
+    Ok(out)
+}
+
+/// The last non-null number of a JSON array, read without keeping the array.
+struct LastValue(Option<f64>);
+
+impl<'de> Deserialize<'de> for LastValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = LastValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an array of numbers or nulls")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<LastValue, A::Error> {
+                let mut last = None;
+                while let Some(v) = seq.next_element::<Option<f64>>()? {
+                    if v.is_some() {
+                        last = v;
+                    }
+                }
+                Ok(LastValue(last))
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+/// What a cache hit needs of a record, in one lookup: its outputs, and the stat of each
+/// output's blob file when expflow last found the blob intact (a blob whose stat is still the
+/// same is trusted without reading it, as with the stat cache).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub outputs: BTreeMap<String, OutputRef>,
+    /// Port → the stat of its blob file as last checked; absent until checked.
+    #[serde(default)]
+    pub stats: BTreeMap<String, crate::stat::StatKey>,
+}

@@ -8,6 +8,7 @@
 //! per-record path: it runs in the background, and at every run and pin), and
 //! [`crate::rebuild`] recreates it from the journal when it cannot be opened at all.
 
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -17,13 +18,36 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::journal::{Entry, Journal, read_entries_from};
-use crate::record::{Record, RunInfo};
+use crate::record::{Hit, OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
 /// Where the engine keeps records, last keys, the stat cache, item memos, runs and pins.
 pub trait Store: Send + Sync {
     /// The record for node key `key`.
     fn get_record(&self, key: &Digest) -> Result<Option<Record>>;
+    /// The outputs of the record for `key`: what a cache hit needs, read without the rest
+    /// of the record.
+    fn get_record_outputs(&self, key: &Digest) -> Result<Option<BTreeMap<String, OutputRef>>> {
+        Ok(self.get_record(key)?.map(|r| r.outputs))
+    }
+    /// What a cache hit on `key` needs (see [`Hit`]), from the hit index where it has an
+    /// entry, else from the record (with no blob stats).
+    fn get_hit(&self, key: &Digest) -> Result<Option<Hit>> {
+        Ok(self.get_record_outputs(key)?.map(|outputs| Hit {
+            outputs,
+            stats: BTreeMap::new(),
+        }))
+    }
+    /// Keeps `hit` (the record's outputs, its blobs' stats as just checked) in the hit index
+    /// (not journaled: it is derived from the record and the blobs, and a lost entry only
+    /// costs a lookup of the record).
+    fn put_hit(&self, _key: &Digest, _hit: &Hit) -> Result<()> {
+        Ok(())
+    }
+    /// What listing runs needs of the record for `key` (see [`RecordSummary`]).
+    fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {
+        Ok(self.get_record(key)?.as_ref().map(RecordSummary::of))
+    }
     /// Stores `rec` durably: its journal line is fsynced before this returns.
     fn put_record(&self, rec: &Record) -> Result<()>;
     /// Forgets the record for `key` (journaled).
@@ -72,6 +96,10 @@ pub struct SledStore {
     last: sled::Tree,
     stat: sled::Tree,
     memo: sled::Tree,
+    /// Node key → [`Hit`]: a record's outputs and its blobs' stats, derived from the records
+    /// tree and the CAS (not journaled; an entry is dropped whenever its record is written
+    /// or forgotten, and made again by the next hit).
+    hits: sled::Tree,
     runs: sled::Tree,
     pins: sled::Tree,
     /// `journal_len`: how much of the journal the database is known to contain.
@@ -179,6 +207,7 @@ impl SledStore {
             last: tree("last")?,
             stat: tree("stat")?,
             memo: tree("memo")?,
+            hits: tree("hits")?,
             runs: tree("runs")?,
             pins: tree("pins")?,
             meta: tree("meta")?,
@@ -221,9 +250,17 @@ impl SledStore {
         let res = match entry {
             Entry::Record { record } => {
                 let value = self.encode("record", record)?;
-                self.records.insert(record.key.0, value).map(drop)
+                // A record stored again (its outputs made anew) invalidates its hit entry.
+                self.hits
+                    .remove(record.key.0)
+                    .and_then(|_| self.records.insert(record.key.0, value))
+                    .map(drop)
             }
-            Entry::Forget { key } => self.records.remove(key.0).map(drop),
+            Entry::Forget { key } => self
+                .hits
+                .remove(key.0)
+                .and_then(|_| self.records.remove(key.0))
+                .map(drop),
             Entry::Last {
                 pipeline,
                 node,
@@ -336,6 +373,40 @@ fn last_key(pipeline: &str, node: &str) -> Vec<u8> {
 
 impl Store for SledStore {
     fn get_record(&self, key: &Digest) -> Result<Option<Record>> {
+        self.get_json(&self.records, &key.0, || format!("record {key}"))
+    }
+
+    fn get_record_outputs(&self, key: &Digest) -> Result<Option<BTreeMap<String, OutputRef>>> {
+        #[derive(Deserialize)]
+        struct Outputs {
+            outputs: BTreeMap<String, OutputRef>,
+        }
+        let o: Option<Outputs> =
+            self.get_json(&self.records, &key.0, || format!("record {key}"))?;
+        Ok(o.map(|o| o.outputs))
+    }
+
+    fn get_hit(&self, key: &Digest) -> Result<Option<Hit>> {
+        if let Some(hit) =
+            self.get_json(&self.hits, &key.0, || format!("the hit entry of {key}"))?
+        {
+            return Ok(Some(hit));
+        }
+        // A record from before the hit index, or whose entry was dropped: its outputs, and
+        // the caller stores the entry once it has checked the blobs.
+        Ok(self.get_record_outputs(key)?.map(|outputs| Hit {
+            outputs,
+            stats: BTreeMap::new(),
+        }))
+    }
+
+    fn put_hit(&self, key: &Digest, hit: &Hit) -> Result<()> {
+        let value = self.encode("hit entry", hit)?;
+        self.hits.insert(key.0, value).map_err(|e| self.db_err(e))?;
+        Ok(())
+    }
+
+    fn get_record_summary(&self, key: &Digest) -> Result<Option<RecordSummary>> {
         self.get_json(&self.records, &key.0, || format!("record {key}"))
     }
 

@@ -329,3 +329,86 @@ fn the_store_is_usable_from_many_threads() {
     assert_eq!(store.records().unwrap().len(), 40);
     assert_eq!(journal_types(&ws).len(), 80);
 }
+
+/// A record's summary read from the database (without its curves or key material) is what
+/// summarising the whole record gives: parameters, scalars, and each series' last number
+/// (a trailing null skipped, an all-null series left out); a record with no material or no
+/// metrics has none.
+#[test]
+fn record_summary_matches_the_full_record() {
+    let (_d, ws, _cas) = workspace();
+    let store = SledStore::open(&ws).unwrap();
+    let mut rec = common::record("summary", "p", "train", &[]);
+    rec.metrics.scalars.insert("scores.bleu".into(), 31.5);
+    rec.metrics
+        .series
+        .insert("metrics.loss".into(), vec![Some(2.0), Some(1.25), None]);
+    rec.metrics
+        .series
+        .insert("metrics.eval".into(), vec![None, None]);
+    store.put_record(&rec).unwrap();
+    let mut bare = common::record("bare", "p", "other", &[]);
+    bare.material = serde_json::Value::Null;
+    store.put_record(&bare).unwrap();
+
+    let s = store.get_record_summary(&rec.key).unwrap().unwrap();
+    assert_eq!(s, expflow_cache::RecordSummary::of(&rec));
+    assert_eq!(s.params["lr"], serde_json::json!(0.0001));
+    let mut metrics = s.metrics.clone();
+    metrics.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        metrics,
+        vec![
+            ("metrics.loss".to_string(), 1.25),
+            ("scores.bleu".to_string(), 31.5)
+        ]
+    );
+    let b = store.get_record_summary(&bare.key).unwrap().unwrap();
+    assert_eq!(b, expflow_cache::RecordSummary::of(&bare));
+    assert!(b.params.is_empty() && b.metrics.is_empty());
+    assert!(
+        store
+            .get_record_summary(&Digest::of_bytes(b"none"))
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The hit index: a record stored before it existed (no entry) is found through the record,
+/// without blob stats; an entry stored for it is found itself, survives reopening, and is
+/// dropped when the record is stored again or forgotten (so a hit never uses outputs other
+/// than the record's).
+#[test]
+fn hit_entries_come_from_records_and_are_dropped_with_them() {
+    let (_d, ws, cas) = workspace();
+    let out = common::file_output(&cas, b"hit");
+    let rec = common::record("hit", "p", "n", &[("o", out.clone())]);
+    let stat = stat_key(&cas.blob_path(&out.digest).display().to_string());
+    {
+        let store = SledStore::open(&ws).unwrap();
+        store.put_record(&rec).unwrap();
+        let h = store.get_hit(&rec.key).unwrap().unwrap();
+        assert_eq!(h.outputs, rec.outputs);
+        assert!(h.stats.is_empty());
+        let mut with = h.clone();
+        with.stats.insert("o".into(), stat.clone());
+        store.put_hit(&rec.key, &with).unwrap();
+        assert_eq!(store.get_hit(&rec.key).unwrap().unwrap(), with);
+        store.flush().unwrap();
+    }
+    let store = SledStore::open(&ws).unwrap();
+    assert_eq!(store.get_hit(&rec.key).unwrap().unwrap().stats["o"], stat);
+    store.put_record(&rec).unwrap();
+    assert!(store.get_hit(&rec.key).unwrap().unwrap().stats.is_empty());
+    store
+        .put_hit(
+            &rec.key,
+            &expflow_cache::Hit {
+                outputs: rec.outputs.clone(),
+                stats: [("o".to_string(), stat)].into_iter().collect(),
+            },
+        )
+        .unwrap();
+    store.remove_record(&rec.key).unwrap();
+    assert!(store.get_hit(&rec.key).unwrap().is_none());
+}

@@ -44,7 +44,7 @@ fn normal_number(n: &serde_json::Number) -> serde_json::Number {
     }
 }
 
-fn write(v: &Value, out: &mut Vec<u8>) {
+pub(crate) fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
@@ -63,27 +63,30 @@ fn write(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_str(k, out);
-                out.push(b':');
-                write(&map[k], out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_map(map, out),
     }
 }
 
-fn write_str(s: &str, out: &mut Vec<u8>) {
-    // serde_json's string escaping is deterministic; reuse it.
-    let quoted = serde_json::to_string(s).unwrap_or_default();
-    out.extend_from_slice(quoted.as_bytes());
+/// A JSON object, its keys sorted.
+pub(crate) fn write_map(map: &serde_json::Map<String, Value>, out: &mut Vec<u8>) {
+    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push(b'{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(k, out);
+        out.push(b':');
+        write(v, out);
+    }
+    out.push(b'}');
+}
+
+pub(crate) fn write_str(s: &str, out: &mut Vec<u8>) {
+    // serde_json's string escaping is deterministic; reuse it (writing into a Vec cannot
+    // fail).
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]

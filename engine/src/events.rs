@@ -102,10 +102,20 @@ impl EventKind {
 }
 
 /// Writes one run's event log.
+///
+/// Every event is written as it happens, except `node_cached`: a no-op re-run of 100,000
+/// nodes would spend much of its time in one `write` per cached node, so those lines are
+/// gathered and written together with the next other event (a node starting, failing or
+/// being skipped, the run finishing), when 64 KiB have gathered, or when the log is dropped.
+/// The log stays readable line by line; a run killed outright may lack its last cached lines
+/// (the records and the run index are the store's, not the log's).
 pub struct EventLog {
     path: PathBuf,
-    file: Mutex<File>,
+    file: Mutex<(File, Vec<u8>)>,
 }
+
+/// Gathered `node_cached` lines are written at this size at the latest.
+const CACHED_BUFFER: usize = 64 * 1024;
 
 impl EventLog {
     pub fn create(path: &Path) -> Result<EventLog> {
@@ -119,7 +129,7 @@ impl EventLog {
             .map_err(|e| EngineError::io(path, e))?;
         Ok(EventLog {
             path: path.to_path_buf(),
-            file: Mutex::new(file),
+            file: Mutex::new((file, Vec::new())),
         })
     }
 
@@ -134,18 +144,38 @@ impl EventLog {
             t_ms: now_ms(),
             kind,
         };
-        let mut line = match serde_json::to_vec(&event) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("cannot encode event: {e}");
-                return;
-            }
+        let gather = matches!(event.kind, EventKind::NodeCached { .. });
+        let Ok(mut guard) = self.file.lock() else {
+            return;
         };
-        line.push(b'\n');
-        if let Ok(mut f) = self.file.lock()
-            && let Err(e) = f.write_all(&line)
+        let (file, buf) = &mut *guard;
+        let before = buf.len();
+        if let Err(e) = serde_json::to_writer(&mut *buf, &event) {
+            buf.truncate(before);
+            tracing::warn!("cannot encode event: {e}");
+            return;
+        }
+        buf.push(b'\n');
+        if !gather || buf.len() >= CACHED_BUFFER {
+            write_out(&self.path, file, buf);
+        }
+    }
+}
+
+fn write_out(path: &Path, file: &mut File, buf: &mut Vec<u8>) {
+    if let Err(e) = file.write_all(buf) {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
+    buf.clear();
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        let path = &self.path;
+        if let Ok((file, buf)) = self.file.get_mut()
+            && !buf.is_empty()
         {
-            tracing::warn!("cannot write {}: {e}", self.path.display());
+            write_out(path, file, buf);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use expflow_cache::Digest;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::canonical;
 use crate::operator::PortType;
@@ -66,20 +66,62 @@ impl KeyMaterial {
             input_types: _,
             sources: _,
         } = self;
-        let mut v = json!({
-            "schema": schema,
-            "op": op,
-            "op_version": op_version,
-            "params": params,
-            "inputs": inputs.iter().map(|(k, d)| (k.clone(), Value::String(d.to_hex()))).collect::<Map<_, _>>(),
-            "outputs": outputs.iter().map(|(k, t)| (k.clone(), Value::String(t.as_str().into()))).collect::<Map<_, _>>(),
-            "env": env,
-            "seed": seed,
-        });
-        if !metrics.is_empty() {
-            v["metrics"] = json!(metrics);
+        // The canonical encoding of the object {schema, op, op_version, params, inputs,
+        // outputs, env, seed[, metrics]} (see [`canonical`]), written field by field in
+        // sorted order rather than built as a JSON value first: a no-op re-run computes a
+        // key per node. `key_of_value` in the tests checks it against the value's encoding.
+        let mut out = Vec::with_capacity(512);
+        out.extend_from_slice(DOMAIN);
+        out.extend_from_slice(b"{\"env\":{");
+        for (i, (k, v)) in env.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            canonical::write_str(k, &mut out);
+            out.push(b':');
+            canonical::write_str(v, &mut out);
         }
-        Digest::of_bytes(&canonical::encode(&v, DOMAIN))
+        out.extend_from_slice(b"},\"inputs\":{");
+        for (i, (k, d)) in inputs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            canonical::write_str(k, &mut out);
+            out.extend_from_slice(b":\"");
+            out.extend_from_slice(d.to_hex().as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+        if !metrics.is_empty() {
+            out.extend_from_slice(b",\"metrics\":[");
+            for (i, m) in metrics.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical::write_str(m, &mut out);
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b",\"op\":");
+        canonical::write_str(op, &mut out);
+        out.extend_from_slice(format!(",\"op_version\":{op_version},\"outputs\":{{").as_bytes());
+        for (i, (k, t)) in outputs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            canonical::write_str(k, &mut out);
+            out.push(b':');
+            canonical::write_str(t.as_str(), &mut out);
+        }
+        out.extend_from_slice(b"},\"params\":");
+        canonical::write_map(params, &mut out);
+        out.extend_from_slice(format!(",\"schema\":{schema},\"seed\":").as_bytes());
+        match seed {
+            Some(s) => out.extend_from_slice(s.to_string().as_bytes()),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+        Digest::of_bytes(&out)
     }
 
     pub fn to_json(&self) -> Value {
@@ -192,5 +234,77 @@ fn compact(v: &Value) -> String {
         format!("{}…", s.chars().take(79).collect::<String>())
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The key as the canonical encoding of the material built as one JSON value (how keys
+    /// were computed before they were written field by field).
+    fn key_of_value(m: &KeyMaterial) -> Digest {
+        let mut v = json!({
+            "schema": m.schema,
+            "op": m.op,
+            "op_version": m.op_version,
+            "params": m.params,
+            "inputs": m.inputs.iter().map(|(k, d)| (k.clone(), Value::String(d.to_hex()))).collect::<Map<_, _>>(),
+            "outputs": m.outputs.iter().map(|(k, t)| (k.clone(), Value::String(t.as_str().into()))).collect::<Map<_, _>>(),
+            "env": m.env,
+            "seed": m.seed,
+        });
+        if !m.metrics.is_empty() {
+            v["metrics"] = json!(m.metrics);
+        }
+        Digest::of_bytes(&canonical::encode(&v, DOMAIN))
+    }
+
+    fn material(i: u64) -> KeyMaterial {
+        let params = json!({
+            "run": format!("echo \"${{in.a}}\" > ${{out.b}} # ü\t{i}"),
+            "lr": 1e-4 * i as f64,
+            "epochs": 3.0,
+            "nested": {"z": [1, 2.5, null, true], "a": {"é": "x"}},
+        });
+        KeyMaterial {
+            schema: KEY_SCHEMA,
+            op: "train.sft".into(),
+            op_version: 7 + i as u32,
+            params: params.as_object().unwrap().clone(),
+            inputs: (0..i)
+                .map(|k| (format!("in{k}"), Digest::of_bytes(&k.to_le_bytes())))
+                .collect(),
+            outputs: [
+                ("model".to_string(), PortType::Model),
+                ("scores \"q\"".to_string(), PortType::Metrics),
+            ]
+            .into_iter()
+            .collect(),
+            env: if i.is_multiple_of(2) {
+                BTreeMap::new()
+            } else {
+                [("python".to_string(), "3.11".to_string())]
+                    .into_iter()
+                    .collect()
+            },
+            seed: i.is_multiple_of(3).then_some(i * 1_000_003),
+            metrics: if i % 2 == 1 {
+                vec!["scores \"q\"".into(), "z".into()]
+            } else {
+                Vec::new()
+            },
+            input_types: BTreeMap::new(),
+            sources: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn written_key_equals_the_encoded_value() {
+        for i in 0..8 {
+            let m = material(i);
+            assert_eq!(m.key(), key_of_value(&m), "material {i}");
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use expflow_cache::{
-    Cas, Digest, OutputRef, Record, StatKey, Store, digest_path_cached, hash_file,
+    Cas, Digest, Hit, OutputRef, Record, StatKey, Store, digest_path_cached, hash_file,
 };
 
 use crate::compile::CNode;
@@ -88,7 +88,47 @@ pub(crate) fn artifact_ok(
 
 /// Whether every output of a record is intact.
 pub fn record_ok(cas: &Cas, store: &dyn Store, rec: &Record) -> Result<bool> {
-    for out in rec.outputs.values() {
+    outputs_ok(cas, store, &rec.outputs)
+}
+
+/// Whether every output of a cache hit is intact. A file output whose blob's stat equals the
+/// one kept in the hit entry is trusted without another lookup (the stat-cache rule, with the
+/// stat kept beside the outputs); others are checked as [`artifact_ok`] does, and the hit
+/// entry is stored again with their stats.
+pub fn hit_ok(cas: &Cas, store: &dyn Store, key: &Digest, hit: &mut Hit) -> Result<bool> {
+    let mut changed = false;
+    for (port, out) in &hit.outputs {
+        if out.dir {
+            if !artifact_ok(cas, store, &out.digest, true)? {
+                return Ok(false);
+            }
+            continue;
+        }
+        let Ok(stat) = StatKey::of(&cas.blob_path(&out.digest)) else {
+            return Ok(false);
+        };
+        if hit.stats.get(port) == Some(&stat) {
+            continue;
+        }
+        if !blob_ok(cas, store, &out.digest)? {
+            return Ok(false);
+        }
+        hit.stats.insert(port.clone(), stat);
+        changed = true;
+    }
+    if changed {
+        store.put_hit(key, hit)?;
+    }
+    Ok(true)
+}
+
+/// Whether every one of a record's outputs is intact.
+pub fn outputs_ok(
+    cas: &Cas,
+    store: &dyn Store,
+    outputs: &BTreeMap<String, OutputRef>,
+) -> Result<bool> {
+    for out in outputs.values() {
         if !artifact_ok(cas, store, &out.digest, out.dir)? {
             return Ok(false);
         }

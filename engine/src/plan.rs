@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::compile::{Pipeline, Source};
 use crate::error::Result;
 use crate::key::{KEY_SCHEMA, KeyMaterial};
-use crate::node::{ingest_input, record_ok};
+use crate::node::{hit_ok, ingest_input};
 use crate::workspace::Workspace;
 
 /// One line of `plan --json`.
@@ -133,12 +133,13 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             input_types: BTreeMap::new(),
             sources: crate::run::sources(p, i),
         };
-        let previous = previous_material(ws, p, &node.name)?;
+        // The previous material is read only where a reason needs it (a cached node, the
+        // common case of a no-op plan, does not).
         if !waiting.is_empty() {
             waiting.sort();
             waiting.dedup();
             let mut reasons = vec![format!("waits on {}", waiting.join(", "))];
-            if let Some((prev, _)) = &previous {
+            if let Some((prev, _)) = &previous_material(ws, p, &node.name)? {
                 reasons.extend(
                     material
                         .diff(prev)
@@ -159,10 +160,14 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             continue;
         }
         let key = material.key();
-        let record = ws.store.get_record(&key)?;
+        let mut hit = ws.store.get_hit(&key)?;
+        let intact = match &mut hit {
+            Some(h) => hit_ok(&ws.cas, ws.store.as_ref(), &key, h)?,
+            None => false,
+        };
         let mut reasons = Vec::new();
-        let state = match &record {
-            Some(rec) if record_ok(&ws.cas, ws.store.as_ref(), rec)? => "cached",
+        let state = match &hit {
+            Some(_) if intact => "cached",
             Some(_) => {
                 reasons.push(
                     "a stored output is missing or corrupt; it will be recomputed".to_string(),
@@ -170,7 +175,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
                 "run"
             }
             None => {
-                match &previous {
+                match &previous_material(ws, p, &node.name)? {
                     Some((prev, _)) => {
                         let d = material.diff(prev);
                         if d.is_empty() {
@@ -184,7 +189,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             }
         };
         let outputs = if state == "cached" {
-            record.map(|r| r.outputs)
+            hit.map(|h| h.outputs)
         } else {
             None
         };

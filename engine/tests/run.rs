@@ -213,3 +213,45 @@ fn pipelines_larger_than_the_default_yaml_budget_compile() {
     assert_eq!(p.nodes.len(), 40_000);
     assert_eq!(p.nodes[39_999].name, "n39999");
 }
+
+/// Every blob file under `dir` (the CAS), recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            files_under(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// The second run finds every node cached and keeps each hit's blob stats beside its
+/// outputs; a blob changed after that is not trusted on its stat (the stat changed): the
+/// third run finds it corrupt and executes the node again, and its dependant with it only if
+/// its key changes (it does not: the output is made again with the same bytes).
+#[test]
+fn a_blob_changed_after_a_cached_run_is_rechecked_and_remade() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "pipeline: hits\nnodes:\n  a:\n    op: test.echo\n    params: {text: apple}\n  b:\n    op: test.echo\n    in: {x: a.out}\n    params: {text: pie}\n";
+    assert_eq!(run(dir.path(), yaml).executed.len(), 2);
+    let second = run(dir.path(), yaml);
+    assert_eq!((second.executed.len(), second.cached.len()), (0, 2));
+    let mut blobs = Vec::new();
+    files_under(&dir.path().join(".expflow/cas"), &mut blobs);
+    let apple = blobs
+        .into_iter()
+        .find(|b| std::fs::read(b).ok().as_deref() == Some(b"\"apple\"".as_slice()))
+        .expect("a's output is stored");
+    let mut perm = std::fs::metadata(&apple).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&apple, perm).unwrap();
+    std::fs::write(&apple, "\"apricot\"").unwrap();
+    let third = run(dir.path(), yaml);
+    assert_eq!(third.executed, vec!["a".to_string()]);
+    assert_eq!(third.cached, vec!["b".to_string()]);
+    assert_eq!(std::fs::read(&apple).unwrap(), b"\"apple\"");
+    let fourth = run(dir.path(), yaml);
+    assert_eq!((fourth.executed.len(), fourth.cached.len()), (0, 2));
+}

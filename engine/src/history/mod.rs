@@ -11,7 +11,7 @@ mod diff;
 
 use std::collections::{BTreeMap, HashMap};
 
-use expflow_cache::{Digest, Record, RunInfo, Store};
+use expflow_cache::{Digest, Record, RecordSummary, RunInfo, Store};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -135,27 +135,44 @@ impl<'a> History<'a> {
         Ok(out)
     }
 
-    /// `expflow runs`: every run of `pipeline` (or of all), oldest first. Records are read
-    /// once each and borrowed, not copied; a run's changed parameters compare only the
-    /// nodes whose key differs from the previous run's (the same key means the same
-    /// parameters).
+    /// `expflow runs`: every run of `pipeline` (or of all), oldest first. Each record is
+    /// read once, as a [`RecordSummary`] (its parameters and the last value of each metric,
+    /// not its training curves or the rest of its key material); a run's changed parameters
+    /// compare only the nodes whose key differs from the previous run's (the same key means
+    /// the same parameters).
     pub fn rows(&mut self, pipeline: Option<&str>) -> Result<Vec<RunRow>> {
-        let runs: Vec<RunInfo> = self.runs(pipeline).into_iter().cloned().collect();
+        let runs: Vec<&RunInfo> = self
+            .runs
+            .iter()
+            .filter(|r| pipeline.is_none_or(|p| r.pipeline == p))
+            .collect();
+        let mut summaries: HashMap<Digest, Option<RecordSummary>> = HashMap::new();
         for run in &runs {
             for (_, key) in &run.nodes {
-                self.record(key)?;
+                if !summaries.contains_key(key) {
+                    summaries.insert(*key, self.store.get_record_summary(key)?);
+                }
             }
         }
-        let records = &self.records;
-        let mut previous: HashMap<&str, &RunInfo> = HashMap::new();
-        let mut out = Vec::new();
-        for run in &runs {
-            let nodes = present(records, run);
+        let mut previous: HashMap<&str, (&RunInfo, Nodes)> = HashMap::new();
+        let mut out = Vec::with_capacity(runs.len());
+        for run in runs {
+            let nodes = present(&summaries, run);
             let executed = nodes.iter().filter(|(_, r)| r.run_id == run.run_id).count();
             let changed = match previous.get(run.pipeline.as_str()) {
-                Some(before) => run_changes(before, &present(records, before), run, &nodes),
+                Some((before, before_nodes)) => run_changes(before, before_nodes, run, &nodes),
                 None => Vec::new(),
             };
+            let mut metrics = Vec::new();
+            for (node, rec) in &nodes {
+                for (name, v) in &rec.metrics {
+                    let mut full = String::with_capacity(node.len() + 1 + name.len());
+                    full.push_str(node);
+                    full.push('.');
+                    full.push_str(name);
+                    metrics.push((full, *v));
+                }
+            }
             out.push(RunRow {
                 run_id: run.run_id.clone(),
                 pipeline: run.pipeline.clone(),
@@ -165,19 +182,20 @@ impl<'a> History<'a> {
                 executed,
                 cached: nodes.len() - executed,
                 changed,
-                metrics: metrics_of_refs(nodes.iter().copied()),
+                // Sorted and built at once; a later duplicate wins, as with inserts.
+                metrics: metrics.into_iter().collect(),
             });
-            previous.insert(run.pipeline.as_str(), run);
+            previous.insert(run.pipeline.as_str(), (run, nodes));
         }
         Ok(out)
     }
 }
 
-/// The run's nodes whose record is loaded and present.
-fn present<'r>(
-    records: &'r HashMap<Digest, Option<Record>>,
-    run: &'r RunInfo,
-) -> Vec<(&'r str, &'r Record)> {
+/// A run's nodes with their records' summaries.
+type Nodes<'r> = Vec<(&'r str, &'r RecordSummary)>;
+
+/// The run's nodes whose record is present.
+fn present<'r>(records: &'r HashMap<Digest, Option<RecordSummary>>, run: &'r RunInfo) -> Nodes<'r> {
     run.nodes
         .iter()
         .filter_map(|(n, k)| {
@@ -193,20 +211,26 @@ fn present<'r>(
 /// parameters and the nodes whose record differs.
 fn run_changes(
     a: &RunInfo,
-    na: &[(&str, &Record)],
+    na: &[(&str, &RecordSummary)],
     b: &RunInfo,
-    nb: &[(&str, &Record)],
+    nb: &[(&str, &RecordSummary)],
 ) -> Vec<ParamChange> {
     let (mut ga, mut gb) = (BTreeMap::new(), BTreeMap::new());
-    for (k, v) in &a.params {
-        flatten(v, format!("params.{k}"), &mut ga);
-    }
-    for (k, v) in &b.params {
-        flatten(v, format!("params.{k}"), &mut gb);
+    // How the run was asked for (see [`all_params`]).
+    for (run, g) in [(a, &mut ga), (b, &mut gb)] {
+        if !run.profiles.is_empty() {
+            g.insert("profile".to_string(), Value::String(run.profiles.join(",")));
+        }
+        for (name, path) in &run.inputs {
+            g.insert(format!("inputs.{name}"), Value::String(path.clone()));
+        }
+        for (k, v) in &run.params {
+            flatten(v, format!("params.{k}"), g);
+        }
     }
     let mut out = param_changes(&ga, &gb);
-    let keys_a: HashMap<&str, &Record> = na.iter().copied().collect();
-    let keys_b: HashMap<&str, &Record> = nb.iter().copied().collect();
+    let keys_a: HashMap<&str, &RecordSummary> = na.iter().copied().collect();
+    let keys_b: HashMap<&str, &RecordSummary> = nb.iter().copied().collect();
     let mut names: Vec<&str> = keys_a.keys().chain(keys_b.keys()).copied().collect();
     names.sort_unstable();
     names.dedup();
@@ -217,11 +241,10 @@ fn run_changes(
         }
         let prefix = format!("{name}.");
         let (mut pa, mut pb) = (BTreeMap::new(), BTreeMap::new());
-        if let Some(r) = ra {
-            record_params(r, &prefix, &mut pa);
-        }
-        if let Some(r) = rb {
-            record_params(r, &prefix, &mut pb);
+        for (r, p) in [(ra, &mut pa), (rb, &mut pb)] {
+            for (k, v) in r.map(|r| &r.params).into_iter().flatten() {
+                flatten(v, format!("{prefix}{k}"), p);
+            }
         }
         out.extend(param_changes(&pa, &pb));
     }

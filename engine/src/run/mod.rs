@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::events::{EventKind, EventLog, now_ms};
 use crate::key::{KEY_SCHEMA, KeyMaterial};
 use crate::materialize;
-use crate::node::{self, NodeEnv, ingest_input, record_ok};
+use crate::node::{self, NodeEnv, hit_ok, ingest_input};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
 
@@ -196,6 +196,8 @@ pub async fn run(
         waiting_on: vec![0; p.nodes.len()],
         outputs: vec![None; p.nodes.len()],
         material: vec![None; p.nodes.len()],
+        keys: vec![None; p.nodes.len()],
+        last: ws.store.last_keys(&p.name)?.into_iter().collect(),
         runnable: BTreeSet::new(),
         inflight: HashMap::new(),
         parked: HashMap::new(),
@@ -282,11 +284,7 @@ pub async fn run(
     let nodes: Vec<(String, Digest)> = selected
         .iter()
         .filter(|i| s.state[**i] == State::Done)
-        .filter_map(|i| {
-            s.material[*i]
-                .as_ref()
-                .map(|m| (p.nodes[*i].name.clone(), m.key()))
-        })
+        .filter_map(|i| s.keys[*i].map(|k| (p.nodes[*i].name.clone(), k)))
         .collect();
     if opts.fetch_only {
         // A pull records no run.
@@ -404,6 +402,11 @@ struct Sched<'a, E: Fn(EventKind)> {
     waiting_on: Vec<usize>,
     outputs: Vec<Option<BTreeMap<String, OutputRef>>>,
     material: Vec<Option<KeyMaterial>>,
+    /// The key of each node's material, computed once.
+    keys: Vec<Option<Digest>>,
+    /// The last key of every node of the pipeline as the run started (one scan of the store
+    /// instead of a lookup per node).
+    last: HashMap<String, Digest>,
     runnable: BTreeSet<usize>,
     inflight: HashMap<Digest, usize>,
     parked: HashMap<Digest, Vec<usize>>,

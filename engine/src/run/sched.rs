@@ -26,10 +26,11 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             };
             let key = material.key();
             self.material[i] = Some(material);
-            if let Some(rec) = self.env.store.get_record(&key)?
-                && record_ok(&self.env.cas, self.env.store.as_ref(), &rec)?
+            self.keys[i] = Some(key);
+            if let Some(mut hit) = self.env.store.get_hit(&key)?
+                && hit_ok(&self.env.cas, self.env.store.as_ref(), &key, &mut hit)?
             {
-                if self.env.store.get_last(&self.p.name, &node.name)? != Some(key) {
+                if self.last.get(node.name.as_str()) != Some(&key) {
                     self.env.store.set_last(&self.p.name, &node.name, &key)?;
                 }
                 (self.emit)(EventKind::NodeCached {
@@ -37,7 +38,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     key,
                 });
                 self.summary.cached.push(node.name.clone());
-                self.outputs[i] = Some(rec.outputs);
+                self.outputs[i] = Some(hit.outputs);
                 self.state[i] = State::Done;
                 work.extend(self.release_children(i));
                 continue;
@@ -205,7 +206,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                     r.gpus,
                     self.opts.gpus.len()
                 );
-                let key = self.material[i].as_ref().map(KeyMaterial::key);
+                let key = self.keys[i];
                 self.fail(i, key, 1, msg);
                 continue;
             }
@@ -220,7 +221,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 continue;
             }
             if let Err(msg) = self.fetch_inputs_of(i, false) {
-                let key = self.material[i].as_ref().map(KeyMaterial::key);
+                let key = self.keys[i];
                 self.fail(i, key, 1, msg);
                 continue;
             }
@@ -243,7 +244,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let material = self.material[i]
             .clone()
             .expect("material is computed before a node runs");
-        let key = material.key();
+        let key = self.keys[i].expect("keys are computed with the material");
         self.inflight.insert(key, i);
         self.state[i] = State::Running;
         self.running += 1;
@@ -323,10 +324,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
     ) -> Result<()> {
         let i = f.idx;
         let name = self.p.nodes[i].name.clone();
-        let key = self.material[i]
-            .as_ref()
-            .map(KeyMaterial::key)
-            .expect("running nodes have keys");
+        let key = self.keys[i].expect("running nodes have keys");
         match f.result {
             Ok(done) => {
                 self.release(i);
