@@ -421,22 +421,31 @@ fn expstar(b: &mut Bench) {
     b.check(
         "expstar.export_swift",
         "expstar.export_swift",
-        &[("rows", File, b.out("expstar.add_rag", "rows"))],
-        json!({"video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.add_rag", "rows")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({}),
         &[],
     );
     b.check(
         "expstar.export_swift (dpo)",
         "expstar.export_swift",
-        &[("rows", File, b.out("expstar.dpo_pairs", "pairs"))],
-        json!({"video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({}),
         &[],
     );
     b.check(
         "expstar.export_llamafactory",
         "expstar.export_llamafactory",
-        &[("rows", File, b.out("expstar.dpo_pairs", "pairs"))],
-        json!({"name": "expstar_dpo", "video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({"name": "expstar_dpo"}),
         &[],
     );
     b.check(
@@ -577,6 +586,27 @@ fn expstar(b: &mut Bench) {
             ("model", Model, b.out("train.dpo", "model")),
         ],
         json!({"backend": "native", "media": "none", "max_tokens": 12}),
+        &[],
+    );
+    // The baseline arm's single-turn inference (spec §F.1) and the arms' results table.
+    b.check(
+        "expstar.rag_infer (baseline)",
+        "expstar.rag_infer",
+        &[
+            ("rows", File, b.out("expstar.split", "test")),
+            ("model", Model, b.out("train.sft", "model")),
+        ],
+        json!({"protocol": "baseline", "backend": "native", "media": "none", "max_tokens": 12}),
+        &[],
+    );
+    b.check(
+        "expstar.results",
+        "expstar.results",
+        &[
+            ("baseline", File, b.out("score.text", "results")),
+            ("expstar", File, b.out("score.text", "results")),
+        ],
+        json!({}),
         &[],
     );
 }

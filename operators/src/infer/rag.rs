@@ -15,6 +15,11 @@
 //!    `second_turn: json_dump` reproduces the released client: one turn with
 //!    `"Here are the retrieved documents:\n"` and the documents as indented JSON.
 //!
+//! With `protocol: baseline` (spec §F.1, DAG node 30) the node is the baseline arm's
+//! single-turn inference instead: turn 1 only, no retrieval (the `retrieval` input is not
+//! needed), and the output rows are `{id, response, labels}` (`labels` = the row's last
+//! assistant message), the form `swift infer` writes and `expstar.eval_rows` reads.
+//!
 //! Output rows, JSON Lines, as `expstar.postprocess` reads them: `{id, rounds: [{role:
 //! assistant, content}…], gt: the row's messages, is_retrieval, rag_passages,
 //! relevant_passages}`. A row whose retrieval entry is missing keeps turn 1 only (logged and
@@ -56,6 +61,7 @@ struct Config {
     passages: usize,
     json_dump: bool,
     drop_media: bool,
+    baseline: bool,
 }
 
 impl Config {
@@ -96,6 +102,7 @@ impl Config {
             passages: passages as usize,
             json_dump: p.choice("second_turn", &["paragraph", "json_dump"])? == "json_dump",
             drop_media: p.choice("media", &super::backend::Media::NAMES)? == "none",
+            baseline: p.choice("protocol", &["expstar", "baseline"])? == "baseline",
         })
     }
 }
@@ -327,6 +334,72 @@ fn with_turns(base: &[ChatMessage], assistant: &str, user: &str) -> Vec<ChatMess
     m
 }
 
+/// The baseline arm (spec §F.1): one turn per row; `{id, response, labels}` rows.
+fn baseline(
+    ctx: &Context,
+    cfg: &Config,
+    backend: &dyn super::backend::Backend,
+    rows: &[Value],
+    states: &[RowState],
+) -> Result<(), OpError> {
+    let reqs: Vec<ChatReq> = states
+        .iter()
+        .map(|s| ChatReq {
+            messages: s.messages.clone(),
+            sampling: cfg.sampling.clone(),
+            send_seed: cfg.send_seed,
+            keep_special: true,
+        })
+        .collect();
+    let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+    let replies = if reqs.is_empty() {
+        Vec::new()
+    } else {
+        backend.chat(ctx, &reqs, &names)?
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for ((row, s), r) in rows.iter().zip(states).zip(&replies) {
+        let labels = row
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| {
+                m.iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+            })
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                OperatorError::data(
+                    KIND,
+                    format!("{}: no assistant message to take the labels from", s.name),
+                )
+            })?;
+        let response = r
+            .choices
+            .first()
+            .map(|c| c.text.clone())
+            .unwrap_or_default();
+        let mut m = Map::new();
+        if let Some(id) = &s.id {
+            m.insert("id".into(), json!(id));
+        }
+        m.insert("response".into(), json!(response));
+        m.insert("labels".into(), json!(labels));
+        out.push(Value::Object(m));
+    }
+    write_jsonl(&ctx.output("results")?.path, &out)?;
+    let (hits, misses) = ctx.memo_counts();
+    ctx.note("memoised", hits);
+    ctx.note("asked", misses);
+    let report = json!({"rows": out.len(), "retrieval": 0, "missing_retrieval": 0, "passages": 0, "relevant": 0});
+    ctx.log(&format!("report: {report}"));
+    let mut bytes = serde_json::to_vec_pretty(&report)?;
+    bytes.push(b'\n');
+    std::fs::write(&ctx.output("report")?.path, bytes)?;
+    Ok(())
+}
+
 impl Operator for RagInfer {
     fn kind(&self) -> &'static str {
         KIND
@@ -339,6 +412,12 @@ impl Operator for RagInfer {
 
     fn signature(&self) -> Signature {
         let mut params = vec![
+            ParamSpec::with_default(
+                "protocol",
+                ParamKind::String,
+                json!("expstar"),
+                "expstar (retrieval-aware, two turns, §F.3) or baseline (one turn, no retrieval, {id, response, labels} rows, §F.1)",
+            ),
             ParamSpec::required(
                 "backend",
                 ParamKind::String,
@@ -412,8 +491,9 @@ impl Operator for RagInfer {
                 Port::new(
                     "retrieval",
                     PortType::File,
-                    "retrieved documents per row: JSON list [{id, query, video_path, documents}], JSON Lines or a table",
-                ),
+                    "retrieved documents per row: JSON list [{id, query, video_path, documents}], JSON Lines or a table (protocol expstar)",
+                )
+                .optional(),
                 Port::new(
                     "model",
                     PortType::Model,
@@ -431,7 +511,7 @@ impl Operator for RagInfer {
                 Port::new(
                     "results",
                     PortType::File,
-                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages}, JSON Lines",
+                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages} (protocol baseline: {id, response, labels}), JSON Lines",
                 ),
                 Port::new(
                     "report",
@@ -456,7 +536,18 @@ impl Operator for RagInfer {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
         let rows = read_jsonl(&ctx.input("rows")?.path)?;
-        let retrieval = Retrieval::read(&ctx.input("retrieval")?.path)?;
+        let retrieval = match (cfg.baseline, ctx.inputs().get("retrieval")) {
+            (true, _) => Retrieval::from_entries(&[]),
+            (false, Some(r)) => Retrieval::read(&r.path)?,
+            (false, None) => {
+                return Err(OperatorError::data(
+                    KIND,
+                    "the `retrieval` input is not connected; protocol expstar needs the retrieved \
+                     documents (or set `protocol: baseline` for single-turn inference)",
+                )
+                .into());
+            }
+        };
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
         let backend = open_backend(ctx, KIND)?;
 
@@ -480,6 +571,9 @@ impl Operator for RagInfer {
 
         // Turn 1.
         let mut first = cfg.sampling.clone();
+        if cfg.baseline {
+            return baseline(ctx, &cfg, backend.as_ref(), &rows, &states);
+        }
         if cfg.threshold.is_some() {
             first.stop = vec![RETRIEVAL.to_string(), NO_RETRIEVAL.to_string()];
         }
