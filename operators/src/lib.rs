@@ -72,6 +72,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::Knowledge));
     r.register(Arc::new(expstar::Queries));
     r.register(Arc::new(expstar::Results));
+    r.register(Arc::new(expstar::Reward));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
     r.register(Arc::new(embed::EmbedText));
@@ -130,6 +131,7 @@ mod tests {
         "expstar.queries",
         "expstar.rag_infer",
         "expstar.results",
+        "expstar.reward",
         "expstar.scan",
         "expstar.split",
         "expstar.step_meta",

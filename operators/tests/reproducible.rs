@@ -599,6 +599,36 @@ fn expstar(b: &mut Bench) {
         json!({"protocol": "baseline", "backend": "native", "media": "none", "max_tokens": 12}),
         &[],
     );
+    // DPO candidates sampled from the SFT model (seeded), stripped and rewarded.
+    b.check(
+        "expstar.rag_infer (samples)",
+        "expstar.rag_infer",
+        &[
+            ("rows", File, b.out("expstar.split", "train")),
+            ("retrieval", File, demo.join("retrieval.json")),
+            ("model", Model, b.out("train.sft", "model")),
+        ],
+        json!({"backend": "native", "media": "none", "max_tokens": 12, "samples": 2, "temperature": 0.8, "sampling_seed": 7, "passages": 1}),
+        &[],
+    );
+    b.check(
+        "expstar.postprocess (samples)",
+        "expstar.postprocess",
+        &[("results", File, b.out("expstar.rag_infer (samples)", "results"))],
+        json!({}),
+        &[],
+    );
+    b.check(
+        "expstar.reward",
+        "expstar.reward",
+        &[(
+            "candidates",
+            File,
+            b.out("expstar.postprocess (samples)", "rows"),
+        )],
+        json!({"metric": "rouge_l", "threshold": null}),
+        &[],
+    );
     b.check(
         "expstar.results",
         "expstar.results",

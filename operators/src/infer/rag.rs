@@ -20,6 +20,11 @@
 //! needed), and the output rows are `{id, response, labels}` (`labels` = the row's last
 //! assistant message), the form `swift infer` writes and `expstar.eval_rows` reads.
 //!
+//! With `samples: N` (and a temperature above 0) each row is answered N times, sample k
+//! drawn with seed `sampling_seed + k`, one output row per sample in row order: the
+//! candidates of spec §C.6 for `expstar.reward` (DAG node 23). The native backend samples
+//! reproducibly for the seed (the node's class is Seeded); a server may not.
+//!
 //! Output rows, JSON Lines, as `expstar.postprocess` reads them: `{id, rounds: [{role:
 //! assistant, content}…], gt: the row's messages, is_retrieval, rag_passages,
 //! relevant_passages}`. A row whose retrieval entry is missing keeps turn 1 only (logged and
@@ -62,6 +67,7 @@ struct Config {
     json_dump: bool,
     drop_media: bool,
     baseline: bool,
+    samples: usize,
 }
 
 impl Config {
@@ -95,7 +101,26 @@ impl Config {
                 "is 0; use at least 1",
             ));
         }
+        let samples = p.u64("samples")?;
+        if samples == 0 {
+            return Err(OperatorError::param(
+                KIND,
+                "samples",
+                "is 0; use at least 1",
+            ));
+        }
+        if samples > 1 && sampling.temperature == 0.0 {
+            return Err(OperatorError::param(
+                KIND,
+                "samples",
+                format!(
+                    "is {samples} with temperature 0: greedy decoding gives the same answer each \
+                     time; set temperature above 0 (and sampling_seed for reproducible samples)"
+                ),
+            ));
+        }
         Ok(Config {
+            samples: samples as usize,
             sampling,
             send_seed,
             threshold,
@@ -317,7 +342,19 @@ fn turn1(
     Ok(out)
 }
 
+/// `base` with its seed moved on by `sample`, so each of a row's samples draws differently
+/// and reproducibly.
+fn seeded(base: &Sampling, sample: u64) -> Sampling {
+    let mut s = base.clone();
+    s.seed = s.seed.wrapping_add(sample);
+    s
+}
+
 struct RowState {
+    /// The input row this state answers.
+    row: usize,
+    /// Which of the row's `samples` this is (added to the sampling seed).
+    sample: u64,
     id: Option<String>,
     name: String,
     messages: Vec<ChatMessage>,
@@ -346,8 +383,8 @@ fn baseline(
         .iter()
         .map(|s| ChatReq {
             messages: s.messages.clone(),
-            sampling: cfg.sampling.clone(),
-            send_seed: cfg.send_seed,
+            sampling: seeded(&cfg.sampling, s.sample),
+            send_seed: cfg.send_seed || s.sample > 0,
             keep_special: true,
         })
         .collect();
@@ -358,7 +395,8 @@ fn baseline(
         backend.chat(ctx, &reqs, &names)?
     };
     let mut out = Vec::with_capacity(rows.len());
-    for ((row, s), r) in rows.iter().zip(states).zip(&replies) {
+    for (s, r) in states.iter().zip(&replies) {
+        let row = &rows[s.row];
         let labels = row
             .get("messages")
             .and_then(Value::as_array)
@@ -459,6 +497,12 @@ impl Operator for RagInfer {
                 json!("paragraph"),
                 "paragraph (one <paragraph> passage per turn, as trained) or json_dump (the released client)",
             ),
+            ParamSpec::with_default(
+                "samples",
+                ParamKind::Int,
+                json!(1),
+                "answers per row (DPO candidates, spec §C.6): sample k uses seed sampling_seed + k; needs temperature > 0. Native sampling is reproducible for the seed (Seeded); a server promises nothing",
+            ),
             ParamSpec::with_default("temperature", ParamKind::Float, json!(0.0), "0 is greedy"),
             ParamSpec::with_default(
                 "top_p",
@@ -551,22 +595,30 @@ impl Operator for RagInfer {
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
         let backend = open_backend(ctx, KIND)?;
 
-        let mut states: Vec<RowState> = Vec::with_capacity(rows.len());
+        let mut states: Vec<RowState> = Vec::with_capacity(rows.len() * cfg.samples);
         for (i, row) in rows.iter().enumerate() {
             let id = row.get("id").and_then(Value::as_str).map(str::to_owned);
-            let name = match &id {
-                Some(id) => format!("row {i} (id `{id}`)"),
-                None => format!("row {i}"),
-            };
-            states.push(RowState {
-                messages: turn1(row, i, media.as_deref(), cfg.drop_media)?,
-                id,
-                name,
-                turn1: String::new(),
-                retrieve: false,
-                docs: Vec::new(),
-                missing: false,
-            });
+            let messages = turn1(row, i, media.as_deref(), cfg.drop_media)?;
+            for k in 0..cfg.samples {
+                let mut name = match &id {
+                    Some(id) => format!("row {i} (id `{id}`)"),
+                    None => format!("row {i}"),
+                };
+                if cfg.samples > 1 {
+                    name.push_str(&format!(", sample {k}"));
+                }
+                states.push(RowState {
+                    row: i,
+                    sample: k as u64,
+                    messages: messages.clone(),
+                    id: id.clone(),
+                    name,
+                    turn1: String::new(),
+                    retrieve: false,
+                    docs: Vec::new(),
+                    missing: false,
+                });
+            }
         }
 
         // Turn 1.
@@ -581,8 +633,8 @@ impl Operator for RagInfer {
             .iter()
             .map(|s| ChatReq {
                 messages: s.messages.clone(),
-                sampling: first.clone(),
-                send_seed: cfg.send_seed,
+                sampling: seeded(&first, s.sample),
+                send_seed: cfg.send_seed || s.sample > 0,
                 // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                 keep_special: true,
             })
@@ -620,11 +672,11 @@ impl Operator for RagInfer {
                 },
             }
         }
-        for (i, s) in states.iter_mut().enumerate() {
+        for s in states.iter_mut() {
             if !s.retrieve {
                 continue;
             }
-            let video = rows[i]
+            let video = rows[s.row]
                 .get("videos")
                 .and_then(Value::as_array)
                 .and_then(|v| v.first())
@@ -654,8 +706,8 @@ impl Operator for RagInfer {
                 );
                 reqs.push(ChatReq {
                     messages: with_turns(&s.messages, &s.turn1, &dump),
-                    sampling: second,
-                    send_seed: cfg.send_seed,
+                    sampling: seeded(&second, s.sample),
+                    send_seed: cfg.send_seed || s.sample > 0,
                     // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                     keep_special: true,
                 });
@@ -666,8 +718,8 @@ impl Operator for RagInfer {
                     let para = format!("<paragraph>{}</paragraph>", doc_text(d));
                     reqs.push(ChatReq {
                         messages: with_turns(&s.messages, &s.turn1, &para),
-                        sampling: second.clone(),
-                        send_seed: cfg.send_seed,
+                        sampling: seeded(&second, s.sample),
+                        send_seed: cfg.send_seed || s.sample > 0,
                         // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                         keep_special: true,
                     });
@@ -728,7 +780,7 @@ impl Operator for RagInfer {
             row.insert("rounds".into(), Value::Array(rounds));
             row.insert(
                 "gt".into(),
-                rows[i].get("messages").cloned().unwrap_or(Value::Null),
+                rows[s.row].get("messages").cloned().unwrap_or(Value::Null),
             );
             row.insert("is_retrieval".into(), json!(s.retrieve));
             row.insert("rag_passages".into(), Value::Array(rag_passages));
