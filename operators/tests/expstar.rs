@@ -1005,7 +1005,10 @@ fn dpo_pairs_and_exports() {
         ["messages", "videos", "rejected_response"]
     );
     let rel = "chemistry/ch_1/video/01-a/01-a_step_1.mp4";
-    assert_eq!(first["videos"][0], rel, "the original's path without /path/to/");
+    assert_eq!(
+        first["videos"][0], rel,
+        "the original's path without /path/to/"
+    );
     // Only the clips the rows name travel (the DPO rows name step 1 only).
     assert_eq!(walk(&s.outputs["media"]), [s.outputs["media"].join(rel)]);
     assert_eq!(

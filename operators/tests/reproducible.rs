@@ -614,7 +614,11 @@ fn expstar(b: &mut Bench) {
     b.check(
         "expstar.postprocess (samples)",
         "expstar.postprocess",
-        &[("results", File, b.out("expstar.rag_infer (samples)", "results"))],
+        &[(
+            "results",
+            File,
+            b.out("expstar.rag_infer (samples)", "results"),
+        )],
         json!({}),
         &[],
     );
@@ -851,6 +855,17 @@ fn over_http(b: &mut Bench) {
         &[("items", Table, b.out("load (mc items)", "table"))],
         json!({"backend": "openai", "base_url": url, "model": "tiny", "strategy": "verify",
                "threshold": 1.0, "max_tokens": 6, "answer_tokens": 3}),
+        &[],
+    );
+    b.check(
+        "expstar.reward (judge, openai)",
+        "expstar.reward",
+        &[(
+            "candidates",
+            File,
+            b.out("expstar.postprocess (samples)", "rows"),
+        )],
+        json!({"metric": "judge", "backend": "openai", "base_url": url, "model": "tiny", "threshold": 0.5}),
         &[],
     );
     server.stop().expect("stop the server");

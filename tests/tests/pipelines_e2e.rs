@@ -164,13 +164,19 @@ fn candidates_were_sampled_and_rewarded(p: &Project) {
         for r in c {
             let positive = r["reward"].as_bool().unwrap();
             let differs = c.iter().any(|o| o["score"] != c[0]["score"]);
-            assert_eq!(positive, differs && r["score"].as_f64() == Some(best), "{id}: {r}");
+            assert_eq!(
+                positive,
+                differs && r["score"].as_f64() == Some(best),
+                "{id}: {r}"
+            );
         }
         let pos = c.iter().filter(|r| r["reward"] == true).count();
         pairs += pos * (c.len() - pos);
     }
-    let distinct: std::collections::BTreeSet<&str> =
-        rows.iter().map(|r| r["response"].as_str().unwrap()).collect();
+    let distinct: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["response"].as_str().unwrap())
+        .collect();
     assert!(distinct.len() > by.len(), "samples differ");
     assert!(pairs > 0);
     let dpo = p.read("results/expstar/swift_dpo.jsonl");

@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn stacks_under_one_header_and_refuses_a_different_one() {
-        let a = ("a".to_string(), "h1,h2\nbaseline,all\nbaseline,x\n".to_string());
+        let a = (
+            "a".to_string(),
+            "h1,h2\nbaseline,all\nbaseline,x\n".to_string(),
+        );
         let b = ("b".to_string(), "h1,h2\nexpstar,all\n".to_string());
         assert_eq!(
             stack(&[a.clone(), b]).unwrap(),

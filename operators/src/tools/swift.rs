@@ -227,7 +227,11 @@ pub fn swift_rows(rows: &[Value], stage: Stage) -> Result<Vec<Value>> {
 /// Rows with their relative `images`/`videos` paths resolved against `media` (the node's
 /// copy of its `media` input, materialised for this run), so ms-swift finds them whatever
 /// directory it runs in; a file that is not there is an error naming the row.
-pub fn resolve_media(op: &'static str, rows: Vec<Value>, media: Option<&Path>) -> Result<Vec<Value>> {
+pub fn resolve_media(
+    op: &'static str,
+    rows: Vec<Value>,
+    media: Option<&Path>,
+) -> Result<Vec<Value>> {
     let Some(media) = media else {
         return Ok(rows);
     };

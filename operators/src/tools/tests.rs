@@ -392,7 +392,10 @@ fn swift_training_finds_the_clips_an_export_carries_wherever_the_workspace_is() 
     std::fs::write(&rows, format!("{row}\n")).unwrap();
     let tool = swift_stand_in(dir.path());
     let sft = crate::registry().get("train.sft").unwrap().clone();
-    let export = crate::registry().get("expstar.export_swift").unwrap().clone();
+    let export = crate::registry()
+        .get("expstar.export_swift")
+        .unwrap()
+        .clone();
     let params = json!({"backend": "swift", "tool": tool.display().to_string(), "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "merge": false});
     // Two workspaces at different paths: the export's bytes name no workspace, and training
     // in either finds the clip through its own copy of `media`.
@@ -452,7 +455,9 @@ fn swift_training_finds_the_clips_an_export_carries_wherever_the_workspace_is() 
             .unwrap()
             .to_string();
         assert!(
-            missing.contains(&format!("row 1: videos file `{rel}` is not in the `media` input")),
+            missing.contains(&format!(
+                "row 1: videos file `{rel}` is not in the `media` input"
+            )),
             "{missing}"
         );
     }
