@@ -384,7 +384,7 @@ fn baseline(
         .map(|s| ChatReq {
             messages: s.messages.clone(),
             sampling: seeded(&cfg.sampling, s.sample),
-            send_seed: cfg.send_seed || s.sample > 0,
+            send_seed: cfg.send_seed || cfg.samples > 1,
             keep_special: true,
         })
         .collect();
@@ -634,7 +634,7 @@ impl Operator for RagInfer {
             .map(|s| ChatReq {
                 messages: s.messages.clone(),
                 sampling: seeded(&first, s.sample),
-                send_seed: cfg.send_seed || s.sample > 0,
+                send_seed: cfg.send_seed || cfg.samples > 1,
                 // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                 keep_special: true,
             })
@@ -707,7 +707,7 @@ impl Operator for RagInfer {
                 reqs.push(ChatReq {
                     messages: with_turns(&s.messages, &s.turn1, &dump),
                     sampling: seeded(&second, s.sample),
-                    send_seed: cfg.send_seed || s.sample > 0,
+                    send_seed: cfg.send_seed || cfg.samples > 1,
                     // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                     keep_special: true,
                 });
@@ -719,7 +719,7 @@ impl Operator for RagInfer {
                     reqs.push(ChatReq {
                         messages: with_turns(&s.messages, &s.turn1, &para),
                         sampling: seeded(&second, s.sample),
-                        send_seed: cfg.send_seed || s.sample > 0,
+                        send_seed: cfg.send_seed || cfg.samples > 1,
                         // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                         keep_special: true,
                     });
