@@ -72,7 +72,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::Knowledge));
     r.register(Arc::new(expstar::Queries));
     r.register(Arc::new(expstar::Results));
-    r.register(Arc::new(expstar::Reward));
+    r.register(Arc::new(infer::Reward));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
     r.register(Arc::new(embed::EmbedText));

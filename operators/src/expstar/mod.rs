@@ -11,7 +11,6 @@
 //! - `expstar.add_rag`, `expstar.dpo_pairs`, `expstar.postprocess`, `expstar.eval_rows`;
 //! - `expstar.export_swift`, `expstar.export_llamafactory`: the trainers' formats.
 //! - `expstar.results`: every arm's results CSV in one table.
-//! - `expstar.reward`: sampled answers scored against their references, for DPO pairs.
 //!
 //! Rows travel between these operators as JSON Lines files written like Python's
 //! `json.dumps(ensure_ascii=False)` (see [`py_json`]), so they compare byte for byte with
@@ -37,7 +36,6 @@ pub mod merge;
 pub mod postprocess;
 pub mod prompts;
 pub mod results;
-pub mod reward;
 pub mod scan;
 pub mod split;
 pub mod step_meta;
@@ -56,7 +54,6 @@ pub use knowledge::{Knowledge, Queries};
 pub use merge::Merge;
 pub use postprocess::Postprocess;
 pub use results::Results;
-pub use reward::Reward;
 pub use scan::Scan;
 pub use split::Split;
 pub use step_meta::StepMeta;

@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use expflow_engine::PortType;
 use expflow_engine::harness::Harness;
-use expflow_operators::expstar::Reward;
-use expflow_operators::infer::RagInfer;
+use expflow_operators::infer::{RagInfer, Reward};
 use serde_json::{Value, json};
 
 /// A request's path and body.

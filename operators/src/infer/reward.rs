@@ -1,4 +1,4 @@
-//! `expstar.reward`: sampled answers → the rewarded candidates `expstar.dpo_pairs` reads
+//! `expstar.reward` (in the ExpStar family, kept beside the backends it asks): sampled answers → the rewarded candidates `expstar.dpo_pairs` reads
 //! (`{"id", "response", "reward"}`, spec §C.6; DAG node 24, unreleased in the original).
 //!
 //! Each candidate (`{id, response, labels}`: `expstar.postprocess` of
@@ -20,13 +20,12 @@ use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
     Resources, Signature,
 };
+use expflow_models::{ChatMessage, Sampling};
 use serde_json::{Map, Value, json};
 
-use expflow_models::{ChatMessage, Sampling};
-
-use super::{read_jsonl, write_jsonl};
+use super::backend::ChatReq;
 use crate::error::{OperatorError, Result};
-use crate::infer::backend::ChatReq;
+use crate::expstar::{read_jsonl, write_jsonl};
 use crate::params::{Params, problems};
 
 pub struct Reward;
@@ -73,7 +72,7 @@ impl Config {
         let p = Params::new(KIND, map);
         let metric = p.choice("metric", &METRICS)?;
         if metric == "judge" {
-            crate::infer::BackendKind::parse(KIND, map)?;
+            super::BackendKind::parse(KIND, map)?;
         }
         Ok(Config {
             metric,
@@ -119,7 +118,7 @@ pub fn rewards(scored: &[(String, f64)], threshold: Option<f64>) -> Vec<bool> {
 
 /// Replaces each score with the judge model's grade.
 fn judge(ctx: &Context, rows: &[Value], scored: &mut [(String, f64)]) -> Result<(), OpError> {
-    let backend = crate::infer::open_backend(ctx, KIND)?;
+    let backend = super::open_backend(ctx, KIND)?;
     let max_tokens = Params::new(KIND, ctx.params()).u64("max_tokens")?.max(1) as usize;
     let reqs: Vec<ChatReq> = rows
         .iter()
@@ -213,7 +212,7 @@ impl Operator for Reward {
                 "positive when the score reaches this (0 to 1); null: the best of each id's candidates",
             ),
         ];
-        params.extend(crate::infer::openai::client_params(false));
+        params.extend(super::openai::client_params(false));
         Signature {
             inputs: Ports::Fixed(vec![
                 Port::new(
@@ -245,7 +244,7 @@ impl Operator for Reward {
         }
         let mut greedy = params.clone();
         greedy.insert("temperature".into(), json!(0.0));
-        crate::infer::determinism(&greedy)
+        super::determinism(&greedy)
     }
 
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
