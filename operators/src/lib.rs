@@ -71,6 +71,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::ExportLlamaFactory));
     r.register(Arc::new(expstar::Knowledge));
     r.register(Arc::new(expstar::Queries));
+    r.register(Arc::new(expstar::Results));
+    r.register(Arc::new(infer::Reward));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
     r.register(Arc::new(embed::EmbedText));
@@ -130,6 +132,8 @@ mod tests {
         "expstar.postprocess",
         "expstar.queries",
         "expstar.rag_infer",
+        "expstar.results",
+        "expstar.reward",
         "expstar.scan",
         "expstar.split",
         "expstar.step_meta",

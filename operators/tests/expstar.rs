@@ -979,12 +979,24 @@ fn dpo_pairs_and_exports() {
         .unwrap()
         .to_string();
     assert!(e.contains("candidate id `nope`"), "{e}");
-    // ms-swift: messages, videos, rejected_response; paths re-rooted.
+    // The clips the rows name, as expstar.cut_clips lays them out.
+    let clips = dir.path().join("clips");
+    for k in 1..=2 {
+        write(
+            &clips.join(format!("chemistry/ch_1/video/01-a/01-a_step_{k}.mp4")),
+            &format!("clip {k}"),
+        );
+    }
+    write(&clips.join("chemistry/ch_1/video/01-a/unused.mp4"), "other");
+    // ms-swift: messages, videos, rejected_response; paths relative, the clips carried.
     let s = run(
         &mut h,
         &ExportSwift,
-        &[("rows", PortType::File, &d.outputs["pairs"])],
-        json!({"video_root": "/data/clips"}),
+        &[
+            ("rows", PortType::File, &d.outputs["pairs"]),
+            ("clips", PortType::Dir, &clips),
+        ],
+        json!({}),
     );
     let text = std::fs::read_to_string(&s.outputs["file"]).unwrap();
     let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -992,15 +1004,49 @@ fn dpo_pairs_and_exports() {
         first.as_object().unwrap().keys().collect::<Vec<_>>(),
         ["messages", "videos", "rejected_response"]
     );
+    let rel = "chemistry/ch_1/video/01-a/01-a_step_1.mp4";
     assert_eq!(
-        first["videos"][0],
-        "/data/clips/chemistry/ch_1/video/01-a/01-a_step_1.mp4"
+        first["videos"][0], rel,
+        "the original's path without /path/to/"
+    );
+    // Only the clips the rows name travel (the DPO rows name step 1 only).
+    assert_eq!(walk(&s.outputs["media"]), [s.outputs["media"].join(rel)]);
+    assert_eq!(
+        std::fs::read_to_string(s.outputs["media"].join(rel)).unwrap(),
+        "clip 1"
+    );
+    // A row naming a clip the `clips` input lacks is an error naming the row and the fix.
+    let gone = rows_file(
+        dir.path(),
+        "gone.jsonl",
+        &[row("physics", "ph_9", "02-b", 1)],
+    );
+    let e = h
+        .run(
+            &ExportSwift,
+            &[
+                ("rows", PortType::File, &gone),
+                ("clips", PortType::Dir, &clips),
+            ],
+            json!({}),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("row `ph_9_02-b_1` names clip `physics/ph_9/video/02-b/02-b_step_1.mp4`")
+            && e.contains("connect `clips`"),
+        "{e}"
     );
     // LLaMA-Factory: sharegpt SFT, and the preference format for DPO rows.
     let lf = run(
         &mut h,
         &ExportLlamaFactory,
-        &[("rows", PortType::File, &p)],
+        &[
+            ("rows", PortType::File, &p),
+            ("clips", PortType::Dir, &clips),
+        ],
         json!({}),
     );
     let data: Value =
@@ -1010,6 +1056,11 @@ fn dpo_pairs_and_exports() {
         data[0]["conversations"][0],
         json!({"from": "human", "value": "<video>u"})
     );
+    // Every video path resolves inside the dataset directory (LLaMA-Factory's media_dir).
+    for r in data.as_array().unwrap() {
+        let v = r["videos"][0].as_str().unwrap();
+        assert!(lf.outputs["dataset"].join(v).is_file(), "{v}");
+    }
     assert_eq!(data[0]["system"], "s");
     let info: Value = serde_json::from_slice(
         &std::fs::read(lf.outputs["dataset"].join("dataset_info.json")).unwrap(),

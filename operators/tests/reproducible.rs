@@ -421,22 +421,31 @@ fn expstar(b: &mut Bench) {
     b.check(
         "expstar.export_swift",
         "expstar.export_swift",
-        &[("rows", File, b.out("expstar.add_rag", "rows"))],
-        json!({"video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.add_rag", "rows")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({}),
         &[],
     );
     b.check(
         "expstar.export_swift (dpo)",
         "expstar.export_swift",
-        &[("rows", File, b.out("expstar.dpo_pairs", "pairs"))],
-        json!({"video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({}),
         &[],
     );
     b.check(
         "expstar.export_llamafactory",
         "expstar.export_llamafactory",
-        &[("rows", File, b.out("expstar.dpo_pairs", "pairs"))],
-        json!({"name": "expstar_dpo", "video_root": "/data/expstar"}),
+        &[
+            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("clips", Dir, b.out("expstar.cut_clips", "clips")),
+        ],
+        json!({"name": "expstar_dpo"}),
         &[],
     );
     b.check(
@@ -577,6 +586,61 @@ fn expstar(b: &mut Bench) {
             ("model", Model, b.out("train.dpo", "model")),
         ],
         json!({"backend": "native", "media": "none", "max_tokens": 12}),
+        &[],
+    );
+    // The baseline arm's single-turn inference (spec §F.1) and the arms' results table.
+    b.check(
+        "expstar.rag_infer (baseline)",
+        "expstar.rag_infer",
+        &[
+            ("rows", File, b.out("expstar.split", "test")),
+            ("model", Model, b.out("train.sft", "model")),
+        ],
+        json!({"protocol": "baseline", "backend": "native", "media": "none", "max_tokens": 12}),
+        &[],
+    );
+    // DPO candidates sampled from the SFT model (seeded), stripped and rewarded.
+    b.check(
+        "expstar.rag_infer (samples)",
+        "expstar.rag_infer",
+        &[
+            ("rows", File, b.out("expstar.split", "train")),
+            ("retrieval", File, demo.join("retrieval.json")),
+            ("model", Model, b.out("train.sft", "model")),
+        ],
+        json!({"backend": "native", "media": "none", "max_tokens": 12, "samples": 2, "temperature": 0.8, "sampling_seed": 7, "passages": 1}),
+        &[],
+    );
+    b.check(
+        "expstar.postprocess (samples)",
+        "expstar.postprocess",
+        &[(
+            "results",
+            File,
+            b.out("expstar.rag_infer (samples)", "results"),
+        )],
+        json!({}),
+        &[],
+    );
+    b.check(
+        "expstar.reward",
+        "expstar.reward",
+        &[(
+            "candidates",
+            File,
+            b.out("expstar.postprocess (samples)", "rows"),
+        )],
+        json!({"metric": "rouge_l", "threshold": null}),
+        &[],
+    );
+    b.check(
+        "expstar.results",
+        "expstar.results",
+        &[
+            ("baseline", File, b.out("score.text", "results")),
+            ("expstar", File, b.out("score.text", "results")),
+        ],
+        json!({}),
         &[],
     );
 }
@@ -812,6 +876,17 @@ fn over_http(b: &mut Bench) {
         &[("items", Table, b.out("load (mc items)", "table"))],
         json!({"backend": "openai", "base_url": url, "model": "tiny", "strategy": "verify",
                "threshold": 1.0, "max_tokens": 6, "answer_tokens": 3}),
+        &[],
+    );
+    b.check(
+        "expstar.reward (judge, openai)",
+        "expstar.reward",
+        &[(
+            "candidates",
+            File,
+            b.out("expstar.postprocess (samples)", "rows"),
+        )],
+        json!({"metric": "judge", "backend": "openai", "base_url": url, "model": "tiny", "threshold": 0.5}),
         &[],
     );
     server.stop().expect("stop the server");

@@ -99,6 +99,116 @@ fn report_renders_in_chromium(p: &Project, name: &str, first_run: &str) {
     assert!(seen["ganttBars"].as_u64().unwrap_or(0) > 0, "{seen}");
 }
 
+/// `results/expstar/scores.csv`: the original's columns, one `all` row and one row per
+/// subject for each arm, with scores that were computed.
+fn results_table_has_both_arms(p: &Project) {
+    let csv = p.read("results/expstar/scores.csv");
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for col in [
+        "experiment",
+        "data_type",
+        "BLEU-1",
+        "BLEU-4",
+        "METEOR",
+        "ROUGE-L-F",
+        "CIDer",
+        "BERTScore-f1",
+    ] {
+        assert!(header.contains(&col), "{col} in {header:?}");
+    }
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let subjects: std::collections::BTreeSet<String> = p
+        .read("results/expstar/baseline_test.jsonl")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let path = v["videos"][0].as_str().unwrap().to_string();
+            let parts: Vec<&str> = path.split('/').collect();
+            parts[parts.len() - 5].to_string()
+        })
+        .collect();
+    for arm in ["baseline", "expstar"] {
+        let mine: Vec<&Vec<&str>> = rows.iter().filter(|r| r[0] == arm).collect();
+        let types: Vec<&str> = mine.iter().map(|r| r[1]).collect();
+        let mut want = vec!["all".to_string()];
+        want.extend(subjects.iter().cloned());
+        assert_eq!(types, want, "{arm}: {csv}");
+        let rouge = header.iter().position(|c| *c == "ROUGE-L-F").unwrap();
+        for r in &mine {
+            let v: f64 = r[rouge].parse().unwrap_or(f64::NAN);
+            assert!(v.is_finite() && v >= 0.0, "{arm}: {csv}");
+        }
+    }
+}
+
+/// The DPO candidates: `dpo_samples` sampled answers per training prompt, not all alike,
+/// each prompt's best (by ROUGE-L) rewarded, and the pairs built from them.
+fn candidates_were_sampled_and_rewarded(p: &Project) {
+    let rows: Vec<Value> = p
+        .read("results/expstar/dpo_candidates.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut by: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+    for r in &rows {
+        by.entry(r["id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(r);
+    }
+    let mut pairs = 0;
+    for (id, c) in &by {
+        assert_eq!(c.len(), 4, "{id}: dpo_samples answers");
+        let best = c
+            .iter()
+            .map(|r| r["score"].as_f64().unwrap())
+            .fold(f64::MIN, f64::max);
+        for r in c {
+            let positive = r["reward"].as_bool().unwrap();
+            let differs = c.iter().any(|o| o["score"] != c[0]["score"]);
+            assert_eq!(
+                positive,
+                differs && r["score"].as_f64() == Some(best),
+                "{id}: {r}"
+            );
+        }
+        let pos = c.iter().filter(|r| r["reward"] == true).count();
+        pairs += pos * (c.len() - pos);
+    }
+    let distinct: std::collections::BTreeSet<&str> = rows
+        .iter()
+        .map(|r| r["response"].as_str().unwrap())
+        .collect();
+    assert!(distinct.len() > by.len(), "samples differ");
+    assert!(pairs > 0);
+    let dpo = p.read("results/expstar/swift_dpo.jsonl");
+    assert_eq!(dpo.lines().count(), pairs, "every positive × negative pair");
+}
+
+/// Moves every entry of the project directory into a new one; the old one is left empty.
+fn move_project(p: Project) -> Project {
+    let q = Project::new();
+    for e in std::fs::read_dir(p.dir.path()).unwrap() {
+        let e = e.unwrap();
+        std::fs::rename(e.path(), q.dir.path().join(e.file_name())).unwrap();
+    }
+    q
+}
+
+/// Every video path of a LLaMA-Factory dataset is relative and names a file inside it.
+fn dataset_videos_resolve(p: &Project, dir: &str, file: &str) {
+    let data = read_json(p, &format!("{dir}/{file}"));
+    let rows = data.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        for v in r["videos"].as_array().unwrap() {
+            let v = v.as_str().unwrap();
+            assert!(!v.starts_with('/'), "{v}");
+            assert!(p.path(dir).join(v).is_file(), "{dir}/{v}");
+        }
+    }
+}
+
 #[test]
 fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     if !has_ffmpeg() {
@@ -111,7 +221,19 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
 
     let first = p.run("expstar.yaml", &[]);
     first.expect_code(0);
-    for node in ["base", "sft", "dpo_train", "infer", "scores"] {
+    for node in [
+        "base",
+        "sft",
+        "dpo_train",
+        "infer",
+        "scores",
+        "baseline_sft",
+        "baseline_infer",
+        "baseline_scores",
+        "results",
+        "candidates",
+        "rewarded",
+    ] {
         assert!(
             first.executed().contains(&node.to_string()),
             "{node} did not run: {:?}",
@@ -131,12 +253,31 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     }
     let predictions = p.read("results/expstar/predictions.jsonl");
     assert_eq!(predictions.lines().count() as u64, test_rows);
+    let baseline = p.read("results/expstar/baseline_predictions.jsonl");
+    assert_eq!(baseline.lines().count() as u64, test_rows);
+    results_table_has_both_arms(&p);
+    candidates_were_sampled_and_rewarded(&p);
 
     assert!(
         executed(&p, &[], "expstar.yaml").is_empty(),
         "a second run executes nothing"
     );
     let first_id = first.summary["run_id"].as_str().unwrap();
+    // Move the whole project (workspace included) elsewhere: nothing re-runs, the store
+    // verifies, and the exported dataset still finds its clips.
+    let p = move_project(p);
+    assert!(
+        executed(&p, &[], "expstar.yaml").is_empty(),
+        "after the move, a run executes nothing"
+    );
+    let verify = p.expflow(&["verify"]);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    dataset_videos_resolve(&p, "results/expstar/llamafactory_sft", "expstar_sft.json");
     audit_is_clean_and_logs_name_their_run(&p, first_id, "infer");
 
     let after_edit = executed(&p, &["--set", "sft_lr=0.003"], "expstar.yaml");
@@ -149,6 +290,18 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         "infer_eval",
         "infer_table",
         "scores",
+        "baseline_sft",
+        "baseline_infer",
+        "baseline_eval",
+        "baseline_table",
+        "baseline_scores",
+        "results",
+        "candidates",
+        "candidates_post",
+        "rewarded",
+        "dpo",
+        "swift_dpo",
+        "llamafactory_dpo",
     ]
     .map(String::from)
     .to_vec();

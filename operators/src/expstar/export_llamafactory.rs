@@ -10,7 +10,10 @@
 //!   "value"}`, or alpaca `instruction`/`chosen`/`rejected`; the entry gets `ranking: true`.
 //!
 //! The `<video>` placeholder stays in the first user turn (LLaMA-Factory requires one per
-//! video). Video paths are rewritten as in `expstar.export_swift`.
+//! video). Video paths are written relative, as in `expstar.export_swift`, and the clips they
+//! name (from the `clips` input) are carried in the dataset directory at those paths:
+//! LLaMA-Factory resolves relative media against `media_dir`, which defaults to the dataset
+//! directory, so the directory trains wherever it is materialised.
 
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
@@ -18,7 +21,7 @@ use expflow_engine::{
 };
 use serde_json::{Map, Value, json};
 
-use super::export_swift::videos;
+use super::export_swift::{Media, clips_port, prefix_param, videos};
 use super::{py_json_indent, read_jsonl, str_field, write_file};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
@@ -56,10 +59,10 @@ fn turns(row: &Value) -> Result<(String, Vec<(String, String)>)> {
     Ok((system, out))
 }
 
-pub fn convert(row: &Value, format: &str, prefix: &str, root: Option<&str>) -> Result<Value> {
+pub fn convert(row: &Value, format: &str, prefix: &str) -> Result<Value> {
     let (system, mut turns) = turns(row)?;
     let rejected = row.get("rejected_response").and_then(Value::as_str);
-    let vids = videos(row, prefix, root);
+    let vids = videos(row, prefix);
     let chosen = if rejected.is_some() {
         match turns.pop() {
             Some((r, c)) if r == "assistant" => Some(c),
@@ -158,20 +161,20 @@ impl Operator for ExportLlamaFactory {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: relative video paths and the clips carried in the directory (no `video_root`).
+        2
     }
 
     fn signature(&self) -> Signature {
         Signature {
-            inputs: Ports::Fixed(vec![Port::new(
-                "rows",
-                PortType::File,
-                "rows (SFT or DPO), JSON Lines",
-            )]),
+            inputs: Ports::Fixed(vec![
+                Port::new("rows", PortType::File, "rows (SFT or DPO), JSON Lines"),
+                clips_port(),
+            ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "dataset",
                 PortType::Dir,
-                "<name>.json and dataset_info.json",
+                "<name>.json, dataset_info.json and the clips at the relative paths the rows name",
             )]),
             params: vec![
                 ParamSpec::with_default(
@@ -186,18 +189,7 @@ impl Operator for ExportLlamaFactory {
                     json!("sharegpt"),
                     "`sharegpt` or `alpaca`",
                 ),
-                ParamSpec::with_default(
-                    "path_prefix",
-                    ParamKind::String,
-                    json!("/path/to"),
-                    "the prefix of the video paths in the rows",
-                ),
-                ParamSpec::with_default(
-                    "video_root",
-                    ParamKind::String,
-                    Value::Null,
-                    "replaces `path_prefix` (null: keep paths)",
-                ),
+                prefix_param(),
             ],
             determinism: Determinism::Deterministic,
             resources: Resources::default(),
@@ -208,7 +200,6 @@ impl Operator for ExportLlamaFactory {
         let p = Params::new(KIND, params);
         let mut out = problems(p.choice("format", &["sharegpt", "alpaca"]));
         out.extend(problems(p.str("name")));
-        out.extend(problems(p.opt_str("video_root")));
         out
     }
 
@@ -216,17 +207,23 @@ impl Operator for ExportLlamaFactory {
         let p = Params::new(KIND, ctx.params());
         let format = p.choice("format", &["sharegpt", "alpaca"])?;
         let name = p.str("name")?;
-        let (prefix, root) = (p.str("path_prefix")?, p.opt_str("video_root")?);
+        let prefix = p.str("path_prefix")?;
         let rows = read_jsonl(&ctx.input("rows")?.path)?;
         let ranking = rows.iter().any(|r| r.get("rejected_response").is_some());
         if ranking && rows.iter().any(|r| r.get("rejected_response").is_none()) {
             return Err(OperatorError::data(KIND, "some rows have `rejected_response` and some do not; export SFT and DPO rows separately").into());
         }
-        let out = rows
-            .iter()
-            .map(|r| convert(r, format, prefix, root))
-            .collect::<Result<Vec<_>>>()?;
         let dir = &ctx.output("dataset")?.path;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| OperatorError::io("cannot create directory", dir, e))?;
+        let clips = ctx.inputs().get("clips").map(|c| c.path.clone());
+        let mut media = Media::new(KIND, clips.as_deref(), dir);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let e = convert(r, format, prefix)?;
+            media.carry(r, &e)?;
+            out.push(e);
+        }
         write_file(
             &dir.join(format!("{name}.json")),
             py_json_indent(&Value::Array(out), 2).as_bytes(),
@@ -236,9 +233,10 @@ impl Operator for ExportLlamaFactory {
             py_json_indent(&dataset_info(name, format, ranking), 2).as_bytes(),
         )?;
         ctx.log(&format!(
-            "{} rows as {format}{}",
+            "{} rows as {format}{}; {}",
             rows.len(),
-            if ranking { " (preference)" } else { "" }
+            if ranking { " (preference)" } else { "" },
+            media.summary()
         ));
         Ok(())
     }

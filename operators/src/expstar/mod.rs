@@ -10,6 +10,7 @@
 //! - `expstar.split`, `expstar.apply_split`, `expstar.merge`: the split by experiment;
 //! - `expstar.add_rag`, `expstar.dpo_pairs`, `expstar.postprocess`, `expstar.eval_rows`;
 //! - `expstar.export_swift`, `expstar.export_llamafactory`: the trainers' formats.
+//! - `expstar.results`: every arm's results CSV in one table.
 //!
 //! Rows travel between these operators as JSON Lines files written like Python's
 //! `json.dumps(ensure_ascii=False)` (see [`py_json`]), so they compare byte for byte with
@@ -34,6 +35,7 @@ pub mod knowledge;
 pub mod merge;
 pub mod postprocess;
 pub mod prompts;
+pub mod results;
 pub mod scan;
 pub mod split;
 pub mod step_meta;
@@ -51,6 +53,7 @@ pub use export_swift::ExportSwift;
 pub use knowledge::{Knowledge, Queries};
 pub use merge::Merge;
 pub use postprocess::Postprocess;
+pub use results::Results;
 pub use scan::Scan;
 pub use split::Split;
 pub use step_meta::StepMeta;

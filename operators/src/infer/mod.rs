@@ -5,7 +5,7 @@
 //! - [`rows`]: prompt tables → chat messages.
 //!
 //! `expstar.rag_infer` (in [`crate::expstar`]'s family, kind `expstar.rag_infer`) lives in
-//! [`rag`].
+//! [`rag`], `expstar.reward` (which can ask a judge model) in [`reward`].
 
 pub mod backend;
 pub mod chat;
@@ -13,10 +13,12 @@ pub mod identity;
 pub mod native;
 pub mod openai;
 pub mod rag;
+pub mod reward;
 pub mod rows;
 
 pub use chat::Chat;
 pub use rag::RagInfer;
+pub use reward::Reward;
 
 use expflow_engine::{Context, Determinism, OpError};
 use serde_json::{Map, Value};

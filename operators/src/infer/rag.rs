@@ -15,6 +15,16 @@
 //!    `second_turn: json_dump` reproduces the released client: one turn with
 //!    `"Here are the retrieved documents:\n"` and the documents as indented JSON.
 //!
+//! With `protocol: baseline` (spec §F.1, DAG node 30) the node is the baseline arm's
+//! single-turn inference instead: turn 1 only, no retrieval (the `retrieval` input is not
+//! needed), and the output rows are `{id, response, labels}` (`labels` = the row's last
+//! assistant message), the form `swift infer` writes and `expstar.eval_rows` reads.
+//!
+//! With `samples: N` (and a temperature above 0) each row is answered N times, sample k
+//! drawn with seed `sampling_seed + k`, one output row per sample in row order: the
+//! candidates of spec §C.6 for `expstar.reward` (DAG node 23). The native backend samples
+//! reproducibly for the seed (the node's class is Seeded); a server may not.
+//!
 //! Output rows, JSON Lines, as `expstar.postprocess` reads them: `{id, rounds: [{role:
 //! assistant, content}…], gt: the row's messages, is_retrieval, rag_passages,
 //! relevant_passages}`. A row whose retrieval entry is missing keeps turn 1 only (logged and
@@ -56,6 +66,8 @@ struct Config {
     passages: usize,
     json_dump: bool,
     drop_media: bool,
+    baseline: bool,
+    samples: usize,
 }
 
 impl Config {
@@ -89,13 +101,33 @@ impl Config {
                 "is 0; use at least 1",
             ));
         }
+        let samples = p.u64("samples")?;
+        if samples == 0 {
+            return Err(OperatorError::param(
+                KIND,
+                "samples",
+                "is 0; use at least 1",
+            ));
+        }
+        if samples > 1 && sampling.temperature == 0.0 {
+            return Err(OperatorError::param(
+                KIND,
+                "samples",
+                format!(
+                    "is {samples} with temperature 0: greedy decoding gives the same answer each \
+                     time; set temperature above 0 (and sampling_seed for reproducible samples)"
+                ),
+            ));
+        }
         Ok(Config {
+            samples: samples as usize,
             sampling,
             send_seed,
             threshold,
             passages: passages as usize,
             json_dump: p.choice("second_turn", &["paragraph", "json_dump"])? == "json_dump",
             drop_media: p.choice("media", &super::backend::Media::NAMES)? == "none",
+            baseline: p.choice("protocol", &["expstar", "baseline"])? == "baseline",
         })
     }
 }
@@ -310,7 +342,19 @@ fn turn1(
     Ok(out)
 }
 
+/// `base` with its seed moved on by `sample`, so each of a row's samples draws differently
+/// and reproducibly.
+fn seeded(base: &Sampling, sample: u64) -> Sampling {
+    let mut s = base.clone();
+    s.seed = s.seed.wrapping_add(sample);
+    s
+}
+
 struct RowState {
+    /// The input row this state answers.
+    row: usize,
+    /// Which of the row's `samples` this is (added to the sampling seed).
+    sample: u64,
     id: Option<String>,
     name: String,
     messages: Vec<ChatMessage>,
@@ -327,6 +371,73 @@ fn with_turns(base: &[ChatMessage], assistant: &str, user: &str) -> Vec<ChatMess
     m
 }
 
+/// The baseline arm (spec §F.1): one turn per row; `{id, response, labels}` rows.
+fn baseline(
+    ctx: &Context,
+    cfg: &Config,
+    backend: &dyn super::backend::Backend,
+    rows: &[Value],
+    states: &[RowState],
+) -> Result<(), OpError> {
+    let reqs: Vec<ChatReq> = states
+        .iter()
+        .map(|s| ChatReq {
+            messages: s.messages.clone(),
+            sampling: seeded(&cfg.sampling, s.sample),
+            send_seed: cfg.send_seed || cfg.samples > 1,
+            keep_special: true,
+        })
+        .collect();
+    let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+    let replies = if reqs.is_empty() {
+        Vec::new()
+    } else {
+        backend.chat(ctx, &reqs, &names)?
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for (s, r) in states.iter().zip(&replies) {
+        let row = &rows[s.row];
+        let labels = row
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| {
+                m.iter()
+                    .rev()
+                    .find(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+            })
+            .and_then(|m| m.get("content"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                OperatorError::data(
+                    KIND,
+                    format!("{}: no assistant message to take the labels from", s.name),
+                )
+            })?;
+        let response = r
+            .choices
+            .first()
+            .map(|c| c.text.clone())
+            .unwrap_or_default();
+        let mut m = Map::new();
+        if let Some(id) = &s.id {
+            m.insert("id".into(), json!(id));
+        }
+        m.insert("response".into(), json!(response));
+        m.insert("labels".into(), json!(labels));
+        out.push(Value::Object(m));
+    }
+    write_jsonl(&ctx.output("results")?.path, &out)?;
+    let (hits, misses) = ctx.memo_counts();
+    ctx.note("memoised", hits);
+    ctx.note("asked", misses);
+    let report = json!({"rows": out.len(), "retrieval": 0, "missing_retrieval": 0, "passages": 0, "relevant": 0});
+    ctx.log(&format!("report: {report}"));
+    let mut bytes = serde_json::to_vec_pretty(&report)?;
+    bytes.push(b'\n');
+    std::fs::write(&ctx.output("report")?.path, bytes)?;
+    Ok(())
+}
+
 impl Operator for RagInfer {
     fn kind(&self) -> &'static str {
         KIND
@@ -339,6 +450,12 @@ impl Operator for RagInfer {
 
     fn signature(&self) -> Signature {
         let mut params = vec![
+            ParamSpec::with_default(
+                "protocol",
+                ParamKind::String,
+                json!("expstar"),
+                "expstar (retrieval-aware, two turns, §F.3) or baseline (one turn, no retrieval, {id, response, labels} rows, §F.1)",
+            ),
             ParamSpec::required(
                 "backend",
                 ParamKind::String,
@@ -380,6 +497,12 @@ impl Operator for RagInfer {
                 json!("paragraph"),
                 "paragraph (one <paragraph> passage per turn, as trained) or json_dump (the released client)",
             ),
+            ParamSpec::with_default(
+                "samples",
+                ParamKind::Int,
+                json!(1),
+                "answers per row (DPO candidates, spec §C.6): sample k uses seed sampling_seed + k; needs temperature > 0. Native sampling is reproducible for the seed (Seeded); a server promises nothing",
+            ),
             ParamSpec::with_default("temperature", ParamKind::Float, json!(0.0), "0 is greedy"),
             ParamSpec::with_default(
                 "top_p",
@@ -412,8 +535,9 @@ impl Operator for RagInfer {
                 Port::new(
                     "retrieval",
                     PortType::File,
-                    "retrieved documents per row: JSON list [{id, query, video_path, documents}], JSON Lines or a table",
-                ),
+                    "retrieved documents per row: JSON list [{id, query, video_path, documents}], JSON Lines or a table (protocol expstar)",
+                )
+                .optional(),
                 Port::new(
                     "model",
                     PortType::Model,
@@ -431,7 +555,7 @@ impl Operator for RagInfer {
                 Port::new(
                     "results",
                     PortType::File,
-                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages}, JSON Lines",
+                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages} (protocol baseline: {id, response, labels}), JSON Lines",
                 ),
                 Port::new(
                     "report",
@@ -456,30 +580,52 @@ impl Operator for RagInfer {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
         let rows = read_jsonl(&ctx.input("rows")?.path)?;
-        let retrieval = Retrieval::read(&ctx.input("retrieval")?.path)?;
+        let retrieval = match (cfg.baseline, ctx.inputs().get("retrieval")) {
+            (true, _) => Retrieval::from_entries(&[]),
+            (false, Some(r)) => Retrieval::read(&r.path)?,
+            (false, None) => {
+                return Err(OperatorError::data(
+                    KIND,
+                    "the `retrieval` input is not connected; protocol expstar needs the retrieved \
+                     documents (or set `protocol: baseline` for single-turn inference)",
+                )
+                .into());
+            }
+        };
         let media = ctx.inputs().get("media").map(|i| i.path.clone());
         let backend = open_backend(ctx, KIND)?;
 
-        let mut states: Vec<RowState> = Vec::with_capacity(rows.len());
+        let mut states: Vec<RowState> = Vec::with_capacity(rows.len() * cfg.samples);
         for (i, row) in rows.iter().enumerate() {
             let id = row.get("id").and_then(Value::as_str).map(str::to_owned);
-            let name = match &id {
-                Some(id) => format!("row {i} (id `{id}`)"),
-                None => format!("row {i}"),
-            };
-            states.push(RowState {
-                messages: turn1(row, i, media.as_deref(), cfg.drop_media)?,
-                id,
-                name,
-                turn1: String::new(),
-                retrieve: false,
-                docs: Vec::new(),
-                missing: false,
-            });
+            let messages = turn1(row, i, media.as_deref(), cfg.drop_media)?;
+            for k in 0..cfg.samples {
+                let mut name = match &id {
+                    Some(id) => format!("row {i} (id `{id}`)"),
+                    None => format!("row {i}"),
+                };
+                if cfg.samples > 1 {
+                    name.push_str(&format!(", sample {k}"));
+                }
+                states.push(RowState {
+                    row: i,
+                    sample: k as u64,
+                    messages: messages.clone(),
+                    id: id.clone(),
+                    name,
+                    turn1: String::new(),
+                    retrieve: false,
+                    docs: Vec::new(),
+                    missing: false,
+                });
+            }
         }
 
         // Turn 1.
         let mut first = cfg.sampling.clone();
+        if cfg.baseline {
+            return baseline(ctx, &cfg, backend.as_ref(), &rows, &states);
+        }
         if cfg.threshold.is_some() {
             first.stop = vec![RETRIEVAL.to_string(), NO_RETRIEVAL.to_string()];
         }
@@ -487,8 +633,8 @@ impl Operator for RagInfer {
             .iter()
             .map(|s| ChatReq {
                 messages: s.messages.clone(),
-                sampling: first.clone(),
-                send_seed: cfg.send_seed,
+                sampling: seeded(&first, s.sample),
+                send_seed: cfg.send_seed || cfg.samples > 1,
                 // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                 keep_special: true,
             })
@@ -526,11 +672,11 @@ impl Operator for RagInfer {
                 },
             }
         }
-        for (i, s) in states.iter_mut().enumerate() {
+        for s in states.iter_mut() {
             if !s.retrieve {
                 continue;
             }
-            let video = rows[i]
+            let video = rows[s.row]
                 .get("videos")
                 .and_then(Value::as_array)
                 .and_then(|v| v.first())
@@ -560,8 +706,8 @@ impl Operator for RagInfer {
                 );
                 reqs.push(ChatReq {
                     messages: with_turns(&s.messages, &s.turn1, &dump),
-                    sampling: second,
-                    send_seed: cfg.send_seed,
+                    sampling: seeded(&second, s.sample),
+                    send_seed: cfg.send_seed || cfg.samples > 1,
                     // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                     keep_special: true,
                 });
@@ -572,8 +718,8 @@ impl Operator for RagInfer {
                     let para = format!("<paragraph>{}</paragraph>", doc_text(d));
                     reqs.push(ChatReq {
                         messages: with_turns(&s.messages, &s.turn1, &para),
-                        sampling: second.clone(),
-                        send_seed: cfg.send_seed,
+                        sampling: seeded(&second, s.sample),
+                        send_seed: cfg.send_seed || cfg.samples > 1,
                         // The reflection tokens (`[Retrieval]`, ...) are the protocol.
                         keep_special: true,
                     });
@@ -634,7 +780,7 @@ impl Operator for RagInfer {
             row.insert("rounds".into(), Value::Array(rounds));
             row.insert(
                 "gt".into(),
-                rows[i].get("messages").cloned().unwrap_or(Value::Null),
+                rows[s.row].get("messages").cloned().unwrap_or(Value::Null),
             );
             row.insert("is_retrieval".into(), json!(s.retrieve));
             row.insert("rag_passages".into(), Value::Array(rag_passages));

@@ -353,7 +353,16 @@ pub fn train(ctx: &Context, stage: Stage, evaluate: super::Evaluate) -> Result<(
             std::fs::create_dir_all(&dir)
                 .map_err(|e| OperatorError::io("cannot create", &dir, e))?;
             let mut info = Map::new();
-            let (rows, sharegpt) = dataset_rows(&super::rows(ctx, op, "data")?, stage)?;
+            // Relative media paths of `data`/`dev` are resolved against the `media` input.
+            let media = ctx.inputs().get("media").map(|m| m.path.clone());
+            let resolved = |port: &str| -> Result<Vec<Value>, OpError> {
+                Ok(super::swift::resolve_media(
+                    op,
+                    super::rows(ctx, op, port)?,
+                    media.as_deref(),
+                )?)
+            };
+            let (rows, sharegpt) = dataset_rows(&resolved("data")?, stage)?;
             write(
                 &dir.join("expflow_train.json"),
                 &serde_json::to_string_pretty(&rows)?,
@@ -363,7 +372,7 @@ pub fn train(ctx: &Context, stage: Stage, evaluate: super::Evaluate) -> Result<(
                 dataset_entry("expflow_train.json", &rows, sharegpt, stage),
             );
             let eval = if ctx.inputs().contains_key("dev") {
-                let (dev, sg) = dataset_rows(&super::rows(ctx, op, "dev")?, stage)?;
+                let (dev, sg) = dataset_rows(&resolved("dev")?, stage)?;
                 write(
                     &dir.join("expflow_dev.json"),
                     &serde_json::to_string_pretty(&dev)?,

@@ -224,6 +224,49 @@ pub fn swift_rows(rows: &[Value], stage: Stage) -> Result<Vec<Value>> {
         .collect()
 }
 
+/// Rows with their relative `images`/`videos` paths resolved against `media` (the node's
+/// copy of its `media` input, materialised for this run), so ms-swift finds them whatever
+/// directory it runs in; a file that is not there is an error naming the row.
+pub fn resolve_media(
+    op: &'static str,
+    rows: Vec<Value>,
+    media: Option<&Path>,
+) -> Result<Vec<Value>> {
+    let Some(media) = media else {
+        return Ok(rows);
+    };
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, mut row)| {
+            for key in ["images", "videos"] {
+                let Some(list) = row.get_mut(key).and_then(Value::as_array_mut) else {
+                    continue;
+                };
+                for v in list.iter_mut() {
+                    let Some(p) = v.as_str() else { continue };
+                    if Path::new(p).is_absolute() || p.contains("://") {
+                        continue;
+                    }
+                    let full = media.join(p);
+                    if !full.is_file() {
+                        return Err(OperatorError::data(
+                            op,
+                            format!(
+                                "row {}: {key} file `{p}` is not in the `media` input; connect \
+                                 `media` to the directory the paths are relative to (the export's \
+                                 `media` output)",
+                                i + 1
+                            ),
+                        ));
+                    }
+                    *v = Value::String(full.display().to_string());
+                }
+            }
+            Ok(row)
+        })
+        .collect()
+}
+
 /// ms-swift's newest run directory under `output_dir` (`v<N>-<time>`).
 pub fn run_dir(output_dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(output_dir)
@@ -281,10 +324,15 @@ pub fn train(ctx: &Context, stage: Stage) -> Result<(), OpError> {
     let work = super::work_dir(ctx, "swift")?;
     let model = base_model(ctx, op)?;
     let data = work.join("train.jsonl");
-    write_jsonl(&data, &swift_rows(&super::rows(ctx, op, "data")?, stage)?)?;
+    let media = ctx.inputs().get("media").map(|m| m.path.clone());
+    let rows = |port: &str| -> Result<Vec<Value>, OpError> {
+        let rows = swift_rows(&super::rows(ctx, op, port)?, stage)?;
+        Ok(resolve_media(op, rows, media.as_deref())?)
+    };
+    write_jsonl(&data, &rows("data")?)?;
     let dev = if ctx.inputs().contains_key("dev") {
         let d = work.join("dev.jsonl");
-        write_jsonl(&d, &swift_rows(&super::rows(ctx, op, "dev")?, stage)?)?;
+        write_jsonl(&d, &rows("dev")?)?;
         Some(d)
     } else {
         None

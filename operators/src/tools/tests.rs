@@ -341,3 +341,125 @@ fn an_imported_adapter_names_a_connected_base_model_by_digest_not_by_its_workspa
         "the base model is named by its digest, as the native trainer names it: {base}"
     );
 }
+
+/// A stand-in for `swift sft` that fails unless every video path of its `--dataset` is an
+/// absolute path to a file there, prints each video's bytes, and writes ms-swift's layout.
+fn swift_stand_in(dir: &Path) -> std::path::PathBuf {
+    let script = dir.join("fake-swift");
+    std::fs::write(
+        &script,
+        r#"#!/usr/bin/python3
+import json, os, sys
+args = sys.argv[1:]
+if args[0] != "sft":
+    sys.exit(2)
+def flag(k):
+    return args[args.index("--" + k) + 1]
+for line in open(flag("dataset")):
+    for v in json.loads(line).get("videos", []):
+        if not (os.path.isabs(v) and os.path.isfile(v)):
+            print("video not found: " + v)
+            sys.exit(4)
+        print("video ok: " + open(v).read())
+run = os.path.join(flag("output_dir"), "v0-20250101-000000")
+ck = os.path.join(run, "checkpoint-1")
+os.makedirs(ck, exist_ok=True)
+with open(os.path.join(run, "logging.jsonl"), "a") as f:
+    f.write(json.dumps({"global_step/max_steps": "1/1", "loss": 1.5, "learning_rate": 0.0001, "epoch": 1.0}) + "\n")
+with open(os.path.join(ck, "adapter_model.safetensors"), "w") as f:
+    f.write("weights")
+with open(os.path.join(ck, "adapter_config.json"), "w") as f:
+    json.dump({"peft_type": "LORA", "r": 16, "base_model_name_or_path": flag("model")}, f)
+"#,
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+#[test]
+fn swift_training_finds_the_clips_an_export_carries_wherever_the_workspace_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    let rel = "chemistry/ch_1/video/01-a/01-a_step_1.mp4";
+    std::fs::create_dir_all(clips.join(rel).parent().unwrap()).unwrap();
+    std::fs::write(clips.join(rel), "the clip's bytes").unwrap();
+    let mut row = swift_rows_sample()[0].clone();
+    row.as_object_mut().unwrap().remove("rejected_response");
+    row["videos"] = json!([format!("/path/to/{rel}")]);
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(&rows, format!("{row}\n")).unwrap();
+    let tool = swift_stand_in(dir.path());
+    let sft = crate::registry().get("train.sft").unwrap().clone();
+    let export = crate::registry()
+        .get("expstar.export_swift")
+        .unwrap()
+        .clone();
+    let params = json!({"backend": "swift", "tool": tool.display().to_string(), "model_name_or_path": "Qwen/Qwen2.5-VL-7B-Instruct", "merge": false});
+    // Two workspaces at different paths: the export's bytes name no workspace, and training
+    // in either finds the clip through its own copy of `media`.
+    let mut media_digests = Vec::new();
+    for ws in ["first workspace", "moved/elsewhere"] {
+        let mut h = expflow_engine::harness::Harness::new(&dir.path().join(ws)).unwrap();
+        let e = h
+            .run(
+                export.as_ref(),
+                &[
+                    ("rows", PortType::File, rows.as_path()),
+                    ("clips", PortType::Dir, clips.as_path()),
+                ],
+                json!({}),
+                &[],
+            )
+            .unwrap();
+        media_digests.push((e.digests["file"], e.digests["media"]));
+        let t = h
+            .run(
+                sft.as_ref(),
+                &[
+                    ("data", PortType::File, e.outputs["file"].as_path()),
+                    ("media", PortType::Dir, e.outputs["media"].as_path()),
+                ],
+                params.clone(),
+                &[],
+            )
+            .unwrap_or_else(|err| panic!("{err}"));
+        assert!(t.log.contains("video ok: the clip's bytes"), "{}", t.log);
+        // Without `media`, the relative path reaches nothing: the stand-in refuses it.
+        let bare = h
+            .run(
+                sft.as_ref(),
+                &[("data", PortType::File, e.outputs["file"].as_path())],
+                params.clone(),
+                &[],
+            )
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(bare.contains(&format!("video not found: {rel}")), "{bare}");
+        // A `media` directory without the clip is an error naming the row and the fix.
+        let empty = dir.path().join(ws).join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        let missing = h
+            .run(
+                sft.as_ref(),
+                &[
+                    ("data", PortType::File, e.outputs["file"].as_path()),
+                    ("media", PortType::Dir, empty.as_path()),
+                ],
+                params.clone(),
+                &[],
+            )
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            missing.contains(&format!(
+                "row 1: videos file `{rel}` is not in the `media` input"
+            )),
+            "{missing}"
+        );
+    }
+    assert_eq!(media_digests[0], media_digests[1]);
+}

@@ -272,6 +272,12 @@ impl Operator for Dpo {
                     "train.reference_logprobs of `data` under the reference model",
                 )
                 .optional(),
+                Port::new(
+                    "media",
+                    PortType::Dir,
+                    "swift and llamafactory: the directory relative image/video paths of `data` are in (an export's `media`)",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(

@@ -175,7 +175,7 @@ impl Operator for Sft {
                 Port::new(
                     "media",
                     PortType::Dir,
-                    "native: the directory relative image paths of `data`/`dev` are in",
+                    "the directory relative image/video paths of `data`/`dev` are in (an export's `media`); swift and llamafactory get them resolved against the node's copy of it",
                 )
                 .optional(),
             ]),

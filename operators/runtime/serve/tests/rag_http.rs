@@ -2,7 +2,8 @@
 //! on 127.0.0.1 whose replies follow the trained ExpStar format: the emitted-token decision
 //! and the cut after `[Retrieval]`, one `<paragraph>` turn per passage and the relevance
 //! verdicts, lookup by normalised video path, a row with no retrieval entry, ms-swift's
-//! `videos` field, the released client's JSON-dump turn, and the memo.
+//! `videos` field, the released client's JSON-dump turn, and the memo; DPO candidates
+//! sampled with one seed per sample, and `expstar.reward`'s judge.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use expflow_engine::PortType;
 use expflow_engine::harness::Harness;
-use expflow_operators::infer::RagInfer;
+use expflow_operators::infer::{RagInfer, Reward};
 use serde_json::{Value, json};
 
 /// A request's path and body.
@@ -50,6 +51,18 @@ fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
 fn reply(req: &Value) -> String {
     let msgs = req["messages"].as_array().unwrap();
     let last = msgs.last().unwrap()["content"].as_str().unwrap_or("");
+    // The judge of `expstar.reward`: 5 when the candidate is the reference, else 2.
+    if let Some((reference, rest)) = last
+        .strip_prefix("Reference commentary:\n")
+        .and_then(|r| r.split_once("\n\nCandidate commentary:\n"))
+    {
+        let candidate = rest.split("\n\nHow well").next().unwrap_or("");
+        return if candidate == reference {
+            "Grade: 5".into()
+        } else {
+            "2 of 5".into()
+        };
+    }
     if msgs.len() == 2 {
         let step = last.split_whitespace().last().unwrap_or("");
         let token = if last.contains("RET") {
@@ -286,4 +299,90 @@ fn rag_infer_follows_the_trained_protocol_over_http() {
         "the documents as given"
     );
     assert_eq!(d.memo, (3, 1), "first turns memoised; one dump turn asked");
+}
+
+#[test]
+fn samples_are_seeded_one_by_one_and_a_judge_rewards_them() {
+    let (base_url, seen) = start();
+    let dir = tempfile::tempdir().unwrap();
+    let row = json!({"id": "r1", "messages": [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "<video>plain r1"},
+        {"role": "assistant", "content": "<Narration>\ngt\n"},
+    ], "videos": ["clips/a.mp4"]});
+    let rows = write(dir.path(), "rows.jsonl", &format!("{row}\n"));
+    let retrieval = write(dir.path(), "retrieval.json", "[]");
+    let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    let run = h
+        .run(
+            &RagInfer,
+            &[
+                ("rows", PortType::File, rows.as_path()),
+                ("retrieval", PortType::File, retrieval.as_path()),
+            ],
+            json!({"backend": "openai", "base_url": base_url, "model": "expstar", "media": "none",
+                   "samples": 3, "temperature": 0.8, "sampling_seed": 7, "backoff_ms": 1}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        read_jsonl(&run.outputs["results"]).len(),
+        3,
+        "one row per sample"
+    );
+    // Requests go out concurrently: the seeds, in any order.
+    let mut seeds: Vec<u64> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r["seed"].as_u64().unwrap())
+        .collect();
+    seeds.sort();
+    assert_eq!(seeds, [7, 8, 9]);
+    // Greedy decoding would give the same answer each time: refused with the fix.
+    let greedy = h
+        .run(
+            &RagInfer,
+            &[
+                ("rows", PortType::File, rows.as_path()),
+                ("retrieval", PortType::File, retrieval.as_path()),
+            ],
+            json!({"backend": "openai", "base_url": base_url, "model": "expstar", "samples": 2}),
+            &[],
+        )
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(greedy.contains("set temperature above 0"), "{greedy}");
+
+    // The judge grades each candidate against its reference.
+    seen.lock().unwrap().clear();
+    let cands = [
+        json!({"id": "r1", "response": "<Narration>\ngt\n", "labels": "<Narration>\ngt\n"}),
+        json!({"id": "r1", "response": "<Narration>\nwrong\n", "labels": "<Narration>\ngt\n"}),
+    ];
+    let cands = write(
+        dir.path(),
+        "cands.jsonl",
+        &cands
+            .iter()
+            .map(|c| c.to_string() + "\n")
+            .collect::<String>(),
+    );
+    let judged = h
+        .run(
+            &Reward,
+            &[("candidates", PortType::File, cands.as_path())],
+            json!({"metric": "judge", "backend": "openai", "base_url": base_url, "model": "expstar", "threshold": 0.5, "backoff_ms": 1}),
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = read_jsonl(&judged.outputs["candidates"]);
+    assert_eq!(out[0]["score"], 1.0);
+    assert_eq!(out[0]["reward"], true);
+    assert_eq!(out[1]["score"], 0.25);
+    assert_eq!(out[1]["reward"], false);
+    let asked = seen.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2);
+    assert!(asked.iter().all(|r| r["temperature"] == 0.0), "{asked:?}");
 }
