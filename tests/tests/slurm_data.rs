@@ -412,19 +412,30 @@ fn the_macbench_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
         std::fs::copy(pipelines().join("macbench.yaml"), p.path("macbench.yaml")).unwrap();
         copy_dir(&pipelines().join("data/macbench"), &p.path("data/macbench"));
     };
-    // Loading, splits, recombination, option permutation, templates, the LLaMA-Factory
-    // dataset (with its images) and the answer keys; no model.
-    let r = data_stage_on_slurm(setup, "macbench.yaml", &["dataset", "key_i2t", "key_t2i"]);
+    // Loading the task's six files, recombination, hard distractors (the tiny CLIP of the
+    // pipeline's data), option permutation, templates and the LLaMA-Factory datasets (with
+    // their images) of every recipe and of the test sets; no generative model.
+    let r = data_stage_on_slurm(setup, "macbench.yaml", &["dataset", "test_ds"]);
     let executed = r.executed();
     for node in [
-        "i2t",
-        "split",
+        "train",
+        "test_i2t",
+        "recombined",
+        "hardened",
         "permuted",
         "train_all",
         "dataset",
-        "key_t2i",
+        "test_ds",
     ] {
-        assert!(executed.iter().any(|n| n == node), "{node}: {executed:?}");
+        let point = format!("{node}[");
+        assert!(
+            executed.iter().any(|n| n == node || n.starts_with(&point)),
+            "{node}: {executed:?}"
+        );
     }
-    assert!(!executed.iter().any(|n| n == "base" || n == "sft"));
+    assert!(
+        !executed
+            .iter()
+            .any(|n| n == "base" || n == "sft" || n.starts_with("sft["))
+    );
 }
