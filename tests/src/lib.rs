@@ -6,6 +6,7 @@
 //! user would. Nothing depends on this crate.
 
 pub mod browser;
+pub mod s3;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -3,15 +3,11 @@
 //! signed records (untrusted and tampered ones are ignored with a warning naming the
 //! signer); a push killed mid-way leaves no record.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use expflow_tests::{Project, blobs, expflow_bin, names, skip::skip_or_fail};
+use expflow_tests::{Project, blobs, expflow_bin, names, s3};
 use serde_json::Value;
-
-const BUCKET: &str = "expflow-test";
 
 /// a → b (a directory) → c; only c is materialised.
 const PIPE: &str = r#"
@@ -37,63 +33,6 @@ nodes:
 outputs:
   out/c.txt: c.sum
 "#;
-
-/// The S3 endpoint `.ci/run` started, with its bucket created; `None` (a skip, or a failure
-/// under CI=true) without one.
-fn s3() -> Option<String> {
-    let Ok(endpoint) = std::env::var("EXPFLOW_TEST_S3_ENDPOINT") else {
-        skip_or_fail(
-            "no S3 server: set EXPFLOW_TEST_S3_ENDPOINT (and AWS_ACCESS_KEY_ID, \
-             AWS_SECRET_ACCESS_KEY) to one; `.ci/run` starts moto_server for it",
-        );
-        return None;
-    };
-    let (status, body) = http(&endpoint, "PUT", &format!("/{BUCKET}"));
-    assert!(
-        status == 200 || body.contains("BucketAlreadyOwnedByYou"),
-        "cannot create bucket {BUCKET} at {endpoint}: {status} {body}"
-    );
-    Some(endpoint)
-}
-
-/// One plain HTTP/1.1 request to the S3 server (moto accepts unsigned requests).
-fn http(endpoint: &str, method: &str, path: &str) -> (u16, String) {
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
-/// How many objects are under `prefix` in the bucket.
-fn s3_count(endpoint: &str, prefix: &str) -> usize {
-    let (status, body) = http(
-        endpoint,
-        "GET",
-        &format!("/{BUCKET}?list-type=2&prefix={prefix}"),
-    );
-    assert_eq!(status, 200, "{body}");
-    body.matches("<Key>").count()
-}
-
-/// A unique prefix for one test.
-fn unique(tag: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{t}", std::process::id())
-}
 
 /// A project with the pipeline, its input, a user config dir and the remote `team`.
 struct Side {
@@ -270,8 +209,11 @@ fn two_workspaces_share(url: &str, endpoint: Option<&str>) {
 
 #[test]
 fn a_second_workspace_reuses_an_s3_remote_and_downloads_only_what_it_needs() {
-    let Some(ep) = s3() else { return };
-    two_workspaces_share(&format!("s3://{BUCKET}/{}", unique("share")), Some(&ep));
+    let Some(ep) = s3::endpoint() else { return };
+    two_workspaces_share(
+        &format!("s3://{}/{}", s3::BUCKET, s3::unique("share")),
+        Some(&ep),
+    );
 }
 
 #[test]
@@ -379,9 +321,9 @@ nodes:
 
 #[test]
 fn a_push_killed_mid_way_leaves_no_record_and_a_second_push_completes() {
-    let Some(ep) = s3() else { return };
-    let prefix = unique("kill");
-    let url = format!("s3://{BUCKET}/{prefix}");
+    let Some(ep) = s3::endpoint() else { return };
+    let prefix = s3::unique("kill");
+    let url = format!("s3://{}/{prefix}", s3::BUCKET);
     let cfg = tempfile::tempdir().unwrap();
     let side = Side::new(cfg.path(), &url, Some(&ep));
     side.p.write("big.yaml", BIG);
@@ -399,7 +341,7 @@ fn a_push_killed_mid_way_leaves_no_record_and_a_second_push_completes() {
         .unwrap();
     // Small blobs go first: as soon as one is there, the large one is on its way.
     let started = Instant::now();
-    while s3_count(&ep, &format!("{prefix}/blobs/")) == 0 {
+    while s3::keys(&ep, &format!("{prefix}/blobs/")).is_empty() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the push ended before it could be killed"
@@ -413,14 +355,14 @@ fn a_push_killed_mid_way_leaves_no_record_and_a_second_push_completes() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(
-        s3_count(&ep, &format!("{prefix}/records/")),
+        s3::keys(&ep, &format!("{prefix}/records/")).len(),
         0,
         "a killed push published a record"
     );
     // Pushing again completes, and a second workspace then executes nothing.
     let out = side.ok(&["--workspace", ".expflow", "push"]);
     assert!(out.contains("2 records published"), "{out}");
-    assert_eq!(s3_count(&ep, &format!("{prefix}/records/")), 2);
+    assert_eq!(s3::keys(&ep, &format!("{prefix}/records/")).len(), 2);
     let other = Side::new(cfg.path(), &url, Some(&ep));
     other.p.write("big.yaml", BIG);
     let r = other

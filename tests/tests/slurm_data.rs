@@ -5,14 +5,10 @@
 //! jobs with the same bytes as a local run. Without Slurm (or S3) these tests skip, and
 //! under CI=true they fail.
 
-use std::io::{Read as _, Write as _};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use expflow_tests::{Project, RunResult, blobs, skip::skip_or_fail};
-
-const BUCKET: &str = "expflow-test";
+use expflow_tests::{Project, RunResult, blobs, s3, skip::skip_or_fail};
 
 /// Whether Slurm answers here.
 fn slurm() -> bool {
@@ -26,66 +22,6 @@ fn slurm() -> bool {
         );
     }
     ok
-}
-
-/// The S3 endpoint `.ci/run` started, with the test bucket created.
-fn s3() -> Option<String> {
-    let Ok(endpoint) = std::env::var("EXPFLOW_TEST_S3_ENDPOINT") else {
-        skip_or_fail(
-            "no S3 server: set EXPFLOW_TEST_S3_ENDPOINT (and AWS_ACCESS_KEY_ID, \
-             AWS_SECRET_ACCESS_KEY) to one; `.ci/run` starts moto_server for it",
-        );
-        return None;
-    };
-    let (status, body) = http(&endpoint, "PUT", &format!("/{BUCKET}"));
-    assert!(
-        status == 200 || body.contains("BucketAlreadyOwnedByYou"),
-        "cannot create bucket {BUCKET} at {endpoint}: {status} {body}"
-    );
-    Some(endpoint)
-}
-
-/// One plain HTTP/1.1 request to the S3 server (moto accepts unsigned requests).
-fn http(endpoint: &str, method: &str, path: &str) -> (u16, String) {
-    let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
-    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
-/// The object keys under `prefix` in the bucket.
-fn s3_keys(endpoint: &str, prefix: &str) -> Vec<String> {
-    let (status, body) = http(
-        endpoint,
-        "GET",
-        &format!("/{BUCKET}?list-type=2&prefix={prefix}"),
-    );
-    assert_eq!(status, 200, "{body}");
-    body.split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .map(str::to_string)
-        .collect()
-}
-
-/// A unique prefix for one test.
-fn unique(tag: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{tag}-{}-{t}", std::process::id())
 }
 
 /// The executor settings of a test workspace (polls often: tests, not a cluster).
@@ -158,7 +94,9 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     if !slurm() {
         return;
     }
-    let Some(endpoint) = s3() else { return };
+    let Some(endpoint) = s3::endpoint() else {
+        return;
+    };
     let cfg = tempfile::tempdir().unwrap();
     let worker = tempfile::tempdir().unwrap();
     let worker_ws = worker.path().join("ws");
@@ -172,14 +110,14 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
             worker_ws.display()
         ),
     );
-    let prefix = unique("objmode");
+    let prefix = s3::unique("objmode");
     let cfg_dir = cfg.path().display().to_string();
     let envs = [
         ("EXPFLOW_CONFIG_DIR", cfg_dir.as_str()),
         ("AWS_ACCESS_KEY_ID", "test"),
         ("AWS_SECRET_ACCESS_KEY", "test"),
     ];
-    let url = format!("s3://{BUCKET}/{prefix}");
+    let url = format!("s3://{}/{prefix}", s3::BUCKET);
     let add = p.expflow_with_env(
         &[
             "--workspace",
@@ -231,8 +169,8 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
             "{text}"
         );
     }
-    let tasks = s3_keys(&endpoint, &format!("{prefix}/jobs/{run}/tasks/"));
-    let results = s3_keys(&endpoint, &format!("{prefix}/jobs/{run}/results/"));
+    let tasks = s3::keys(&endpoint, &format!("{prefix}/jobs/{run}/tasks/"));
+    let results = s3::keys(&endpoint, &format!("{prefix}/jobs/{run}/results/"));
     assert_eq!(tasks.len(), 3, "{tasks:?}");
     assert_eq!(results.len(), 3, "{results:?}");
     // The tasks as uploaded (a copy stays in the run's directory).
@@ -247,7 +185,7 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     // submitting workspace through S3 (where every blob now is).
     let outs = outputs(&r);
     assert_eq!(outs.len(), 3, "{outs:?}");
-    let remote_blobs = s3_keys(&endpoint, &format!("{prefix}/blobs/"));
+    let remote_blobs = s3::keys(&endpoint, &format!("{prefix}/blobs/"));
     for (node, d) in &outs {
         assert!(
             has_blob(&worker_ws, d),
@@ -309,7 +247,7 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     let shared = p.run_with_env("objects.yaml", &["--data", "shared"], &envs);
     assert_eq!(shared.code, 0, "{}", shared.stderr);
     let run2 = shared.summary["run_id"].as_str().unwrap().to_string();
-    assert!(s3_keys(&endpoint, &format!("{prefix}/jobs/{run2}/")).is_empty());
+    assert!(s3::keys(&endpoint, &format!("{prefix}/jobs/{run2}/")).is_empty());
     assert!(
         files_under(&p.path(&format!(".expflow/runs/{run2}/logs")))
             .iter()
