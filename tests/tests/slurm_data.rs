@@ -322,20 +322,21 @@ fn the_expstar_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
         std::fs::copy(pipelines().join("expstar.yaml"), p.path("expstar.yaml")).unwrap();
         copy_dir(&pipelines().join("expstar-demo"), &p.path("expstar-demo"));
     };
-    // Stages A–D: scan, cut clips (ffmpeg in the job), rows, split, RAG, DPO pairs, the
-    // training-data exports, and retrieval; no model.
+    // Stages A–D: scan, cut clips (ffmpeg in the job), rows, split, RAG, the training-data
+    // exports of both arms, and retrieval; no model (the DPO pairs need candidates sampled
+    // from the SFT model).
     let r = data_stage_on_slurm(
         setup,
         "expstar.yaml",
         &[
             "llamafactory_sft",
-            "llamafactory_dpo",
+            "swift_baseline",
             "eval_rows",
             "retrieved",
         ],
     );
     let executed = r.executed();
-    for node in ["scan", "clips", "rag", "dpo", "kb_index", "hits"] {
+    for node in ["scan", "clips", "rag", "baseline", "kb_index", "hits"] {
         assert!(executed.iter().any(|n| n == node), "{node}: {executed:?}");
     }
     assert!(!executed.iter().any(|n| n == "base" || n == "sft"));
