@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_saphyr::{DuplicateKeyPolicy, Options, Spanned};
+use serde_saphyr::{DuplicateKeyPolicy, Options};
 
 use crate::diag::Loc;
 
@@ -42,6 +42,14 @@ impl Node {
             YValue::Bool(b) => Some(b.to_string()),
             YValue::Float(f) => Some(f.to_string()),
             _ => None,
+        }
+    }
+
+    /// [`Node::as_key`] without copying a string key.
+    pub fn key_str(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.value {
+            YValue::Str(s) => Some(std::borrow::Cow::Borrowed(s)),
+            _ => self.as_key().map(std::borrow::Cow::Owned),
         }
     }
 
@@ -101,14 +109,168 @@ impl Node {
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Spanned::<YValue>::deserialize(d)?;
-        Ok(Node {
-            loc: Loc {
-                line: s.referenced.line() as u32,
-                column: s.referenced.column() as u32,
-            },
-            value: s.value,
-        })
+        // serde-saphyr's `Spanned<T>` asks for this internal newtype and is handed a
+        // synthesised map `{marker, value, referenced, defined}`. Reading that map here,
+        // rather than through `Spanned<YValue>`, keeps the same locations while skipping
+        // what `Spanned` costs per node: an allocated `String` for the marker key and two
+        // full `Location`s (each with its span) of which only one line and column are used.
+        d.deserialize_newtype_struct(SPANNED, SpannedVisitor)
+    }
+}
+
+/// The newtype name serde-saphyr answers with a value and its location (what
+/// `serde_saphyr::Spanned` uses).
+const SPANNED: &str = "__yaml_spanned";
+
+struct SpannedVisitor;
+
+impl<'de> Visitor<'de> for SpannedVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value with its location")
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(SpannedFields)
+    }
+}
+
+/// The fields of serde-saphyr's synthesised span map.
+enum Field {
+    Value,
+    /// Where the node is used (for an alias, the alias): the location `Spanned` calls
+    /// `referenced`, and the one a [`Node`] keeps.
+    Referenced,
+    /// Where the node is defined (for an alias, its anchor).
+    Defined,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a span field")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "value" => Field::Value,
+                    "referenced" => Field::Referenced,
+                    "defined" => Field::Defined,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct SpannedFields;
+
+impl<'de> Visitor<'de> for SpannedFields {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value with its location")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut value = None;
+        let mut loc = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Value => value = Some(map.next_value::<YValue>()?),
+                Field::Referenced => loc = Some(map.next_value::<LineColumn>()?.0),
+                Field::Defined => {
+                    map.next_value::<LineColumn>()?;
+                }
+                Field::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            // `defined` is not needed: stop once both are known.
+            if value.is_some() && loc.is_some() {
+                break;
+            }
+        }
+        match (value, loc) {
+            (Some(value), Some(loc)) => Ok(Node { loc, value }),
+            (None, _) => Err(de::Error::missing_field("value")),
+            (_, None) => Err(de::Error::missing_field("referenced")),
+        }
+    }
+}
+
+/// The line and column of a serde-saphyr `Location`; its span is not read.
+struct LineColumn(Loc);
+
+impl<'de> Deserialize<'de> for LineColumn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct(
+            "Location",
+            &["line", "column", "span", "source_id"],
+            LineColumnVisitor,
+        )
+    }
+}
+
+struct LineColumnVisitor;
+
+impl<'de> Visitor<'de> for LineColumnVisitor {
+    type Value = LineColumn;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a location")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LineColumn, A::Error> {
+        let mut line = None;
+        let mut column = None;
+        while let Some(key) = map.next_key::<LocField>()? {
+            match key {
+                LocField::Line => line = Some(map.next_value::<u64>()?),
+                LocField::Column => column = Some(map.next_value::<u64>()?),
+                // The span would be next; it is not needed.
+                LocField::Other => break,
+            }
+            if line.is_some() && column.is_some() {
+                break;
+            }
+        }
+        match (line, column) {
+            (Some(line), Some(column)) => Ok(LineColumn(Loc {
+                line: line as u32,
+                column: column as u32,
+            })),
+            (None, _) => Err(de::Error::missing_field("line")),
+            (_, None) => Err(de::Error::missing_field("column")),
+        }
+    }
+}
+
+enum LocField {
+    Line,
+    Column,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for LocField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct LocFieldVisitor;
+        impl Visitor<'_> for LocFieldVisitor {
+            type Value = LocField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a location field")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LocField, E> {
+                Ok(match v {
+                    "line" => LocField::Line,
+                    "column" => LocField::Column,
+                    _ => LocField::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(LocFieldVisitor)
     }
 }
 
