@@ -410,6 +410,204 @@ mod tests {
         assert_eq!(n.as_map().unwrap().len(), 2);
     }
 
+    /// The tree as serde-saphyr's public `Spanned<T>` reads it (what this module did before
+    /// it read the span map itself): the reference the faster reader must equal.
+    #[derive(Debug, PartialEq)]
+    struct RefNode(Loc, RefValue);
+
+    #[derive(Debug, PartialEq)]
+    enum RefValue {
+        Scalar(YValue),
+        Seq(Vec<RefNode>),
+        Map(Vec<(RefNode, RefNode)>),
+    }
+
+    impl<'de> Deserialize<'de> for RefNode {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = serde_saphyr::Spanned::<RefValue>::deserialize(d)?;
+            let loc = Loc {
+                line: s.referenced.line() as u32,
+                column: s.referenced.column() as u32,
+            };
+            Ok(RefNode(loc, s.value))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for RefValue {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RefValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any YAML value")
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Null))
+                }
+                fn visit_none<E: de::Error>(self) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Null))
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RefValue, D::Error> {
+                    RefValue::deserialize(d)
+                }
+                fn visit_bool<E: de::Error>(self, v: bool) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Bool(v)))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Int(v)))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(
+                        i64::try_from(v).map_or(YValue::UInt(v), YValue::Int),
+                    ))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Float(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Str(v.to_string())))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RefValue, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(n) = seq.next_element::<RefNode>()? {
+                        items.push(n);
+                    }
+                    Ok(RefValue::Seq(items))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefValue, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(k) = map.next_key::<RefNode>()? {
+                        entries.push((k, map.next_value::<RefNode>()?));
+                    }
+                    Ok(RefValue::Map(entries))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn as_ref_node(n: &Node) -> RefNode {
+        let v = match &n.value {
+            YValue::Seq(items) => RefValue::Seq(items.iter().map(as_ref_node).collect()),
+            YValue::Map(entries) => RefValue::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| (as_ref_node(k), as_ref_node(v)))
+                    .collect(),
+            ),
+            // NaN is not equal to itself; compare its meaning instead.
+            YValue::Float(f) if f.is_nan() => RefValue::Scalar(YValue::Str("NaN".into())),
+            other => RefValue::Scalar(other.clone()),
+        };
+        RefNode(n.loc.clone(), v)
+    }
+
+    fn nan_free(n: RefNode) -> RefNode {
+        let RefNode(loc, v) = n;
+        let v = match v {
+            RefValue::Scalar(YValue::Float(f)) if f.is_nan() => {
+                RefValue::Scalar(YValue::Str("NaN".into()))
+            }
+            RefValue::Seq(items) => RefValue::Seq(items.into_iter().map(nan_free).collect()),
+            RefValue::Map(entries) => RefValue::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (nan_free(k), nan_free(v)))
+                    .collect(),
+            ),
+            other => other,
+        };
+        RefNode(loc, v)
+    }
+
+    /// Parses `text` both ways (same options) and asserts the same tree or the same error.
+    fn same_as_spanned(text: &str) {
+        let ours = parse(text);
+        if text.trim().is_empty() {
+            return;
+        }
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_nodes = budget.max_nodes.max(text.len());
+        budget.max_events = budget.max_events.max(2 * text.len());
+        let options: Options = serde_saphyr::options! {
+            budget: Some(budget),
+            strict_booleans: true,
+            duplicate_keys: DuplicateKeyPolicy::PassThrough,
+            with_snippet: false,
+        };
+        let theirs = serde_saphyr::from_str_with_options::<RefNode>(text, options);
+        match (ours, theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(as_ref_node(&a), nan_free(b), "{text}"),
+            (Err(a), Err(b)) => {
+                let loc = b.location().map(|l| Loc {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                });
+                assert_eq!(a.loc, loc.unwrap_or_default(), "{text}");
+                let msg = b.to_string();
+                let first = msg.lines().next().unwrap_or_default().trim();
+                assert!(first.starts_with(&a.message), "{text}: {a:?} vs {msg}");
+            }
+            (a, b) => panic!("{text}: ours {a:?}, serde-saphyr's Spanned {b:?}"),
+        }
+    }
+
+    #[test]
+    fn same_tree_as_spanned_on_samples() {
+        for text in [
+            "a: 1\nb:\n  c: [x, 2.5]\n  d: yes\n",
+            "x: &a {k: [1, 2]}\ny: *a\nz: *a\n",
+            "base: &b {op: command, params: {v: 1}}\nn: {<<: *b, out: {o: file}}\n",
+            "- !!str 12\n- ~\n- null\n- .inf\n- -.inf\n- .nan\n- 0x1F\n- 0o17\n- 1e3\n",
+            "- \"q\"\n- 'single'\n- |\n  lit\n  block\n- >\n  folded\n  text\n",
+            "? [complex, key]\n: v\n18446744073709551615: big\n-3: neg\ntrue: t\n",
+            "a: 1\na: 2\n",
+            "a: [1, 2\nb: 3\n",
+            "a: *missing\n",
+            "key: value\n  bad: indent\n",
+            "a: 1\n---\nb: 2\n",
+            "",
+            "# only a comment\n",
+            "plain scalar\n",
+        ] {
+            same_as_spanned(text);
+        }
+    }
+
+    #[test]
+    fn same_tree_as_spanned_on_the_fuzz_corpus_and_fixtures() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut paths = Vec::new();
+        files(&root.join("fuzz/corpus/pipeline"), &mut paths);
+        let mut yaml = Vec::new();
+        files(&root.join("../pipelines"), &mut yaml);
+        paths.extend(
+            yaml.into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")),
+        );
+        let mut n = 0;
+        for path in paths {
+            if let Ok(text) = String::from_utf8(std::fs::read(&path).unwrap()) {
+                same_as_spanned(&text);
+                n += 1;
+            }
+        }
+        assert!(n >= 50, "only {n} files compared");
+    }
+
     #[test]
     fn syntax_errors_have_locations() {
         let e = parse("a: [1, 2\nb: 3\n").unwrap_err();
