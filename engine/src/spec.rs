@@ -167,7 +167,7 @@ pub fn read_profiled(
                         None => {
                             diags.push(
                                 &n.loc,
-                                format!("input `{name}` must be a path, found {}", describe(&n)),
+                                format!("input `{name}` must be a path, found {}", describe(n)),
                                 Some(
                                     "write a file or directory path relative to the pipeline file"
                                         .into(),
@@ -186,7 +186,7 @@ pub fn read_profiled(
                     if !seen.insert(name.clone()) {
                         continue;
                     }
-                    match read_node(&name, &n, diags) {
+                    match read_node(&name, n, diags) {
                         Some(node) => spec.nodes.push(node),
                         None => spec.bad_nodes.push(name),
                     }
@@ -209,7 +209,7 @@ pub fn read_profiled(
                             &n.loc,
                             format!(
                                 "output `{path}` must name `NODE.PORT`, found {}",
-                                describe(&n)
+                                describe(n)
                             ),
                             None,
                         ),
@@ -322,7 +322,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                         Some(s) => node.ins.push((port, s.to_string(), r.loc.clone())),
                         None => diags.push(
                             &r.loc,
-                            format!("input `{port}` of node `{name}` must be `inputs.NAME` or `NODE.PORT`, found {}", describe(&r)),
+                            format!("input `{port}` of node `{name}` must be `inputs.NAME` or `NODE.PORT`, found {}", describe(r)),
                             None,
                         ),
                     }
@@ -336,7 +336,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                             &t.loc,
                             format!(
                                 "output `{port}` of node `{name}` must be a type name, found {}",
-                                describe(&t)
+                                describe(t)
                             ),
                             None,
                         ),
