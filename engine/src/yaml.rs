@@ -385,8 +385,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     })
 }
 
-/// Containers deeper than this go to serde-saphyr (which enforces its own depth budget).
-const PLAIN_MAX_DEPTH: usize = 64;
+/// Containers nested deeper than this go to serde-saphyr, which enforces its own depth
+/// budget (64 by default; the lower of the two halves applies, so the direct reader never
+/// takes a document near that limit).
+const PLAIN_MAX_DEPTH: usize = 32;
 
 /// A container being built by [`parse_plain`].
 enum Open {
@@ -417,6 +419,7 @@ fn parse_plain(
         .block_nesting_limit
         .max(budget.max_depth.saturating_add(1));
     options.strict_indentation = strict_indentation;
+    let max_depth = PLAIN_MAX_DEPTH.min(budget.max_depth / 2);
     let mut stack: Vec<Open> = Vec::new();
     let mut root: Option<Node> = None;
     let mut documents = 0;
@@ -448,14 +451,14 @@ fn parse_plain(
                 Node { loc, value }
             }
             Event::SequenceStart(_, anchor, tag) => {
-                if anchor != 0 || tag.is_some() || stack.len() >= PLAIN_MAX_DEPTH {
+                if anchor != 0 || tag.is_some() || stack.len() >= max_depth {
                     return None;
                 }
                 stack.push(Open::Seq(loc, Vec::new()));
                 continue;
             }
             Event::MappingStart(_, anchor, tag) => {
-                if anchor != 0 || tag.is_some() || stack.len() >= PLAIN_MAX_DEPTH {
+                if anchor != 0 || tag.is_some() || stack.len() >= max_depth {
                     return None;
                 }
                 stack.push(Open::Map(loc, Vec::new(), None));
@@ -732,6 +735,22 @@ mod tests {
         ] {
             same_as_spanned(text);
         }
+        // Nesting around both depth limits (the direct reader's and serde-saphyr's budget).
+        // serde-saphyr recurses per level, deeply in a debug build: give it room.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(|| {
+                for depth in [31, 32, 33, 63, 64, 65, 66] {
+                    same_as_spanned(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth)));
+                    let block: String = (0..depth)
+                        .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+                        .collect();
+                    same_as_spanned(&format!("{block}{}v: 1\n", "  ".repeat(depth)));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
         // What the direct reader must take: the shape of generated and example pipelines.
         for text in [
             "pipeline: gen\nparams:\n  v: 1\nnodes:\n  n0:\n    op: bench.const\n    params: {value: \"${params.v}-0\"}\n  n1:\n    op: bench.const\n    in: {a: n0.out}\n",
