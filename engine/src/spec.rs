@@ -135,8 +135,8 @@ pub fn read_profiled(
     check_duplicates(top, "top-level key", diags);
     let mut saw_nodes = false;
     for (k, v) in top {
-        let key = k.as_key().unwrap_or_default();
-        match key.as_str() {
+        let key = k.key_str().unwrap_or_default();
+        match key.as_ref() {
             "pipeline" => match v.as_str() {
                 Some(name) if valid_name(name, true) => {
                     spec.name = name.to_string();
@@ -148,7 +148,7 @@ pub fn read_profiled(
                     Some("use letters, digits, `_` and `-`, e.g. `pipeline: demo`".into()),
                 ),
             },
-            "params" => spec.params = map_entries(v, "params", diags),
+            "params" => spec.params = owned(map_entries(v, "params", diags)),
             "inputs" => {
                 for (name, n) in map_entries(v, "inputs", diags) {
                     if !valid_name(&name, false) {
@@ -167,7 +167,7 @@ pub fn read_profiled(
                         None => {
                             diags.push(
                                 &n.loc,
-                                format!("input `{name}` must be a path, found {}", describe(&n)),
+                                format!("input `{name}` must be a path, found {}", describe(n)),
                                 Some(
                                     "write a file or directory path relative to the pipeline file"
                                         .into(),
@@ -186,7 +186,7 @@ pub fn read_profiled(
                     if !seen.insert(name.clone()) {
                         continue;
                     }
-                    match read_node(&name, &n, diags) {
+                    match read_node(&name, n, diags) {
                         Some(node) => spec.nodes.push(node),
                         None => spec.bad_nodes.push(name),
                     }
@@ -209,7 +209,7 @@ pub fn read_profiled(
                             &n.loc,
                             format!(
                                 "output `{path}` must name `NODE.PORT`, found {}",
-                                describe(&n)
+                                describe(n)
                             ),
                             None,
                         ),
@@ -229,7 +229,7 @@ pub fn read_profiled(
     if spec.name.is_empty()
         && !top
             .iter()
-            .any(|(k, _)| k.as_key().as_deref() == Some("pipeline"))
+            .any(|(k, _)| k.key_str().as_deref() == Some("pipeline"))
     {
         diags.push(
             &root.loc,
@@ -300,8 +300,8 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
         executor: None,
     };
     for (k, v) in entries {
-        let key = k.as_key().unwrap_or_default();
-        match key.as_str() {
+        let key = k.key_str().unwrap_or_default();
+        match key.as_ref() {
             "op" => match v.as_str() {
                 Some(op) => {
                     node.op = op.to_string();
@@ -322,7 +322,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                         Some(s) => node.ins.push((port, s.to_string(), r.loc.clone())),
                         None => diags.push(
                             &r.loc,
-                            format!("input `{port}` of node `{name}` must be `inputs.NAME` or `NODE.PORT`, found {}", describe(&r)),
+                            format!("input `{port}` of node `{name}` must be `inputs.NAME` or `NODE.PORT`, found {}", describe(r)),
                             None,
                         ),
                     }
@@ -336,14 +336,14 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
                             &t.loc,
                             format!(
                                 "output `{port}` of node `{name}` must be a type name, found {}",
-                                describe(&t)
+                                describe(t)
                             ),
                             None,
                         ),
                     }
                 }
             }
-            "params" => node.params = map_entries(v, &format!("nodes.{name}.params"), diags),
+            "params" => node.params = owned(map_entries(v, &format!("nodes.{name}.params"), diags)),
             "matrix" => {
                 node.matrix_unreadable = !v.is_null() && v.as_map().is_none();
                 for (var, vals) in map_entries(v, &format!("nodes.{name}.matrix"), diags) {
@@ -366,7 +366,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
             }
             "executor" => node.executor = read_executor(v, &format!("node `{name}`"), diags),
             "resources" => {
-                node.resources = map_entries(v, &format!("nodes.{name}.resources"), diags)
+                node.resources = owned(map_entries(v, &format!("nodes.{name}.resources"), diags))
             }
             "metrics" => match &v.value {
                 YValue::Seq(items) => {
@@ -419,7 +419,7 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
     if node.op.is_empty()
         && !entries
             .iter()
-            .any(|(k, _)| k.as_key().as_deref() == Some("op"))
+            .any(|(k, _)| k.key_str().as_deref() == Some("op"))
     {
         diags.push(
             &n.loc,
@@ -431,15 +431,24 @@ fn read_node(name: &str, n: &Node, diags: &mut Diagnostics) -> Option<NodeSpec> 
 }
 
 /// The entries of a map section (empty and a diagnostic if it is not a map; `null` is empty).
-fn map_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, Node)> {
+fn map_entries<'a>(v: &'a Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, &'a Node)> {
     keyed_entries(v, what, diags)
         .into_iter()
         .map(|(k, _, v)| (k, v))
         .collect()
 }
 
+/// Entries kept in the spec: the subtrees are copied out of the parsed tree.
+fn owned(entries: Vec<(String, &Node)>) -> Vec<(String, Node)> {
+    entries.into_iter().map(|(k, v)| (k, v.clone())).collect()
+}
+
 /// Like [`map_entries`], with where each key was written.
-fn keyed_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, Loc, Node)> {
+fn keyed_entries<'a>(
+    v: &'a Node,
+    what: &str,
+    diags: &mut Diagnostics,
+) -> Vec<(String, Loc, &'a Node)> {
     if v.is_null() {
         return Vec::new();
     }
@@ -455,7 +464,7 @@ fn keyed_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, 
     entries
         .iter()
         .filter_map(|(k, v)| match k.as_key() {
-            Some(key) => Some((key, k.loc.clone(), v.clone())),
+            Some(key) => Some((key, k.loc.clone(), v)),
             None => {
                 diags.push(
                     &k.loc,
@@ -469,10 +478,10 @@ fn keyed_entries(v: &Node, what: &str, diags: &mut Diagnostics) -> Vec<(String, 
 }
 
 fn check_duplicates(entries: &[(Node, Node)], what: &str, diags: &mut Diagnostics) {
-    let mut seen: std::collections::HashMap<String, &Node> =
+    let mut seen: std::collections::HashMap<std::borrow::Cow<str>, &Node> =
         std::collections::HashMap::with_capacity(entries.len());
     for (k, _) in entries {
-        let Some(key) = k.as_key() else { continue };
+        let Some(key) = k.key_str() else { continue };
         if let Some(first) = seen.get(&key) {
             let noun = if what.starts_with("key in `nodes`") {
                 "node"

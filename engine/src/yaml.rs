@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
-use serde_saphyr::{DuplicateKeyPolicy, Options, Spanned};
+use serde_saphyr::{DuplicateKeyPolicy, Options};
 
 use crate::diag::Loc;
 
@@ -42,6 +42,14 @@ impl Node {
             YValue::Bool(b) => Some(b.to_string()),
             YValue::Float(f) => Some(f.to_string()),
             _ => None,
+        }
+    }
+
+    /// [`Node::as_key`] without copying a string key.
+    pub fn key_str(&self) -> Option<std::borrow::Cow<'_, str>> {
+        match &self.value {
+            YValue::Str(s) => Some(std::borrow::Cow::Borrowed(s)),
+            _ => self.as_key().map(std::borrow::Cow::Owned),
         }
     }
 
@@ -101,14 +109,168 @@ impl Node {
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Spanned::<YValue>::deserialize(d)?;
-        Ok(Node {
-            loc: Loc {
-                line: s.referenced.line() as u32,
-                column: s.referenced.column() as u32,
-            },
-            value: s.value,
-        })
+        // serde-saphyr's `Spanned<T>` asks for this internal newtype and is handed a
+        // synthesised map `{marker, value, referenced, defined}`. Reading that map here,
+        // rather than through `Spanned<YValue>`, keeps the same locations while skipping
+        // what `Spanned` costs per node: an allocated `String` for the marker key and two
+        // full `Location`s (each with its span) of which only one line and column are used.
+        d.deserialize_newtype_struct(SPANNED, SpannedVisitor)
+    }
+}
+
+/// The newtype name serde-saphyr answers with a value and its location (what
+/// `serde_saphyr::Spanned` uses).
+const SPANNED: &str = "__yaml_spanned";
+
+struct SpannedVisitor;
+
+impl<'de> Visitor<'de> for SpannedVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value with its location")
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
+        d.deserialize_any(SpannedFields)
+    }
+}
+
+/// The fields of serde-saphyr's synthesised span map.
+enum Field {
+    Value,
+    /// Where the node is used (for an alias, the alias): the location `Spanned` calls
+    /// `referenced`, and the one a [`Node`] keeps.
+    Referenced,
+    /// Where the node is defined (for an alias, its anchor).
+    Defined,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a span field")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+                Ok(match v {
+                    "value" => Field::Value,
+                    "referenced" => Field::Referenced,
+                    "defined" => Field::Defined,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(FieldVisitor)
+    }
+}
+
+struct SpannedFields;
+
+impl<'de> Visitor<'de> for SpannedFields {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a YAML value with its location")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let mut value = None;
+        let mut loc = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Value => value = Some(map.next_value::<YValue>()?),
+                Field::Referenced => loc = Some(map.next_value::<LineColumn>()?.0),
+                Field::Defined => {
+                    map.next_value::<LineColumn>()?;
+                }
+                Field::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+            // `defined` is not needed: stop once both are known.
+            if value.is_some() && loc.is_some() {
+                break;
+            }
+        }
+        match (value, loc) {
+            (Some(value), Some(loc)) => Ok(Node { loc, value }),
+            (None, _) => Err(de::Error::missing_field("value")),
+            (_, None) => Err(de::Error::missing_field("referenced")),
+        }
+    }
+}
+
+/// The line and column of a serde-saphyr `Location`; its span is not read.
+struct LineColumn(Loc);
+
+impl<'de> Deserialize<'de> for LineColumn {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_struct(
+            "Location",
+            &["line", "column", "span", "source_id"],
+            LineColumnVisitor,
+        )
+    }
+}
+
+struct LineColumnVisitor;
+
+impl<'de> Visitor<'de> for LineColumnVisitor {
+    type Value = LineColumn;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a location")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LineColumn, A::Error> {
+        let mut line = None;
+        let mut column = None;
+        while let Some(key) = map.next_key::<LocField>()? {
+            match key {
+                LocField::Line => line = Some(map.next_value::<u64>()?),
+                LocField::Column => column = Some(map.next_value::<u64>()?),
+                // The span would be next; it is not needed.
+                LocField::Other => break,
+            }
+            if line.is_some() && column.is_some() {
+                break;
+            }
+        }
+        match (line, column) {
+            (Some(line), Some(column)) => Ok(LineColumn(Loc {
+                line: line as u32,
+                column: column as u32,
+            })),
+            (None, _) => Err(de::Error::missing_field("line")),
+            (_, None) => Err(de::Error::missing_field("column")),
+        }
+    }
+}
+
+enum LocField {
+    Line,
+    Column,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for LocField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct LocFieldVisitor;
+        impl Visitor<'_> for LocFieldVisitor {
+            type Value = LocField;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a location field")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LocField, E> {
+                Ok(match v {
+                    "line" => LocField::Line,
+                    "column" => LocField::Column,
+                    _ => LocField::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(LocFieldVisitor)
     }
 }
 
@@ -186,7 +348,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     budget.max_nodes = budget.max_nodes.max(text.len());
     budget.max_events = budget.max_events.max(2 * text.len());
     let options: Options = serde_saphyr::options! {
-        budget: Some(budget),
+        budget: Some(budget.clone()),
         strict_booleans: true,
         duplicate_keys: DuplicateKeyPolicy::PassThrough,
         with_snippet: false,
@@ -196,6 +358,9 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             loc: Loc { line: 1, column: 1 },
             value: YValue::Null,
         });
+    }
+    if let Some(node) = parse_plain(text, &budget, options.strict_indentation) {
+        return Ok(node);
     }
     serde_saphyr::from_str_with_options::<Node>(text, options).map_err(|e| {
         let loc = e
@@ -218,6 +383,147 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
         }
         SyntaxError { loc, message }
     })
+}
+
+/// Containers nested deeper than this go to serde-saphyr, which enforces its own depth
+/// budget (64 by default; the lower of the two halves applies, so the direct reader never
+/// takes a document near that limit).
+const PLAIN_MAX_DEPTH: usize = 32;
+
+/// A container being built by [`parse_plain`].
+enum Open {
+    Seq(Loc, Vec<Node>),
+    /// Entries so far and a key waiting for its value.
+    Map(Loc, Vec<(Node, Node)>, Option<Node>),
+}
+
+/// Builds the tree straight from the parser's events, for documents made of nothing but
+/// maps, lists and scalars whose meaning cannot be in doubt (see [`plain_scalar`]); every
+/// other document (anchors, aliases, tags, merge keys, several documents, a syntax error,
+/// a scalar such as `~`, `0x1F` or `.5`) returns `None` and goes through serde-saphyr,
+/// whose answer (tree or error) stays the reference. Locations are serde-saphyr's: the
+/// event's start, line 1-based, column 0-based plus one. Pipeline files are mostly such
+/// documents, and this skips serde-saphyr's per-node work (peeking, scalar resolution, key
+/// capture), most of what parsing cost.
+fn parse_plain(
+    text: &str,
+    budget: &serde_saphyr::Budget,
+    strict_indentation: bool,
+) -> Option<Node> {
+    use serde_saphyr::granit_parser::{self, Event, Parser, ScalarStyle};
+    // The parser's limits as serde-saphyr sets them from the budget.
+    let mut options = granit_parser::Options::default();
+    options.simple_key_max_lookahead = budget.simple_key_max_lookahead;
+    options.flow_nesting_limit = budget.flow_nesting_limit;
+    options.block_nesting_limit = options
+        .block_nesting_limit
+        .max(budget.max_depth.saturating_add(1));
+    options.strict_indentation = strict_indentation;
+    let max_depth = PLAIN_MAX_DEPTH.min(budget.max_depth / 2);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut documents = 0;
+    let mut scalar_bytes = 0usize;
+    for item in Parser::new_from_str_with_options(text, options) {
+        let (event, span) = item.ok()?;
+        let loc = Loc {
+            line: span.start.line() as u32,
+            column: (span.start.col() + 1) as u32,
+        };
+        let node = match event {
+            Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => continue,
+            Event::DocumentStart(..) => {
+                documents += 1;
+                if documents > 1 {
+                    return None;
+                }
+                continue;
+            }
+            Event::Scalar(value, style, anchor, tag) => {
+                if anchor != 0 || tag.is_some() {
+                    return None;
+                }
+                scalar_bytes += value.len();
+                let value = match style {
+                    ScalarStyle::Plain => plain_scalar(&value)?,
+                    _ => YValue::Str(value.into_owned()),
+                };
+                Node { loc, value }
+            }
+            Event::SequenceStart(_, anchor, tag) => {
+                if anchor != 0 || tag.is_some() || stack.len() >= max_depth {
+                    return None;
+                }
+                stack.push(Open::Seq(loc, Vec::new()));
+                continue;
+            }
+            Event::MappingStart(_, anchor, tag) => {
+                if anchor != 0 || tag.is_some() || stack.len() >= max_depth {
+                    return None;
+                }
+                stack.push(Open::Map(loc, Vec::new(), None));
+                continue;
+            }
+            Event::SequenceEnd => match stack.pop()? {
+                Open::Seq(loc, items) => Node {
+                    loc,
+                    value: YValue::Seq(items),
+                },
+                Open::Map(..) => return None,
+            },
+            Event::MappingEnd => match stack.pop()? {
+                Open::Map(loc, entries, None) => Node {
+                    loc,
+                    value: YValue::Map(entries),
+                },
+                _ => return None,
+            },
+            _ => return None,
+        };
+        match stack.last_mut() {
+            None if root.is_none() => root = Some(node),
+            None => return None,
+            Some(Open::Seq(_, items)) => items.push(node),
+            Some(Open::Map(_, entries, key)) => match key.take() {
+                Some(k) => entries.push((k, node)),
+                // Keys are strings here; `<<` (a merge) is left to serde-saphyr.
+                None => match &node.value {
+                    YValue::Str(k) if k != "<<" => *key = Some(node),
+                    _ => return None,
+                },
+            },
+        }
+    }
+    if !stack.is_empty() || scalar_bytes > budget.max_total_scalar_bytes {
+        return None;
+    }
+    root
+}
+
+/// The value of a plain scalar when it cannot be in doubt: a word starting with a letter
+/// that no YAML schema reads as anything but a string, or a decimal integer without
+/// leading zeros that fits 18 digits. `None` for everything else (nulls, booleans in any
+/// spelling, floats, other bases, empty scalars), which serde-saphyr resolves.
+fn plain_scalar(v: &str) -> Option<YValue> {
+    const WORDS: [&str; 12] = [
+        "null", "true", "false", "yes", "no", "on", "off", "y", "n", "inf", "infinity", "nan",
+    ];
+    let first = *v.as_bytes().first()?;
+    if first.is_ascii_alphabetic() {
+        if WORDS.iter().any(|w| w.eq_ignore_ascii_case(v)) {
+            return None;
+        }
+        return Some(YValue::Str(v.to_string()));
+    }
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    let canonical = !digits.is_empty()
+        && digits.len() <= 18
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (!digits.starts_with('0') || v == "0");
+    if canonical {
+        return v.parse().ok().map(YValue::Int);
+    }
+    None
 }
 
 #[cfg(test)]
@@ -246,6 +552,252 @@ mod tests {
     fn duplicates_are_kept_for_the_checker() {
         let n = parse("a: 1\na: 2\n").unwrap();
         assert_eq!(n.as_map().unwrap().len(), 2);
+    }
+
+    /// The tree as serde-saphyr's public `Spanned<T>` reads it (what this module did before
+    /// it read the span map itself): the reference the faster reader must equal.
+    #[derive(Clone, Debug, PartialEq)]
+    struct RefNode(Loc, RefValue);
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum RefValue {
+        Scalar(YValue),
+        Seq(Vec<RefNode>),
+        Map(Vec<(RefNode, RefNode)>),
+    }
+
+    impl<'de> Deserialize<'de> for RefNode {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let s = serde_saphyr::Spanned::<RefValue>::deserialize(d)?;
+            let loc = Loc {
+                line: s.referenced.line() as u32,
+                column: s.referenced.column() as u32,
+            };
+            Ok(RefNode(loc, s.value))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for RefValue {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = RefValue;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any YAML value")
+                }
+                fn visit_unit<E: de::Error>(self) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Null))
+                }
+                fn visit_none<E: de::Error>(self) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Null))
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<RefValue, D::Error> {
+                    RefValue::deserialize(d)
+                }
+                fn visit_bool<E: de::Error>(self, v: bool) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Bool(v)))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Int(v)))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(
+                        i64::try_from(v).map_or(YValue::UInt(v), YValue::Int),
+                    ))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Float(v)))
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<RefValue, E> {
+                    Ok(RefValue::Scalar(YValue::Str(v.to_string())))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RefValue, A::Error> {
+                    let mut items = Vec::new();
+                    while let Some(n) = seq.next_element::<RefNode>()? {
+                        items.push(n);
+                    }
+                    Ok(RefValue::Seq(items))
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RefValue, A::Error> {
+                    let mut entries = Vec::new();
+                    while let Some(k) = map.next_key::<RefNode>()? {
+                        entries.push((k, map.next_value::<RefNode>()?));
+                    }
+                    Ok(RefValue::Map(entries))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    fn as_ref_node(n: &Node) -> RefNode {
+        let v = match &n.value {
+            YValue::Seq(items) => RefValue::Seq(items.iter().map(as_ref_node).collect()),
+            YValue::Map(entries) => RefValue::Map(
+                entries
+                    .iter()
+                    .map(|(k, v)| (as_ref_node(k), as_ref_node(v)))
+                    .collect(),
+            ),
+            // NaN is not equal to itself; compare its meaning instead.
+            YValue::Float(f) if f.is_nan() => RefValue::Scalar(YValue::Str("NaN".into())),
+            other => RefValue::Scalar(other.clone()),
+        };
+        RefNode(n.loc.clone(), v)
+    }
+
+    fn nan_free(n: RefNode) -> RefNode {
+        let RefNode(loc, v) = n;
+        let v = match v {
+            RefValue::Scalar(YValue::Float(f)) if f.is_nan() => {
+                RefValue::Scalar(YValue::Str("NaN".into()))
+            }
+            RefValue::Seq(items) => RefValue::Seq(items.into_iter().map(nan_free).collect()),
+            RefValue::Map(entries) => RefValue::Map(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (nan_free(k), nan_free(v)))
+                    .collect(),
+            ),
+            other => other,
+        };
+        RefNode(loc, v)
+    }
+
+    /// Parses `text` both ways (same options) and asserts the same tree or the same error;
+    /// where the direct reader takes the document, asserts its tree too. Returns whether it
+    /// did.
+    fn same_as_spanned(text: &str) -> bool {
+        let ours = parse(text);
+        if text.trim().is_empty() {
+            return false;
+        }
+        let mut direct = false;
+        let mut budget = serde_saphyr::Budget::default();
+        budget.max_nodes = budget.max_nodes.max(text.len());
+        budget.max_events = budget.max_events.max(2 * text.len());
+        let options: Options = serde_saphyr::options! {
+            budget: Some(budget),
+            strict_booleans: true,
+            duplicate_keys: DuplicateKeyPolicy::PassThrough,
+            with_snippet: false,
+        };
+        let theirs = serde_saphyr::from_str_with_options::<RefNode>(text, options.clone());
+        if let Some(plain) = parse_plain(
+            text,
+            options.budget.as_ref().unwrap(),
+            options.strict_indentation,
+        ) {
+            let Ok(reference) = &theirs else {
+                panic!("{text}: the direct reader accepted what serde-saphyr refuses: {theirs:?}")
+            };
+            let reference = nan_free(reference.clone());
+            assert_eq!(as_ref_node(&plain), reference, "{text}");
+            direct = true;
+        }
+        match (ours, theirs) {
+            (Ok(a), Ok(b)) => assert_eq!(as_ref_node(&a), nan_free(b), "{text}"),
+            (Err(a), Err(b)) => {
+                let loc = b.location().map(|l| Loc {
+                    line: l.line() as u32,
+                    column: l.column() as u32,
+                });
+                assert_eq!(a.loc, loc.unwrap_or_default(), "{text}");
+                let msg = b.to_string();
+                let first = msg.lines().next().unwrap_or_default().trim();
+                assert!(first.starts_with(&a.message), "{text}: {a:?} vs {msg}");
+            }
+            (a, b) => panic!("{text}: ours {a:?}, serde-saphyr's Spanned {b:?}"),
+        }
+        direct
+    }
+
+    #[test]
+    fn same_tree_as_spanned_on_samples() {
+        for text in [
+            "a: 1\nb:\n  c: [x, 2.5]\n  d: yes\n",
+            "x: &a {k: [1, 2]}\ny: *a\nz: *a\n",
+            "base: &b {op: command, params: {v: 1}}\nn: {<<: *b, out: {o: file}}\n",
+            "- !!str 12\n- ~\n- null\n- .inf\n- -.inf\n- .nan\n- 0x1F\n- 0o17\n- 1e3\n",
+            "- \"q\"\n- 'single'\n- |\n  lit\n  block\n- >\n  folded\n  text\n",
+            "? [complex, key]\n: v\n18446744073709551615: big\n-3: neg\ntrue: t\n",
+            "a: 1\na: 2\n",
+            "a: [1, 2\nb: 3\n",
+            "a: *missing\n",
+            "key: value\n  bad: indent\n",
+            "a: 1\n---\nb: 2\n",
+            "",
+            "# only a comment\n",
+            "plain scalar\n",
+            "a:\n  - -0\n  - 007\n  - -12\n  - 999999999999999999\n  - Null\n  - NO\n  - y\n",
+            "\"quoted key\": 'v'\nk2: [a, \"1\", b.c, ${x}]\nk3: {x: {y: [1, {z: w}]}}\n",
+            "a: 1 # comment\n# another\nb: text with spaces\n  continued\n",
+        ] {
+            same_as_spanned(text);
+        }
+        // Nesting around both depth limits (the direct reader's and serde-saphyr's budget).
+        // serde-saphyr recurses per level, deeply in a debug build: give it room.
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(|| {
+                for depth in [31, 32, 33, 63, 64, 65, 66] {
+                    same_as_spanned(&format!("{}1{}", "[".repeat(depth), "]".repeat(depth)));
+                    let block: String = (0..depth)
+                        .map(|i| format!("{}k{i}:\n", "  ".repeat(i)))
+                        .collect();
+                    same_as_spanned(&format!("{block}{}v: 1\n", "  ".repeat(depth)));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        // What the direct reader must take: the shape of generated and example pipelines.
+        for text in [
+            "pipeline: gen\nparams:\n  v: 1\nnodes:\n  n0:\n    op: bench.const\n    params: {value: \"${params.v}-0\"}\n  n1:\n    op: bench.const\n    in: {a: n0.out}\n",
+            "k: [a, \"1\", b.c]\nm: {x: {q: [1, -2, {z: w}]}}\n",
+        ] {
+            assert!(same_as_spanned(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn same_tree_as_spanned_on_the_fuzz_corpus_and_fixtures() {
+        fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in entries {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    files(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut paths = Vec::new();
+        files(&root.join("fuzz/corpus/pipeline"), &mut paths);
+        let mut yaml = Vec::new();
+        files(&root.join("../pipelines"), &mut yaml);
+        paths.extend(
+            yaml.into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml")),
+        );
+        let mut n = 0;
+        let mut direct = 0;
+        for path in paths {
+            if let Ok(text) = String::from_utf8(std::fs::read(&path).unwrap()) {
+                direct += usize::from(same_as_spanned(&text));
+                n += 1;
+            }
+        }
+        assert!(n >= 50, "only {n} files compared");
+        assert!(
+            direct >= 10,
+            "the direct reader took only {direct} of {n} files"
+        );
+        println!("{direct} of {n} files read directly");
     }
 
     #[test]
