@@ -102,6 +102,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(retrieval::Fuse));
     r.register(Arc::new(retrieval::Search));
     r.register(Arc::new(retrieval::ExpstarResults));
+    r.register(Arc::new(infer::ServeModel));
     r
 }
 
