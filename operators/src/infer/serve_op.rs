@@ -50,7 +50,7 @@ fn endpoint(map: &Map<String, Value>, model_digest: String) -> Result<Endpoint> 
         model_digest,
         replicas: replicas as u32,
         gpus_per_replica: gpus as u32,
-        args: p.strings("args")?,
+        args: p.opt_strings("args")?.unwrap_or_default(),
         env: p.string_map("env")?,
         health_timeout_s: p.u64("health_timeout_s")?.max(1),
     })
