@@ -116,7 +116,13 @@ fn replicas_serve_the_node_and_stop_with_it() {
         "pipe.yaml",
         &PIPE.replace("MODEL", &fixture("tiny").to_string_lossy()),
     );
-    let prompts = ["hello", "heat the tube", "add yeast", "stir it", "weigh the flask"];
+    let prompts = [
+        "hello",
+        "heat the tube",
+        "add yeast",
+        "stir it",
+        "weigh the flask",
+    ];
     p.write(
         "prompts.jsonl",
         &prompts
@@ -137,7 +143,10 @@ fn replicas_serve_the_node_and_stop_with_it() {
     }
     let log = log_of(&p, "chat");
     for r in 0..2 {
-        assert!(log.contains(&format!("replica {r} is up at http://127.0.0.1:")), "{log}");
+        assert!(
+            log.contains(&format!("replica {r} is up at http://127.0.0.1:")),
+            "{log}"
+        );
         assert!(log.contains(&format!("replica {r} stopped")), "{log}");
         // The server's own output is in the node's log.
         assert!(log.contains(&format!("[replica {r}]")), "{log}");
@@ -165,7 +174,10 @@ fn replicas_serve_the_node_and_stop_with_it() {
     let (code, _, left, stderr) = run(&p, &["--set", "served=nosuch"]);
     assert_ne!(code, 0, "{stderr}");
     assert!(stderr.contains("nosuch"), "{stderr}");
-    assert!(left.is_empty(), "processes outlived the failed run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes outlived the failed run: {left:?}"
+    );
     let log = log_of(&p, "chat");
     assert!(log.contains("replica 1 stopped"), "{log}");
 }

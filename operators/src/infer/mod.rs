@@ -51,13 +51,11 @@ impl BackendKind {
     pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<BackendKind> {
         let p = Params::new(op, map);
         match p.choice("backend", &["openai", "native"])? {
-            "openai" => {
-                Ok(BackendKind::OpenAi {
-                    client: ClientConfig::parse(op, map)?,
-                    model: p.opt_str("model")?.map(str::to_owned),
-                    media: Media::parse(&p)?,
-                })
-            }
+            "openai" => Ok(BackendKind::OpenAi {
+                client: ClientConfig::parse(op, map)?,
+                model: p.opt_str("model")?.map(str::to_owned),
+                media: Media::parse(&p)?,
+            }),
             _ => {
                 let batch_size = p.u64("batch_size")?;
                 if batch_size == 0 {

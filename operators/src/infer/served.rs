@@ -68,8 +68,7 @@ impl Endpoint {
     /// Reads `DIR/endpoint.json`.
     pub fn read(dir: &Path) -> Result<Endpoint> {
         let path = dir.join(ENDPOINT_FILE);
-        let bytes =
-            std::fs::read(&path).map_err(|e| OperatorError::io("cannot read", &path, e))?;
+        let bytes = std::fs::read(&path).map_err(|e| OperatorError::io("cannot read", &path, e))?;
         serde_json::from_slice(&bytes).map_err(|e| OperatorError::Parse {
             path,
             format: "a serve.model endpoint",
@@ -213,7 +212,8 @@ impl<'a> Served<'a> {
         };
         for (r, (launch, port)) in launches.iter().zip(&ports).enumerate() {
             let log = ctx.scratch().join(format!("serve-{r}.log"));
-            let out = File::create(&log).map_err(|e| OperatorError::io("cannot create", &log, e))?;
+            let out =
+                File::create(&log).map_err(|e| OperatorError::io("cannot create", &log, e))?;
             let err = out
                 .try_clone()
                 .map_err(|e| OperatorError::io("cannot open", &log, e))?;
@@ -280,7 +280,10 @@ impl<'a> Served<'a> {
                     .into());
                 }
                 if matches!(agent.get(&url).call(), Ok(resp) if resp.status().is_success()) {
-                    self.ctx.log(&format!("replica {r} is up at {}", self.replicas[r].base_url));
+                    self.ctx.log(&format!(
+                        "replica {r} is up at {}",
+                        self.replicas[r].base_url
+                    ));
                     break;
                 }
                 if Instant::now() > deadline {
@@ -399,7 +402,10 @@ mod tests {
     #[test]
     fn expflow_serve_on_cpu_sets_no_devices() {
         let l = lines(&endpoint("expflow", 2, 0));
-        assert!(l.iter().all(|l| !l.env.contains_key("CUDA_VISIBLE_DEVICES")));
+        assert!(
+            l.iter()
+                .all(|l| !l.env.contains_key("CUDA_VISIBLE_DEVICES"))
+        );
         insta::assert_json_snapshot!(l);
     }
 
@@ -409,7 +415,10 @@ mod tests {
             .launches(Path::new("/m"), Path::new("/e"), &[1, 2, 3], &[0, 1])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("need 6 GPUs") && e.contains("resources: {gpus: 6}"), "{e}");
+        assert!(
+            e.contains("need 6 GPUs") && e.contains("resources: {gpus: 6}"),
+            "{e}"
+        );
     }
 
     #[test]
