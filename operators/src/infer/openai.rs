@@ -93,7 +93,7 @@ impl ClientConfig {
         // Without `base_url` the node must be given a `serve.model` endpoint (checked when
         // the backend opens: inputs are not known here).
         let base = p.opt_str("base_url")?.unwrap_or("");
-        if !base.is_empty() && !(base.starts_with("http://") || base.starts_with("https://")) {
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return Err(OperatorError::param(
                 op,
                 "base_url",
