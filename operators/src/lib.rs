@@ -161,6 +161,7 @@ mod tests {
         "score.accuracy",
         "score.bertscore",
         "score.text",
+        "serve.model",
         "table.concat",
         "table.dedupe",
         "table.filter",
