@@ -102,6 +102,7 @@ pub fn registry() -> Registry {
     r.register(Arc::new(retrieval::Fuse));
     r.register(Arc::new(retrieval::Search));
     r.register(Arc::new(retrieval::ExpstarResults));
+    r.register(Arc::new(infer::ServeModel));
     r
 }
 
@@ -160,6 +161,7 @@ mod tests {
         "score.accuracy",
         "score.bertscore",
         "score.text",
+        "serve.model",
         "table.concat",
         "table.dedupe",
         "table.filter",

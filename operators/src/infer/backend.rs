@@ -107,34 +107,82 @@ impl Media {
     }
 }
 
-/// An OpenAI-compatible server.
-pub struct OpenAi {
+/// An OpenAI-compatible server, or the replicas of a `serve.model` endpoint started for this
+/// node (requests spread over them; stopped when the backend is dropped).
+pub struct OpenAi<'a> {
     op: &'static str,
-    client: Client,
+    /// One client per server; request `i` goes to `clients[i % len]`.
+    clients: Vec<Client>,
     model: String,
     media: Media,
     digests: Digests,
     /// Which model answers (see [`super::identity`]); part of every memo item.
     identity: Value,
+    /// The server's URL in memo items: the `base_url` given, or `serve.model` for an
+    /// endpoint (its ports change from run to run; the model digest is in `identity`).
+    memo_url: String,
+    /// Declared after `clients`: the servers stop after the clients are gone.
+    _served: Option<super::served::Served<'a>>,
 }
 
-impl OpenAi {
+impl<'a> OpenAi<'a> {
     pub fn new(
         ctx: &Context,
         op: &'static str,
         cfg: ClientConfig,
         model: String,
         media: Media,
-    ) -> std::result::Result<OpenAi, OpError> {
+    ) -> std::result::Result<OpenAi<'a>, OpError> {
         let client = Client::new(ctx, op, cfg)?;
         let identity = super::identity::model_identity(ctx, op, &client, &model)?;
         Ok(OpenAi {
             op,
-            client,
+            memo_url: client.config().url.clone(),
+            clients: vec![client],
             model,
             media,
             digests: Digests::default(),
             identity,
+            _served: None,
+        })
+    }
+
+    /// Starts the replicas of the endpoint directory `dir` (a `serve.model` output) and
+    /// talks to them; `model` defaults to the endpoint's served name.
+    pub fn served(
+        ctx: &'a Context,
+        op: &'static str,
+        cfg: ClientConfig,
+        model: Option<String>,
+        media: Media,
+        dir: &Path,
+    ) -> std::result::Result<OpenAi<'a>, OpError> {
+        let served = super::served::Served::start(ctx, dir)?;
+        let clients = served
+            .base_urls()
+            .iter()
+            .map(|b| Client::new(ctx, op, cfg.with_base(b)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let ep = &served.endpoint;
+        let model = model.unwrap_or_else(|| ep.served_name.clone());
+        let mut identity = serde_json::Map::new();
+        identity.insert("artifact".into(), json!(ep.model_digest));
+        if let Some(r) = &cfg.model_revision {
+            identity.insert("revision".into(), json!(r));
+        }
+        ctx.log(&format!(
+            "answers are memoised under the served model's digest {}",
+            ep.model_digest
+        ));
+        Ok(OpenAi {
+            op,
+            clients,
+            model,
+            media,
+            digests: Digests::default(),
+            identity: Value::Object(identity),
+            memo_url: "serve.model".into(),
+            _served: Some(served),
         })
     }
 
@@ -281,7 +329,7 @@ pub fn file_url(path: &Path) -> String {
     s
 }
 
-impl Backend for OpenAi {
+impl Backend for OpenAi<'_> {
     fn chat(
         &self,
         ctx: &Context,
@@ -294,20 +342,25 @@ impl Backend for OpenAi {
                 Ok((
                     self.body(r, false)?,
                     json!({
-                        "url": self.client.config().url,
+                        "url": self.memo_url,
                         "body": self.body(r, true)?,
                         "model_identity": self.identity,
                     }),
                 ))
             })
             .collect::<Result<_>>()?;
-        for_each(ctx, reqs.len(), self.client.config().concurrency, |i| {
-            memo_chat(ctx, &self.client, &names[i], &bodies[i].0, &bodies[i].1)
+        let n = self.clients.len();
+        let concurrency = self.clients[0].config().concurrency * n;
+        for_each(ctx, reqs.len(), concurrency, |i| {
+            let client = &self.clients[i % n];
+            memo_chat(ctx, client, &names[i], &bodies[i].0, &bodies[i].1)
         })
     }
 
     fn http_counts(&self) -> (u64, u64) {
-        (self.client.sent(), self.client.retried())
+        self.clients
+            .iter()
+            .fold((0, 0), |(s, r), c| (s + c.sent(), r + c.retried()))
     }
 }
 

@@ -302,6 +302,12 @@ impl Operator for Chat {
                     "the directory relative media paths are in",
                 )
                 .optional(),
+                Port::new(
+                    "endpoint",
+                    PortType::Dir,
+                    "openai: a serve.model endpoint, its servers started for this node (instead of base_url)",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(

@@ -15,10 +15,13 @@ pub mod openai;
 pub mod rag;
 pub mod reward;
 pub mod rows;
+pub mod serve_op;
+pub mod served;
 
 pub use chat::Chat;
 pub use rag::RagInfer;
 pub use reward::Reward;
+pub use serve_op::ServeModel;
 
 use expflow_engine::{Context, Determinism, OpError};
 use serde_json::{Map, Value};
@@ -33,7 +36,8 @@ use crate::params::Params;
 pub enum BackendKind {
     OpenAi {
         client: ClientConfig,
-        model: String,
+        /// Required unless an endpoint is connected (then its served name).
+        model: Option<String>,
         media: Media,
     },
     Native {
@@ -47,20 +51,11 @@ impl BackendKind {
     pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<BackendKind> {
         let p = Params::new(op, map);
         match p.choice("backend", &["openai", "native"])? {
-            "openai" => {
-                let model = p.opt_str("model")?.ok_or_else(|| {
-                    OperatorError::param(
-                        op,
-                        "model",
-                        "is required with backend openai: the model's name at the server (see GET /v1/models)",
-                    )
-                })?;
-                Ok(BackendKind::OpenAi {
-                    client: ClientConfig::parse(op, map)?,
-                    model: model.to_string(),
-                    media: Media::parse(&p)?,
-                })
-            }
+            "openai" => Ok(BackendKind::OpenAi {
+                client: ClientConfig::parse(op, map)?,
+                model: p.opt_str("model")?.map(str::to_owned),
+                media: Media::parse(&p)?,
+            }),
             _ => {
                 let batch_size = p.u64("batch_size")?;
                 if batch_size == 0 {
@@ -78,14 +73,48 @@ impl BackendKind {
     }
 }
 
-/// The backend the node's parameters name, ready to use.
-pub fn open_backend(ctx: &Context, op: &'static str) -> Result<Box<dyn Backend>, OpError> {
+/// The backend the node's parameters name, ready to use. With backend `openai` and a
+/// `serve.model` endpoint at the `endpoint` input, the endpoint's replicas are started here
+/// and stopped when the backend is dropped.
+pub fn open_backend<'a>(
+    ctx: &'a Context,
+    op: &'static str,
+) -> Result<Box<dyn Backend + 'a>, OpError> {
     Ok(match BackendKind::parse(op, ctx.params())? {
         BackendKind::OpenAi {
             client,
             model,
             media,
-        } => Box::new(OpenAi::new(ctx, op, client, model, media)?),
+        } => {
+            if let Some(ep) = ctx.inputs().get("endpoint") {
+                if client.has_url() {
+                    return Err(OperatorError::param(
+                        op,
+                        "base_url",
+                        "is given and so is an `endpoint` input; keep one (the endpoint's servers are started for this node)",
+                    )
+                    .into());
+                }
+                Box::new(OpenAi::served(ctx, op, client, model, media, &ep.path)?)
+            } else {
+                if !client.has_url() {
+                    return Err(OperatorError::param(
+                        op,
+                        "base_url",
+                        "is required with backend openai: give the server's URL (e.g. http://127.0.0.1:8000/v1), or connect a serve.model node's endpoint to the `endpoint` input",
+                    )
+                    .into());
+                }
+                let model = model.ok_or_else(|| {
+                    OperatorError::param(
+                        op,
+                        "model",
+                        "is required with backend openai: the model's name at the server (see GET /v1/models)",
+                    )
+                })?;
+                Box::new(OpenAi::new(ctx, op, client, model, media)?)
+            }
+        }
         BackendKind::Native { batch_size } => Box::new(native::Native::load(ctx, op, batch_size)?),
     })
 }

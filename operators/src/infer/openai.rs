@@ -90,14 +90,10 @@ impl ClientConfig {
     /// Reads the [`client_params`] of operator `op`.
     pub fn parse(op: &'static str, map: &Map<String, Value>) -> Result<ClientConfig> {
         let p = Params::new(op, map);
-        let base = p.opt_str("base_url")?.ok_or_else(|| {
-            OperatorError::param(
-                op,
-                "base_url",
-                "is required: give the server's URL, e.g. http://127.0.0.1:8000/v1",
-            )
-        })?;
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        // Without `base_url` the node must be given a `serve.model` endpoint (checked when
+        // the backend opens: inputs are not known here).
+        let base = p.opt_str("base_url")?.unwrap_or("");
+        if !(base.is_empty() || base.starts_with("http://") || base.starts_with("https://")) {
             return Err(OperatorError::param(
                 op,
                 "base_url",
@@ -129,10 +125,9 @@ impl ClientConfig {
                 ));
             }
         }
-        let base = base.trim_end_matches('/');
         Ok(ClientConfig {
-            url: format!("{base}/chat/completions"),
-            models_url: format!("{base}/models"),
+            url: String::new(),
+            models_url: String::new(),
             api_key,
             api_key_env,
             model_revision: p.opt_str("model_revision")?.map(str::to_owned),
@@ -141,7 +136,28 @@ impl ClientConfig {
             backoff_ms: p.u64("backoff_ms")?,
             max_backoff_ms: p.u64("max_backoff_ms")?,
             timeout_s: p.u64("timeout_s")?.max(1),
-        })
+        }
+        .with_base(base))
+    }
+
+    /// The same settings for the server at `base` (an OpenAI base URL, `.../v1`).
+    pub fn with_base(&self, base: &str) -> ClientConfig {
+        let base = base.trim_end_matches('/');
+        let (url, models_url) = if base.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (format!("{base}/chat/completions"), format!("{base}/models"))
+        };
+        ClientConfig {
+            url,
+            models_url,
+            ..self.clone()
+        }
+    }
+
+    /// Whether a server URL was given (`base_url`).
+    pub fn has_url(&self) -> bool {
+        !self.url.is_empty()
     }
 }
 

@@ -550,6 +550,12 @@ impl Operator for RagInfer {
                     "the directory relative video paths are in",
                 )
                 .optional(),
+                Port::new(
+                    "endpoint",
+                    PortType::Dir,
+                    "openai: a serve.model endpoint, its servers started for this node (instead of base_url)",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(

@@ -226,6 +226,12 @@ impl Operator for Reward {
                     "metric judge, backend native: the judge model directory",
                 )
                 .optional(),
+                Port::new(
+                    "endpoint",
+                    PortType::Dir,
+                    "judge, backend openai: a serve.model endpoint, its servers started for this node (instead of base_url)",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "candidates",

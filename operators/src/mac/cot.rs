@@ -66,6 +66,13 @@ impl Config {
     fn parse(map: &Map<String, Value>) -> Result<Config> {
         let p = Params::new(KIND, map);
         let client = ClientConfig::parse(KIND, map)?;
+        if !client.has_url() {
+            return Err(OperatorError::param(
+                KIND,
+                "base_url",
+                "is required: give the server's URL, e.g. http://127.0.0.1:8000/v1",
+            ));
+        }
         for name in ["image2text", "text2image", "system"] {
             let known: &[&str] = match name {
                 "image2text" => &["question", "options"],

@@ -537,6 +537,12 @@ impl Operator for Answer {
                     "the directory relative image paths are in",
                 )
                 .optional(),
+                Port::new(
+                    "endpoint",
+                    PortType::Dir,
+                    "openai: a serve.model endpoint, its servers started for this node (instead of base_url)",
+                )
+                .optional(),
             ]),
             outputs: Ports::Fixed(vec![
                 Port::new(
