@@ -366,6 +366,10 @@ fn main() -> ExitCode {
         cli.command,
         Command::Plan { .. }
             | Command::Explain { .. }
+            | Command::Check { .. }
+            | Command::Runs { .. }
+            | Command::Diff { .. }
+            | Command::Compare { .. }
             | Command::Status { .. }
             | Command::Log { .. }
             | Command::Lineage { .. }

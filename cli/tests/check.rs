@@ -194,3 +194,23 @@ fn a_declared_input_directory_is_a_model_a_file_is_not() {
         "{out}{err}"
     );
 }
+
+/// `expflow check … | head -1`: a reader that closes the pipe ends the command quietly (by
+/// SIGPIPE, as other command-line tools), never with a panic.
+#[test]
+fn a_closed_pipe_ends_check_quietly() {
+    use std::process::Stdio;
+    let dir = project();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_expflow"))
+        .args(["check", "p.yaml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
