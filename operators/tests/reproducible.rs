@@ -548,6 +548,14 @@ fn expstar(b: &mut Bench) {
         json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.01, "epochs": 1, "max_len": 1024, "seed": 42}),
         &[],
     );
+    // An endpoint names the model by digest and no port: the same bytes in any workspace.
+    b.check(
+        "serve.model",
+        "serve.model",
+        &[("model", Model, b.out("train.sft", "model"))],
+        json!({"engine": "expflow", "replicas": 2, "served_name": "tiny"}),
+        &[],
+    );
     b.check(
         "train.reference_logprobs",
         "train.reference_logprobs",
