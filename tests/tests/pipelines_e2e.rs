@@ -1,7 +1,7 @@
 //! The pipelines users run, end to end through the real binary, on copies of
 //! `pipelines/`: ExpStar on the demo tree (data → retrieval → tiny model → SFT → DPO →
 //! retrieval-aware inference → scores) and MAC-Bench on its synthetic data in the task's
-//! six-file layout (its train/dev/test split → augmentation → two recipes of
+//! six-file layout (its train/dev/test split → augmentation → three recipes of
 //! vision-language SFT → answering strategies → the graded answer files). A second run
 //! executes nothing; `expflow audit --fraction 1` then re-executes every node and finds
 //! nothing changed; changing one SFT hyperparameter re-runs training and what follows it,
@@ -375,6 +375,7 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         "test",
         "base",
         "sft[recipe=original]",
+        "sft[recipe=templated]",
         "sft[recipe=augmented]",
         "answer_test[recipe=augmented]",
         "hardened",
@@ -447,7 +448,11 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     assert_eq!(test_ids, ids(&key_i2t), "the key is in test order");
     let report = read_json(&p, "results/macbench/answer_report.json");
     let mut correct = 0;
-    for dir in ["results/macbench", "results/macbench/original"] {
+    for dir in [
+        "results/macbench",
+        "results/macbench/original",
+        "results/macbench/templated",
+    ] {
         for (file, key) in [
             ("image2text_answer.json", &key_i2t),
             ("text2image_answer.json", &key_t2i),
@@ -510,8 +515,8 @@ fn macbench_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     // Recipes side by side: each recipe's dev accuracy, per task and overall.
     let table = p.read("results/macbench/recipes.csv");
     let rows: Vec<&str> = table.lines().skip(1).collect();
-    assert_eq!(rows.len(), 2 * 3, "{table}");
-    for recipe in ["original", "augmented"] {
+    assert_eq!(rows.len(), 3 * 3, "{table}");
+    for recipe in ["original", "templated", "augmented"] {
         let all = rows
             .iter()
             .find(|r| r.starts_with(&format!("recipe_dev[recipe={recipe}],choice_prob,all,")))
