@@ -69,3 +69,33 @@ pub fn unique(tag: &str) -> String {
         .as_nanos();
     format!("{tag}-{}-{t}", std::process::id())
 }
+
+/// The pipeline the remote-cache tests share: a → b (a directory) → c from the input file
+/// `data.txt`; only c is materialised (`out/c.txt`).
+pub fn chain_pipeline(name: &str) -> String {
+    format!(
+        r#"
+pipeline: {name}
+inputs:
+  src: data.txt
+nodes:
+  a:
+    op: command
+    in: {{src: inputs.src}}
+    out: {{text: file}}
+    params: {{run: "cat ${{in.src}} ${{in.src}} > ${{out.text}}"}}
+  b:
+    op: command
+    in: {{text: a.text}}
+    out: {{d: dir}}
+    params: {{run: "tr a-z A-Z < ${{in.text}} > ${{out.d}}/upper && wc -c < ${{in.text}} > ${{out.d}}/n"}}
+  c:
+    op: command
+    in: {{d: b.d}}
+    out: {{sum: file}}
+    params: {{run: "cat ${{in.d}}/n ${{in.d}}/upper > ${{out.sum}}"}}
+outputs:
+  out/c.txt: c.sum
+"#
+    )
+}

@@ -9,31 +9,6 @@ use std::time::{Duration, Instant};
 use expflow_tests::{Project, blobs, expflow_bin, names, s3};
 use serde_json::Value;
 
-/// a → b (a directory) → c; only c is materialised.
-const PIPE: &str = r#"
-pipeline: share
-inputs:
-  src: data.txt
-nodes:
-  a:
-    op: command
-    in: {src: inputs.src}
-    out: {text: file}
-    params: {run: "cat ${in.src} ${in.src} > ${out.text}"}
-  b:
-    op: command
-    in: {text: a.text}
-    out: {d: dir}
-    params: {run: "tr a-z A-Z < ${in.text} > ${out.d}/upper && wc -c < ${in.text} > ${out.d}/n"}
-  c:
-    op: command
-    in: {d: b.d}
-    out: {sum: file}
-    params: {run: "cat ${in.d}/n ${in.d}/upper > ${out.sum}"}
-outputs:
-  out/c.txt: c.sum
-"#;
-
 /// A project with the pipeline, its input, a user config dir and the remote `team`.
 struct Side {
     p: Project,
@@ -44,7 +19,7 @@ struct Side {
 impl Side {
     fn new(cfg: &Path, url: &str, endpoint: Option<&str>) -> Side {
         let p = Project::new();
-        p.write("share.yaml", PIPE);
+        p.write("share.yaml", &s3::chain_pipeline("share"));
         p.write("data.txt", "alpha\nbeta\n");
         let envs = vec![
             ("EXPFLOW_CONFIG_DIR".into(), cfg.display().to_string()),

@@ -27,31 +27,6 @@ fn slurm() -> bool {
 /// The executor settings of a test workspace (polls often: tests, not a cluster).
 const FAST: &str = "executor: slurm\nslurm:\n  poll_interval_s: 0.3\n  result_grace_s: 2\n";
 
-/// a → b (a directory) → c, from an input file.
-const PIPE: &str = r#"
-pipeline: objects
-inputs:
-  src: data.txt
-nodes:
-  a:
-    op: command
-    in: {src: inputs.src}
-    out: {text: file}
-    params: {run: "cat ${in.src} ${in.src} > ${out.text}"}
-  b:
-    op: command
-    in: {text: a.text}
-    out: {d: dir}
-    params: {run: "tr a-z A-Z < ${in.text} > ${out.d}/upper && wc -c < ${in.text} > ${out.d}/n"}
-  c:
-    op: command
-    in: {d: b.d}
-    out: {sum: file}
-    params: {run: "cat ${in.d}/n ${in.d}/upper > ${out.sum}"}
-outputs:
-  out/c.txt: c.sum
-"#;
-
 /// Output digests of each executed node, from the run's events.
 fn outputs(r: &RunResult) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -101,7 +76,7 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     let worker = tempfile::tempdir().unwrap();
     let worker_ws = worker.path().join("ws");
     let p = Project::new();
-    p.write("objects.yaml", PIPE);
+    p.write("objects.yaml", &s3::chain_pipeline("objects"));
     p.write("data.txt", "alpha\nbeta\n");
     p.write(
         ".expflow/config.yaml",
@@ -216,7 +191,7 @@ fn in_the_object_data_mode_jobs_share_only_the_s3_remote_with_the_submitting_wor
     // The same bytes as a local run, and the records were committed: a second run
     // executes nothing.
     let q = Project::new();
-    q.write("objects.yaml", PIPE);
+    q.write("objects.yaml", &s3::chain_pipeline("objects"));
     q.write("data.txt", "alpha\nbeta\n");
     let l = q.run("objects.yaml", &["--executor", "local"]);
     assert_eq!(l.code, 0, "{}", l.stderr);
