@@ -181,3 +181,102 @@ fn replicas_serve_the_node_and_stop_with_it() {
     let log = log_of(&p, "chat");
     assert!(log.contains("replica 1 stopped"), "{log}");
 }
+
+/// The first `.expflow/runs/*/logs/NODE.log` that exists, read whole ("" while none does).
+fn live_log(p: &Project, node: &str) -> String {
+    let Ok(runs) = std::fs::read_dir(p.path(".expflow/runs")) else {
+        return String::new();
+    };
+    runs.flatten()
+        .filter_map(|r| {
+            std::fs::read_to_string(r.path().join("logs").join(format!("{node}.log"))).ok()
+        })
+        .next()
+        .unwrap_or_default()
+}
+
+/// Ctrl-C while the inference node is asking its servers: a terminal sends SIGINT to the
+/// foreground process group, which is `expflow run` alone (each replica runs in a process
+/// group of its own). The run stops with the interrupted code, the replicas are stopped with
+/// their process groups, nothing is recorded for the interrupted node, and a second run
+/// finishes the work, reusing the answers given before the interrupt.
+#[test]
+fn ctrl_c_stops_the_replicas() {
+    let p = Project::new();
+    p.write(
+        "pipe.yaml",
+        &PIPE
+            .replace("MODEL", &fixture("tiny").to_string_lossy())
+            .replace("max_tokens: 6, concurrency", "max_tokens: 48, concurrency"),
+    );
+    // Enough questions that the node is still asking when the signal comes.
+    let prompts: Vec<String> = (0..400)
+        .map(|i| format!("step {i}: heat the tube"))
+        .collect();
+    p.write(
+        "prompts.jsonl",
+        &prompts
+            .iter()
+            .map(|q| format!("{{\"user\": \"{q}\"}}\n"))
+            .collect::<String>(),
+    );
+    let mut cmd = Command::new(expflow_bin());
+    cmd.args(["run", "pipe.yaml", "--json", "--set", "concurrency=1"])
+        .current_dir(p.path(""))
+        .env_remove("EXPFLOW_LOG");
+    in_new_session(&mut cmd);
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start expflow run");
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !live_log(&p, "chat").contains("replica 1 is up") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicas did not come up in 300 s: {}",
+            live_log(&p, "chat")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Both replicas serve: let a few answers through, then interrupt.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: kill(2) with a pid this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().expect("wait for expflow run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    let mut left = session_members(pid);
+    for _ in 0..50 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = session_members(pid);
+    }
+    assert!(
+        left.is_empty(),
+        "processes outlived the interrupted run: {left:?}"
+    );
+    let log = live_log(&p, "chat");
+    for r in 0..2 {
+        assert!(log.contains(&format!("replica {r} stopped")), "{log}");
+    }
+    // Nothing of `chat` was recorded: its output does not exist yet.
+    assert!(!p.path("out/answers.jsonl").exists());
+
+    // The second run finishes; what was answered before the interrupt comes from the memo.
+    let (code, events, left, stderr) = run(&p, &["--set", "concurrency=1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(left.is_empty(), "{left:?}");
+    let chat = executed(&events, "chat").expect("chat ran");
+    assert_eq!(
+        chat["memo_hits"].as_u64().unwrap() + chat["memo_misses"].as_u64().unwrap(),
+        prompts.len() as u64,
+        "{chat}"
+    );
+    assert!(chat["memo_hits"].as_u64().unwrap() > 0, "{chat}");
+    assert_eq!(rows(&p, "out/answers.jsonl").len(), prompts.len());
+}
