@@ -393,7 +393,13 @@ impl Store for SledStore {
             let hit = if v.first() == Some(&crate::hit_code::TAG) {
                 crate::hit_code::decode(&v).map_err(|reason| reason.to_string())
             } else {
-                serde_json::from_slice(&v).map_err(|e| e.to_string())
+                // Written before the binary encoding: rewritten in it, once.
+                let hit: std::result::Result<Hit, String> =
+                    serde_json::from_slice(&v).map_err(|e| e.to_string());
+                if let Ok(h) = &hit {
+                    self.put_hit(key, h)?;
+                }
+                hit
             };
             match hit {
                 Ok(hit) => return Ok(Some(hit)),
@@ -627,7 +633,7 @@ mod tests {
             .insert(key.0, serde_json::to_vec(&hit()).unwrap())
             .unwrap();
         assert_eq!(store.get_hit(&key).unwrap(), Some(hit()));
-        store.put_hit(&key, &hit()).unwrap();
+        // Read once, it is rewritten in binary.
         let stored = store.hits.get(key.0).unwrap().unwrap();
         assert_eq!(stored.first(), Some(&crate::hit_code::TAG));
         assert_eq!(store.get_hit(&key).unwrap(), Some(hit()));
