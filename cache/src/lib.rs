@@ -15,6 +15,7 @@ mod digest;
 mod error;
 pub mod fuzzing;
 mod gc;
+mod hit_code;
 mod journal;
 mod manifest;
 mod rebuild;

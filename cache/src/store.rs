@@ -387,10 +387,26 @@ impl Store for SledStore {
     }
 
     fn get_hit(&self, key: &Digest) -> Result<Option<Hit>> {
-        if let Some(hit) =
-            self.get_json(&self.hits, &key.0, || format!("the hit entry of {key}"))?
-        {
-            return Ok(Some(hit));
+        if let Some(v) = self.hits.get(key.0).map_err(|e| self.db_err(e))? {
+            // Binary entries; an older JSON one is still read. An entry that cannot be read
+            // is derived data: it is made again from the record below.
+            let hit = if v.first() == Some(&crate::hit_code::TAG) {
+                crate::hit_code::decode(&v).map_err(|reason| reason.to_string())
+            } else {
+                // Written before the binary encoding: rewritten in it, once.
+                let hit: std::result::Result<Hit, String> =
+                    serde_json::from_slice(&v).map_err(|e| e.to_string());
+                if let Ok(h) = &hit {
+                    self.put_hit(key, h)?;
+                }
+                hit
+            };
+            match hit {
+                Ok(hit) => return Ok(Some(hit)),
+                Err(reason) => {
+                    warn!(%key, reason, "unreadable hit entry; making it again from the record")
+                }
+            }
         }
         // A record from before the hit index, or whose entry was dropped: its outputs, and
         // the caller stores the entry once it has checked the blobs.
@@ -401,7 +417,7 @@ impl Store for SledStore {
     }
 
     fn put_hit(&self, key: &Digest, hit: &Hit) -> Result<()> {
-        let value = self.encode("hit entry", hit)?;
+        let value = crate::hit_code::encode(hit);
         self.hits.insert(key.0, value).map_err(|e| self.db_err(e))?;
         Ok(())
     }
@@ -444,7 +460,16 @@ impl Store for SledStore {
         for kv in self.last.scan_prefix(&prefix) {
             let (k, v) = kv.map_err(|e| self.db_err(e))?;
             let node = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            let d: Digest = self.decode(|| format!("the last key of {pipeline}.{node}"), &v)?;
+            // A last key is a JSON string of 64 hex digits; read it without the JSON parser
+            // (one per node on every run), and anything else with it.
+            let hex = (v.len() == 66 && v[0] == b'"' && v[65] == b'"')
+                .then(|| std::str::from_utf8(&v[1..65]).ok())
+                .flatten()
+                .and_then(|h| Digest::from_hex(h).ok());
+            let d: Digest = match hex {
+                Some(d) => d,
+                None => self.decode(|| format!("the last key of {pipeline}.{node}"), &v)?,
+            };
             out.push((node, d));
         }
         Ok(out)
@@ -575,5 +600,48 @@ fn open_error(db_path: &Path, e: sled::Error) -> CacheError {
             path: db_path.to_path_buf(),
             source_msg: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::OutputRef;
+
+    fn hit() -> Hit {
+        let out = OutputRef {
+            digest: Digest::of_bytes(b"x"),
+            kind: "file".into(),
+            dir: false,
+            size: 1,
+        };
+        Hit {
+            outputs: [("o".to_string(), out)].into_iter().collect(),
+            stats: BTreeMap::new(),
+        }
+    }
+
+    /// Entries written as JSON (before the binary encoding) are still read; new ones are
+    /// binary; an unreadable one is made again from the record, not an error.
+    #[test]
+    fn hit_entries_old_new_and_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let key = Digest::of_bytes(b"key");
+        store
+            .hits
+            .insert(key.0, serde_json::to_vec(&hit()).unwrap())
+            .unwrap();
+        assert_eq!(store.get_hit(&key).unwrap(), Some(hit()));
+        // Read once, it is rewritten in binary.
+        let stored = store.hits.get(key.0).unwrap().unwrap();
+        assert_eq!(stored.first(), Some(&crate::hit_code::TAG));
+        assert_eq!(store.get_hit(&key).unwrap(), Some(hit()));
+        store
+            .hits
+            .insert(key.0, &stored[..stored.len() - 1])
+            .unwrap();
+        // No record behind it: absent.
+        assert_eq!(store.get_hit(&key).unwrap(), None);
     }
 }
