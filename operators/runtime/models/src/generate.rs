@@ -12,7 +12,7 @@ use crate::chat::ChatTemplate;
 use crate::decoding::Row;
 use crate::dir::ModelDir;
 use crate::error::{ModelError, Result};
-use crate::qwen2::Qwen2;
+use crate::qwen2::{KvCache, Qwen2};
 use crate::sampling::log_softmax;
 
 /// A loaded causal language model with its tokenizer and chat template.
@@ -212,35 +212,65 @@ impl Generator {
         let b = rows.len();
         let len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
         let max_pos = self.model.config.max_position_embeddings;
-        let mut ids = Vec::with_capacity(b * len);
-        let mut pos = Vec::with_capacity(b * len);
-        let mut mask = Vec::with_capacity(b * len);
+        let most_new = rows
+            .iter()
+            .map(|r| r.sampling.max_new_tokens)
+            .max()
+            .unwrap_or(0);
+        let capacity = (len + most_new).min(max_pos);
+        // Each prompt is prefilled alone, so no padding position goes through the matrix
+        // products (with prompts of 23 to 62 tokens, a third of a padded batch's rows); the
+        // caches are then stacked left-padded for the batched decode steps.
+        let mut caches = Vec::with_capacity(b);
+        let mut last = Vec::with_capacity(b);
         for p in prompts {
-            let pad = len - p.len();
-            ids.extend(std::iter::repeat_n(self.pad, pad).chain(p.iter().copied()));
-            pos.extend(std::iter::repeat_n(0u32, pad).chain(0..p.len() as u32));
-            mask.extend(std::iter::repeat_n(0u8, pad).chain(std::iter::repeat_n(1u8, p.len())));
-        }
-        let mut cache = self.model.new_cache();
-        let mut ids_t = Tensor::from_vec(ids, (b, len), &self.device)?;
-        let mut pos_t = Tensor::from_vec(pos, (b, len), &self.device)?;
-        let mut step = 0usize;
-        while rows.iter().any(|r| r.finish.is_none()) {
-            let mask_t = Tensor::from_vec(mask.clone(), (b, len + step), &self.device)?;
+            let n = p.len();
+            let ids = Tensor::from_slice(p, (1, n), &self.device)?;
+            let pos = Tensor::from_vec((0..n as u32).collect::<Vec<_>>(), (1, n), &self.device)?;
+            let keys = Tensor::ones((1, n), DType::U8, &self.device)?;
+            let mut cache = self
+                .model
+                .new_cache_with_capacity(if b == 1 { capacity } else { n });
             let hidden = self
                 .model
-                .forward_hidden(&ids_t, &pos_t, &mask_t, Some(&mut cache))?;
-            let s = hidden.dim(1)?;
-            let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+                .forward_hidden(&ids, &pos, &keys, Some(&mut cache))?;
+            last.push(hidden.narrow(1, n - 1, 1)?.squeeze(1)?);
+            caches.push(cache);
+        }
+        let mut cache = match caches.pop() {
+            Some(c) if b == 1 => c,
+            Some(c) => {
+                caches.push(c);
+                KvCache::stack_left_padded(&caches, capacity)?
+            }
+            None => return Ok(()),
+        };
+        drop(caches);
+        // Key mask, one row per sequence: 0 for left padding, 1 for real positions.
+        let mut mask: Vec<Vec<u8>> = prompts
+            .iter()
+            .map(|p| {
+                let mut m = Vec::with_capacity(capacity.max(len) + 1);
+                m.extend(std::iter::repeat_n(0u8, len - p.len()));
+                m.extend(std::iter::repeat_n(1u8, p.len()));
+                m
+            })
+            .collect();
+        let mut hidden = Tensor::cat(&last, 0)?;
+        let mut step = 0usize;
+        loop {
             let logits = self
                 .model
-                .logits(&last)?
+                .logits(&hidden)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
             for (r, lg) in rows.iter_mut().zip(&logits) {
                 if r.finish.is_none() {
                     r.advance(lg, &self.eos, &self.tokenizer, max_pos)?;
                 }
+            }
+            if rows.iter().all(|r| r.finish.is_some()) {
+                return Ok(());
             }
             step += 1;
             let next: Vec<u32> = rows.iter().map(|r| r.next_input(self.pad)).collect();
@@ -249,16 +279,17 @@ impl Generator {
                 .map(|r| (r.prompt_len + step - 1) as u32)
                 .collect();
             // The new column of the mask: one more real key for every row.
-            let mut grown = Vec::with_capacity(b * (len + step));
-            for chunk in mask.chunks(len + step - 1) {
-                grown.extend_from_slice(chunk);
-                grown.push(1u8);
+            for m in &mut mask {
+                m.push(1);
             }
-            mask = grown;
-            ids_t = Tensor::from_vec(next, (b, 1), &self.device)?;
-            pos_t = Tensor::from_vec(next_pos, (b, 1), &self.device)?;
+            let mask_t = Tensor::from_vec(mask.concat(), (b, len + step), &self.device)?;
+            let ids_t = Tensor::from_vec(next, (b, 1), &self.device)?;
+            let pos_t = Tensor::from_vec(next_pos, (b, 1), &self.device)?;
+            hidden = self
+                .model
+                .forward_hidden(&ids_t, &pos_t, &mask_t, Some(&mut cache))?
+                .squeeze(1)?;
         }
-        Ok(())
     }
 
     /// For each continuation, the log-probability of each of its tokens given the prompt and

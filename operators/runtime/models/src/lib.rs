@@ -9,6 +9,7 @@
 //! - [`api`]: request and result types shared with the server and the operators;
 //! - [`qwen2`]: the Qwen2/Qwen2.5 decoder (batched, caller-owned KV cache, adapter hooks);
 //! - [`chat`]: chat templates (Jinja via minijinja, ChatML fallback);
+//! - [`few_rows`]: `x W^T` for a decode step's few rows (no gemm packing);
 //! - [`generate`]: [`Generator`]: batched generation, sampling, log-probabilities;
 //! - [`sampling`]: token selection and log-softmax on plain slices;
 //! - [`tiny`]: tiny random-weight Qwen2 directories for tests and benches;
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod decoding;
 pub mod dir;
 pub mod error;
+pub mod few_rows;
 pub mod generate;
 pub mod gguf;
 pub mod qwen2;

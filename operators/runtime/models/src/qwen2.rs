@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::dir::ModelDir;
 use crate::error::{ModelError, Result};
+use crate::few_rows;
 
 /// The fields of a Qwen2 `config.json` this decoder uses, with transformers' defaults.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -195,6 +196,14 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let w = self.weight.t()?;
         let y = match x.dims() {
+            // A decode step's few rows: no gemm packing of the weight (see `few_rows`).
+            dims if few_rows::applies(x, &self.weight) => {
+                let i = dims[dims.len() - 1];
+                let mut out = dims.to_vec();
+                *out.last_mut().expect("rank >= 1") = self.out_dim();
+                few_rows::matmul_t(&x.reshape((x.elem_count() / i, i))?, &self.weight)?
+                    .reshape(out)?
+            }
             [b, s, i] => x
                 .reshape((b * s, *i))?
                 .matmul(&w)?
@@ -212,17 +221,60 @@ impl Linear {
     }
 }
 
-/// Keys and values of earlier positions, one entry per layer, shape
-/// `(batch, kv_heads, positions, head_dim)`. Owned by the caller; one per sequence batch.
-#[derive(Clone, Debug, Default)]
+/// Keys and values of earlier positions, one entry per layer, each `(batch, kv_heads,
+/// positions, head_dim)`. Owned by the caller; one per sequence batch.
+///
+/// Each layer's keys and values live in buffers with room for more positions, written in
+/// place as positions arrive (a decode step copies only its own keys, not the whole cache);
+/// a buffer that fills up is replaced by one twice as long.
+#[derive(Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerKv>>,
+    /// Positions to make room for when a layer's buffers are first allocated.
+    capacity: usize,
+}
+
+/// One layer's buffers `(batch, kv_heads, capacity, head_dim)`; the first `len` positions
+/// hold data.
+#[derive(Debug)]
+struct LayerKv {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl Clone for KvCache {
+    /// A deep copy: the buffers are written in place, so a clone must not share them.
+    fn clone(&self) -> KvCache {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.as_ref().map(|l| LayerKv {
+                    k: l.k.copy().expect("copy of a CPU or GPU tensor"),
+                    v: l.v.copy().expect("copy of a CPU or GPU tensor"),
+                    len: l.len,
+                })
+            })
+            .collect();
+        KvCache {
+            layers,
+            capacity: self.capacity,
+        }
+    }
 }
 
 impl KvCache {
     pub fn new(num_layers: usize) -> KvCache {
+        KvCache::with_capacity(num_layers, 0)
+    }
+
+    /// A cache whose buffers first hold `positions` positions (prompt plus new tokens), so
+    /// a generation that stays within them never reallocates.
+    pub fn with_capacity(num_layers: usize, positions: usize) -> KvCache {
         KvCache {
-            layers: vec![None; num_layers],
+            layers: (0..num_layers).map(|_| None).collect(),
+            capacity: positions,
         }
     }
 
@@ -231,12 +283,93 @@ impl KvCache {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map(|(k, _)| k.dims()[2])
+            .map(|l| l.len)
             .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The caches of single sequences (batch 1 each) as one batch cache, each left-padded
+    /// to the longest: row `i` holds its positions at the end of the first `len` slots, the
+    /// slots before them zero (the key mask must mark them as padding). Room for
+    /// `capacity` positions.
+    pub fn stack_left_padded(rows: &[KvCache], capacity: usize) -> Result<KvCache> {
+        let len = rows.iter().map(KvCache::len).max().unwrap_or(0);
+        let layers = rows.first().map(|r| r.layers.len()).unwrap_or(0);
+        let cap = capacity.max(len);
+        let mut out = KvCache::with_capacity(layers, capacity);
+        for l in 0..layers {
+            let mut ks = Vec::with_capacity(rows.len());
+            let mut vs = Vec::with_capacity(rows.len());
+            for (i, r) in rows.iter().enumerate() {
+                let Some(Some(layer)) = r.layers.get(l) else {
+                    return Err(ModelError::Request(format!(
+                        "stack_left_padded: row {i} has no keys for layer {l}; run the prompt through every layer first"
+                    )));
+                };
+                let (b, kv, _, d) = layer.k.dims4()?;
+                if b != 1 {
+                    return Err(ModelError::Request(format!(
+                        "stack_left_padded: row {i} holds a batch of {b}; expected 1"
+                    )));
+                }
+                for (src, dst) in [(&layer.k, &mut ks), (&layer.v, &mut vs)] {
+                    let buf = Tensor::zeros((1, kv, cap, d), src.dtype(), src.device())?;
+                    buf.slice_set(
+                        &src.narrow(2, 0, layer.len)?.contiguous()?,
+                        2,
+                        len - layer.len,
+                    )?;
+                    dst.push(buf);
+                }
+            }
+            out.layers[l] = Some(LayerKv {
+                k: Tensor::cat(&ks, 0)?,
+                v: Tensor::cat(&vs, 0)?,
+                len,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl LayerKv {
+    /// Buffers holding `k` and `v` `(b, kv, s, d)` with room for `capacity` positions.
+    fn new(k: &Tensor, v: &Tensor, capacity: usize) -> candle_core::Result<LayerKv> {
+        let (b, kv, s, d) = k.dims4()?;
+        let cap = capacity.max(s);
+        let kb = Tensor::zeros((b, kv, cap, d), k.dtype(), k.device())?;
+        let vb = Tensor::zeros((b, kv, cap, d), v.dtype(), v.device())?;
+        kb.slice_set(&k.contiguous()?, 2, 0)?;
+        vb.slice_set(&v.contiguous()?, 2, 0)?;
+        Ok(LayerKv {
+            k: kb,
+            v: vb,
+            len: s,
+        })
+    }
+
+    /// Appends `k` and `v` `(b, kv, s, d)`; returns views of every position held.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let s = k.dim(2)?;
+        let cap = self.k.dim(2)?;
+        if self.len + s > cap {
+            let grown = LayerKv::new(
+                &self.k.narrow(2, 0, self.len)?,
+                &self.v.narrow(2, 0, self.len)?,
+                (2 * cap).max(self.len + s),
+            )?;
+            *self = grown;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += s;
+        Ok((
+            self.k.narrow(2, 0, self.len)?,
+            self.v.narrow(2, 0, self.len)?,
+        ))
     }
 }
 
@@ -363,6 +496,11 @@ impl Qwen2 {
         KvCache::new(self.layers.len())
     }
 
+    /// A cache with room for `positions` positions per sequence before it reallocates.
+    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache {
+        KvCache::with_capacity(self.layers.len(), positions)
+    }
+
     /// Every projection by its Hugging Face module name (`model.layers.0.self_attn.q_proj`,
     /// `lm_head`, ...; the prefixes the model was loaded from), for attaching adapters.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
@@ -425,7 +563,8 @@ impl Qwen2 {
 
     /// Like [`Qwen2::forward_hidden`], from input embeddings `(batch, seq, hidden)` and
     /// rotary tables `cos`/`sin` of shape `(batch or 1, 1, seq, head_dim)` computed by the
-    /// caller (the vision-language model's M-RoPE).
+    /// caller (the vision-language model's M-RoPE), each the concatenation of two equal
+    /// halves (`cat(freqs, freqs)`, as every rotary table).
     pub fn forward_embeds(
         &self,
         embeds: &Tensor,
@@ -445,13 +584,18 @@ impl Qwen2 {
         }
         let dtype = self.norm.dtype();
         let mask = additive_mask(key_mask, s, past)?.to_dtype(dtype)?;
+        let rope = if self.differentiable {
+            Rope::Composite { cos, sin }
+        } else {
+            Rope::fused(cos, sin)?
+        };
         let mut x = embeds.clone();
         for (l, layer) in self.layers.iter().enumerate() {
             let normed = self.rms_norm(&x, &layer.input_norm)?;
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let slot = cache.as_deref_mut().map(|c| (&mut c.layers[l], c.capacity));
             let a = layer
                 .attn
-                .forward(&normed, cos, sin, &mask, slot, self.differentiable)?;
+                .forward(&normed, &rope, &mask, slot, self.differentiable)?;
             x = (x + a)?;
             let normed = self.rms_norm(&x, &layer.post_norm)?;
             let m = layer.mlp.forward(&normed)?;
@@ -535,25 +679,44 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Ten
     x.broadcast_mul(cos)? + rotate_half(x)?.broadcast_mul(sin)?
 }
 
-/// `(b, kv, t, d)` to `(b, kv * rep, t, d)`, each key head repeated `rep` times in place.
-fn repeat_kv(x: Tensor, rep: usize) -> candle_core::Result<Tensor> {
-    if rep == 1 {
-        return Ok(x);
+/// Rotary tables as the attention applies them.
+enum Rope<'a> {
+    /// `(batch or 1, 1, seq, head_dim)`, applied with element-wise ops (keeps autograd).
+    Composite { cos: &'a Tensor, sin: &'a Tensor },
+    /// The first halves, `(batch, seq, head_dim / 2)` or `(seq, head_dim / 2)`, for candle's
+    /// fused kernel, which computes the same products and sums as the composite form.
+    Fused { cos: Tensor, sin: Tensor },
+}
+
+impl<'a> Rope<'a> {
+    fn fused(cos: &Tensor, sin: &Tensor) -> candle_core::Result<Rope<'a>> {
+        let (b, _, _, d) = cos.dims4()?;
+        let half = |t: &Tensor| -> candle_core::Result<Tensor> {
+            let t = t.narrow(D::Minus1, 0, d / 2)?.squeeze(1)?;
+            let t = if b == 1 { t.squeeze(0)? } else { t };
+            t.contiguous()
+        };
+        Ok(Rope::Fused {
+            cos: half(cos)?,
+            sin: half(sin)?,
+        })
     }
-    let (b, kv, t, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .broadcast_as((b, kv, rep, t, d))?
-        .reshape((b, kv * rep, t, d))
+
+    fn apply(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Rope::Composite { cos, sin } => apply_rope(x, cos, sin),
+            Rope::Fused { cos, sin } => candle_nn::rotary_emb::rope(x, cos, sin),
+        }
+    }
 }
 
 impl Attention {
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        rope: &Rope,
         mask: &Tensor,
-        slot: Option<&mut Option<(Tensor, Tensor)>>,
+        slot: Option<(&mut Option<LayerKv>, usize)>,
         differentiable: bool,
     ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
@@ -565,24 +728,33 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.heads)?;
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
+        let q = rope.apply(&q)?;
+        let k = rope.apply(&k)?;
         let (k, v) = match slot {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some((slot, capacity)) => match slot {
+                Some(layer) => layer.append(&k, &v)?,
+                None => {
+                    let layer = LayerKv::new(&k, &v, capacity)?;
+                    let kv = (
+                        layer.k.narrow(2, 0, layer.len)?,
+                        layer.v.narrow(2, 0, layer.len)?,
+                    );
+                    *slot = Some(layer);
+                    kv
+                }
+            },
             None => (k, v),
         };
         let rep = self.heads / self.kv_heads;
-        let k = repeat_kv(k, rep)?.contiguous()?;
-        let v = repeat_kv(v, rep)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        // Grouped-query attention without copying keys: the `rep` query heads that share a
+        // key head are stacked as `rep * s` query rows against it, (b, kv, rep * s, t), which
+        // has the memory order of (b, heads, s, t).
+        let t = k.dim(2)?;
+        let qg = q.reshape((b, self.kv_heads, rep * s, self.head_dim))?;
+        let scores = (qg.matmul(&k.t()?)? * scale)?
+            .reshape((b, self.heads, s, t))?
+            .broadcast_add(mask)?;
         // Softmax in f32 whatever the weights' dtype (as transformers does).
         let dtype = scores.dtype();
         let scores = scores.to_dtype(DType::F32)?;
@@ -592,7 +764,10 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores)?
         }
         .to_dtype(dtype)?;
-        let out = probs.matmul(&v)?;
+        let out = probs
+            .reshape((b, self.kv_heads, rep * s, t))?
+            .matmul(&v)?
+            .reshape((b, self.heads, s, self.head_dim))?;
         let out = out
             .transpose(1, 2)?
             .reshape((b, s, self.heads * self.head_dim))?;

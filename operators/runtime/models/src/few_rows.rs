@@ -1,0 +1,278 @@
+//! `x W^T` for a few rows of `x` (a decode step: one row per sequence), f32 on the CPU.
+//!
+//! For an `(8, 512)` input gemm packs the whole weight matrix into its own layout on every
+//! call, which costs about as much as the products themselves; at decode every weight is
+//! used once per step, so that packing is pure overhead (it made batch-8 decoding barely
+//! faster than transformers). This kernel reads each weight row straight from the model's
+//! `(out, in)` layout, once per call, against all rows of `x` (which stay in L1), and splits
+//! the weight rows between rayon's threads.
+//!
+//! Every output element is one dot product whose summation order depends only on `k`: eight
+//! lane partial sums with fused multiply-adds, reduced pairwise, then the `k % 8` tail. So a
+//! sequence's result does not depend on which other rows share its batch.
+
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Inputs with at most this many rows take this kernel; larger ones go to gemm.
+pub const MAX_ROWS: usize = 16;
+const LANES: usize = 8;
+/// Weight rows per inner tile.
+const TILE: usize = 4;
+/// Weight rows per parallel task.
+const CHUNK: usize = 64;
+
+/// Whether the kernel runs on this CPU with hardware fused multiply-add (AVX2 and FMA on
+/// x86-64, always on aarch64); elsewhere callers keep gemm.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
+/// Whether `x` (`(rows, in)` or `(batch, seq, in)`) times `weight^T` should take this kernel:
+/// few rows, f32 on the CPU, contiguous, and no gradient to track (the op has no backward).
+pub fn applies(x: &Tensor, weight: &Tensor) -> bool {
+    let rows = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1);
+    rows <= MAX_ROWS
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && weight.rank() == 2
+        && weight.is_contiguous()
+        && !x.track_op()
+        && !weight.track_op()
+        && available()
+}
+
+/// `x W^T` of `x` `(m, k)` and `weight` `(n, k)`: `(m, n)`. Call only where [`applies`].
+pub fn matmul_t(x: &Tensor, weight: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(weight, &FewRowsMatmulT)
+}
+
+struct FewRowsMatmulT;
+
+impl CustomOp2 for FewRowsMatmulT {
+    fn name(&self) -> &'static str {
+        "few-rows-matmul-t"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(x), CpuStorage::F32(w)) = (s1, s2) else {
+            candle_core::bail!("few-rows-matmul-t: f32 inputs only");
+        };
+        let (m, k) = l1.shape().dims2()?;
+        let (n, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("few-rows-matmul-t: x is ({m}, {k}) but the weight is ({n}, {k2})");
+        }
+        let (Some((xa, xb)), Some((wa, wb))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("few-rows-matmul-t: inputs must be contiguous");
+        };
+        let out = compute(&x[xa..xb], &w[wa..wb], m, n, k);
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
+/// Row-major `(m, n)` result of `x` `(m, k)` times `w` `(n, k)` transposed.
+fn compute(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    // Each task fills whole weight rows: column-major (n, m), transposed at the end.
+    let mut out_t = vec![0f32; n * m];
+    if m == 0 || n == 0 {
+        return out_t;
+    }
+    if rayon::current_num_threads() > 1 && n >= 2 * CHUNK {
+        out_t
+            .par_chunks_mut(CHUNK * m)
+            .enumerate()
+            .for_each(|(c, o)| block(x, &w[c * CHUNK * k..], m, k, o));
+    } else {
+        block(x, w, m, k, &mut out_t);
+    }
+    let mut out = vec![0f32; m * n];
+    for (j, col) in out_t.chunks_exact(m).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            out[i * n + j] = *v;
+        }
+    }
+    out
+}
+
+/// Fills `out` (`(rows, m)`, column-major by weight row) from the first `rows` rows of `w`.
+fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has the features `block_fma` is compiled for.
+            unsafe { block_fma(x, w, m, k, out) };
+            return;
+        }
+    }
+    block_body(x, w, m, k, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn block_fma(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    block_body(x, w, m, k, out)
+}
+
+#[inline(always)]
+fn block_body(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+    let rows = out.len() / m;
+    let xr = |i: usize| &x[i * k..(i + 1) * k];
+    let wr = |j: usize| &w[j * k..(j + 1) * k];
+    let mut j = 0;
+    while j + TILE <= rows {
+        let ws = [wr(j), wr(j + 1), wr(j + 2), wr(j + 3)];
+        let mut i = 0;
+        while i + 2 <= m {
+            let r = tile::<2, TILE>([xr(i), xr(i + 1)], ws, k);
+            for (c, col) in r.iter().enumerate() {
+                out[(j + c) * m + i] = col[0];
+                out[(j + c) * m + i + 1] = col[1];
+            }
+            i += 2;
+        }
+        if i < m {
+            let r = tile::<1, TILE>([xr(i)], ws, k);
+            for (c, col) in r.iter().enumerate() {
+                out[(j + c) * m + i] = col[0];
+            }
+        }
+        j += TILE;
+    }
+    for j in j..rows {
+        for i in 0..m {
+            out[j * m + i] = tile::<1, 1>([xr(i)], [wr(j)], k)[0][0];
+        }
+    }
+}
+
+/// Dot products of `R` rows of `x` with `C` rows of `w`, as `[c][r]`.
+#[inline(always)]
+fn tile<const R: usize, const C: usize>(
+    xs: [&[f32]; R],
+    ws: [&[f32]; C],
+    k: usize,
+) -> [[f32; R]; C] {
+    let mut acc = [[[0f32; LANES]; R]; C];
+    let body = k / LANES * LANES;
+    let mut p = 0;
+    while p < body {
+        for c in 0..C {
+            let wv: &[f32; LANES] = ws[c][p..p + LANES].try_into().expect("lane slice");
+            for r in 0..R {
+                let xv: &[f32; LANES] = xs[r][p..p + LANES].try_into().expect("lane slice");
+                for l in 0..LANES {
+                    acc[c][r][l] = xv[l].mul_add(wv[l], acc[c][r][l]);
+                }
+            }
+        }
+        p += LANES;
+    }
+    let mut out = [[0f32; R]; C];
+    for c in 0..C {
+        for r in 0..R {
+            let a = &acc[c][r];
+            let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+            let mut v = (s[0] + s[2]) + (s[1] + s[3]);
+            for q in body..k {
+                v = xs[r][q].mul_add(ws[c][q], v);
+            }
+            out[c][r] = v;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn equals_gemm_within_rounding() {
+        if !available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        for (m, n, k) in [
+            (1, 7, 3),
+            (2, 130, 64),
+            (3, 257, 100),
+            (8, 512, 512),
+            (16, 131, 37),
+        ] {
+            let x = Tensor::from_vec(values(m * k, 1), (m, k), &dev).unwrap();
+            let w = Tensor::from_vec(values(n * k, 2), (n, k), &dev).unwrap();
+            assert!(applies(&x, &w));
+            let fast = matmul_t(&x, &w).unwrap().to_vec2::<f32>().unwrap();
+            let slow = x.matmul(&w.t().unwrap()).unwrap().to_vec2::<f32>().unwrap();
+            for (a, b) in fast.iter().flatten().zip(slow.iter().flatten()) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "({m}, {n}, {k}): {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_does_not_depend_on_its_batch() {
+        if !available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let (m, n, k) = (9, 300, 203);
+        let xs = values(m * k, 3);
+        let w = Tensor::from_vec(values(n * k, 4), (n, k), &dev).unwrap();
+        let all = matmul_t(&Tensor::from_vec(xs.clone(), (m, k), &dev).unwrap(), &w)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for i in 0..m {
+            let one = Tensor::from_vec(xs[i * k..(i + 1) * k].to_vec(), (1, k), &dev).unwrap();
+            let alone = matmul_t(&one, &w).unwrap().to_vec2::<f32>().unwrap();
+            assert_eq!(alone[0], all[i], "row {i}");
+        }
+    }
+
+    #[test]
+    fn gradients_and_many_rows_keep_gemm() {
+        let dev = Device::Cpu;
+        let w = Tensor::zeros((4, 8), DType::F32, &dev).unwrap();
+        let many = Tensor::zeros((MAX_ROWS + 1, 8), DType::F32, &dev).unwrap();
+        assert!(!applies(&many, &w));
+        let var = candle_core::Var::zeros((2, 8), DType::F32, &dev).unwrap();
+        assert!(!applies(var.as_tensor(), &w));
+    }
+}
