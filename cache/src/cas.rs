@@ -9,7 +9,7 @@ use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use tempfile::NamedTempFile;
 use tracing::{debug, warn};
 
 use crate::digest::{
-    Digest, IO_BUF, PARALLEL_HASH_THRESHOLD, hash_file, hash_open_file, open_regular,
+    Digest, IO_BUF, PARALLEL_HASH_THRESHOLD, hash_file, hash_open_file, hash_opened, open_regular,
 };
 use crate::error::{CacheError, IoContext, Result};
 use crate::manifest::{Manifest, ManifestEntry};
@@ -48,6 +48,7 @@ pub struct Cas {
     /// Where the stats of blobs known to be intact are remembered (see
     /// [`Cas::with_stat_cache`]).
     stat: Option<Arc<dyn Store>>,
+    tmp_dev: Arc<OnceLock<Option<u64>>>,
 }
 
 impl std::fmt::Debug for Cas {
@@ -68,6 +69,7 @@ impl Cas {
             root: root.to_path_buf(),
             tmp,
             stat: None,
+            tmp_dev: Arc::new(OnceLock::new()),
         })
     }
 
@@ -142,9 +144,9 @@ impl Cas {
     /// nobody writes any more: it saves a copy and a temp file per blob.
     pub fn put_file_move(&self, src: &Path) -> Result<(Digest, u64)> {
         use std::os::unix::fs::MetadataExt;
-        let file = open_regular(src)?;
-        let same_fs = match (file.metadata(), fs::metadata(&self.tmp)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        let mut file = open_regular(src)?;
+        let same_fs = match (file.metadata(), self.tmp_dev()) {
+            (Ok(a), Some(dev)) => a.dev() == dev,
             _ => false,
         };
         if !same_fs {
@@ -152,11 +154,20 @@ impl Cas {
             fs::remove_file(src).ctx("cannot remove", src)?;
             return Ok(stored);
         }
-        let (d, n) = hash_file(src)?;
+        // Hashed through the handle that becomes the blob: one open, no second stat.
+        let (d, n) = hash_opened(&mut file, src)?;
         let path = tempfile::TempPath::try_from_path(src).ctx("cannot take over", src)?;
         let tmp = NamedTempFile::from_parts(file, path);
         self.commit(tmp, d, n)?;
         Ok((d, n))
+    }
+
+    /// The device of `tmp/` (looked up once).
+    fn tmp_dev(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        *self
+            .tmp_dev
+            .get_or_init(|| fs::metadata(&self.tmp).ok().map(|m| m.dev()))
     }
 
     /// Stores every regular file under `src` and the directory's manifest. Returns the
@@ -500,12 +511,19 @@ impl Cas {
             .ctx("cannot set permissions of", tmp.path())?;
         file.sync_all().ctx("cannot fsync", tmp.path())?;
         let shard = parent_dir(&dest);
-        match fs::create_dir(shard) {
-            Ok(()) => sync_dir(&self.root)?,
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(CacheError::io("cannot create directory", shard, e)),
-        }
-        match tmp.persist_noclobber(&dest) {
+        // The shard directory usually exists: rename first, and make it only when missing.
+        let tmp = match tmp.persist_noclobber(&dest) {
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound && !shard.is_dir() => {
+                match fs::create_dir(shard) {
+                    Ok(()) => sync_dir(&self.root)?,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(CacheError::io("cannot create directory", shard, e)),
+                }
+                e.file.persist_noclobber(&dest)
+            }
+            other => other,
+        };
+        match tmp {
             Ok(_) => {}
             Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => {
                 if self.existing_intact(&d)? {

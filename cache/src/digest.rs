@@ -186,14 +186,24 @@ impl ReadStamp {
 
 /// Hashes an already opened regular file (see [`hash_file`]).
 pub(crate) fn hash_open_file(mut file: File, path: &Path) -> Result<(Digest, u64)> {
-    let before = ReadStamp::of(&file, path)?;
+    hash_opened(&mut file, path)
+}
+
+/// Hashes the regular file `file` (open at its start; left at its end), checking that it
+/// did not change while it was read.
+pub(crate) fn hash_opened(file: &mut File, path: &Path) -> Result<(Digest, u64)> {
+    let before = ReadStamp::of(file, path)?;
     let mut hasher = blake3::Hasher::new();
     if before.size >= PARALLEL_HASH_THRESHOLD {
-        hash_chunks_parallel(&mut file, path, &mut hasher)?;
+        hash_chunks_parallel(file, path, &mut hasher)?;
     } else {
-        let mut buf = vec![0u8; IO_BUF];
+        // A small file needs no large buffer (one byte more than its size sees the end).
+        let cap = usize::try_from(before.size)
+            .map_or(IO_BUF, |n| n.saturating_add(1))
+            .min(IO_BUF);
+        let mut buf = vec![0u8; cap];
         loop {
-            let n = read_full(&mut file, &mut buf).ctx("cannot read", path)?;
+            let n = read_full(file, &mut buf).ctx("cannot read", path)?;
             hasher.update(&buf[..n]);
             if n < buf.len() {
                 break;
@@ -201,7 +211,7 @@ pub(crate) fn hash_open_file(mut file: File, path: &Path) -> Result<(Digest, u64
         }
     }
     let read = hasher.count();
-    let after = ReadStamp::of(&file, path)?;
+    let after = ReadStamp::of(file, path)?;
     if after != before || read != before.size {
         return Err(CacheError::ChangedWhileRead {
             path: path.to_path_buf(),

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
-use crate::journal::{Entry, Journal, read_entries_from};
+use crate::journal::{Entry, Journal, Staged, read_entries_from};
 use crate::record::{Hit, OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
@@ -228,21 +228,44 @@ impl SledStore {
         &self.journal_path
     }
 
-    /// Appends `entry` to the journal (if any) and applies it, holding the journal lock
-    /// across both so the journal and the database see writes in the same order.
+    /// Appends `entry` to the journal (if any) and applies it. A last key is applied at once
+    /// and needs no fsync of its own: the next durable line makes it durable, and losing one
+    /// only makes `explain` compare with an older run. Every other entry returns once its
+    /// line is fsynced (in a group with the lines of other threads, see [`Journal::commit`])
+    /// and then applied; the group's entries are applied in journal order and the journal
+    /// mark moves past them together.
     fn journaled(&self, entry: Entry) -> Result<()> {
-        // Last keys need no fsync of their own: the next synced line (a record or a run)
-        // makes them durable, and losing one only makes `explain` compare with an older run.
-        let sync = !matches!(entry, Entry::Last { .. });
-        match &self.journal {
-            Some(j) => {
-                let mut jf = j.lock();
-                j.append(&mut jf, &entry, sync)?;
-                self.apply_raw(&entry)?;
-                self.set_journal_mark(jf.len)
-            }
-            None => self.apply_raw(&entry),
+        let Some(j) = &self.journal else {
+            return self.apply_raw(&entry);
+        };
+        if matches!(entry, Entry::Last { .. }) {
+            let mut jf = j.lock();
+            j.write(&mut jf, &entry)?;
+            return self.apply_raw(&entry);
         }
+        let ticket = {
+            let mut jf = j.lock();
+            j.stage(&mut jf, entry)?
+        };
+        j.commit(ticket, &|batch, len| self.apply_group(batch, len))
+    }
+
+    /// Applies a group of entries whose lines are durable, and moves the journal mark to
+    /// `len` (the journal's length when they were fsynced), or to the start of the first
+    /// entry that could not be applied, so that the next open replays it.
+    fn apply_group(&self, batch: Vec<Staged>, len: u64) -> Vec<(u64, CacheError)> {
+        let mut failed = Vec::new();
+        let mut mark = len;
+        for s in batch {
+            if let Err(e) = self.apply_raw(&s.entry) {
+                mark = mark.min(s.start);
+                failed.push((s.end, e));
+            }
+        }
+        if let Err(e) = self.set_journal_mark(mark) {
+            warn!("{e}; the database catches up from the journal when it next opens");
+        }
+        failed
     }
 
     /// Writes `entry` to the trees, without journaling or flushing.
