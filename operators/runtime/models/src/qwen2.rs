@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::dir::ModelDir;
 use crate::error::{ModelError, Result};
+use crate::kernels;
 
 /// The fields of a Qwen2 `config.json` this decoder uses, with transformers' defaults.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -152,6 +153,12 @@ impl Qwen2Config {
 pub trait Adapter: Send + Sync + fmt::Debug {
     /// The term added to `x W^T + b`; same shape as the layer's output.
     fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The branch as `scale · x Aᵀ Bᵀ` when it is exactly that (no dropout now), for the fused
+    /// [`kernels::linear`]; `None` makes [`Linear`] call [`Adapter::delta`].
+    fn lora(&self) -> Option<kernels::LoraParts> {
+        None
+    }
 }
 
 /// A linear projection `x W^T + b`, optionally plus an [`Adapter`]'s output.
@@ -193,6 +200,14 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if kernels::applies(x) {
+            let parts = self.adapter.as_ref().and_then(|a| a.lora());
+            let y = kernels::linear(x, &self.weight, self.bias.as_ref(), parts.as_ref())?;
+            return match (&self.adapter, parts) {
+                (Some(a), None) => y + a.delta(x)?,
+                _ => Ok(y),
+            };
+        }
         let w = self.weight.t()?;
         let y = match x.dims() {
             [b, s, i] => x
@@ -454,7 +469,7 @@ impl Qwen2 {
                 .forward(&normed, cos, sin, &mask, slot, self.differentiable)?;
             x = (x + a)?;
             let normed = self.rms_norm(&x, &layer.post_norm)?;
-            let m = layer.mlp.forward(&normed)?;
+            let m = layer.mlp.forward(&normed, self.differentiable)?;
             x = (x + m)?;
         }
         Ok(self.rms_norm(&x, &self.norm)?)
@@ -487,7 +502,9 @@ impl Qwen2 {
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
-        if self.differentiable {
+        if self.differentiable && kernels::applies(x) {
+            kernels::rms_norm(x, w, eps)
+        } else if self.differentiable {
             candle_nn::ops::rms_norm_slow(x, w, eps)
         } else {
             candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)
@@ -565,8 +582,12 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.heads)?;
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = apply_rope(&q, cos, sin)?;
-        let k = apply_rope(&k, cos, sin)?;
+        let fused = differentiable && kernels::applies(x);
+        let (q, k) = if fused {
+            (kernels::rope(&q, cos, sin)?, kernels::rope(&k, cos, sin)?)
+        } else {
+            (apply_rope(&q, cos, sin)?, apply_rope(&k, cos, sin)?)
+        };
         let (k, v) = match slot {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -582,6 +603,13 @@ impl Attention {
         let k = repeat_kv(k, rep)?.contiguous()?;
         let v = repeat_kv(v, rep)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if fused {
+            let probs = kernels::masked_softmax(&q.matmul(&k.t()?)?, Some(mask), scale as f32)?;
+            let out = probs.matmul(&v)?.transpose(1, 2)?;
+            return self
+                .o_proj
+                .forward(&out.reshape((b, s, self.heads * self.head_dim))?);
+        }
         let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
         // Softmax in f32 whatever the weights' dtype (as transformers does).
         let dtype = scores.dtype();
@@ -601,7 +629,12 @@ impl Attention {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+        if differentiable && kernels::applies(x) {
+            let g = self.gate_proj.forward(x)?;
+            let u = self.up_proj.forward(x)?;
+            return self.down_proj.forward(&kernels::silu_mul(&g, &u)?);
+        }
         let g = self.gate_proj.forward(x)?.silu()?;
         let u = self.up_proj.forward(x)?;
         self.down_proj.forward(&(g * u)?)
