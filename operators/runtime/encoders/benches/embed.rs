@@ -83,13 +83,22 @@ fn model_dir() -> (PathBuf, &'static str) {
 }
 
 fn bench(c: &mut Criterion) {
+    // `EXPFLOW_BENCH_UNFUSED=1`: candle's composite ops instead of the fused kernels, to
+    // measure both paths with one build.
+    let unfused = std::env::var_os("EXPFLOW_BENCH_UNFUSED").is_some_and(|v| v == "1");
+    expflow_models::kernels::set_enabled(!unfused);
+    let path = if unfused {
+        "composite ops"
+    } else {
+        "fused kernels"
+    };
     let (root, name) = model_dir();
     let dir = ModelDir::open(&root, Needs::Tokenizer).expect("model directory");
     let enc = TextEncoder::load_default(&dir, &Device::Cpu)
         .expect("encoder")
         .with_batch_size(32);
     let texts = sentences(512);
-    let mut group = c.benchmark_group(format!("embed {name}"));
+    let mut group = c.benchmark_group(format!("embed {name}, {path}"));
     group.sample_size(10);
     group.throughput(Throughput::Elements(texts.len() as u64));
     group.bench_function("512 sentences, batch 32, length-sorted", |b| {

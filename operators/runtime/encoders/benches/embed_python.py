@@ -39,5 +39,7 @@ for _ in range(5):
     model.encode(texts, batch_size=32)
     runs.append(time.perf_counter() - t)
 best = min(runs)
-print(f"sentence-transformers: {len(texts)} sentences, batch 32: best {best:.3f} s = {len(texts) / best:.1f} sent/s "
+median = sorted(runs)[len(runs) // 2]
+print(f"sentence-transformers: {len(texts)} sentences, batch 32: best {best:.3f} s = {len(texts) / best:.1f} sent/s, "
+      f"median {median:.3f} s = {len(texts) / median:.1f} sent/s "
       f"(runs: {', '.join(f'{r:.3f}' for r in runs)})")

@@ -7,6 +7,7 @@
 //!
 //! - [`text`]: [`TextEncoder`] (BERT, RoBERTa, DeBERTa v1/v2/v3), mean / CLS / last-token /
 //!   max pooling, optional L2;
+//! - [`bert_cpu`]: BERT on the runtime's fused CPU kernels (what [`TextEncoder`] runs on the CPU);
 //! - [`deberta`]: DeBERTa v1 (`microsoft/deberta-large-mnli`), which candle-transformers lacks;
 //! - [`defaults`]: the pooling and normalisation a sentence-transformers directory asks for;
 //! - [`clip`]: [`ClipModel`], both towers with their projections;
@@ -15,6 +16,7 @@
 //! - [`bertscore`]: [`BertScorer`], BERTScore P/R/F1 with idf and baseline rescaling;
 //! - [`pooling`]: the pooling and normalisation functions themselves.
 
+pub mod bert_cpu;
 pub mod bertscore;
 pub mod clip;
 pub mod deberta;

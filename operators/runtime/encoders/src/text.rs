@@ -12,10 +12,11 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use candle_transformers::models::debertav2::{Config as DebertaV2Config, DebertaV2Model};
 use candle_transformers::models::xlm_roberta::{Config as RobertaConfig, XLMRobertaModel};
-use expflow_models::{ModelDir, Pooling};
+use expflow_models::{ModelDir, Pooling, kernels};
 use serde_json::Value;
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::bert_cpu::BertCpu;
 use crate::deberta::{DebertaConfig, DebertaModel};
 use crate::defaults::EncoderDefaults;
 use crate::error::{EncoderError, Result};
@@ -34,6 +35,8 @@ pub struct TokenStates {
 /// The transformer under a [`TextEncoder`].
 enum Backbone {
     Bert(BertModel),
+    /// BERT on the fused CPU kernels.
+    BertCpu(BertCpu),
     Roberta(XLMRobertaModel),
     Deberta(DebertaModel),
     DebertaV2(Box<DebertaV2Model>),
@@ -154,12 +157,12 @@ fn load_backbone(
             let mut c: BertConfig = dir.config_as()?;
             cut_layers(dir, &mut c.num_hidden_layers, layers)?;
             let out = (c.hidden_size, c.num_hidden_layers, c.pad_token_id as u32);
-            (
-                Backbone::Bert(BertModel::load(vb, &c)?),
-                out.0,
-                out.1,
-                out.2,
-            )
+            let model = if vb.device().is_cpu() && vb.dtype() == DType::F32 && kernels::enabled() {
+                Backbone::BertCpu(BertCpu::load(vb, &c)?)
+            } else {
+                Backbone::Bert(BertModel::load(vb, &c)?)
+            };
+            (model, out.0, out.1, out.2)
         }
         Architecture::Roberta => {
             let mut defaults = common.to_vec();
@@ -422,6 +425,7 @@ impl TextEncoder {
         let types = ids.zeros_like()?;
         let hidden = match &self.model {
             Backbone::Bert(m) => m.forward(&ids, &types, Some(&mask))?,
+            Backbone::BertCpu(m) => m.forward(&ids, &types, &mask)?,
             Backbone::Roberta(m) => m.forward(&ids, &mask, &types, None, None, None)?,
             Backbone::Deberta(m) => m.forward(&ids, &mask)?,
             Backbone::DebertaV2(m) => m.forward(&ids, Some(types), Some(mask.clone()))?,

@@ -7,6 +7,7 @@
 //!
 //! - [`dir`]: Hugging-Face-style model directories, checked before any weight is read;
 //! - [`api`]: request and result types shared with the server and the operators;
+//! - [`kernels`]: fused CPU kernels (custom ops with their own backward passes);
 //! - [`qwen2`]: the Qwen2/Qwen2.5 decoder (batched, caller-owned KV cache, adapter hooks);
 //! - [`chat`]: chat templates (Jinja via minijinja, ChatML fallback);
 //! - [`few_rows`]: `x W^T` for a decode step's few rows (no gemm packing);
@@ -23,6 +24,7 @@ pub mod error;
 pub mod few_rows;
 pub mod generate;
 pub mod gguf;
+pub mod kernels;
 pub mod qwen2;
 pub mod resize;
 pub mod sampling;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::dir::ModelDir;
 use crate::error::{ModelError, Result};
 use crate::few_rows;
+use crate::kernels;
 
 /// The fields of a Qwen2 `config.json` this decoder uses, with transformers' defaults.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -153,6 +154,12 @@ impl Qwen2Config {
 pub trait Adapter: Send + Sync + fmt::Debug {
     /// The term added to `x W^T + b`; same shape as the layer's output.
     fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor>;
+
+    /// The branch as `scale · x Aᵀ Bᵀ` when it is exactly that (no dropout now), for the fused
+    /// [`kernels::linear`]; `None` makes [`Linear`] call [`Adapter::delta`].
+    fn lora(&self) -> Option<kernels::LoraParts> {
+        None
+    }
 }
 
 /// A linear projection `x W^T + b`, optionally plus an [`Adapter`]'s output.
@@ -194,6 +201,16 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // A decode step's few rows take `few_rows` below; everything else in f32 on the CPU
+        // takes the fused linear (with the LoRA product inside and its own backward).
+        if kernels::applies(x) && !few_rows::applies(x, &self.weight) {
+            let parts = self.adapter.as_ref().and_then(|a| a.lora());
+            let y = kernels::linear(x, &self.weight, self.bias.as_ref(), parts.as_ref())?;
+            return match (&self.adapter, parts) {
+                (Some(a), None) => y + a.delta(x)?,
+                _ => Ok(y),
+            };
+        }
         let w = self.weight.t()?;
         let y = match x.dims() {
             // A decode step's few rows: no gemm packing of the weight (see `few_rows`).
@@ -598,7 +615,7 @@ impl Qwen2 {
                 .forward(&normed, &rope, &mask, slot, self.differentiable)?;
             x = (x + a)?;
             let normed = self.rms_norm(&x, &layer.post_norm)?;
-            let m = layer.mlp.forward(&normed)?;
+            let m = layer.mlp.forward(&normed, self.differentiable)?;
             x = (x + m)?;
         }
         Ok(self.rms_norm(&x, &self.norm)?)
@@ -631,7 +648,9 @@ impl Qwen2 {
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
         let eps = self.config.rms_norm_eps as f32;
-        if self.differentiable {
+        if self.differentiable && kernels::applies(x) {
+            kernels::rms_norm(x, w, eps)
+        } else if self.differentiable {
             candle_nn::ops::rms_norm_slow(x, w, eps)
         } else {
             candle_nn::ops::rms_norm(&x.contiguous()?, w, eps)
@@ -728,8 +747,14 @@ impl Attention {
         let q = split(self.q_proj.forward(x)?, self.heads)?;
         let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
         let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
-        let q = rope.apply(&q)?;
-        let k = rope.apply(&k)?;
+        // Training on the CPU in f32 takes the fused kernels (with their own backward).
+        let fused = differentiable && kernels::applies(x);
+        let (q, k) = match rope {
+            Rope::Composite { cos, sin } if fused => {
+                (kernels::rope(&q, cos, sin)?, kernels::rope(&k, cos, sin)?)
+            }
+            _ => (rope.apply(&q)?, rope.apply(&k)?),
+        };
         let (k, v) = match slot {
             Some((slot, capacity)) => match slot {
                 Some(layer) => layer.append(&k, &v)?,
@@ -752,9 +777,19 @@ impl Attention {
         // has the memory order of (b, heads, s, t).
         let t = k.dim(2)?;
         let qg = q.reshape((b, self.kv_heads, rep * s, self.head_dim))?;
-        let scores = (qg.matmul(&k.t()?)? * scale)?
-            .reshape((b, self.heads, s, t))?
-            .broadcast_add(mask)?;
+        let raw = qg.matmul(&k.t()?)?.reshape((b, self.heads, s, t))?;
+        if fused {
+            let probs = kernels::masked_softmax(&raw, Some(mask), scale as f32)?;
+            let out = probs
+                .reshape((b, self.kv_heads, rep * s, t))?
+                .matmul(&v)?
+                .reshape((b, self.heads, s, self.head_dim))?
+                .transpose(1, 2)?;
+            return self
+                .o_proj
+                .forward(&out.reshape((b, s, self.heads * self.head_dim))?);
+        }
+        let scores = (raw * scale)?.broadcast_add(mask)?;
         // Softmax in f32 whatever the weights' dtype (as transformers does).
         let dtype = scores.dtype();
         let scores = scores.to_dtype(DType::F32)?;
@@ -776,7 +811,12 @@ impl Attention {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    fn forward(&self, x: &Tensor, differentiable: bool) -> candle_core::Result<Tensor> {
+        if differentiable && kernels::applies(x) {
+            let g = self.gate_proj.forward(x)?;
+            let u = self.up_proj.forward(x)?;
+            return self.down_proj.forward(&kernels::silu_mul(&g, &u)?);
+        }
         let g = self.gate_proj.forward(x)?.silu()?;
         let u = self.up_proj.forward(x)?;
         self.down_proj.forward(&(g * u)?)

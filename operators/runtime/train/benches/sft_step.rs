@@ -100,6 +100,15 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn sft_step(c: &mut Criterion) {
+    // `EXPFLOW_BENCH_UNFUSED=1`: candle's composite ops instead of the fused kernels, to
+    // measure both paths with one build.
+    let unfused = std::env::var_os("EXPFLOW_BENCH_UNFUSED").is_some_and(|v| v == "1");
+    expflow_models::kernels::set_enabled(!unfused);
+    let path = if unfused {
+        "composite ops"
+    } else {
+        "fused kernels"
+    };
     let (mut g, seqs) = setup();
     let lora = Lora::attach(
         &mut g,
@@ -135,7 +144,7 @@ fn sft_step(c: &mut Criterion) {
         checkpoint_steps: 0,
         seed: 0,
     };
-    let mut group = c.benchmark_group("sft_step");
+    let mut group = c.benchmark_group(format!("sft_step, {path}"));
     group.sample_size(10);
     group.bench_function("lora_r16_batch4x128_hidden256_4layers", |b| {
         b.iter(|| train(&mut g, &lora, &mut obj, &cfg, None, &Hooks::default()).unwrap())

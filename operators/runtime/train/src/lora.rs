@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use candle_core::{DType, Tensor, Var};
+use expflow_models::kernels::LoraParts;
 use expflow_models::sampling::Rng;
 use expflow_models::{Adapter, Trainable};
 
@@ -90,6 +91,17 @@ impl LoraLinear {
 }
 
 impl Adapter for LoraLinear {
+    fn lora(&self) -> Option<LoraParts> {
+        if self.dropout > 0.0 && self.switches.training.load(Ordering::Relaxed) {
+            return None;
+        }
+        Some(LoraParts {
+            a: self.a.as_tensor().clone(),
+            b: self.b.as_tensor().clone(),
+            scale: self.scale,
+        })
+    }
+
     fn delta(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dims = x.dims().to_vec();
         let inner = *dims.last().unwrap_or(&0);

@@ -502,11 +502,11 @@ pub fn sequence_logps(logits: &Tensor, labels: &[&[i64]]) -> Result<(Tensor, Vec
     }
     let m = idx.len();
     let flat = logits.reshape((b * len, vocab))?;
-    let picked = flat.index_select(&Tensor::from_vec(idx, m, device)?, 0)?;
-    let lp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
-    let tok = lp
-        .gather(&Tensor::from_vec(targets, (m, 1), device)?, 1)?
-        .squeeze(1)?;
+    let tok = if expflow_models::kernels::applies(&flat) {
+        expflow_models::kernels::token_logps(&flat, &idx, &targets)?
+    } else {
+        composite_logps(&flat, idx, targets)?
+    };
     let mut assign = vec![0f32; b * m];
     for (k, &r) in owner.iter().enumerate() {
         assign[r * m + k] = 1.0;
@@ -514,4 +514,16 @@ pub fn sequence_logps(logits: &Tensor, labels: &[&[i64]]) -> Result<(Tensor, Vec
     let assign = Tensor::from_vec(assign, (b, m), device)?;
     let sums = assign.matmul(&tok.unsqueeze(1)?)?.squeeze(1)?;
     Ok((sums, counts))
+}
+
+/// `log softmax(flat[idx[k]])[targets[k]]` with candle's composite ops.
+fn composite_logps(flat: &Tensor, idx: Vec<u32>, targets: Vec<u32>) -> Result<Tensor> {
+    let device = flat.device();
+    let m = idx.len();
+    let picked = flat.index_select(&Tensor::from_vec(idx, m, device)?, 0)?;
+    let lp = candle_nn::ops::log_softmax(&picked, candle_core::D::Minus1)?;
+    let tok = lp
+        .gather(&Tensor::from_vec(targets, (m, 1), device)?, 1)?
+        .squeeze(1)?;
+    Ok(tok)
 }
