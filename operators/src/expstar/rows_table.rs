@@ -129,13 +129,14 @@ fn list_series(name: &str, inner: &DataType, lists: Vec<Series>) -> Result<Serie
     if lists.is_empty() {
         return Ok(Series::new_empty(name.into(), &dtype));
     }
-    let mut builder = get_list_builder(inner, 0, lists.len(), name.into());
-    for s in &lists {
-        builder
-            .append_series(s)
-            .map_err(polars_err(format!("building column `{name}`")))?;
+    let mut ca: ListChunked = lists.into_iter().map(Some).collect();
+    ca.rename(name.into());
+    let s = ca.into_series();
+    if s.dtype() == &dtype {
+        return Ok(s);
     }
-    Ok(builder.finish().into_series())
+    s.cast(&dtype)
+        .map_err(polars_err(format!("building column `{name}`")))
 }
 
 fn build_column(key: &str, kind: &Col, values: &[Option<&Value>]) -> Result<Series> {
