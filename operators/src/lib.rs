@@ -63,6 +63,8 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::Split));
     r.register(Arc::new(expstar::ApplySplit));
     r.register(Arc::new(expstar::Merge));
+    r.register(Arc::new(expstar::FromJsonl));
+    r.register(Arc::new(expstar::ToJsonl));
     r.register(Arc::new(expstar::AddRag));
     r.register(Arc::new(expstar::DpoPairs));
     r.register(Arc::new(expstar::Postprocess));
@@ -128,6 +130,7 @@ mod tests {
         "expstar.eval_rows",
         "expstar.export_llamafactory",
         "expstar.export_swift",
+        "expstar.from_jsonl",
         "expstar.knowledge",
         "expstar.merge",
         "expstar.postprocess",
@@ -139,6 +142,7 @@ mod tests {
         "expstar.split",
         "expstar.step_meta",
         "expstar.template_rows",
+        "expstar.to_jsonl",
         "infer.chat",
         "infer.vllm_infer",
         "load",

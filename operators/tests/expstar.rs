@@ -14,8 +14,8 @@ use expflow_engine::harness::{Harness, HarnessRun};
 use expflow_engine::{Operator, PortType};
 use expflow_operators::expstar::{
     self, AddRag, ApplySplit, BaselineRows, CutClips, DpoPairs, EvalRows, ExportLlamaFactory,
-    ExportSwift, Merge, Postprocess, Scan, Split, StepMeta, TemplateRows, py_json, read_jsonl,
-    steps::read_steps,
+    ExportSwift, FromJsonl, Merge, Postprocess, Scan, Split, StepMeta, TemplateRows, ToJsonl,
+    py_json, read_jsonl, read_rows, steps::read_steps,
 };
 use serde_json::{Value, json};
 
@@ -442,6 +442,11 @@ fn demo_meta(fx: &Path, dir: &Path) -> PathBuf {
     meta
 }
 
+/// The rows table at `rows` written as JSON Lines by `expstar.to_jsonl`.
+fn to_jsonl(h: &mut Harness, rows: &Path) -> PathBuf {
+    run(h, &ToJsonl, &[("rows", PortType::Table, rows)], json!({})).outputs["file"].clone()
+}
+
 fn fields_equal(got: &Value, want: &Value, skip: &[&str]) {
     let (g, w) = (got.as_object().unwrap(), want.as_object().unwrap());
     assert_eq!(g.keys().collect::<Vec<_>>(), w.keys().collect::<Vec<_>>());
@@ -464,7 +469,7 @@ fn golden_baseline_rows_from_the_demo_step_files() {
         &[("meta", PortType::Dir, &meta)],
         json!({"id_scheme": "counter"}),
     );
-    let got = read_jsonl(&r.outputs["rows"]).unwrap();
+    let got = read_rows(&r.outputs["rows"]).unwrap();
     let want = read_jsonl(&fx.join("3baseline_dataset/ch_67-02-一氧化碳的燃烧.jsonl")).unwrap();
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -475,7 +480,8 @@ fn golden_baseline_rows_from_the_demo_step_files() {
         assert_eq!(w["id"], format!("ch_67_{}", 271 + i));
     }
     // Byte for byte, apart from the ids and the Demo's missing final newline.
-    let text = std::fs::read_to_string(&r.outputs["rows"]).unwrap();
+    // Byte for byte at the JSON Lines boundary (expstar.to_jsonl).
+    let text = std::fs::read_to_string(to_jsonl(&mut h, &r.outputs["rows"])).unwrap();
     let want_text =
         std::fs::read_to_string(fx.join("3baseline_dataset/ch_67-02-一氧化碳的燃烧.jsonl"))
             .unwrap();
@@ -490,7 +496,7 @@ fn golden_baseline_rows_from_the_demo_step_files() {
         &[("meta", PortType::Dir, &meta)],
         json!({}),
     );
-    let got = read_jsonl(&r.outputs["rows"]).unwrap();
+    let got = read_rows(&r.outputs["rows"]).unwrap();
     assert_eq!(got[4]["id"], "ch_67_02_5");
 }
 
@@ -502,7 +508,7 @@ fn editing_one_steps_annotations_rebuilds_only_that_steps_row() {
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
     for op in [&BaselineRows as &dyn Operator, &TemplateRows] {
         let first = run(&mut h, op, &[("meta", PortType::Dir, &meta)], json!({}));
-        let before = read_jsonl(&first.outputs["rows"]).unwrap();
+        let before = read_rows(&first.outputs["rows"]).unwrap();
         let again = run(&mut h, op, &[("meta", PortType::Dir, &meta)], json!({}));
         assert_eq!(
             again.memo,
@@ -510,7 +516,7 @@ fn editing_one_steps_annotations_rebuilds_only_that_steps_row() {
             "{}: nothing changed, every row reused",
             op.kind()
         );
-        assert_eq!(read_jsonl(&again.outputs["rows"]).unwrap(), before);
+        assert_eq!(read_rows(&again.outputs["rows"]).unwrap(), before);
     }
     // Edit one annotation of step 3.
     let step3 = meta.join("chemistry/ch_67/json/02-一氧化碳的燃烧/02-一氧化碳的燃烧_step_3.json");
@@ -525,7 +531,7 @@ fn editing_one_steps_annotations_rebuilds_only_that_steps_row() {
             "{}: only step 3's row is rebuilt",
             op.kind()
         );
-        let rows = read_jsonl(&r.outputs["rows"]).unwrap();
+        let rows = read_rows(&r.outputs["rows"]).unwrap();
         assert!(
             rows[2].to_string().contains("Light the gas at the outlet"),
             "{}",
@@ -582,7 +588,7 @@ fn golden_expstar_rows_from_the_demo_step_files() {
         &[("meta", PortType::Dir, &meta)],
         json!({"id_scheme": "counter"}),
     );
-    let template = read_jsonl(&t.outputs["rows"]).unwrap();
+    let template = read_rows(&t.outputs["rows"]).unwrap();
     assert_eq!(template.len(), 5);
     assert_eq!(
         template[0]["messages"][3]["content"],
@@ -602,12 +608,12 @@ fn golden_expstar_rows_from_the_demo_step_files() {
         &mut h,
         &AddRag,
         &[
-            ("rows", PortType::File, &t.outputs["rows"]),
+            ("rows", PortType::Table, &t.outputs["rows"]),
             ("retrieval", PortType::File, &retrieval),
         ],
         json!({}),
     );
-    let got = read_jsonl(&r.outputs["rows"]).unwrap();
+    let got = read_rows(&r.outputs["rows"]).unwrap();
     assert_eq!(
         got.len(),
         want.len(),
@@ -709,21 +715,30 @@ fn golden_postprocess_of_the_demo_results() {
     let p = dir.path().join("results.jsonl");
     expstar::write_jsonl(&p, &input).unwrap();
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
+    // The results file enters through the JSON Lines boundary.
+    let p = run(
+        &mut h,
+        &FromJsonl,
+        &[("file", PortType::File, &p)],
+        json!({}),
+    )
+    .outputs["rows"]
+        .clone();
     let r = run(
         &mut h,
         &Postprocess,
-        &[("results", PortType::File, &p)],
+        &[("results", PortType::Table, &p)],
         json!({}),
     );
-    let got = read_jsonl(&r.outputs["rows"]).unwrap();
+    let got = read_rows(&r.outputs["rows"]).unwrap();
     assert_eq!(got, want);
     let e = run(
         &mut h,
         &EvalRows,
-        &[("rows", PortType::File, &r.outputs["rows"])],
+        &[("rows", PortType::Table, &r.outputs["rows"])],
         json!({}),
     );
-    let conv = read_jsonl(&e.outputs["rows"]).unwrap();
+    let conv = read_rows(&e.outputs["rows"]).unwrap();
     assert_eq!(conv[0]["gt"]["feedback"], want[0]["labels"]);
     assert_eq!(conv[0]["pred"]["feedback"], want[0]["response"]);
     assert!(
@@ -734,9 +749,10 @@ fn golden_postprocess_of_the_demo_results() {
     );
 }
 
+/// A rows table at `dir/name`, as the row stages pass them.
 fn rows_file(dir: &Path, name: &str, rows: &[Value]) -> PathBuf {
     let p = dir.join(name);
-    expstar::write_jsonl(&p, rows).unwrap();
+    expstar::write_rows(&p, rows).unwrap();
     p
 }
 
@@ -761,7 +777,7 @@ fn split_keeps_experiments_together_and_applies_to_other_rows() {
     rows.push(row("physics", "phy_1", "01-单个", 1));
     let p = rows_file(dir.path(), "rows.jsonl", &rows);
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
-    let r = run(&mut h, &Split, &[("rows", PortType::File, &p)], json!({}));
+    let r = run(&mut h, &Split, &[("rows", PortType::Table, &p)], json!({}));
     let stats: Value =
         serde_json::from_slice(&std::fs::read(&r.outputs["stats"]).unwrap()).unwrap();
     assert_eq!(
@@ -773,14 +789,14 @@ fn split_keeps_experiments_together_and_applies_to_other_rows() {
         "a single group goes to test"
     );
     assert_eq!(stats["ratios"], "10:1");
-    let test = read_jsonl(&r.outputs["test"]).unwrap();
+    let test = read_rows(&r.outputs["test"]).unwrap();
     let groups: std::collections::BTreeSet<String> = test
         .iter()
         .map(|r| expstar::split::group_key(r["videos"][0].as_str().unwrap()).1)
         .collect();
     assert_eq!(groups.len(), 3);
     // Same seed, same partition; another seed, another one.
-    let again = run(&mut h, &Split, &[("rows", PortType::File, &p)], json!({}));
+    let again = run(&mut h, &Split, &[("rows", PortType::Table, &p)], json!({}));
     assert_eq!(
         std::fs::read(&again.outputs["assignment"]).unwrap(),
         std::fs::read(&r.outputs["assignment"]).unwrap()
@@ -788,7 +804,7 @@ fn split_keeps_experiments_together_and_applies_to_other_rows() {
     let other = run(
         &mut h,
         &Split,
-        &[("rows", PortType::File, &p)],
+        &[("rows", PortType::Table, &p)],
         json!({"seed": 7}),
     );
     assert_ne!(
@@ -800,7 +816,7 @@ fn split_keeps_experiments_together_and_applies_to_other_rows() {
         &mut h,
         &ApplySplit,
         &[
-            ("rows", PortType::File, &p),
+            ("rows", PortType::Table, &p),
             ("assignment", PortType::File, &r.outputs["assignment"]),
         ],
         json!({}),
@@ -809,32 +825,31 @@ fn split_keeps_experiments_together_and_applies_to_other_rows() {
         std::fs::read(&applied.outputs["test"]).unwrap(),
         std::fs::read(&r.outputs["test"]).unwrap()
     );
-    // Merge in port order, adding a missing final newline.
-    let a = dir.path().join("a.jsonl");
-    std::fs::write(&a, "{\"x\": 1}\n{\"x\": 2}").unwrap();
+    // Merge in port order; a key only some inputs have stays absent where it was.
+    let a = rows_file(dir.path(), "a.parquet", &[json!({"x": 1}), json!({"x": 2})]);
     let m = h
         .run(
             &Merge,
             &[
-                ("b_test", PortType::File, &r.outputs["test"]),
-                ("a", PortType::File, &a),
+                ("b_test", PortType::Table, &r.outputs["test"]),
+                ("a", PortType::Table, &a),
             ],
             json!({}),
             &[],
         )
         .unwrap();
-    let merged = std::fs::read_to_string(&m.outputs["merged"]).unwrap();
+    let merged = read_rows(&m.outputs["merged"]).unwrap();
+    assert_eq!(merged.len(), 2 + test.len());
+    assert_eq!(merged[..2], [json!({"x": 1}), json!({"x": 2})]);
+    assert_eq!(merged[2..], test[..]);
+    let text = std::fs::read_to_string(to_jsonl(&mut h, &m.outputs["merged"])).unwrap();
     assert!(
-        merged.starts_with("{\"x\": 1}\n{\"x\": 2}\n{\"messages\""),
-        "{merged}"
+        text.starts_with("{\"x\": 1}\n{\"x\": 2}\n{\"messages\": [{\"role\": \"system\""),
+        "{text}"
     );
-    std::fs::write(&a, "{\"x\": 1}\nnot json\n").unwrap();
-    let e = h
-        .run(&Merge, &[("a", PortType::File, &a)], json!({}), &[])
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("input `a` line 2: not JSON"), "{e}");
+    let stats: Value =
+        serde_json::from_slice(&std::fs::read(&m.outputs["stats"]).unwrap()).unwrap();
+    assert_eq!(stats["lines"], json!({"a": 2, "b_test": test.len()}));
 }
 
 #[test]
@@ -876,12 +891,12 @@ fn rag_less_picks_one_irrelevant_passage_by_seed() {
         &mut h,
         &AddRag,
         &[
-            ("rows", PortType::File, &p),
+            ("rows", PortType::Table, &p),
             ("retrieval", PortType::File, &ret),
         ],
         json!({"less": true, "seed": 1}),
     );
-    let rows = read_jsonl(&out.outputs["rows"]).unwrap();
+    let rows = read_rows(&out.outputs["rows"]).unwrap();
     assert_eq!(
         rows.len(),
         3,
@@ -903,23 +918,23 @@ fn rag_less_picks_one_irrelevant_passage_by_seed() {
         &mut h,
         &AddRag,
         &[
-            ("rows", PortType::File, &p),
+            ("rows", PortType::Table, &p),
             ("retrieval", PortType::File, &ret),
         ],
         json!({"less": true, "seed": 1}),
     );
-    assert_eq!(read_jsonl(&again.outputs["rows"]).unwrap(), rows);
+    assert_eq!(read_rows(&again.outputs["rows"]).unwrap(), rows);
     let all = run(
         &mut h,
         &AddRag,
         &[
-            ("rows", PortType::File, &p),
+            ("rows", PortType::Table, &p),
             ("retrieval", PortType::File, &ret),
         ],
         json!({"threshold": 2}),
     );
     assert_eq!(
-        read_jsonl(&all.outputs["rows"]).unwrap().len(),
+        read_rows(&all.outputs["rows"]).unwrap().len(),
         6,
         "docs 2 and 5%3=2 relevant, 3 irrelevant, 1 unmatched"
     );
@@ -946,12 +961,12 @@ fn dpo_pairs_and_exports() {
         &mut h,
         &DpoPairs,
         &[
-            ("candidates", PortType::File, &c),
-            ("rows", PortType::File, &p),
+            ("candidates", PortType::Table, &c),
+            ("rows", PortType::Table, &p),
         ],
         json!({}),
     );
-    let pairs = read_jsonl(&d.outputs["pairs"]).unwrap();
+    let pairs = read_rows(&d.outputs["pairs"]).unwrap();
     assert_eq!(pairs.len(), 2);
     assert_eq!(pairs[1]["messages"][2]["content"], "good 2");
     assert_eq!(pairs[1]["rejected_response"], "bad");
@@ -969,8 +984,8 @@ fn dpo_pairs_and_exports() {
         .run(
             &DpoPairs,
             &[
-                ("candidates", PortType::File, &bad),
-                ("rows", PortType::File, &p),
+                ("candidates", PortType::Table, &bad),
+                ("rows", PortType::Table, &p),
             ],
             json!({}),
             &[],
@@ -993,7 +1008,7 @@ fn dpo_pairs_and_exports() {
         &mut h,
         &ExportSwift,
         &[
-            ("rows", PortType::File, &d.outputs["pairs"]),
+            ("rows", PortType::Table, &d.outputs["pairs"]),
             ("clips", PortType::Dir, &clips),
         ],
         json!({}),
@@ -1025,7 +1040,7 @@ fn dpo_pairs_and_exports() {
         .run(
             &ExportSwift,
             &[
-                ("rows", PortType::File, &gone),
+                ("rows", PortType::Table, &gone),
                 ("clips", PortType::Dir, &clips),
             ],
             json!({}),
@@ -1044,7 +1059,7 @@ fn dpo_pairs_and_exports() {
         &mut h,
         &ExportLlamaFactory,
         &[
-            ("rows", PortType::File, &p),
+            ("rows", PortType::Table, &p),
             ("clips", PortType::Dir, &clips),
         ],
         json!({}),
@@ -1071,7 +1086,7 @@ fn dpo_pairs_and_exports() {
     let lf = run(
         &mut h,
         &ExportLlamaFactory,
-        &[("rows", PortType::File, &d.outputs["pairs"])],
+        &[("rows", PortType::Table, &d.outputs["pairs"])],
         json!({"name": "expstar_dpo"}),
     );
     let data: Value = serde_json::from_slice(
@@ -1089,7 +1104,7 @@ fn dpo_pairs_and_exports() {
     let lf = run(
         &mut h,
         &ExportLlamaFactory,
-        &[("rows", PortType::File, &p)],
+        &[("rows", PortType::Table, &p)],
         json!({"format": "alpaca"}),
     );
     let data: Value =

@@ -374,7 +374,7 @@ fn expstar(b: &mut Bench) {
     b.check(
         "expstar.split",
         "expstar.split",
-        &[("rows", File, b.out("expstar.baseline_rows", "rows"))],
+        &[("rows", Table, b.out("expstar.baseline_rows", "rows"))],
         json!({"seed": 42, "train_ratio": 10, "test_ratio": 1}),
         &[],
     );
@@ -382,7 +382,7 @@ fn expstar(b: &mut Bench) {
         "expstar.apply_split",
         "expstar.apply_split",
         &[
-            ("rows", File, b.out("expstar.template_rows", "rows")),
+            ("rows", Table, b.out("expstar.template_rows", "rows")),
             ("assignment", File, b.out("expstar.split", "assignment")),
         ],
         json!({}),
@@ -392,8 +392,8 @@ fn expstar(b: &mut Bench) {
         "expstar.merge",
         "expstar.merge",
         &[
-            ("a", File, b.out("expstar.split", "train")),
-            ("b", File, b.out("expstar.split", "test")),
+            ("a", Table, b.out("expstar.split", "train")),
+            ("b", Table, b.out("expstar.split", "test")),
         ],
         json!({}),
         &[],
@@ -402,18 +402,26 @@ fn expstar(b: &mut Bench) {
         "expstar.add_rag",
         "expstar.add_rag",
         &[
-            ("rows", File, b.out("expstar.apply_split", "train")),
+            ("rows", Table, b.out("expstar.apply_split", "train")),
             ("retrieval", File, demo.join("retrieval.json")),
         ],
         json!({"threshold": 3, "seed": 42}),
+        &[],
+    );
+    // The hand-made candidates enter through the JSON Lines boundary.
+    b.check(
+        "expstar.from_jsonl",
+        "expstar.from_jsonl",
+        &[("file", File, demo.join("candidates.jsonl"))],
+        json!({}),
         &[],
     );
     b.check(
         "expstar.dpo_pairs",
         "expstar.dpo_pairs",
         &[
-            ("candidates", File, demo.join("candidates.jsonl")),
-            ("rows", File, b.out("expstar.add_rag", "rows")),
+            ("candidates", Table, b.out("expstar.from_jsonl", "rows")),
+            ("rows", Table, b.out("expstar.add_rag", "rows")),
         ],
         json!({"missing_ids": "skip"}),
         &[],
@@ -422,7 +430,7 @@ fn expstar(b: &mut Bench) {
         "expstar.export_swift",
         "expstar.export_swift",
         &[
-            ("rows", File, b.out("expstar.add_rag", "rows")),
+            ("rows", Table, b.out("expstar.add_rag", "rows")),
             ("clips", Dir, b.out("expstar.cut_clips", "clips")),
         ],
         json!({}),
@@ -432,7 +440,7 @@ fn expstar(b: &mut Bench) {
         "expstar.export_swift (dpo)",
         "expstar.export_swift",
         &[
-            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("rows", Table, b.out("expstar.dpo_pairs", "pairs")),
             ("clips", Dir, b.out("expstar.cut_clips", "clips")),
         ],
         json!({}),
@@ -442,30 +450,41 @@ fn expstar(b: &mut Bench) {
         "expstar.export_llamafactory",
         "expstar.export_llamafactory",
         &[
-            ("rows", File, b.out("expstar.dpo_pairs", "pairs")),
+            ("rows", Table, b.out("expstar.dpo_pairs", "pairs")),
             ("clips", Dir, b.out("expstar.cut_clips", "clips")),
         ],
         json!({"name": "expstar_dpo"}),
         &[],
     );
     b.check(
+        "expstar.from_jsonl (results)",
+        "expstar.from_jsonl",
+        &[("file", File, demo.join("results.jsonl"))],
+        json!({}),
+        &[],
+    );
+    b.check(
         "expstar.postprocess",
         "expstar.postprocess",
-        &[("results", File, demo.join("results.jsonl"))],
+        &[(
+            "results",
+            Table,
+            b.out("expstar.from_jsonl (results)", "rows"),
+        )],
         json!({}),
         &[],
     );
     b.check(
         "expstar.eval_rows",
         "expstar.eval_rows",
-        &[("rows", File, b.out("expstar.postprocess", "rows"))],
+        &[("rows", Table, b.out("expstar.postprocess", "rows"))],
         json!({}),
         &[],
     );
     b.check(
-        "load (eval rows)",
-        "load",
-        &[("src", File, b.out("expstar.eval_rows", "rows"))],
+        "expstar.to_jsonl",
+        "expstar.to_jsonl",
+        &[("rows", Table, b.out("expstar.eval_rows", "rows"))],
         json!({}),
         &[],
     );
@@ -482,7 +501,7 @@ fn expstar(b: &mut Bench) {
     b.check(
         "score.text",
         "score.text",
-        &[("table", Table, b.out("load (eval rows)", "table"))],
+        &[("table", Table, b.out("expstar.eval_rows", "rows"))],
         json!({"metrics": metrics, "experiment": "expstar-tiny"}),
         &[],
     );
@@ -503,7 +522,7 @@ fn expstar(b: &mut Bench) {
     b.check(
         "expstar.queries",
         "expstar.queries",
-        &[("rows", File, b.out("expstar.split", "test"))],
+        &[("rows", Table, b.out("expstar.split", "test"))],
         json!({}),
         &[],
     );
@@ -585,7 +604,7 @@ fn expstar(b: &mut Bench) {
         "expstar.rag_infer",
         "expstar.rag_infer",
         &[
-            ("rows", File, b.out("expstar.split", "test")),
+            ("rows", Table, b.out("expstar.split", "test")),
             (
                 "retrieval",
                 File,
@@ -601,7 +620,7 @@ fn expstar(b: &mut Bench) {
         "expstar.rag_infer (baseline)",
         "expstar.rag_infer",
         &[
-            ("rows", File, b.out("expstar.split", "test")),
+            ("rows", Table, b.out("expstar.split", "test")),
             ("model", Model, b.out("train.sft", "model")),
         ],
         json!({"protocol": "baseline", "backend": "native", "media": "none", "max_tokens": 12}),
@@ -612,7 +631,7 @@ fn expstar(b: &mut Bench) {
         "expstar.rag_infer (samples)",
         "expstar.rag_infer",
         &[
-            ("rows", File, b.out("expstar.split", "train")),
+            ("rows", Table, b.out("expstar.split", "train")),
             ("retrieval", File, demo.join("retrieval.json")),
             ("model", Model, b.out("train.sft", "model")),
         ],
@@ -624,7 +643,7 @@ fn expstar(b: &mut Bench) {
         "expstar.postprocess",
         &[(
             "results",
-            File,
+            Table,
             b.out("expstar.rag_infer (samples)", "results"),
         )],
         json!({}),
@@ -635,7 +654,7 @@ fn expstar(b: &mut Bench) {
         "expstar.reward",
         &[(
             "candidates",
-            File,
+            Table,
             b.out("expstar.postprocess (samples)", "rows"),
         )],
         json!({"metric": "rouge_l", "threshold": null}),
@@ -849,7 +868,7 @@ fn over_http(b: &mut Bench) {
         "expstar.rag_infer (openai)",
         "expstar.rag_infer",
         &[
-            ("rows", File, b.out("expstar.split", "test")),
+            ("rows", Table, b.out("expstar.split", "test")),
             (
                 "retrieval",
                 File,
@@ -891,7 +910,7 @@ fn over_http(b: &mut Bench) {
         "expstar.reward",
         &[(
             "candidates",
-            File,
+            Table,
             b.out("expstar.postprocess (samples)", "rows"),
         )],
         json!({"metric": "judge", "backend": "openai", "base_url": url, "model": "tiny", "threshold": 0.5}),

@@ -155,3 +155,41 @@ fn log_of_a_node_the_latest_run_found_cached_names_the_run_that_produced_it() {
     assert_ne!(cached.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&cached.stderr).contains("has no log in run"));
 }
+
+/// `expflow show NODE.PORT` prints ExpStar's rows tables: the Arrow schema (nested
+/// `messages` and `videos` columns, irregular values as `KEY.json` text) and the first rows.
+#[test]
+fn show_prints_an_expstar_rows_table() {
+    let p = Project::new();
+    p.write(
+        "rows.jsonl",
+        concat!(
+            r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "<video>Narrate step 1"}, {"role": "assistant", "content": "Light the lamp"}], "videos": ["/path/to/chemistry/ch_1/video/01-a/01-a_step_1.mp4"], "id": "ch_1_01-a_1", "extra": {"k": 1}}"#,
+            "\n",
+            r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "<video>Narrate step 2"}, {"role": "assistant", "content": "Heat the tube"}], "videos": ["/path/to/chemistry/ch_1/video/01-a/01-a_step_2.mp4"], "id": "ch_1_01-a_2"}"#,
+            "\n",
+        ),
+    );
+    p.write(
+        "pipe.yaml",
+        "pipeline: rows\ninputs:\n  rows: rows.jsonl\nnodes:\n  rows:\n    op: expstar.from_jsonl\n    in: {file: inputs.rows}\n  back:\n    op: expstar.to_jsonl\n    in: {rows: rows.rows}\n",
+    );
+    p.run("pipe.yaml", &[]).expect_code(0);
+    let out = p.expflow(&["show", "rows.rows"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The first line names the stored digest: pinned bytes, but not what this test is about.
+    let (head, table) = text.split_once('\n').unwrap();
+    assert!(head.starts_with("rows.rows: table "), "{head}");
+    insta::assert_snapshot!("show_expstar_rows_table", table);
+    // The JSON Lines boundary gives back the input's bytes.
+    let file = p.expflow(&["show", "back.file", "--json"]);
+    let meta: Value = serde_json::from_slice(&file.stdout).unwrap();
+    let path = meta["path"].as_str().unwrap();
+    assert_eq!(std::fs::read_to_string(path).unwrap(), p.read("rows.jsonl"));
+}

@@ -306,7 +306,9 @@ fn the_expstar_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
         &[
             "llamafactory_sft",
             "swift_baseline",
-            "eval_rows",
+            "baseline_train_jsonl",
+            "expstar_test_jsonl",
+            "eval_rows_jsonl",
             "retrieved",
         ],
     );

@@ -19,7 +19,7 @@ use expflow_engine::{
 use serde_json::{Map, Value, json};
 
 use super::prompts::{IRRELEVANT, IS_RELEVANT, PARAGRAPH_PLACEHOLDER, RELEVANT};
-use super::{first_video, read_json, read_jsonl, str_field, write_jsonl};
+use super::{first_video, read_json, read_rows, str_field, write_rows};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -121,7 +121,8 @@ impl Operator for AddRag {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -129,8 +130,8 @@ impl Operator for AddRag {
             inputs: Ports::Fixed(vec![
                 Port::new(
                     "rows",
-                    PortType::File,
-                    "self-RAG template rows (train), JSON Lines",
+                    PortType::Table,
+                    "self-RAG template rows (train), a rows table",
                 ),
                 Port::new(
                     "retrieval",
@@ -140,8 +141,8 @@ impl Operator for AddRag {
             ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "rows",
-                PortType::File,
-                "expanded rows, JSON Lines",
+                PortType::Table,
+                "expanded rows, a rows table",
             )]),
             params: vec![
                 ParamSpec::with_default(
@@ -174,11 +175,11 @@ impl Operator for AddRag {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let retrieval = read_json(&ctx.input("retrieval")?.path)?;
         let out = expand(&rows, &retrieval, &cfg)?;
         ctx.log(&format!("{} rows in, {} rows out", rows.len(), out.len()));
-        write_jsonl(&ctx.output("rows")?.path, &out)?;
+        write_rows(&ctx.output("rows")?.path, &out)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use expflow_engine::{
 };
 
 use super::split::apply;
-use super::{read_json, read_jsonl, write_jsonl};
+use super::{read_json, read_rows, write_rows};
 use crate::error::OperatorError;
 
 pub struct ApplySplit;
@@ -23,13 +23,14 @@ impl Operator for ApplySplit {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![
-                Port::new("rows", PortType::File, "rows, JSON Lines"),
+                Port::new("rows", PortType::Table, "rows, a rows table"),
                 Port::new(
                     "assignment",
                     PortType::File,
@@ -37,8 +38,8 @@ impl Operator for ApplySplit {
                 ),
             ]),
             outputs: Ports::Fixed(vec![
-                Port::new("train", PortType::File, "train rows, JSON Lines"),
-                Port::new("test", PortType::File, "test rows, JSON Lines"),
+                Port::new("train", PortType::Table, "train rows, a rows table"),
+                Port::new("test", PortType::Table, "test rows, a rows table"),
             ]),
             params: vec![],
             determinism: Determinism::Deterministic,
@@ -58,7 +59,7 @@ impl Operator for ApplySplit {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str() != Some("test")))
             .collect();
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let (tr, te, unknown) = apply(rows, &assignment);
         for key in &unknown {
             ctx.log(&format!(
@@ -66,8 +67,8 @@ impl Operator for ApplySplit {
             ));
         }
         ctx.log(&format!("{} train rows, {} test rows", tr.len(), te.len()));
-        write_jsonl(&ctx.output("train")?.path, &tr)?;
-        write_jsonl(&ctx.output("test")?.path, &te)?;
+        write_rows(&ctx.output("train")?.path, &tr)?;
+        write_rows(&ctx.output("test")?.path, &te)?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use super::prompts::{
     IdScheme, Ids, knowledge_block, lines, narration_block, read_meta_tree, step_number,
     step_texts, system_prompt, user_prompt,
 };
-use super::{str_field, write_jsonl};
+use super::{str_field, write_rows};
 use crate::error::{OperatorError, Result};
 use crate::params::problems;
 
@@ -39,7 +39,7 @@ pub fn rows_signature(what: &'static str) -> Signature {
             PortType::Dir,
             "step metadata: <subject>/<unit>/[json/]<NN>-<title>/<stem>.json",
         )]),
-        outputs: Ports::Fixed(vec![Port::new("rows", PortType::File, what)]),
+        outputs: Ports::Fixed(vec![Port::new("rows", PortType::Table, what)]),
         params: vec![ParamSpec::with_default(
             "id_scheme",
             ParamKind::String,
@@ -134,11 +134,12 @@ impl Operator for BaselineRows {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
-        rows_signature("baseline rows, JSON Lines")
+        rows_signature("baseline rows {messages, videos, id}, a rows table")
     }
 
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
@@ -149,7 +150,7 @@ impl Operator for BaselineRows {
         let scheme = id_scheme(KIND, ctx.params())?;
         let rows = build(&ctx.input("meta")?.path, scheme, &mut context_memo(ctx))?;
         ctx.log(&format!("{} rows", rows.len()));
-        write_jsonl(&ctx.output("rows")?.path, &rows)?;
+        write_rows(&ctx.output("rows")?.path, &rows)?;
         Ok(())
     }
 }

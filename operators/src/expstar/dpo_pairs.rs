@@ -17,7 +17,7 @@ use expflow_engine::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{first_video, message, read_jsonl, str_field, write_jsonl};
+use super::{first_video, message, read_rows, str_field, write_rows};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -109,7 +109,8 @@ impl Operator for DpoPairs {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -117,19 +118,19 @@ impl Operator for DpoPairs {
             inputs: Ports::Fixed(vec![
                 Port::new(
                     "candidates",
-                    PortType::File,
-                    "{id, response, reward} rows, JSON Lines",
+                    PortType::Table,
+                    "{id, response, reward} rows, a rows table (a hand-made JSON Lines file through expstar.from_jsonl)",
                 ),
                 Port::new(
                     "rows",
-                    PortType::File,
-                    "the rows the ids refer to (merged train), JSON Lines",
+                    PortType::Table,
+                    "the rows the ids refer to (merged train), a rows table",
                 ),
             ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "pairs",
-                PortType::File,
-                "DPO rows, JSON Lines",
+                PortType::Table,
+                "DPO rows {id, messages, videos, rejected_response}, a rows table",
             )]),
             params: vec![ParamSpec::with_default(
                 "missing_ids",
@@ -148,8 +149,8 @@ impl Operator for DpoPairs {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let skip = skip_missing(ctx.params())?;
-        let candidates = read_jsonl(&ctx.input("candidates")?.path)?;
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let candidates = read_rows(&ctx.input("candidates")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let (out, missing) = pairs(&candidates, &rows, skip)?;
         for id in &missing {
             ctx.log(&format!(
@@ -161,7 +162,7 @@ impl Operator for DpoPairs {
             candidates.len(),
             out.len()
         ));
-        write_jsonl(&ctx.output("pairs")?.path, &out)?;
+        write_rows(&ctx.output("pairs")?.path, &out)?;
         Ok(())
     }
 }

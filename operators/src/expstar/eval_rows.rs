@@ -14,7 +14,7 @@ use expflow_engine::{
 };
 use serde_json::{Value, json};
 
-use super::{read_jsonl, write_jsonl};
+use super::{read_rows, write_rows};
 use crate::error::OperatorError;
 
 pub struct EvalRows;
@@ -49,7 +49,8 @@ impl Operator for EvalRows {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -57,20 +58,20 @@ impl Operator for EvalRows {
             inputs: Ports::Fixed(vec![
                 Port::new(
                     "rows",
-                    PortType::File,
-                    "{labels, response} rows, JSON Lines",
+                    PortType::Table,
+                    "{labels, response} rows, a rows table",
                 ),
                 Port::new(
                     "test",
-                    PortType::File,
+                    PortType::Table,
                     "the test rows {id, videos} the results came from: adds `data_type` (the subject)",
                 )
                 .optional(),
             ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "rows",
-                PortType::File,
-                "{gt, pred} rows, JSON Lines",
+                PortType::Table,
+                "{gt, pred} rows (struct columns gt.feedback, pred.feedback), a rows table",
             )]),
             params: vec![],
             determinism: Determinism::Deterministic,
@@ -79,9 +80,9 @@ impl Operator for EvalRows {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let subjects = match ctx.inputs().get("test") {
-            Some(t) => Some(subjects(&read_jsonl(&t.path)?)),
+            Some(t) => Some(subjects(&read_rows(&t.path)?)),
             None => None,
         };
         let mut out = Vec::with_capacity(rows.len());
@@ -108,7 +109,7 @@ impl Operator for EvalRows {
             }
             out.push(r);
         }
-        write_jsonl(&ctx.output("rows")?.path, &out)?;
+        write_rows(&ctx.output("rows")?.path, &out)?;
         Ok(())
     }
 }

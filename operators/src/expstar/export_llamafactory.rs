@@ -22,7 +22,7 @@ use expflow_engine::{
 use serde_json::{Map, Value, json};
 
 use super::export_swift::{Media, clips_port, prefix_param, videos};
-use super::{py_json_indent, read_jsonl, str_field, write_file};
+use super::{py_json_indent, read_rows, str_field, write_file};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -162,13 +162,14 @@ impl Operator for ExportLlamaFactory {
 
     fn version(&self) -> u32 {
         // 2: relative video paths and the clips carried in the directory (no `video_root`).
-        2
+        // 3: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        3
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![
-                Port::new("rows", PortType::File, "rows (SFT or DPO), JSON Lines"),
+                Port::new("rows", PortType::Table, "rows (SFT or DPO), a rows table"),
                 clips_port(),
             ]),
             outputs: Ports::Fixed(vec![Port::new(
@@ -208,7 +209,7 @@ impl Operator for ExportLlamaFactory {
         let format = p.choice("format", &["sharegpt", "alpaca"])?;
         let name = p.str("name")?;
         let prefix = p.str("path_prefix")?;
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let ranking = rows.iter().any(|r| r.get("rejected_response").is_some());
         if ranking && rows.iter().any(|r| r.get("rejected_response").is_none()) {
             return Err(OperatorError::data(KIND, "some rows have `rejected_response` and some do not; export SFT and DPO rows separately").into());

@@ -19,7 +19,7 @@ use expflow_engine::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{read_jsonl, str_field, write_jsonl};
+use super::{read_rows, str_field, write_jsonl};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -190,13 +190,14 @@ impl Operator for ExportSwift {
 
     fn version(&self) -> u32 {
         // 2: relative video paths and the clips carried in `media` (no `video_root`).
-        2
+        // 3: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        3
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![
-                Port::new("rows", PortType::File, "rows, JSON Lines"),
+                Port::new("rows", PortType::Table, "rows, a rows table"),
                 clips_port(),
             ]),
             outputs: Ports::Fixed(vec![
@@ -235,7 +236,7 @@ impl Operator for ExportSwift {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let p = Params::new(KIND, ctx.params());
         let (prefix, keep) = (p.str("path_prefix")?, p.bool("keep_id")?);
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let media_dir = ctx.output("media")?.path.clone();
         std::fs::create_dir_all(&media_dir)
             .map_err(|e| OperatorError::io("cannot create directory", &media_dir, e))?;

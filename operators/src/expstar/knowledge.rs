@@ -15,7 +15,8 @@ use expflow_engine::{
 use polars::prelude::{Column, DataFrame};
 use serde_json::Value;
 
-use super::{read_json, read_jsonl};
+use super::read_json;
+use super::rows_table::read_rows;
 use crate::error::OperatorError;
 use crate::table_io::write_table;
 
@@ -149,15 +150,16 @@ impl Operator for Queries {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the rows arrive as a Parquet table, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![Port::new(
                 "rows",
-                PortType::File,
-                "baseline-format rows {id, messages, videos}, JSON Lines",
+                PortType::Table,
+                "baseline-format rows {id, messages, videos}, a rows table",
             )]),
             outputs: Ports::Fixed(vec![Port::new(
                 "table",
@@ -173,7 +175,7 @@ impl Operator for Queries {
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let path = &ctx.input("rows")?.path;
         let mut rows = Vec::new();
-        for (i, row) in read_jsonl(path)?.iter().enumerate() {
+        for (i, row) in read_rows(path)?.iter().enumerate() {
             rows.push(
                 query(row, i + 1).map_err(|e| {
                     OperatorError::data(QUERIES, format!("{}: {e}", path.display()))
@@ -198,13 +200,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::testing::{InputBytes, column_str, run_op, table_from_bytes};
+    use crate::testing::{InputBytes, column_str, run_op, table_bytes, table_from_bytes};
 
     fn run_queries(rows: &str) -> Result<DataFrame, OpError> {
+        let rows: Vec<Value> = rows
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         let input = InputBytes {
             port: "rows",
-            ty: PortType::File,
-            bytes: rows.as_bytes().to_vec(),
+            ty: PortType::Table,
+            bytes: table_bytes(&crate::expstar::rows_table::rows_frame(&rows).unwrap()),
         };
         let out = run_op(&Queries, &[input], json!({}), &[])?;
         Ok(table_from_bytes(&out["table"]))

@@ -11,8 +11,12 @@
 //! - `expstar.add_rag`, `expstar.dpo_pairs`, `expstar.postprocess`, `expstar.eval_rows`;
 //! - `expstar.export_swift`, `expstar.export_llamafactory`: the trainers' formats.
 //! - `expstar.results`: every arm's results CSV in one table.
+//! - `expstar.from_jsonl`, `expstar.to_jsonl`: rows from and to JSON Lines (the boundary).
 //!
-//! Rows travel between these operators as JSON Lines files written like Python's
+//! Rows travel between these operators as Parquet tables ([`rows_table`]: one column per
+//! key, `messages` a list of structs, `videos` a list of strings, irregular values as JSON
+//! text). JSON Lines appear only at the boundaries: `expstar.from_jsonl` reads a file of
+//! rows, `expstar.to_jsonl` and the export operators write them like Python's
 //! `json.dumps(ensure_ascii=False)` (see [`py_json`]), so they compare byte for byte with
 //! the original scripts' output. `docs/expstar.md` lists every difference from the
 //! original scripts.
@@ -31,11 +35,13 @@ pub mod dpo_pairs;
 pub mod eval_rows;
 pub mod export_llamafactory;
 pub mod export_swift;
+pub mod jsonl;
 pub mod knowledge;
 pub mod merge;
 pub mod postprocess;
 pub mod prompts;
 pub mod results;
+pub mod rows_table;
 pub mod scan;
 pub mod split;
 pub mod step_meta;
@@ -50,10 +56,12 @@ pub use dpo_pairs::DpoPairs;
 pub use eval_rows::EvalRows;
 pub use export_llamafactory::ExportLlamaFactory;
 pub use export_swift::ExportSwift;
+pub use jsonl::{FromJsonl, ToJsonl};
 pub use knowledge::{Knowledge, Queries};
 pub use merge::Merge;
 pub use postprocess::Postprocess;
 pub use results::Results;
+pub use rows_table::{read_rows, write_rows};
 pub use scan::Scan;
 pub use split::Split;
 pub use step_meta::StepMeta;

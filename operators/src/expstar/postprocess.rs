@@ -13,7 +13,7 @@ use expflow_engine::{
 use serde_json::{Value, json};
 
 use super::prompts::{IRRELEVANT, NO_RETRIEVAL, RELEVANT, RETRIEVAL};
-use super::{read_jsonl, write_jsonl};
+use super::{read_rows, write_rows};
 
 pub struct Postprocess;
 
@@ -66,20 +66,21 @@ impl Operator for Postprocess {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![Port::new(
                 "results",
-                PortType::File,
-                "{rounds, gt, …} rows, JSON Lines",
+                PortType::Table,
+                "{rounds, gt, …} rows, a rows table (a results file through expstar.from_jsonl)",
             )]),
             outputs: Ports::Fixed(vec![Port::new(
                 "rows",
-                PortType::File,
-                "{id, response, full_dialogue, labels, evaluation_data}, JSON Lines",
+                PortType::Table,
+                "{id, response, full_dialogue, labels, evaluation_data}, a rows table",
             )]),
             params: vec![],
             determinism: Determinism::Deterministic,
@@ -88,7 +89,7 @@ impl Operator for Postprocess {
     }
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
-        let rows = read_jsonl(&ctx.input("results")?.path)?;
+        let rows = read_rows(&ctx.input("results")?.path)?;
         let mut out = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let (r, made_up) = convert(row, i);
@@ -97,7 +98,7 @@ impl Operator for Postprocess {
             }
             out.push(r);
         }
-        write_jsonl(&ctx.output("rows")?.path, &out)?;
+        write_rows(&ctx.output("rows")?.path, &out)?;
         Ok(())
     }
 }

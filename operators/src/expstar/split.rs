@@ -22,7 +22,7 @@ use expflow_engine::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{first_video, py_json_indent, read_jsonl, write_file, write_jsonl};
+use super::{first_video, py_json_indent, read_rows, write_file, write_rows};
 use crate::error::{OperatorError, Result};
 use crate::params::{Params, problems};
 
@@ -192,19 +192,20 @@ impl Operator for Split {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
         Signature {
             inputs: Ports::Fixed(vec![Port::new(
                 "rows",
-                PortType::File,
-                "rows (the baseline rows are canonical), JSON Lines",
+                PortType::Table,
+                "rows (the baseline rows are canonical), a rows table",
             )]),
             outputs: Ports::Fixed(vec![
-                Port::new("train", PortType::File, "train rows, JSON Lines"),
-                Port::new("test", PortType::File, "test rows, JSON Lines"),
+                Port::new("train", PortType::Table, "train rows, a rows table"),
+                Port::new("test", PortType::Table, "test rows, a rows table"),
                 Port::new(
                     "assignment",
                     PortType::File,
@@ -238,7 +239,7 @@ impl Operator for Split {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let (assignment, stats) = assign(&rows, cfg.seed, cfg.train, cfg.test);
         let (tr, te, _) = apply(rows, &assignment);
         ctx.log(&format!(
@@ -247,8 +248,8 @@ impl Operator for Split {
             tr.len(),
             te.len()
         ));
-        write_jsonl(&ctx.output("train")?.path, &tr)?;
-        write_jsonl(&ctx.output("test")?.path, &te)?;
+        write_rows(&ctx.output("train")?.path, &tr)?;
+        write_rows(&ctx.output("test")?.path, &te)?;
         write_file(
             &ctx.output("assignment")?.path,
             py_json_indent(&assignment_json(&assignment), 2).as_bytes(),

@@ -15,7 +15,7 @@ use super::prompts::{
     IS_RELEVANT, IdScheme, NO_RETRIEVAL, PARAGRAPH_PLACEHOLDER, RETRIEVAL, knowledge_block, lines,
     narration_block, system_prompt, user_prompt,
 };
-use super::{str_field, write_jsonl};
+use super::{str_field, write_rows};
 use crate::params::problems;
 
 pub struct TemplateRows;
@@ -66,11 +66,12 @@ impl Operator for TemplateRows {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
-        rows_signature("self-RAG template rows, JSON Lines")
+        rows_signature("self-RAG template rows {messages, videos, id}, a rows table")
     }
 
     fn check(&self, params: &Map<String, Value>) -> Vec<String> {
@@ -81,7 +82,7 @@ impl Operator for TemplateRows {
         let scheme = id_scheme(KIND, ctx.params())?;
         let rows = build(&ctx.input("meta")?.path, scheme, &mut context_memo(ctx))?;
         ctx.log(&format!("{} rows", rows.len()));
-        write_jsonl(&ctx.output("rows")?.path, &rows)?;
+        write_rows(&ctx.output("rows")?.path, &rows)?;
         Ok(())
     }
 }

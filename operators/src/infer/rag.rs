@@ -50,7 +50,7 @@ use super::openai::client_params;
 use super::{BackendKind, open_backend};
 use crate::error::{OperatorError, Result};
 use crate::expstar::prompts::{NO_RETRIEVAL, RELEVANT, RETRIEVAL};
-use crate::expstar::{py_json_indent, read_jsonl, write_jsonl};
+use crate::expstar::{py_json_indent, read_jsonl, read_rows, write_rows};
 use crate::params::{Params, problems};
 use crate::table_io::read_table;
 
@@ -426,7 +426,7 @@ fn baseline(
         m.insert("labels".into(), json!(labels));
         out.push(Value::Object(m));
     }
-    write_jsonl(&ctx.output("results")?.path, &out)?;
+    write_rows(&ctx.output("results")?.path, &out)?;
     let (hits, misses) = ctx.memo_counts();
     ctx.note("memoised", hits);
     ctx.note("asked", misses);
@@ -445,7 +445,8 @@ impl Operator for RagInfer {
 
     fn version(&self) -> u32 {
         // 2: the report holds counts about the rows only; memo and HTTP figures are notes.
-        2
+        // 3: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        3
     }
 
     fn signature(&self) -> Signature {
@@ -529,8 +530,8 @@ impl Operator for RagInfer {
             inputs: Ports::Fixed(vec![
                 Port::new(
                     "rows",
-                    PortType::File,
-                    "baseline-format test rows {id, messages, videos}, JSON Lines",
+                    PortType::Table,
+                    "baseline-format test rows {id, messages, videos}, a rows table",
                 ),
                 Port::new(
                     "retrieval",
@@ -560,8 +561,8 @@ impl Operator for RagInfer {
             outputs: Ports::Fixed(vec![
                 Port::new(
                     "results",
-                    PortType::File,
-                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages} (protocol baseline: {id, response, labels}), JSON Lines",
+                    PortType::Table,
+                    "{id, rounds, gt, is_retrieval, rag_passages, relevant_passages} (protocol baseline: {id, response, labels}), a rows table",
                 ),
                 Port::new(
                     "report",
@@ -585,7 +586,7 @@ impl Operator for RagInfer {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let rows = read_jsonl(&ctx.input("rows")?.path)?;
+        let rows = read_rows(&ctx.input("rows")?.path)?;
         let retrieval = match (cfg.baseline, ctx.inputs().get("retrieval")) {
             (true, _) => Retrieval::from_entries(&[]),
             (false, Some(r)) => Retrieval::read(&r.path)?,
@@ -793,7 +794,7 @@ impl Operator for RagInfer {
             row.insert("relevant_passages".into(), Value::Array(relevant));
             out.push(Value::Object(row));
         }
-        write_jsonl(&ctx.output("results")?.path, &out)?;
+        write_rows(&ctx.output("results")?.path, &out)?;
         // Figures about this execution, which depend on what the memo store held: notes
         // (the log and the node's event), never the report.
         let (hits, misses) = ctx.memo_counts();

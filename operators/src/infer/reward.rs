@@ -25,7 +25,7 @@ use serde_json::{Map, Value, json};
 
 use super::backend::ChatReq;
 use crate::error::{OperatorError, Result};
-use crate::expstar::{read_jsonl, write_jsonl};
+use crate::expstar::{read_rows, write_rows};
 use crate::params::{Params, problems};
 
 pub struct Reward;
@@ -164,7 +164,8 @@ impl Operator for Reward {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: rows travel as Parquet tables, not JSON Lines (docs/decisions.md).
+        2
     }
 
     fn signature(&self) -> Signature {
@@ -217,8 +218,8 @@ impl Operator for Reward {
             inputs: Ports::Fixed(vec![
                 Port::new(
                     "candidates",
-                    PortType::File,
-                    "sampled answers {id, response, labels}, JSON Lines (expstar.postprocess rows)",
+                    PortType::Table,
+                    "sampled answers {id, response, labels}, a rows table (expstar.postprocess rows)",
                 ),
                 Port::new(
                     "model",
@@ -235,8 +236,8 @@ impl Operator for Reward {
             ]),
             outputs: Ports::Fixed(vec![Port::new(
                 "candidates",
-                PortType::File,
-                "{id, response, reward, score}, JSON Lines (expstar.dpo_pairs' candidates)",
+                PortType::Table,
+                "{id, response, reward, score}, a rows table (expstar.dpo_pairs' candidates)",
             )]),
             params,
             determinism: Determinism::Deterministic,
@@ -259,7 +260,7 @@ impl Operator for Reward {
 
     fn run(&self, ctx: &Context) -> Result<(), OpError> {
         let cfg = Config::parse(ctx.params())?;
-        let rows = read_jsonl(&ctx.input("candidates")?.path)?;
+        let rows = read_rows(&ctx.input("candidates")?.path)?;
         let mut scored = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let field = |k: &str| {
@@ -292,7 +293,7 @@ impl Operator for Reward {
             cfg.metric,
             out.len() - positive
         ));
-        write_jsonl(&ctx.output("candidates")?.path, &out)?;
+        write_rows(&ctx.output("candidates")?.path, &out)?;
         Ok(())
     }
 }

@@ -10,7 +10,7 @@ use polars::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::expstar::{AddRag, read_jsonl, write_jsonl};
+use crate::expstar::{AddRag, read_rows, write_rows};
 use crate::table_io::{read_table, write_table};
 use crate::testing::{column_i64, column_str};
 
@@ -403,26 +403,26 @@ fn expstar_results_feed_add_rag() {
     assert!(text.starts_with("[\n  {\n    \"id\": \"q1\""), "{text}");
     assert!(text.contains("燃烧"), "non-ASCII is written raw: {text}");
 
-    let rows_path = b.dir.path().join("rows.jsonl");
+    let rows_path = b.dir.path().join("rows.parquet");
     let rows = vec![
         template_row("s1", "clips/a/1.mp4"),
         template_row("s2", "clips/b/1.mp4"),
     ];
-    write_jsonl(&rows_path, &rows).unwrap();
+    write_rows(&rows_path, &rows).unwrap();
 
     // Unjudged results (no `is_rag`) leave the rows as they are.
     let same = b
         .run(
             &AddRag,
             &[
-                ("rows", PortType::File, &rows_path),
+                ("rows", PortType::Table, &rows_path),
                 ("retrieval", PortType::File, &out),
             ],
             json!({}),
         )
         .unwrap()["rows"]
         .clone();
-    assert_eq!(read_jsonl(&same).unwrap(), rows);
+    assert_eq!(read_rows(&same).unwrap(), rows);
 
     // The judge (unreleased in the original; done by hand here) marks clip a/1 for RAG and its
     // top document relevant.
@@ -444,14 +444,14 @@ fn expstar_results_feed_add_rag() {
         .run(
             &AddRag,
             &[
-                ("rows", PortType::File, &rows_path),
+                ("rows", PortType::Table, &rows_path),
                 ("retrieval", PortType::File, &judged_path),
             ],
             json!({}),
         )
         .unwrap()["rows"]
         .clone();
-    let expanded = read_jsonl(&expanded).unwrap();
+    let expanded = read_rows(&expanded).unwrap();
     let n_docs = list[0]["documents"].as_array().unwrap().len();
     assert_eq!(
         expanded.len(),

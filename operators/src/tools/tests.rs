@@ -388,8 +388,8 @@ fn swift_training_finds_the_clips_an_export_carries_wherever_the_workspace_is() 
     let mut row = swift_rows_sample()[0].clone();
     row.as_object_mut().unwrap().remove("rejected_response");
     row["videos"] = json!([format!("/path/to/{rel}")]);
-    let rows = dir.path().join("rows.jsonl");
-    std::fs::write(&rows, format!("{row}\n")).unwrap();
+    let rows = dir.path().join("rows.parquet");
+    crate::expstar::write_rows(&rows, &[row]).unwrap();
     let tool = swift_stand_in(dir.path());
     let sft = crate::registry().get("train.sft").unwrap().clone();
     let export = crate::registry()
@@ -406,7 +406,7 @@ fn swift_training_finds_the_clips_an_export_carries_wherever_the_workspace_is() 
             .run(
                 export.as_ref(),
                 &[
-                    ("rows", PortType::File, rows.as_path()),
+                    ("rows", PortType::Table, rows.as_path()),
                     ("clips", PortType::Dir, clips.as_path()),
                 ],
                 json!({}),
