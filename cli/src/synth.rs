@@ -10,6 +10,12 @@
 //! subtitle's end). Text is Chinese (`text`, `step_zh`) and English (`text_en`, `step_en`);
 //! every other subtitle carries a safety or principle note. Everything is a function of the
 //! seed and the sizes: the same command writes the same bytes.
+//!
+//! Beside the tree, `OUT/corpus/` holds a small passages corpus for the retrieval stage
+//! (spec §D) in both of its shapes: `psgs_w100.tsv` (`id\ttext\ttitle`, a header, quoted
+//! texts as the Wikipedia dump has them) and `kb.jsonl` (`title`, `section`, `text`): a
+//! passage on each experiment title, safety note and principle the tree uses, and a few
+//! unrelated ones.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,6 +132,73 @@ const PRINCIPLES: [&str; 4] = [
     "n₁ sin θ₁ = n₂ sin θ₂",
     "I = U / R",
 ];
+
+/// The corpus's passages: (title, section, text).
+fn corpus_passages() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (zh, en) in TITLES {
+        out.push((
+            en.to_string(),
+            "Experiment".to_string(),
+            format!(
+                "The {} experiment ({zh}) is a classroom demonstration: the steps are done in order, the changes are observed and recorded, and the result is explained by the principle behind it.",
+                en.to_lowercase()
+            ),
+        ));
+    }
+    for (zh, en) in SAFETY {
+        out.push((
+            "Laboratory safety".to_string(),
+            "Precautions".to_string(),
+            format!("{en} ({zh}) Laboratory rules ask for this whenever heat, flames or chemicals are used."),
+        ));
+    }
+    for p in PRINCIPLES {
+        out.push((
+            "Principle".to_string(),
+            "Equation".to_string(),
+            format!("The relation {p} describes what happens in the experiment and lets the result be predicted."),
+        ));
+    }
+    for (title, text) in [
+        (
+            "Photosynthesis",
+            "Green plants use light to turn carbon dioxide and water into glucose and oxygen.",
+        ),
+        (
+            "Plate tectonics",
+            "The Earth's lithosphere is divided into plates that move a few centimetres a year.",
+        ),
+        (
+            "Sound",
+            "Sound is a pressure wave that travels through a medium; it cannot travel through a vacuum.",
+        ),
+    ] {
+        out.push((title.to_string(), "Overview".to_string(), text.to_string()));
+    }
+    out
+}
+
+/// Writes `OUT/corpus/psgs_w100.tsv` and `OUT/corpus/kb.jsonl`; returns the passage count.
+pub fn corpus(out: &Path) -> Result<usize> {
+    let passages = corpus_passages();
+    let mut tsv = String::from("id\ttext\ttitle\n");
+    let mut jsonl = String::new();
+    for (i, (title, section, text)) in passages.iter().enumerate() {
+        tsv.push_str(&format!(
+            "{}\t\"{}\"\t{title}\n",
+            i + 1,
+            text.replace('"', "\"\"")
+        ));
+        jsonl.push_str(&serde_json::to_string(
+            &json!({"title": title, "section": section, "text": text}),
+        )?);
+        jsonl.push('\n');
+    }
+    write(&out.join("corpus/psgs_w100.tsv"), &tsv)?;
+    write(&out.join("corpus/kb.jsonl"), &jsonl)?;
+    Ok(passages.len())
+}
 
 /// SplitMix64, seeded from the seed and a label, so each experiment's content depends only
 /// on (seed, subject, experiment) and not on how many others there are.
@@ -274,6 +347,7 @@ pub fn expstar(
             count += 1;
         }
     }
+    corpus(out)?;
     Ok(count)
 }
 
@@ -315,6 +389,18 @@ mod tests {
         assert_eq!(digest_tree(&a), digest_tree(&b));
         assert_ne!(digest_tree(&a), digest_tree(&c));
         let files = digest_tree(&a);
+        // The corpus, in both shapes, parses as the retrieval stage reads it.
+        for name in ["corpus/psgs_w100.tsv", "corpus/kb.jsonl"] {
+            let (_, bytes) = files.iter().find(|(p, _)| p == name).unwrap();
+            let text = std::str::from_utf8(bytes).unwrap();
+            let passages = expflow_operators::expstar::corpus::parse(text, "auto", name).unwrap();
+            assert_eq!(passages.len(), corpus_passages().len(), "{name}");
+            assert!(
+                passages
+                    .iter()
+                    .any(|p| p.text.contains("Wear safety goggles"))
+            );
+        }
         assert!(files.iter().any(|(p, _)| p.contains("asr/03_")));
         for (p, bytes) in files.iter().filter(|(p, _)| p.starts_with("dataset/")) {
             let doc: Value = serde_json::from_slice(bytes).unwrap();

@@ -71,10 +71,12 @@ pub fn registry() -> Registry {
     r.register(Arc::new(expstar::EvalRows));
     r.register(Arc::new(expstar::ExportSwift));
     r.register(Arc::new(expstar::ExportLlamaFactory));
+    r.register(Arc::new(expstar::Corpus));
     r.register(Arc::new(expstar::Knowledge));
     r.register(Arc::new(expstar::Queries));
     r.register(Arc::new(expstar::Results));
     r.register(Arc::new(infer::Reward));
+    r.register(Arc::new(infer::Relevance));
     r.register(Arc::new(score::ScoreText));
     r.register(Arc::new(score::ScoreAccuracy));
     r.register(Arc::new(embed::EmbedText));
@@ -125,6 +127,7 @@ mod tests {
         "expstar.add_rag",
         "expstar.apply_split",
         "expstar.baseline_rows",
+        "expstar.corpus",
         "expstar.cut_clips",
         "expstar.dpo_pairs",
         "expstar.eval_rows",
@@ -136,6 +139,7 @@ mod tests {
         "expstar.postprocess",
         "expstar.queries",
         "expstar.rag_infer",
+        "expstar.relevance",
         "expstar.results",
         "expstar.reward",
         "expstar.scan",

@@ -547,6 +547,26 @@ fn expstar(b: &mut Bench) {
         json!({}),
         &[],
     );
+    // The corpus in both shapes (spec §D).
+    b.check(
+        "expstar.corpus",
+        "expstar.corpus",
+        &[("passages", File, demo.join("passages.tsv"))],
+        json!({}),
+        &[],
+    );
+    let kb = b.file(
+        "kb.jsonl",
+        "{\"title\": \"Limewater\", \"section\": \"Test\", \"text\": \"Carbon dioxide turns limewater milky.\"}\n\
+         {\"title\": \"Combustion\", \"section\": \"Flame\", \"text\": \"Carbon monoxide burns with a blue flame.\"}\n",
+    );
+    b.check(
+        "expstar.corpus (kb.jsonl)",
+        "expstar.corpus",
+        &[("passages", File, kb)],
+        json!({}),
+        &[],
+    );
     // Training on the exported rows, as the pipeline does, with a smaller model.
     let sft_rows = b.out("expstar.export_swift", "file");
     let dpo_rows = b.out("expstar.export_swift (dpo)", "file");
@@ -565,6 +585,21 @@ fn expstar(b: &mut Bench) {
             ("model", Model, b.out("train.tiny_model", "model")),
         ],
         json!({"lora_rank": 4, "lora_alpha": 8, "learning_rate": 0.01, "epochs": 1, "max_len": 1024, "seed": 42}),
+        &[],
+    );
+    // The relevance judge on the native backend, greedy (spec §D.4).
+    b.check(
+        "expstar.relevance",
+        "expstar.relevance",
+        &[
+            (
+                "retrieval",
+                File,
+                b.out("retrieve.expstar_results", "retrieval"),
+            ),
+            ("model", Model, b.out("train.tiny_model", "model")),
+        ],
+        json!({"backend": "native", "max_tokens": 3, "documents": 2}),
         &[],
     );
     // An endpoint names the model by digest and no port: the same bytes in any workspace.

@@ -185,6 +185,42 @@ fn candidates_were_sampled_and_rewarded(p: &Project) {
     assert_eq!(dpo.lines().count(), pairs, "every positive × negative pair");
 }
 
+/// The training clips' passages come from the corpus, judged: every clip has `is_rag` and
+/// every passage a grade 1-5, and the SFT rows carry those passages with their verdicts.
+fn retrieval_came_from_the_corpus(p: &Project) {
+    let corpus = p.read("expstar-demo/passages.tsv");
+    let judged = read_json(p, "results/expstar/train_retrieval_judged.json");
+    let entries = judged.as_array().unwrap();
+    let train = p
+        .read("results/expstar/baseline_train.jsonl")
+        .lines()
+        .count();
+    assert_eq!(entries.len(), train, "one entry per training row");
+    let mut passages = 0;
+    for e in entries {
+        assert!(e["is_rag"].is_boolean(), "{e}");
+        for d in e["documents"].as_array().unwrap() {
+            let g = d["relevant"].as_u64().unwrap();
+            assert!((1..=5).contains(&g), "{d}");
+            assert!(corpus.contains(d["text"].as_str().unwrap()), "{d}");
+            passages += 1;
+        }
+    }
+    assert!(passages > 0);
+    let sft = p.read("results/expstar/swift_sft.jsonl");
+    let filled = sft
+        .lines()
+        .filter(|l| l.contains("[Relevant]") || l.contains("[Irrelevant]"))
+        .count();
+    assert!(filled > 0, "the SFT rows carry judged passages");
+    let retrieved = read_json(p, "results/expstar/retrieval_results.json");
+    for e in retrieved.as_array().unwrap() {
+        for d in e["documents"].as_array().unwrap() {
+            assert!(corpus.contains(d["text"].as_str().unwrap()), "{d}");
+        }
+    }
+}
+
 /// Moves every entry of the project directory into a new one; the old one is left empty.
 fn move_project(p: Project) -> Project {
     let q = Project::new();
@@ -233,6 +269,9 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
         "results",
         "candidates",
         "rewarded",
+        "corpus",
+        "judge_model",
+        "judged",
     ] {
         assert!(
             first.executed().contains(&node.to_string()),
@@ -257,6 +296,7 @@ fn expstar_runs_end_to_end_and_reruns_only_what_an_sft_edit_changes() {
     assert_eq!(baseline.lines().count() as u64, test_rows);
     results_table_has_both_arms(&p);
     candidates_were_sampled_and_rewarded(&p);
+    retrieval_came_from_the_corpus(&p);
 
     assert!(
         executed(&p, &[], "expstar.yaml").is_empty(),

@@ -297,9 +297,10 @@ fn the_expstar_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
         std::fs::copy(pipelines().join("expstar.yaml"), p.path("expstar.yaml")).unwrap();
         copy_dir(&pipelines().join("expstar-demo"), &p.path("expstar-demo"));
     };
-    // Stages A–D: scan, cut clips (ffmpeg in the job), rows, split, RAG, the training-data
-    // exports of both arms, and retrieval; no model (the DPO pairs need candidates sampled
-    // from the SFT model).
+    // Stages A–D: scan, cut clips (ffmpeg in the job), rows, split, retrieval from the
+    // corpus and its judged passages (the tiny judge model, made from the corpus), RAG, the
+    // training-data exports of both arms; no trained model (the DPO pairs need candidates
+    // sampled from the SFT model).
     let r = data_stage_on_slurm(
         setup,
         "expstar.yaml",
@@ -313,7 +314,9 @@ fn the_expstar_data_stages_run_on_slurm_with_the_same_bytes_as_locally() {
         ],
     );
     let executed = r.executed();
-    for node in ["scan", "clips", "rag", "baseline", "kb_index", "hits"] {
+    for node in [
+        "scan", "clips", "rag", "baseline", "corpus", "kb_index", "hits", "judged",
+    ] {
         assert!(executed.iter().any(|n| n == node), "{node}: {executed:?}");
     }
     assert!(!executed.iter().any(|n| n == "base" || n == "sft"));

@@ -272,13 +272,22 @@ pub fn file_column(
     df: &DataFrame,
     kind: &'static str,
     column: &str,
+    strip_prefix: Option<&str>,
 ) -> Result<Files, OpError> {
     let cells = text_column(df, kind, "column", column)?;
     let dir = ctx.inputs().get("dir").map(|i| i.path.clone());
     let mut resolved = Vec::with_capacity(cells.len());
     let mut digests = Vec::with_capacity(cells.len());
     for (i, cell) in cells.iter().enumerate() {
-        let path = resolve(dir.as_deref(), cell);
+        let cell: &str = cell.as_str();
+        let stripped = match strip_prefix {
+            Some(pre) if !pre.is_empty() => cell
+                .strip_prefix(pre)
+                .map(|rest| rest.trim_start_matches('/'))
+                .unwrap_or(cell),
+            _ => cell,
+        };
+        let path = resolve(dir.as_deref(), stripped);
         let (d, _) = expflow_cache::hash_file(&path).map_err(|e| {
             OperatorError::data(
                 kind,

@@ -111,7 +111,7 @@ impl Operator for EmbedImage {
         let cfg = Config::parse(ctx.params())?;
         let df = read_table(&ctx.input("rows")?.path)?;
         check_new_column(&df, KIND, &cfg.output)?;
-        let files = file_column(ctx, &df, KIND, &cfg.column)?;
+        let files = file_column(ctx, &df, KIND, &cfg.column, None)?;
         let model = open_model(ctx, KIND, Needs::WeightsOnly)?;
         ctx.log(&format!(
             "{} rows, {} distinct images from `{}`: normalize {}",

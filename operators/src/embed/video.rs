@@ -2,7 +2,9 @@
 //! ffmpeg (`fps` per second, or `frames` spread uniformly), embedded with the image tower and
 //! pooled (max by default, as ExpStar's CLIP retriever does).
 //!
-//! Relative paths are resolved against the optional `dir` input. Each distinct file is
+//! Relative paths are resolved against the optional `dir` input, after `strip_prefix` is
+//! removed from their start (ExpStar's rows name clips `/path/to/<subject>/…`, relative to
+//! `expstar.cut_clips`' `clips` directory). Each distinct file is
 //! memoised under (its BLAKE3, the model digest, the sampling, pooling and normalisation).
 
 use std::collections::BTreeMap;
@@ -29,6 +31,7 @@ const KIND: &str = "embed.video";
 struct Config {
     column: String,
     output: String,
+    strip_prefix: Option<String>,
     opts: VideoOptions,
 }
 
@@ -61,6 +64,7 @@ impl Config {
         Ok(Config {
             column: p.str("column")?.to_string(),
             output: p.str("output")?.to_string(),
+            strip_prefix: p.opt_str("strip_prefix")?.map(str::to_owned),
             opts: VideoOptions {
                 sampling,
                 pooling,
@@ -132,6 +136,12 @@ impl Operator for EmbedVideo {
                     json!(false),
                     "L2-normalise each frame's embedding before pooling",
                 ),
+                s(
+                    "strip_prefix",
+                    ParamKind::String,
+                    Value::Null,
+                    "removed from the start of each path before it is resolved against `dir` (e.g. ExpStar's `/path/to` clip paths against expstar.cut_clips' clips)",
+                ),
             ],
         )
     }
@@ -157,7 +167,7 @@ impl Operator for EmbedVideo {
         let cfg = Config::parse(ctx.params())?;
         let df = read_table(&ctx.input("rows")?.path)?;
         check_new_column(&df, KIND, &cfg.output)?;
-        let files = file_column(ctx, &df, KIND, &cfg.column)?;
+        let files = file_column(ctx, &df, KIND, &cfg.column, cfg.strip_prefix.as_deref())?;
         let model = open_model(ctx, KIND, Needs::WeightsOnly)?;
         let o = cfg.opts;
         ctx.log(&format!(

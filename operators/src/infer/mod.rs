@@ -13,6 +13,7 @@ pub mod identity;
 pub mod native;
 pub mod openai;
 pub mod rag;
+pub mod relevance;
 pub mod reward;
 pub mod rows;
 pub mod serve_op;
@@ -20,6 +21,7 @@ pub mod served;
 
 pub use chat::Chat;
 pub use rag::RagInfer;
+pub use relevance::Relevance;
 pub use reward::Reward;
 pub use serve_op::ServeModel;
 

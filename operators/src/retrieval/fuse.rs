@@ -2,14 +2,17 @@
 //! shared space (e.g. a CLIP text and image tower): adds `output_column` =
 //! `text_weight·text + (1 − text_weight)·video` (L2-normalised when `normalize`), and a
 //! `fusion` column saying `text+video` or `text`. A row without a video embedding uses its
-//! text embedding alone. Embeddings of different sizes are refused: the original's untrained
-//! random projection between spaces is not reproduced (see `expflow_retrieval::fusion`).
+//! text embedding alone. Embeddings of different sizes are refused unless `projection:
+//! seeded`: then every video vector is first mapped into the text space by one fixed linear
+//! map drawn from `projection_seed` (`torch.nn.Linear`'s initial distribution), where the
+//! original draws a fresh unseeded one for every query (see `expflow_retrieval::fusion`).
+//! The choice and the seed are parameters, so they are in the node's key.
 
 use expflow_engine::{
     Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports,
     Resources, Signature,
 };
-use expflow_retrieval::{FusionParams, QuerySource, fuse};
+use expflow_retrieval::{FusionParams, Projection, QuerySource, fuse};
 use polars::prelude::*;
 use serde_json::{Map, Value, json};
 
@@ -27,6 +30,8 @@ struct Config {
     video_column: String,
     output_column: String,
     params: FusionParams,
+    /// The seed of the fixed projection, when video vectors are projected.
+    projection: Option<u64>,
 }
 
 impl Config {
@@ -55,6 +60,10 @@ impl Config {
             params: FusionParams {
                 text_weight: w as f32,
                 normalize: p.bool("normalize")?,
+            },
+            projection: match p.choice("projection", &["none", "seeded"])? {
+                "seeded" => Some(p.u64("projection_seed")?),
+                _ => None,
             },
         })
     }
@@ -112,6 +121,18 @@ impl Operator for Fuse {
                     json!(true),
                     "L2-normalise the fused query",
                 ),
+                ParamSpec::with_default(
+                    "projection",
+                    ParamKind::String,
+                    json!("none"),
+                    "none (text and video share a space) or seeded (video mapped to the text space by a fixed linear map, ExpStar's untrained nn.Linear made reproducible)",
+                ),
+                ParamSpec::with_default(
+                    "projection_seed",
+                    ParamKind::Int,
+                    json!(0),
+                    "projection seeded: the seed of the map",
+                ),
             ],
             determinism: Determinism::Deterministic,
             resources: Resources::default(),
@@ -138,6 +159,7 @@ impl Operator for Fuse {
         );
         let mut sources = Vec::with_capacity(n);
         let mut text_only = 0usize;
+        let mut projection: Option<Projection> = None;
         for (i, (t, v)) in text.iter().zip(&video).enumerate() {
             let t = t.as_deref().ok_or_else(|| {
                 OperatorError::data(
@@ -148,7 +170,29 @@ impl Operator for Fuse {
                     ),
                 )
             })?;
-            let q = fuse(t, v.as_deref(), cfg.params)
+            let projected = match (cfg.projection, v.as_deref().filter(|v| !v.is_empty())) {
+                (Some(seed), Some(video)) => {
+                    if projection.is_none() {
+                        projection = Some(
+                            Projection::seeded(video.len(), t.len(), seed)
+                                .map_err(|e| OperatorError::data(KIND, e.to_string()))?,
+                        );
+                        ctx.log(&format!(
+                            "video vectors projected {}-d → {}-d by the fixed map of seed {seed}",
+                            video.len(),
+                            t.len()
+                        ));
+                    }
+                    let p = projection.as_ref().expect("made above");
+                    Some(
+                        p.apply(video)
+                            .map_err(|e| OperatorError::data(KIND, format!("row {i}: {e}")))?,
+                    )
+                }
+                _ => None,
+            };
+            let video = projected.as_deref().or(v.as_deref());
+            let q = fuse(t, video, cfg.params)
                 .map_err(|e| OperatorError::data(KIND, format!("row {i}: {e}")))?;
             if q.source == QuerySource::TextOnly {
                 text_only += 1;

@@ -348,6 +348,74 @@ fn fuse_weights_same_space_vectors_and_records_text_only_rows() {
     );
 }
 
+#[test]
+fn fuse_with_a_seeded_projection_is_deterministic_and_text_only_without_video() {
+    let mut b = Bench::new();
+    let df = DataFrame::new(
+        3,
+        vec![
+            Column::new("id".into(), ["q1", "q2", "q3"]),
+            list_column(
+                "text_embedding",
+                &[
+                    Some(vec![1.0, 0.0, 0.0]),
+                    Some(vec![0.0, 1.0, 0.0]),
+                    Some(vec![0.0, 0.0, 2.0]),
+                ],
+            ),
+            list_column(
+                "video_embedding",
+                &[Some(vec![0.5, -1.0]), Some(vec![0.5, -1.0]), None],
+            ),
+        ],
+    )
+    .unwrap();
+    let t = b.table(&df);
+    let mut fused = |seed: u64| {
+        let out = b
+            .run(
+                &Fuse,
+                &[("table", PortType::Table, &t)],
+                json!({"projection": "seeded", "projection_seed": seed, "normalize": false}),
+            )
+            .unwrap()["table"]
+            .clone();
+        (std::fs::read(&out).unwrap(), read_table(&out).unwrap())
+    };
+    let (bytes, one) = fused(3);
+    let (again, _) = fused(3);
+    let (_, other) = fused(4);
+    assert_eq!(bytes, again, "same seed, same bytes");
+    let v = vector_column("test", "x", &one, "out", "embedding").unwrap();
+    let w = vector_column("test", "x", &other, "out", "embedding").unwrap();
+    assert_ne!(v[0], w[0], "another seed, another projection");
+    // The same clip vector is projected by the same map for every query: the video halves of
+    // q1 and q2 are equal, so their fused vectors differ by the text halves alone.
+    let (a, c) = (v[0].clone().unwrap(), v[1].clone().unwrap());
+    let diff: Vec<f32> = a.iter().zip(&c).map(|(x, y)| x - y).collect();
+    for (d, want) in diff.iter().zip([0.3, -0.3, 0.0]) {
+        assert!((d - want).abs() < 1e-6, "{diff:?}");
+    }
+    let p = expflow_retrieval::Projection::seeded(2, 3, 3).unwrap();
+    let video = p.apply(&[0.5, -1.0]).unwrap();
+    for (x, (t, pv)) in a.iter().zip([1.0f32, 0.0, 0.0].iter().zip(&video)) {
+        assert!((x - (0.3 * t + 0.7 * pv)).abs() < 1e-6, "{a:?}");
+    }
+    assert_eq!(
+        v[2],
+        Some(vec![0.0, 0.0, 2.0]),
+        "no clip: the text vector alone"
+    );
+    assert_eq!(
+        column_str(&one, "fusion"),
+        [
+            Some("text+video".into()),
+            Some("text+video".into()),
+            Some("text".into())
+        ]
+    );
+}
+
 /// A self-RAG template row for `video` (the shape expstar.template_rows writes).
 fn template_row(id: &str, video: &str) -> Value {
     json!({

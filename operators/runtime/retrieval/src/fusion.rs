@@ -7,6 +7,12 @@
 //! CLIP-style model), as `q = w·text + (1 − w)·video`, optionally L2-normalised. Vectors of
 //! different sizes are refused. A query without video uses its text vector alone, and the
 //! result says so.
+//!
+//! To keep the original's shape (a 512-d CLIP video vector fused with a 768-d Contriever text
+//! vector), [`Projection::seeded`] builds the same kind of untrained linear map, initialised
+//! as `torch.nn.Linear` is (weights and bias uniform in ±1/√in), but once, from a seed: every
+//! query is projected by the same map, so the results are reproducible. The video half is
+//! still untrained noise, as in the original.
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +64,75 @@ pub struct FusedQuery {
     pub source: QuerySource,
 }
 
+/// A fixed linear map `y = W·x + b` from `in_dim` to `out_dim`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Projection {
+    pub in_dim: usize,
+    pub out_dim: usize,
+    /// Row-major `out_dim × in_dim`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// SplitMix64: a small, portable generator, the same stream on every platform.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-bound, bound), from the top 24 bits.
+    fn uniform(&mut self, bound: f32) -> f32 {
+        let unit = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        (2.0 * unit - 1.0) * bound
+    }
+}
+
+impl Projection {
+    /// `torch.nn.Linear(in_dim, out_dim)`'s initial distribution (weights and bias uniform in
+    /// ±1/√in_dim), drawn from `seed`: the same map for the same arguments, everywhere.
+    pub fn seeded(in_dim: usize, out_dim: usize, seed: u64) -> Result<Projection> {
+        if in_dim == 0 || out_dim == 0 {
+            return Err(RetrievalError::param(
+                "projection",
+                format!("maps {in_dim}-d to {out_dim}-d; both sizes must be at least 1"),
+            ));
+        }
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let mut rng = SplitMix64(seed);
+        let weight = (0..in_dim * out_dim).map(|_| rng.uniform(bound)).collect();
+        let bias = (0..out_dim).map(|_| rng.uniform(bound)).collect();
+        Ok(Projection {
+            in_dim,
+            out_dim,
+            weight,
+            bias,
+        })
+    }
+
+    /// `W·x + b`; `x` must be `in_dim` long.
+    pub fn apply(&self, x: &[f32]) -> Result<Vec<f32>> {
+        if x.len() != self.in_dim {
+            return Err(RetrievalError::Fusion(format!(
+                "the projection maps {}-d video vectors, but this one is {}-d; embed every clip with the same encoder",
+                self.in_dim,
+                x.len()
+            )));
+        }
+        Ok(self
+            .weight
+            .chunks(self.in_dim)
+            .zip(&self.bias)
+            .map(|(row, b)| row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b)
+            .collect())
+    }
+}
+
 /// Fuses `text` with `video` (`None` or empty: text only). See the module docs.
 pub fn fuse(text: &[f32], video: Option<&[f32]>, params: FusionParams) -> Result<FusedQuery> {
     let w = params.text_weight;
@@ -80,8 +155,9 @@ pub fn fuse(text: &[f32], video: Option<&[f32]>, params: FusionParams) -> Result
                  maps video into the text space with a freshly created, untrained random \
                  nn.Linear for every query, which makes its video half noise and its results \
                  irreproducible; expflow does not reproduce that. Use text and video \
-                 embeddings from the same CLIP-style encoder (one shared space), or drop the \
-                 video column and retrieve with text only.",
+                 embeddings from the same CLIP-style encoder (one shared space), project the \
+                 video vectors with a fixed seeded map first (retrieve.fuse's `projection: \
+                 seeded`), or drop the video column and retrieve with text only.",
                 text.len(),
                 video.len()
             )));
@@ -143,6 +219,32 @@ mod tests {
             assert_eq!(q.vector, [1.0, 2.0]);
             assert_eq!(q.source, QuerySource::TextOnly);
         }
+    }
+
+    #[test]
+    fn the_seeded_projection_is_fixed_and_bounded() {
+        let a = Projection::seeded(512, 768, 7).unwrap();
+        let b = Projection::seeded(512, 768, 7).unwrap();
+        let c = Projection::seeded(512, 768, 8).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        let bound = 1.0 / 512f32.sqrt();
+        assert!(a.weight.iter().chain(&a.bias).all(|w| w.abs() <= bound));
+        // Not degenerate: the draws spread over the range.
+        let max = a.weight.iter().fold(0f32, |m, w| m.max(w.abs()));
+        assert!(max > 0.9 * bound, "{max}");
+        let v = vec![0.5; 512];
+        let p = a.apply(&v).unwrap();
+        assert_eq!(p.len(), 768);
+        assert_eq!(p, b.apply(&v).unwrap());
+        let q = fuse(&[0.1; 768], Some(&p), FusionParams::default()).unwrap();
+        assert_eq!(q.source, QuerySource::TextAndVideo);
+        let e = a.apply(&[1.0; 3]).unwrap_err().to_string();
+        assert!(
+            e.contains("maps 512-d video vectors, but this one is 3-d"),
+            "{e}"
+        );
+        assert!(Projection::seeded(0, 4, 1).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod tokenize;
 pub use bm25::{Bm25Index, Bm25Params};
 pub use error::{Result, RetrievalError};
 pub use exact::{ExactIndex, Metric};
-pub use fusion::{FusedQuery, FusionParams, QuerySource, fuse};
+pub use fusion::{FusedQuery, FusionParams, Projection, QuerySource, fuse};
 pub use hit::Hit;
 pub use hnsw::{HnswIndex, HnswParams};
 pub use store::{Index, IndexKind, Manifest};
