@@ -512,8 +512,10 @@ impl Cas {
         file.sync_all().ctx("cannot fsync", tmp.path())?;
         let shard = parent_dir(&dest);
         // The shard directory usually exists: rename first, and make it only when missing.
+        // A concurrent put may make it between the failed rename and the retry, so
+        // `AlreadyExists` is fine and the retry happens either way.
         let tmp = match tmp.persist_noclobber(&dest) {
-            Err(e) if e.error.kind() == io::ErrorKind::NotFound && !shard.is_dir() => {
+            Err(e) if e.error.kind() == io::ErrorKind::NotFound => {
                 match fs::create_dir(shard) {
                     Ok(()) => sync_dir(&self.root)?,
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}

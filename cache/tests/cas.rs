@@ -186,6 +186,41 @@ fn concurrent_puts_of_the_same_content_are_safe() {
 }
 
 #[test]
+fn concurrent_puts_into_a_shard_not_yet_made_all_land() {
+    // Contents whose digests share a shard: every put finds the shard missing at first.
+    let mut same_shard: Vec<Vec<u8>> = Vec::new();
+    let mut i = 0u64;
+    while same_shard.len() < 8 {
+        let bytes = format!("content {i}").into_bytes();
+        if Digest::of_bytes(&bytes).to_hex().starts_with("03") {
+            same_shard.push(bytes);
+        }
+        i += 1;
+    }
+    for _round in 0..20 {
+        let (_dir, cas) = cas();
+        let barrier = Arc::new(std::sync::Barrier::new(same_shard.len()));
+        let handles: Vec<_> = same_shard
+            .iter()
+            .cloned()
+            .map(|bytes| {
+                let cas = cas.clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    cas.put_bytes(&bytes).unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            let d = h.join().unwrap();
+            assert_eq!(cas.check(&d).unwrap(), BlobState::Ok);
+        }
+        assert_eq!(cas.list().unwrap().len(), same_shard.len());
+    }
+}
+
+#[test]
 fn a_truncated_blob_is_replaced_by_the_next_put() {
     let (_d, cas) = cas();
     let d = cas.put_bytes(b"full content").unwrap();
