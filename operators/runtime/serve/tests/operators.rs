@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use expflow_engine::PortType;
 use expflow_engine::harness::Harness;
-use expflow_operators::expstar::Postprocess;
+use expflow_operators::expstar::{self, Postprocess};
 use expflow_operators::infer::{Chat, RagInfer};
 use expflow_operators::io::{Export, Load};
 use serde_json::{Value, json};
@@ -219,14 +219,15 @@ fn rag_infer_native_with_a_threshold_feeds_postprocess() {
             "videos": [video],
         })
     };
-    let rows = write(
-        dir.path(),
-        "rows.jsonl",
-        &jsonl(&[
+    let rows = dir.path().join("rows.parquet");
+    expstar::write_rows(
+        &rows,
+        &[
             row("s1", "/data/./clips/a.mp4"),
             row("s2", "/data/clips/b.mp4"),
-        ]),
-    );
+        ],
+    )
+    .unwrap();
     // s1 by id; s2 by its normalised video path.
     let retrieval = write(
         dir.path(),
@@ -239,7 +240,7 @@ fn rag_infer_native_with_a_threshold_feeds_postprocess() {
         .to_string(),
     );
     let inputs = [
-        ("rows", PortType::File, rows.as_path()),
+        ("rows", PortType::Table, rows.as_path()),
         ("retrieval", PortType::File, retrieval.as_path()),
         ("model", PortType::Model, model.as_path()),
     ];
@@ -252,7 +253,7 @@ fn rag_infer_native_with_a_threshold_feeds_postprocess() {
 
     // Threshold 0: every row retrieves; one turn per passage (at most `passages`).
     let all = h.run(&RagInfer, &inputs, with(0.0), &[]).unwrap();
-    let out = read_jsonl(&all.outputs["results"]);
+    let out = expstar::read_rows(&all.outputs["results"]).unwrap();
     assert_eq!(out.len(), 2);
     for r in &out {
         assert_eq!(r["is_retrieval"], true, "{r}");
@@ -292,7 +293,7 @@ fn rag_infer_native_with_a_threshold_feeds_postprocess() {
 
     // Threshold 1: no row retrieves; one round ending in [No Retrieval].
     let none = h.run(&RagInfer, &inputs, with(1.0), &[]).unwrap();
-    let out_none = read_jsonl(&none.outputs["results"]);
+    let out_none = expstar::read_rows(&none.outputs["results"]).unwrap();
     for r in &out_none {
         assert_eq!(r["is_retrieval"], false);
         let rounds = r["rounds"].as_array().unwrap();
@@ -320,12 +321,12 @@ fn rag_infer_native_with_a_threshold_feeds_postprocess() {
     let post = h
         .run(
             &Postprocess,
-            &[("results", PortType::File, &all.outputs["results"])],
+            &[("results", PortType::Table, &all.outputs["results"])],
             json!({}),
             &[],
         )
         .unwrap();
-    let evals = read_jsonl(&post.outputs["rows"]);
+    let evals = expstar::read_rows(&post.outputs["rows"]).unwrap();
     assert_eq!(evals[0]["id"], "s1");
     assert_eq!(evals[1]["id"], "s2");
     for (e, r) in evals.iter().zip(&out) {

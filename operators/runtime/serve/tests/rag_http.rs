@@ -130,12 +130,16 @@ fn start() -> (String, Arc<Mutex<Vec<Value>>>) {
     (format!("http://{addr}/v1"), seen)
 }
 
-fn read_jsonl(p: &Path) -> Vec<Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+/// The rows of a table artifact (ExpStar's row stages pass Parquet tables).
+fn read_rows(p: &Path) -> Vec<Value> {
+    expflow_operators::expstar::read_rows(p).unwrap()
+}
+
+/// Writes `rows` as a rows table at `dir/name`.
+fn table(dir: &Path, name: &str, rows: &[Value]) -> PathBuf {
+    let p = dir.join(name);
+    expflow_operators::expstar::write_rows(&p, rows).unwrap();
+    p
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -160,15 +164,15 @@ fn rag_infer_follows_the_trained_protocol_over_http() {
             {"role": "assistant", "content": "<Narration>\ngt\n"},
         ], "videos": [video]})
     };
-    let rows: String = [
-        row("r1", "RET", "clips/a.mp4"),
-        row("r2", "plain", "clips/b.mp4"),
-        row("r3", "RET", "clips/c.mp4"),
-    ]
-    .iter()
-    .map(|r| r.to_string() + "\n")
-    .collect();
-    let rows = write(dir.path(), "rows.jsonl", &rows);
+    let rows = table(
+        dir.path(),
+        "rows.parquet",
+        &[
+            row("r1", "RET", "clips/a.mp4"),
+            row("r2", "plain", "clips/b.mp4"),
+            row("r3", "RET", "clips/c.mp4"),
+        ],
+    );
     let retrieval = write(
         dir.path(),
         "retrieval.json",
@@ -181,13 +185,13 @@ fn rag_infer_follows_the_trained_protocol_over_http() {
     );
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
     let inputs = [
-        ("rows", PortType::File, rows.as_path()),
+        ("rows", PortType::Table, rows.as_path()),
         ("retrieval", PortType::File, retrieval.as_path()),
         ("media", PortType::Dir, media.as_path()),
     ];
     let params = json!({"backend": "openai", "base_url": base_url, "model": "expstar", "passages": 3, "backoff_ms": 1});
     let run = h.run(&RagInfer, &inputs, params.clone(), &[]).unwrap();
-    let out = read_jsonl(&run.outputs["results"]);
+    let out = read_rows(&run.outputs["results"]);
 
     let r1 = &out[0];
     assert_eq!(r1["id"], "r1");
@@ -288,7 +292,7 @@ fn rag_infer_follows_the_trained_protocol_over_http() {
     let mut dump = params;
     dump["second_turn"] = json!("json_dump");
     let d = h.run(&RagInfer, &inputs, dump, &[]).unwrap();
-    let out = read_jsonl(&d.outputs["results"]);
+    let out = read_rows(&d.outputs["results"]);
     assert_eq!(
         out[0]["rounds"][1]["content"],
         "[Relevant]\n<Principle>\n3 documents\n"
@@ -310,14 +314,14 @@ fn samples_are_seeded_one_by_one_and_a_judge_rewards_them() {
         {"role": "user", "content": "<video>plain r1"},
         {"role": "assistant", "content": "<Narration>\ngt\n"},
     ], "videos": ["clips/a.mp4"]});
-    let rows = write(dir.path(), "rows.jsonl", &format!("{row}\n"));
+    let rows = table(dir.path(), "rows.parquet", &[row]);
     let retrieval = write(dir.path(), "retrieval.json", "[]");
     let mut h = Harness::new(&dir.path().join("ws")).unwrap();
     let run = h
         .run(
             &RagInfer,
             &[
-                ("rows", PortType::File, rows.as_path()),
+                ("rows", PortType::Table, rows.as_path()),
                 ("retrieval", PortType::File, retrieval.as_path()),
             ],
             json!({"backend": "openai", "base_url": base_url, "model": "expstar", "media": "none",
@@ -326,7 +330,7 @@ fn samples_are_seeded_one_by_one_and_a_judge_rewards_them() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        read_jsonl(&run.outputs["results"]).len(),
+        read_rows(&run.outputs["results"]).len(),
         3,
         "one row per sample"
     );
@@ -344,7 +348,7 @@ fn samples_are_seeded_one_by_one_and_a_judge_rewards_them() {
         .run(
             &RagInfer,
             &[
-                ("rows", PortType::File, rows.as_path()),
+                ("rows", PortType::Table, rows.as_path()),
                 ("retrieval", PortType::File, retrieval.as_path()),
             ],
             json!({"backend": "openai", "base_url": base_url, "model": "expstar", "samples": 2}),
@@ -361,23 +365,16 @@ fn samples_are_seeded_one_by_one_and_a_judge_rewards_them() {
         json!({"id": "r1", "response": "<Narration>\ngt\n", "labels": "<Narration>\ngt\n"}),
         json!({"id": "r1", "response": "<Narration>\nwrong\n", "labels": "<Narration>\ngt\n"}),
     ];
-    let cands = write(
-        dir.path(),
-        "cands.jsonl",
-        &cands
-            .iter()
-            .map(|c| c.to_string() + "\n")
-            .collect::<String>(),
-    );
+    let cands = table(dir.path(), "cands.parquet", &cands);
     let judged = h
         .run(
             &Reward,
-            &[("candidates", PortType::File, cands.as_path())],
+            &[("candidates", PortType::Table, cands.as_path())],
             json!({"metric": "judge", "backend": "openai", "base_url": base_url, "model": "expstar", "threshold": 0.5, "backoff_ms": 1}),
             &[],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    let out = read_jsonl(&judged.outputs["candidates"]);
+    let out = read_rows(&judged.outputs["candidates"]);
     assert_eq!(out[0]["score"], 1.0);
     assert_eq!(out[0]["reward"], true);
     assert_eq!(out[1]["score"], 0.25);
