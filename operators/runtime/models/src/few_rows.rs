@@ -117,18 +117,58 @@ fn compute(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
 /// Fills `out` (`(rows, m)`, column-major by weight row) from the first `rows` rows of `w`.
 fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU has the features `avx::block` is compiled for.
-            unsafe { avx::block(x, w, m, k, out) };
-            return;
-        }
+    if let Some(avx) = avx::Avx::detect() {
+        avx.block(x, w, m, k, out);
+        return;
     }
-    block_body(x, w, m, k, out)
+    block_with(&Portable, x, w, m, k, out)
+}
+
+/// How a tile's lane partial sums are computed: [`Portable`] arrays, or 256-bit vectors
+/// (`avx::Avx`). Both run the same fused multiply-add chain per lane, so they give the same
+/// bits; everything else ([`block_with`], [`tile`]) is shared.
+trait Lanes {
+    /// For each `c`, `r`: lane `l` sums `xs[r][p] · ws[c][p]` over `p < body` with
+    /// `p % LANES == l`, in order of `p`, by fused multiply-adds.
+    fn partials<const R: usize, const C: usize>(
+        &self,
+        xs: [&[f32]; R],
+        ws: [&[f32]; C],
+        body: usize,
+    ) -> [[[f32; LANES]; R]; C];
+}
+
+/// Lane arrays the compiler may vectorise (it left them scalar on x86-64, hence `avx`).
+struct Portable;
+
+impl Lanes for Portable {
+    #[inline(always)]
+    fn partials<const R: usize, const C: usize>(
+        &self,
+        xs: [&[f32]; R],
+        ws: [&[f32]; C],
+        body: usize,
+    ) -> [[[f32; LANES]; R]; C] {
+        let mut acc = [[[0f32; LANES]; R]; C];
+        let mut p = 0;
+        while p < body {
+            for c in 0..C {
+                let wv: &[f32; LANES] = ws[c][p..p + LANES].try_into().expect("lane slice");
+                for r in 0..R {
+                    let xv: &[f32; LANES] = xs[r][p..p + LANES].try_into().expect("lane slice");
+                    for l in 0..LANES {
+                        acc[c][r][l] = xv[l].mul_add(wv[l], acc[c][r][l]);
+                    }
+                }
+            }
+            p += LANES;
+        }
+        acc
+    }
 }
 
 #[inline(always)]
-fn block_body(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+fn block_with<L: Lanes>(lanes: &L, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     let rows = out.len() / m;
     let xr = |i: usize| &x[i * k..(i + 1) * k];
     let wr = |j: usize| &w[j * k..(j + 1) * k];
@@ -137,7 +177,7 @@ fn block_body(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
         let ws = [wr(j), wr(j + 1), wr(j + 2), wr(j + 3)];
         let mut i = 0;
         while i + 2 <= m {
-            let r = tile::<2, TILE>([xr(i), xr(i + 1)], ws, k);
+            let r = tile::<L, 2, TILE>(lanes, [xr(i), xr(i + 1)], ws, k);
             for (c, col) in r.iter().enumerate() {
                 out[(j + c) * m + i] = col[0];
                 out[(j + c) * m + i + 1] = col[1];
@@ -145,7 +185,7 @@ fn block_body(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
             i += 2;
         }
         if i < m {
-            let r = tile::<1, TILE>([xr(i)], ws, k);
+            let r = tile::<L, 1, TILE>(lanes, [xr(i)], ws, k);
             for (c, col) in r.iter().enumerate() {
                 out[(j + c) * m + i] = col[0];
             }
@@ -154,33 +194,21 @@ fn block_body(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
     }
     for j in j..rows {
         for i in 0..m {
-            out[j * m + i] = tile::<1, 1>([xr(i)], [wr(j)], k)[0][0];
+            out[j * m + i] = tile::<L, 1, 1>(lanes, [xr(i)], [wr(j)], k)[0][0];
         }
     }
 }
 
 /// Dot products of `R` rows of `x` with `C` rows of `w`, as `[c][r]`.
 #[inline(always)]
-fn tile<const R: usize, const C: usize>(
+fn tile<L: Lanes, const R: usize, const C: usize>(
+    lanes: &L,
     xs: [&[f32]; R],
     ws: [&[f32]; C],
     k: usize,
 ) -> [[f32; R]; C] {
-    let mut acc = [[[0f32; LANES]; R]; C];
     let body = k / LANES * LANES;
-    let mut p = 0;
-    while p < body {
-        for c in 0..C {
-            let wv: &[f32; LANES] = ws[c][p..p + LANES].try_into().expect("lane slice");
-            for r in 0..R {
-                let xv: &[f32; LANES] = xs[r][p..p + LANES].try_into().expect("lane slice");
-                for l in 0..LANES {
-                    acc[c][r][l] = xv[l].mul_add(wv[l], acc[c][r][l]);
-                }
-            }
-        }
-        p += LANES;
-    }
+    let acc = lanes.partials(xs, ws, body);
     let mut out = [[0f32; R]; C];
     for c in 0..C {
         for r in 0..R {
@@ -196,86 +224,77 @@ fn tile<const R: usize, const C: usize>(
     out
 }
 
-/// [`block_body`] in 256-bit vectors. The compiler kept `tile`'s lane arrays as scalar
-/// multiply-adds with the accumulators on the stack (a profile of batch-8 decoding: 81% of
-/// the time in this kernel, 3.4× slower than transformers); here each lane array is one
-/// register. Each lane is the same fused multiply-add chain as [`tile`]'s, reduced in the
-/// same order, so the results are bit-for-bit those of [`block_body`].
+/// Lane partial sums in 256-bit vectors: each lane array is one register. The compiler kept
+/// [`Portable`]'s arrays as scalar multiply-adds with the accumulators on the stack (a
+/// profile of batch-8 decoding: 81% of the time in this kernel, 3.4× slower than
+/// transformers).
 #[cfg(target_arch = "x86_64")]
 mod avx {
-    use super::{LANES, TILE};
+    use super::{LANES, Lanes, block_with};
     use std::arch::x86_64::{
         __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn block(x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
-        let rows = out.len() / m;
-        let mut j = 0;
-        while j + TILE <= rows {
-            let mut i = 0;
-            while i + 2 <= m {
-                let r = tile::<2, TILE>(x, i, w, j, k);
-                for (c, col) in r.iter().enumerate() {
-                    out[(j + c) * m + i] = col[0];
-                    out[(j + c) * m + i + 1] = col[1];
-                }
-                i += 2;
-            }
-            if i < m {
-                let r = tile::<1, TILE>(x, i, w, j, k);
-                for (c, col) in r.iter().enumerate() {
-                    out[(j + c) * m + i] = col[0];
-                }
-            }
-            j += TILE;
+    /// Proof that this CPU has AVX2 and FMA: only [`Avx::detect`] makes one.
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx(());
+
+    impl Avx {
+        pub(super) fn detect() -> Option<Avx> {
+            (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+                .then_some(Avx(()))
         }
-        for j in j..rows {
-            for i in 0..m {
-                out[j * m + i] = tile::<1, 1>(x, i, w, j, k)[0][0];
-            }
+
+        pub(super) fn block(self, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+            // SAFETY: `self` exists only where the CPU has AVX2 and FMA.
+            unsafe { block(self, x, w, m, k, out) }
         }
     }
 
-    /// Dot products of rows `i..i + R` of `x` with rows `j..j + C` of `w`, as `[c][r]`.
+    /// [`block_with`] compiled for AVX2 and FMA, so that [`partials`] inlines into it.
+    #[target_feature(enable = "avx2,fma")]
+    fn block(avx: Avx, x: &[f32], w: &[f32], m: usize, k: usize, out: &mut [f32]) {
+        block_with(&avx, x, w, m, k, out)
+    }
+
+    impl Lanes for Avx {
+        #[inline(always)]
+        fn partials<const R: usize, const C: usize>(
+            &self,
+            xs: [&[f32]; R],
+            ws: [&[f32]; C],
+            body: usize,
+        ) -> [[[f32; LANES]; R]; C] {
+            // SAFETY: `self` exists only where the CPU has AVX2 and FMA.
+            unsafe { partials(xs, ws, body) }
+        }
+    }
+
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn tile<const R: usize, const C: usize>(
-        x: &[f32],
-        i: usize,
-        w: &[f32],
-        j: usize,
-        k: usize,
-    ) -> [[f32; R]; C] {
-        assert!((i + R) * k <= x.len() && (j + C) * k <= w.len());
-        let body = k / LANES * LANES;
+    fn partials<const R: usize, const C: usize>(
+        xs: [&[f32]; R],
+        ws: [&[f32]; C],
+        body: usize,
+    ) -> [[[f32; LANES]; R]; C] {
+        assert!(xs.iter().chain(&ws).all(|row| row.len() >= body));
         let mut acc: [[__m256; R]; C] = [[_mm256_setzero_ps(); R]; C];
         let mut p = 0;
-        while p < body {
-            for (c, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: p + LANES <= k, and rows j + c and i + r are inside `w` and `x`
-                // (asserted above), so each load reads 8 floats of one row.
-                let wv = unsafe { _mm256_loadu_ps(w.as_ptr().add((j + c) * k + p)) };
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add((i + r) * k + p)) };
+        while p + LANES <= body {
+            for (wr, acc) in ws.iter().zip(acc.iter_mut()) {
+                // SAFETY: p + LANES <= body <= every row's length (asserted above).
+                let wv = unsafe { _mm256_loadu_ps(wr.as_ptr().add(p)) };
+                for (xr, a) in xs.iter().zip(acc.iter_mut()) {
+                    let xv = unsafe { _mm256_loadu_ps(xr.as_ptr().add(p)) };
                     *a = _mm256_fmadd_ps(xv, wv, *a);
                 }
             }
             p += LANES;
         }
-        let mut out = [[0f32; R]; C];
-        for c in 0..C {
-            for r in 0..R {
-                let mut a = [0f32; LANES];
-                // SAFETY: `a` holds 8 floats.
-                unsafe { _mm256_storeu_ps(a.as_mut_ptr(), acc[c][r]) };
-                let s = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
-                let mut v = (s[0] + s[2]) + (s[1] + s[3]);
-                for q in body..k {
-                    v = x[(i + r) * k + q].mul_add(w[(j + c) * k + q], v);
-                }
-                out[c][r] = v;
-            }
+        let mut out = [[[0f32; LANES]; R]; C];
+        for (o, a) in out.iter_mut().flatten().zip(acc.iter().flatten()) {
+            // SAFETY: `o` holds 8 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), *a) };
         }
         out
     }
@@ -354,7 +373,7 @@ mod tests {
             let x = values(m * k, 5);
             let w = values(n * k, 6);
             let mut portable = vec![0f32; n * m];
-            block_body(&x, &w, m, k, &mut portable);
+            block_with(&Portable, &x, &w, m, k, &mut portable);
             let mut fast = vec![0f32; n * m];
             block(&x, &w, m, k, &mut fast);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
