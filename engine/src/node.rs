@@ -281,8 +281,12 @@ pub fn execute(
     // prefixed `NODE-ATTEMPT.`: outputs, `.in-PORT` for directory inputs, `.tmp` for the
     // operator's scratch space (made on first use). No directory of its own: allocating
     // and freeing inodes is most of what a small node costs.
+    // Spread over 16 subdirectories by key: creating a file takes its directory's lock,
+    // and concurrent nodes creating and renaming their outputs in one directory wait on
+    // each other (most of a small node's kernel time, in `perf`).
     let prefix = env
         .scratch_dir
+        .join(format!("{:x}", key.0[0] & 0xf))
         .join(format!("{}-{attempt}", safe_name(&node.name)));
     let mut made = Vec::new();
     let result = run_in(
@@ -555,16 +559,25 @@ fn run_in(
 /// The compute threads of this process: `RAYON_NUM_THREADS` when set to a positive number
 /// (the model runtime's thread pools read it), else the available cores.
 pub fn compute_threads() -> u32 {
+    // The cores are looked up once: `available_parallelism` reads several cgroup files.
+    static CORES: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+        .unwrap_or_else(|| {
+            *CORES
+                .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32))
+        })
 }
 
-/// This machine's host name.
+/// This machine's host name, read once per process.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+    .clone()
 }

@@ -191,6 +191,7 @@ pub async fn run(
         env,
         opts,
         emit: &emit,
+        events: events.clone(),
         inputs,
         state: vec![State::Skipped; p.nodes.len()],
         waiting_on: vec![0; p.nodes.len()],
@@ -397,6 +398,8 @@ struct Sched<'a, E: Fn(EventKind)> {
     env: NodeEnv,
     opts: &'a RunOptions,
     emit: &'a E,
+    /// The run's event log, shared with the nodes' progress reports.
+    events: Arc<EventLog>,
     inputs: HashMap<String, (Digest, PortType)>,
     state: Vec<State>,
     waiting_on: Vec<usize>,

@@ -293,8 +293,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         let node = node.to_string();
         let observer = self.opts.observer.clone();
         let last = Mutex::new(Instant::now() - Duration::from_secs(1));
-        let events_path = self.env.run_dir.join("events.jsonl");
-        let log = EventLog::create(&events_path).ok();
+        let log = self.events.clone();
         Arc::new(move |p: &crate::context::Progress| {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
             if p.done < p.total && l.elapsed() < Duration::from_millis(200) {
@@ -311,9 +310,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             if let Some(o) = &observer {
                 o(&ev);
             }
-            if let Some(log) = &log {
-                log.emit(ev);
-            }
+            log.emit(ev);
         })
     }
 
