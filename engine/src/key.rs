@@ -50,10 +50,26 @@ pub struct KeyMaterial {
     pub sources: BTreeMap<String, String>,
 }
 
-impl KeyMaterial {
+/// What a node key is computed from, borrowed: a no-op re-run computes every node's key
+/// and needs the rest of [`KeyMaterial`] (owned copies of the parameters, lineage) only for
+/// the nodes that execute.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    pub schema: u32,
+    pub op: &'a str,
+    pub op_version: u32,
+    pub params: &'a Map<String, Value>,
+    pub inputs: &'a BTreeMap<String, Digest>,
+    pub outputs: &'a BTreeMap<String, PortType>,
+    pub env: &'a BTreeMap<String, String>,
+    pub seed: Option<u64>,
+    pub metrics: &'a [String],
+}
+
+impl KeyParts<'_> {
     /// The node key.
     pub fn key(&self) -> Digest {
-        let KeyMaterial {
+        let KeyParts {
             schema,
             op,
             op_version,
@@ -63,9 +79,7 @@ impl KeyMaterial {
             env,
             seed,
             metrics,
-            input_types: _,
-            sources: _,
-        } = self;
+        } = *self;
         // The canonical encoding of the object {schema, op, op_version, params, inputs,
         // outputs, env, seed[, metrics]} (see [`canonical`]), written field by field in
         // sorted order rather than built as a JSON value first: a no-op re-run computes a
@@ -122,6 +136,28 @@ impl KeyMaterial {
         }
         out.push(b'}');
         Digest::of_bytes(&out)
+    }
+}
+
+impl KeyMaterial {
+    /// The node key.
+    pub fn key(&self) -> Digest {
+        self.parts().key()
+    }
+
+    /// The parts of this material that make the key.
+    pub fn parts(&self) -> KeyParts<'_> {
+        KeyParts {
+            schema: self.schema,
+            op: &self.op,
+            op_version: self.op_version,
+            params: &self.params,
+            inputs: &self.inputs,
+            outputs: &self.outputs,
+            env: &self.env,
+            seed: self.seed,
+            metrics: &self.metrics,
+        }
     }
 
     pub fn to_json(&self) -> Value {

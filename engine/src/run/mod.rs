@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use expflow_cache::{Digest, OutputRef, RunInfo};
+use expflow_cache::{Digest, Hit, OutputRef, RunInfo};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -13,7 +13,7 @@ use crate::compile::{Pipeline, Source};
 use crate::context::{CancelToken, ProgressFn};
 use crate::error::{EngineError, Result};
 use crate::events::{EventKind, EventLog, now_ms};
-use crate::key::{KEY_SCHEMA, KeyMaterial};
+use crate::key::{KEY_SCHEMA, KeyMaterial, KeyParts};
 use crate::materialize;
 use crate::node::{self, NodeEnv, hit_ok, ingest_input};
 use crate::operator::PortType;
@@ -186,6 +186,17 @@ pub async fn run(
         secrets,
     };
     let inputs = ingest_inputs(&env, p, &selected).await?;
+    let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
+    let checked = {
+        let keys: Vec<Digest> = selected
+            .iter()
+            .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
+            .collect();
+        let (cas, store) = (env.cas.clone(), env.store.clone());
+        tokio::task::spawn_blocking(move || check_hits(&cas, store.as_ref(), keys))
+            .await
+            .map_err(|e| EngineError::Other(format!("checking the cache panicked: {e}")))?
+    };
     let mut s = Sched {
         p,
         env,
@@ -198,7 +209,8 @@ pub async fn run(
         outputs: vec![None; p.nodes.len()],
         material: vec![None; p.nodes.len()],
         keys: vec![None; p.nodes.len()],
-        last: ws.store.last_keys(&p.name)?.into_iter().collect(),
+        last,
+        checked,
         runnable: BTreeSet::new(),
         inflight: HashMap::new(),
         parked: HashMap::new(),
@@ -393,6 +405,51 @@ async fn ingest_inputs(
     Ok(out)
 }
 
+/// The hits among `keys` whose blobs are intact, looked up and checked on every core.
+///
+/// A no-op re-run finds each node's key only once its inputs' hits are known, one node after
+/// another; but the key a node had last time is known at the start, and it is usually the
+/// key it has now. Looking those up and checking their blobs' stats in parallel, before the
+/// walk, leaves the walk computing keys. A key that has no hit, or whose blobs fail the
+/// check, is left out: the walk looks it up again and reports what it finds.
+fn check_hits(
+    cas: &expflow_cache::Cas,
+    store: &dyn expflow_cache::Store,
+    mut keys: Vec<Digest>,
+) -> HashMap<Digest, Hit> {
+    keys.sort_unstable();
+    keys.dedup();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if keys.is_empty() {
+        return HashMap::new();
+    }
+    let chunk = keys.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = keys
+            .chunks(chunk)
+            .map(|keys| {
+                scope.spawn(move || {
+                    let mut found = Vec::with_capacity(keys.len());
+                    for key in keys {
+                        if let Ok(Some(mut hit)) = store.get_hit(key)
+                            && let Ok(true) = hit_ok(cas, store, key, &mut hit)
+                        {
+                            found.push((*key, hit));
+                        }
+                    }
+                    found
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
 struct Sched<'a, E: Fn(EventKind)> {
     p: &'a Pipeline,
     env: NodeEnv,
@@ -410,6 +467,9 @@ struct Sched<'a, E: Fn(EventKind)> {
     /// The last key of every node of the pipeline as the run started (one scan of the store
     /// instead of a lookup per node).
     last: HashMap<String, Digest>,
+    /// The hits of those last keys whose blobs were found intact as the run started (see
+    /// [`check_hits`]); each is taken when its node's key turns out the same.
+    checked: HashMap<Digest, Hit>,
     runnable: BTreeSet<usize>,
     inflight: HashMap<Digest, usize>,
     parked: HashMap<Digest, Vec<usize>>,

@@ -16,20 +16,35 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 self.fail(i, None, 1, msg);
                 continue;
             }
-            let node = &self.p.nodes[i];
-            let material = match self.material_for(i) {
+            let inputs = match self.inputs_for(i) {
                 Ok(m) => m,
                 Err(msg) => {
                     self.fail(i, None, 1, msg);
                     continue;
                 }
             };
-            let key = material.key();
-            self.material[i] = Some(material);
+            // The key from borrowed parts: the owned material (copies of the parameters,
+            // lineage) is made only for a node that is not a hit.
+            let key = match self.key_parts(i, &inputs) {
+                Ok(parts) => parts.key(),
+                Err(msg) => {
+                    self.fail(i, None, 1, msg);
+                    continue;
+                }
+            };
             self.keys[i] = Some(key);
-            if let Some(mut hit) = self.env.store.get_hit(&key)?
-                && hit_ok(&self.env.cas, self.env.store.as_ref(), &key, &mut hit)?
-            {
+            let node = &self.p.nodes[i];
+            let hit = match self.checked.remove(&key) {
+                Some(hit) => Some(hit),
+                None => match self.env.store.get_hit(&key)? {
+                    Some(mut hit) => {
+                        hit_ok(&self.env.cas, self.env.store.as_ref(), &key, &mut hit)?
+                            .then_some(hit)
+                    }
+                    None => None,
+                },
+            };
+            if let Some(hit) = hit {
                 if self.last.get(node.name.as_str()) != Some(&key) {
                     self.env.store.set_last(&self.p.name, &node.name, &key)?;
                 }
@@ -43,6 +58,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 work.extend(self.release_children(i));
                 continue;
             }
+            self.material[i] = Some(self.material_from(i, inputs));
             if let Some(rec) = self.remote_lookup(i, &key) {
                 let node = &self.p.nodes[i];
                 (self.emit)(EventKind::NodeCached {
@@ -93,7 +109,8 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
         ready
     }
 
-    fn material_for(&mut self, i: usize) -> std::result::Result<KeyMaterial, String> {
+    /// The digest of every input of node `i`, by port.
+    fn inputs_for(&self, i: usize) -> std::result::Result<BTreeMap<String, Digest>, String> {
         let node = &self.p.nodes[i];
         let mut inputs = BTreeMap::new();
         for (port, src) in &node.inputs {
@@ -135,6 +152,17 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 d.ok_or_else(|| format!("input `{port}` is not available"))?,
             );
         }
+        Ok(inputs)
+    }
+
+    /// What node `i`'s key is made of, given its inputs. The operator's environment is
+    /// determined once per kind and run.
+    fn key_parts<'s>(
+        &'s mut self,
+        i: usize,
+        inputs: &'s BTreeMap<String, Digest>,
+    ) -> std::result::Result<KeyParts<'s>, String> {
+        let node = &self.p.nodes[i];
         let kind = node.op.kind();
         if !self.env_cache.contains_key(kind) {
             let env = node
@@ -143,7 +171,24 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 .map_err(|e| format!("cannot determine the environment of `{kind}`: {e}"))?;
             self.env_cache.insert(kind, env);
         }
-        Ok(KeyMaterial {
+        Ok(KeyParts {
+            schema: KEY_SCHEMA,
+            op: kind,
+            op_version: node.op.version(),
+            params: &node.params,
+            inputs,
+            outputs: &node.outputs,
+            env: &self.env_cache[kind],
+            seed: seed_of(node),
+            metrics: &node.metrics,
+        })
+    }
+
+    /// The whole key material of node `i` (recorded with its outputs when it executes).
+    fn material_from(&self, i: usize, inputs: BTreeMap<String, Digest>) -> KeyMaterial {
+        let node = &self.p.nodes[i];
+        let kind = node.op.kind();
+        KeyMaterial {
             schema: KEY_SCHEMA,
             op: kind.to_string(),
             op_version: node.op.version(),
@@ -151,14 +196,11 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             inputs,
             outputs: node.outputs.clone(),
             env: self.env_cache[kind].clone(),
-            seed: match node.determinism {
-                crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
-                _ => None,
-            },
+            seed: seed_of(node),
             metrics: node.metrics.clone(),
             input_types: self.input_types(i),
             sources: sources(self.p, i),
-        })
+        }
     }
 
     fn input_types(&self, i: usize) -> BTreeMap<String, PortType> {
@@ -454,5 +496,13 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 stack.extend(self.children[c].iter().copied());
             }
         }
+    }
+}
+
+/// The seed in the key of a seeded node.
+fn seed_of(node: &crate::CNode) -> Option<u64> {
+    match node.determinism {
+        crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
+        _ => None,
     }
 }

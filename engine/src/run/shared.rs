@@ -116,7 +116,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 let name = self.p.nodes[i].name.clone();
                 (self.emit)(EventKind::NodeFailed {
                     node: name.clone(),
-                    key: self.material[i].as_ref().map(KeyMaterial::key),
+                    key: self.keys[i],
                     attempt: 1,
                     will_retry: false,
                     error: msg.clone(),
