@@ -775,6 +775,11 @@ impl Attention {
         // Grouped-query attention without copying keys: the `rep` query heads that share a
         // key head are stacked as `rep * s` query rows against it, (b, kv, rep * s, t), which
         // has the memory order of (b, heads, s, t).
+        if !differentiable && kernels::applies(x) {
+            // Inference on the CPU in f32: one pass per (sequence, head).
+            let out = kernels::attention(&q, &k, &v, mask, scale as f32)?;
+            return self.o_proj.forward(&out);
+        }
         let t = k.dim(2)?;
         let qg = q.reshape((b, self.kv_heads, rep * s, self.head_dim))?;
         let raw = qg.matmul(&k.t()?)?.reshape((b, self.heads, s, t))?;

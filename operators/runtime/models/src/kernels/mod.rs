@@ -8,12 +8,14 @@
 //! - [`masked_softmax`]: `softmax(scores · scale + mask)` in one pass, with its backward;
 //! - [`rope`], [`silu_mul`], [`gelu_erf`]: element-wise, in parallel;
 //! - [`token_logps`]: `log softmax(logits)[target]` of chosen rows (the SFT loss) without
-//!   materialising the log-softmax.
+//!   materialising the log-softmax;
+//! - [`attention`]: grouped-query attention for inference, one pass per (sequence, head).
 //!
 //! They run on the CPU in f32; callers check [`applies`] and keep candle's composite ops
 //! elsewhere (other devices, other dtypes) and when [`set_enabled`] turned the kernels off,
 //! which gives the reference path the tests compare against.
 
+mod attention;
 mod elementwise;
 mod linear;
 mod norm;
@@ -23,6 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 
+pub use attention::attention;
 pub use elementwise::{erf, gelu_erf, rope, silu_mul};
 pub use linear::{LoraParts, linear};
 pub use norm::{layer_norm, rms_norm};
