@@ -259,3 +259,92 @@ fn layer_norm_matches_candle() {
     );
     assert_eq!(a.dtype(), DType::F32);
 }
+
+/// `softmax(q kᵀ · scale + mask) v` in candle's ops, keys repeated per query head, as
+/// `(b, s, heads · d)`.
+fn attention_composite(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Tensor {
+    let (b, heads, s, d) = q.dims4().unwrap();
+    let kv = k.dim(1).unwrap();
+    let rep = heads / kv;
+    let repeat = |x: &Tensor| {
+        let (b, kv, t, d) = x.dims4().unwrap();
+        x.contiguous()
+            .unwrap()
+            .unsqueeze(2)
+            .unwrap()
+            .expand((b, kv, rep, t, d))
+            .unwrap()
+            .reshape((b, kv * rep, t, d))
+            .unwrap()
+    };
+    let (k, v) = (repeat(k), repeat(v));
+    let scores = (q.matmul(&k.t().unwrap()).unwrap() * scale)
+        .unwrap()
+        .broadcast_add(mask)
+        .unwrap();
+    let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+    probs
+        .matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, s, heads * d))
+        .unwrap()
+}
+
+#[test]
+fn attention_matches_the_composite_with_cached_keys_and_grouped_heads() {
+    // 2 sequences, 8 query heads over 2 key heads, head size 20 (not a multiple of 8), keys
+    // and values read through a view of a larger cache, as decoding does.
+    let (b, heads, kv, d, cap) = (2, 8, 2, 20, 16);
+    let cache_k = rand(&[b, kv, cap, d], 1);
+    let cache_v = rand(&[b, kv, cap, d], 2);
+    for (s, t) in [(1, 11), (5, 5), (3, 9)] {
+        let q = rand(&[b, heads, s, d], 3 + s as u64);
+        let k = cache_k.narrow(2, 0, t).unwrap();
+        let v = cache_v.narrow(2, 0, t).unwrap();
+        assert!(!k.is_contiguous(), "the test reads keys through a view");
+        // Sequence 0 has its first two keys padded out when there are cached keys; causal
+        // within the new rows.
+        let mut m = vec![0f32; b * s * t];
+        for bi in 0..b {
+            for si in 0..s {
+                for j in 0..t {
+                    let future = j > t - s + si;
+                    let padded = bi == 0 && j < 2 && t - s >= 2;
+                    if future || padded {
+                        m[(bi * s + si) * t + j] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(m, (b, 1, s, t), &Device::Cpu).unwrap();
+        let scale = 1.0 / (d as f64).sqrt();
+        let fused = kernels::attention(&q, &k, &v, &mask, scale as f32).unwrap();
+        let composite = attention_composite(&q, &k, &v, &mask, scale);
+        assert_eq!(fused.dims(), &[b, s, heads * d]);
+        let diff = max_diff(&fused, &composite);
+        assert!(diff < 1e-5, "s {s}, t {t}: max difference {diff}");
+        // A mask broadcast over the batch gives the same as the mask repeated.
+        let one = mask.narrow(0, 1, 1).unwrap();
+        let fused = kernels::attention(&q, &k, &v, &one, scale as f32).unwrap();
+        let composite = attention_composite(&q, &k, &v, &one, scale);
+        assert!(max_diff(&fused, &composite) < 1e-5);
+    }
+}
+
+#[test]
+fn attention_says_which_shapes_do_not_fit() {
+    let q = rand(&[1, 6, 1, 8], 1);
+    let k = rand(&[1, 4, 3, 8], 2);
+    let mask = Tensor::zeros((1, 1, 1, 3), DType::F32, &Device::Cpu).unwrap();
+    let e = kernels::attention(&q, &k, &k, &mask, 1.0).unwrap_err();
+    assert!(
+        e.to_string().contains("6 query heads for 4 key heads"),
+        "{e}"
+    );
+    let bad_mask = Tensor::zeros((1, 1, 1, 4), DType::F32, &Device::Cpu).unwrap();
+    let k = rand(&[1, 2, 3, 8], 2);
+    let e = kernels::attention(&q, &k, &k, &bad_mask, 1.0).unwrap_err();
+    assert!(e.to_string().contains("does not broadcast"), "{e}");
+}

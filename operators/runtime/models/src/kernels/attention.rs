@@ -98,8 +98,8 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
     let (b8, b_rest) = b.split_at(a8.len());
     for (x, y) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
-        for l in 0..8 {
-            acc[l] += x[l] * y[l];
+        for (acc, (x, y)) in acc.iter_mut().zip(x.iter().zip(y)) {
+            *acc += x * y;
         }
     }
     let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
