@@ -86,6 +86,7 @@ impl<'a> Rows<'a> {
         })
     }
 
+    #[inline(always)]
     fn row(&self, i: usize, j: usize, k: usize, d: usize) -> &'a [f32] {
         let at = self.start + i * self.stride[0] + j * self.stride[1] + k * self.stride[2];
         &self.data[at..at + d]
@@ -93,6 +94,7 @@ impl<'a> Rows<'a> {
 }
 
 /// `Σ a_i b_i` in eight partial sums (so that it vectorises).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, a_rest) = a.split_at(a.len() / 8 * 8);
@@ -131,37 +133,33 @@ impl CustomOp3 for Attention {
         let (mb, ms, scale) = (self.mask_batch, self.mask_queries, self.scale);
         // (b, heads, s, d): one contiguous block per (sequence, head), computed in parallel.
         let mut by_head = vec![0f32; b * heads * s * d];
+        let avx2 = avx2();
         with_data(&self.mask, "attention mask", |mask| {
+            let job = Job {
+                q,
+                k,
+                v,
+                mask,
+                mask_batch: mb,
+                mask_queries: ms,
+                scale,
+                heads,
+                rep,
+                s,
+                t,
+                d,
+            };
             by_head
                 .par_chunks_mut(s * d)
                 .enumerate()
                 .for_each(|(task, out)| {
-                    let (bi, h) = (task / heads, task % heads);
-                    let g = h / rep;
-                    let mut p = vec![0f32; t];
-                    for si in 0..s {
-                        let qrow = &q[(task * s + si) * d..][..d];
-                        let mi = if mb == 1 { 0 } else { bi };
-                        let mq = if ms == 1 { 0 } else { si };
-                        let mrow = &mask[(mi * ms + mq) * t..][..t];
-                        let mut max = f32::NEG_INFINITY;
-                        for (j, (p, m)) in p.iter_mut().zip(mrow).enumerate() {
-                            *p = dot(qrow, k.row(bi, g, j, d)) * scale + m;
-                            max = max.max(*p);
-                        }
-                        let mut sum = 0f32;
-                        for p in p.iter_mut() {
-                            *p = (*p - max).exp();
-                            sum += *p;
-                        }
-                        let o = &mut out[si * d..(si + 1) * d];
-                        for (j, p) in p.iter().enumerate() {
-                            let w = p / sum;
-                            for (o, x) in o.iter_mut().zip(v.row(bi, g, j, d)) {
-                                *o += w * x;
-                            }
-                        }
+                    #[cfg(target_arch = "x86_64")]
+                    if avx2 {
+                        // SAFETY: `avx2()` found AVX2 on this CPU.
+                        unsafe { head_avx2(&job, task, out) };
+                        return;
                     }
+                    head(&job, task, out);
                 });
             Ok(())
         })?;
@@ -177,5 +175,143 @@ impl CustomOp3 for Attention {
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((b, s, heads * d))))
+    }
+}
+
+/// What every (sequence, head) task reads.
+struct Job<'a> {
+    q: &'a [f32],
+    k: Rows<'a>,
+    v: Rows<'a>,
+    mask: &'a [f32],
+    mask_batch: usize,
+    mask_queries: usize,
+    scale: f32,
+    heads: usize,
+    rep: usize,
+    s: usize,
+    t: usize,
+    d: usize,
+}
+
+/// Whether this CPU has AVX2 (looked up once).
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AVX2.get_or_init(|| std::is_x86_feature_detected!("avx2"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`head`] compiled for AVX2: the same operations in the same order on wider registers, so
+/// the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn head_avx2(job: &Job, task: usize, out: &mut [f32]) {
+    head(job, task, out)
+}
+
+/// Attention of the query rows of one (sequence, head) task into `out` (`s · d` values).
+#[inline(always)]
+fn head(job: &Job, task: usize, out: &mut [f32]) {
+    let Job {
+        q,
+        ref k,
+        ref v,
+        mask,
+        mask_batch: mb,
+        mask_queries: ms,
+        scale,
+        heads,
+        rep,
+        s,
+        t,
+        d,
+    } = *job;
+    let (bi, h) = (task / heads, task % heads);
+    let g = h / rep;
+    let mut p = vec![0f32; t];
+    for si in 0..s {
+        let qrow = &q[(task * s + si) * d..][..d];
+        let mi = if mb == 1 { 0 } else { bi };
+        let mq = if ms == 1 { 0 } else { si };
+        let mrow = &mask[(mi * ms + mq) * t..][..t];
+        let mut max = f32::NEG_INFINITY;
+        for (j, (p, m)) in p.iter_mut().zip(mrow).enumerate() {
+            *p = dot(qrow, k.row(bi, g, j, d)) * scale + m;
+            max = max.max(*p);
+        }
+        let mut sum = 0f32;
+        for p in p.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        let o = &mut out[si * d..(si + 1) * d];
+        for (j, p) in p.iter().enumerate() {
+            let w = p / sum;
+            for (o, x) in o.iter_mut().zip(v.row(bi, g, j, d)) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_avx2_build_gives_the_same_bits() {
+        if !avx2() {
+            eprintln!("no AVX2 on this CPU: nothing to compare");
+            return;
+        }
+        let (b, heads, kv, s, t, d) = (2, 4, 2, 3, 13, 20);
+        let q = values(b * heads * s * d, 1);
+        let kd = values(b * kv * t * d, 2);
+        let vd = values(b * kv * t * d, 3);
+        let mask = values(b * s * t, 4);
+        let rows = |data| Rows {
+            data,
+            start: 0,
+            stride: [kv * t * d, t * d, d],
+        };
+        let job = Job {
+            q: &q,
+            k: rows(&kd),
+            v: rows(&vd),
+            mask: &mask,
+            mask_batch: b,
+            mask_queries: s,
+            scale: 0.25,
+            heads,
+            rep: heads / kv,
+            s,
+            t,
+            d,
+        };
+        for task in 0..b * heads {
+            let (mut plain, mut wide) = (vec![0f32; s * d], vec![0f32; s * d]);
+            head(&job, task, &mut plain);
+            // SAFETY: checked above that the CPU has AVX2.
+            unsafe { head_avx2(&job, task, &mut wide) };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain), bits(&wide), "task {task}");
+        }
     }
 }
