@@ -90,6 +90,149 @@ impl CustomOp2 for FewRowsMatmulT {
     }
 }
 
+/// `[x W₁ᵀ + b₁ | x W₂ᵀ + b₂ | …]` of `x` `(m, k)` and weights `(nᵢ, k)`, `(m, Σ nᵢ)`, in one
+/// parallel section: a decode step's query, key and value projections (or gate and up) read
+/// `x` once and hand work to the threads once instead of once per product and once per bias.
+/// Each element is the same dot product as [`matmul_t`] gives, plus the same bias addition,
+/// so the result has the same bits as the separate products. Call only where [`applies`]
+/// holds for `x` and every weight; each bias, when given, is `(nᵢ)`.
+pub fn matmul_t_concat(
+    x: &Tensor,
+    weights: &[&Tensor],
+    biases: &[Option<&Tensor>],
+) -> candle_core::Result<Tensor> {
+    if weights.len() != biases.len() {
+        candle_core::bail!(
+            "few-rows-matmul-t: {} weights but {} biases",
+            weights.len(),
+            biases.len()
+        );
+    }
+    let k = x.dims2()?.1;
+    for (w, b) in weights.iter().zip(biases) {
+        let (n, k2) = w.dims2()?;
+        if k2 != k {
+            candle_core::bail!("few-rows-matmul-t: x has {k} columns but a weight is ({n}, {k2})");
+        }
+        if let Some(b) = b
+            && b.dims() != [n]
+        {
+            candle_core::bail!(
+                "few-rows-matmul-t: a bias of shape {:?} for {n} outputs",
+                b.dims()
+            );
+        }
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Concat {
+        weights: weights.iter().map(|w| (*w).clone()).collect(),
+        biases: biases
+            .iter()
+            .map(|b| b.map(|b| b.contiguous()).transpose())
+            .collect::<candle_core::Result<_>>()?,
+    })
+}
+
+struct Concat {
+    weights: Vec<Tensor>,
+    biases: Vec<Option<Tensor>>,
+}
+
+/// The f32 data of a contiguous CPU tensor, kept readable while `guard` lives.
+fn cpu_f32<'a>(guard: &'a candle_core::Storage, layout: &Layout) -> candle_core::Result<&'a [f32]> {
+    match guard {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => match layout.contiguous_offsets() {
+            Some((a, b)) => Ok(&v[a..b]),
+            None => candle_core::bail!("few-rows-matmul-t: inputs must be contiguous"),
+        },
+        _ => candle_core::bail!("few-rows-matmul-t: f32 CPU tensors only"),
+    }
+}
+
+impl candle_core::CustomOp1 for Concat {
+    fn name(&self) -> &'static str {
+        "few-rows-matmul-t-concat"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = s else {
+            candle_core::bail!("few-rows-matmul-t: f32 inputs only");
+        };
+        let (m, k) = l.shape().dims2()?;
+        let Some((xa, xb)) = l.contiguous_offsets() else {
+            candle_core::bail!("few-rows-matmul-t: inputs must be contiguous");
+        };
+        let x = &x[xa..xb];
+        let wg: Vec<_> = self
+            .weights
+            .iter()
+            .map(|w| w.storage_and_layout())
+            .collect();
+        let bg: Vec<_> = self
+            .biases
+            .iter()
+            .map(|b| b.as_ref().map(|b| b.storage_and_layout()))
+            .collect();
+        let mut ws = Vec::with_capacity(wg.len());
+        for (g, wl) in &wg {
+            ws.push(cpu_f32(g, wl)?);
+        }
+        let mut bs = Vec::with_capacity(bg.len());
+        for b in &bg {
+            bs.push(match b {
+                Some((g, bl)) => Some(cpu_f32(g, bl)?),
+                None => None,
+            });
+        }
+        let n: usize = ws.iter().map(|w| w.len() / k.max(1)).sum();
+        // Column-major (n, m), one task per `CHUNK` weight rows of one weight.
+        let mut out_t = vec![0f32; n * m];
+        let mut tasks: Vec<(&[f32], &mut [f32])> = Vec::new();
+        let mut rest = out_t.as_mut_slice();
+        for w in &ws {
+            let rows = w.len() / k.max(1);
+            for c in (0..rows).step_by(CHUNK) {
+                let r = CHUNK.min(rows - c);
+                let (o, tail) = rest.split_at_mut(r * m);
+                tasks.push((&w[c * k..(c + r) * k], o));
+                rest = tail;
+            }
+        }
+        if m > 0 && k > 0 {
+            if rayon::current_num_threads() > 1 && tasks.len() > 1 {
+                tasks
+                    .into_par_iter()
+                    .for_each(|(w, o)| block(x, w, m, k, o));
+            } else {
+                for (w, o) in tasks {
+                    block(x, w, m, k, o);
+                }
+            }
+        }
+        let mut out = vec![0f32; m * n];
+        let mut j = 0;
+        for (w, b) in ws.iter().zip(&bs) {
+            let rows = w.len() / k.max(1);
+            for r in 0..rows {
+                let col = &out_t[(j + r) * m..(j + r + 1) * m];
+                match b {
+                    Some(b) => {
+                        for (i, v) in col.iter().enumerate() {
+                            out[i * n + j + r] = *v + b[r];
+                        }
+                    }
+                    None => {
+                        for (i, v) in col.iter().enumerate() {
+                            out[i * n + j + r] = *v;
+                        }
+                    }
+                }
+            }
+            j += rows;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+}
+
 /// Row-major `(m, n)` result of `x` `(m, k)` times `w` `(n, k)` transposed.
 fn compute(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     // Each task fills whole weight rows: column-major (n, m), transposed at the end.
@@ -315,6 +458,53 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
+    }
+
+    #[test]
+    fn concatenated_products_equal_the_separate_ones_bit_for_bit() {
+        if !available() {
+            return;
+        }
+        let dev = Device::Cpu;
+        let (m, k) = (8, 70);
+        let x = Tensor::from_vec(values(m * k, 5), (m, k), &dev).unwrap();
+        // Sizes that are not multiples of a task's rows; the second has no bias.
+        let ns = [200, 65, 131];
+        let ws: Vec<Tensor> = ns
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Tensor::from_vec(values(n * k, 10 + i as u64), (n, k), &dev).unwrap())
+            .collect();
+        let b0 = Tensor::from_vec(values(ns[0], 20), ns[0], &dev).unwrap();
+        let b2 = Tensor::from_vec(values(ns[2], 22), ns[2], &dev).unwrap();
+        let biases = [Some(&b0), None, Some(&b2)];
+        let weights: Vec<&Tensor> = ws.iter().collect();
+        let joined = matmul_t_concat(&x, &weights, &biases).unwrap();
+        assert_eq!(joined.dims(), &[m, ns.iter().sum::<usize>()]);
+        let separate: Vec<Tensor> = ws
+            .iter()
+            .zip(biases)
+            .map(|(w, b)| {
+                let y = matmul_t(&x, w).unwrap();
+                match b {
+                    Some(b) => y.broadcast_add(b).unwrap(),
+                    None => y,
+                }
+            })
+            .collect();
+        let separate = Tensor::cat(&separate, 1).unwrap();
+        let bits = |t: &Tensor| {
+            t.flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&joined), bits(&separate));
+        let e = matmul_t_concat(&x, &weights, &[None]).unwrap_err();
+        assert!(e.to_string().contains("3 weights but 1 biases"), "{e}");
     }
 
     #[test]

@@ -744,9 +744,22 @@ impl Attention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(x)?, self.heads)?;
-        let k = split(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = split(self.v_proj.forward(x)?, self.kv_heads)?;
+        let (q, k, v) = match few_rows_concat(x, &[&self.q_proj, &self.k_proj, &self.v_proj])? {
+            Some(mut qkv) => {
+                let v = qkv.pop().expect("three products");
+                let k = qkv.pop().expect("three products");
+                let q = qkv.pop().expect("three products");
+                (q, k, v)
+            }
+            None => (
+                self.q_proj.forward(x)?,
+                self.k_proj.forward(x)?,
+                self.v_proj.forward(x)?,
+            ),
+        };
+        let q = split(q, self.heads)?;
+        let k = split(k, self.kv_heads)?;
+        let v = split(v, self.kv_heads)?;
         // Training on the CPU in f32 takes the fused kernels (with their own backward).
         let fused = differentiable && kernels::applies(x);
         let (q, k) = match rope {
@@ -822,8 +835,40 @@ impl Mlp {
             let u = self.up_proj.forward(x)?;
             return self.down_proj.forward(&kernels::silu_mul(&g, &u)?);
         }
-        let g = self.gate_proj.forward(x)?.silu()?;
-        let u = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(g * u)?)
+        let (g, u) = match few_rows_concat(x, &[&self.gate_proj, &self.up_proj])? {
+            Some(mut gu) => {
+                let u = gu.pop().expect("two products");
+                (gu.pop().expect("two products"), u)
+            }
+            None => (self.gate_proj.forward(x)?, self.up_proj.forward(x)?),
+        };
+        self.down_proj.forward(&(g.silu()? * u)?)
     }
+}
+
+/// The outputs of `linears` on the same `x`, computed in one few-rows pass, when a decode
+/// step allows it: few rows, nothing tracked for gradients, no adapter. The same bits as
+/// each [`Linear::forward`] (see [`few_rows::matmul_t_concat`]); `None` elsewhere.
+fn few_rows_concat(x: &Tensor, linears: &[&Linear]) -> candle_core::Result<Option<Vec<Tensor>>> {
+    if linears
+        .iter()
+        .any(|l| l.adapter.is_some() || !few_rows::applies(x, &l.weight))
+    {
+        return Ok(None);
+    }
+    let dims = x.dims();
+    let i = dims[dims.len() - 1];
+    let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
+    let biases: Vec<Option<&Tensor>> = linears.iter().map(|l| l.bias.as_ref()).collect();
+    let y = few_rows::matmul_t_concat(&x.reshape((x.elem_count() / i, i))?, &weights, &biases)?;
+    let mut out = Vec::with_capacity(linears.len());
+    let mut at = 0;
+    for l in linears {
+        let n = l.out_dim();
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        out.push(y.narrow(1, at, n)?.contiguous()?.reshape(shape)?);
+        at += n;
+    }
+    Ok(Some(out))
 }
