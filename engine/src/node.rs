@@ -122,6 +122,14 @@ pub fn hit_ok(cas: &Cas, store: &dyn Store, key: &Digest, hit: &mut Hit) -> Resu
     Ok(true)
 }
 
+/// The hit on `key` when there is one and its blobs are intact ([`hit_ok`]).
+pub fn intact_hit(cas: &Cas, store: &dyn Store, key: &Digest) -> Result<Option<Hit>> {
+    match store.get_hit(key)? {
+        Some(mut hit) => Ok(hit_ok(cas, store, key, &mut hit)?.then_some(hit)),
+        None => Ok(None),
+    }
+}
+
 /// Whether every one of a record's outputs is intact.
 pub fn outputs_ok(
     cas: &Cas,

@@ -15,7 +15,7 @@ use crate::error::{EngineError, Result};
 use crate::events::{EventKind, EventLog, now_ms};
 use crate::key::{KEY_SCHEMA, KeyMaterial, KeyParts};
 use crate::materialize;
-use crate::node::{self, NodeEnv, hit_ok, ingest_input};
+use crate::node::{self, NodeEnv, ingest_input, intact_hit};
 use crate::operator::PortType;
 use crate::workspace::Workspace;
 
@@ -431,15 +431,9 @@ fn check_hits(
             .chunks(chunk)
             .map(|keys| {
                 scope.spawn(move || {
-                    let mut found = Vec::with_capacity(keys.len());
-                    for key in keys {
-                        if let Ok(Some(mut hit)) = store.get_hit(key)
-                            && let Ok(true) = hit_ok(cas, store, key, &mut hit)
-                        {
-                            found.push((*key, hit));
-                        }
-                    }
-                    found
+                    keys.iter()
+                        .filter_map(|key| Some((*key, intact_hit(cas, store, key).ok()??)))
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();

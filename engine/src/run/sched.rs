@@ -36,13 +36,7 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
             let node = &self.p.nodes[i];
             let hit = match self.checked.remove(&key) {
                 Some(hit) => Some(hit),
-                None => match self.env.store.get_hit(&key)? {
-                    Some(mut hit) => {
-                        hit_ok(&self.env.cas, self.env.store.as_ref(), &key, &mut hit)?
-                            .then_some(hit)
-                    }
-                    None => None,
-                },
+                None => intact_hit(&self.env.cas, self.env.store.as_ref(), &key)?,
             };
             if let Some(hit) = hit {
                 if self.last.get(node.name.as_str()) != Some(&key) {

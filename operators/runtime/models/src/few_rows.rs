@@ -172,87 +172,69 @@ impl candle_core::CustomOp1 for Concat {
             .iter()
             .map(|b| b.as_ref().map(|b| b.storage_and_layout()))
             .collect();
-        let mut ws = Vec::with_capacity(wg.len());
-        for (g, wl) in &wg {
-            ws.push(cpu_f32(g, wl)?);
-        }
-        let mut bs = Vec::with_capacity(bg.len());
-        for b in &bg {
-            bs.push(match b {
+        let mut parts: Vec<Part> = Vec::with_capacity(wg.len());
+        for ((g, wl), b) in wg.iter().zip(&bg) {
+            let bias = match b {
                 Some((g, bl)) => Some(cpu_f32(g, bl)?),
                 None => None,
-            });
+            };
+            parts.push((cpu_f32(g, wl)?, wl.dims()[0], bias));
         }
-        let n: usize = ws.iter().map(|w| w.len() / k.max(1)).sum();
-        // Column-major (n, m), one task per `CHUNK` weight rows of one weight.
-        let mut out_t = vec![0f32; n * m];
-        let mut tasks: Vec<(&[f32], &mut [f32])> = Vec::new();
-        let mut rest = out_t.as_mut_slice();
-        for w in &ws {
-            let rows = w.len() / k.max(1);
-            for c in (0..rows).step_by(CHUNK) {
-                let r = CHUNK.min(rows - c);
-                let (o, tail) = rest.split_at_mut(r * m);
-                tasks.push((&w[c * k..(c + r) * k], o));
-                rest = tail;
-            }
-        }
-        if m > 0 && k > 0 {
-            if rayon::current_num_threads() > 1 && tasks.len() > 1 {
-                tasks
-                    .into_par_iter()
-                    .for_each(|(w, o)| block(x, w, m, k, o));
-            } else {
-                for (w, o) in tasks {
-                    block(x, w, m, k, o);
-                }
-            }
-        }
-        let mut out = vec![0f32; m * n];
-        let mut j = 0;
-        for (w, b) in ws.iter().zip(&bs) {
-            let rows = w.len() / k.max(1);
-            for r in 0..rows {
-                let col = &out_t[(j + r) * m..(j + r + 1) * m];
-                match b {
-                    Some(b) => {
-                        for (i, v) in col.iter().enumerate() {
-                            out[i * n + j + r] = *v + b[r];
-                        }
-                    }
-                    None => {
-                        for (i, v) in col.iter().enumerate() {
-                            out[i * n + j + r] = *v;
-                        }
-                    }
-                }
-            }
-            j += rows;
-        }
+        let n = parts.iter().map(|p| p.1).sum();
+        let out = compute_many(x, &parts, m, k);
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 }
 
 /// Row-major `(m, n)` result of `x` `(m, k)` times `w` `(n, k)` transposed.
 fn compute(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    compute_many(x, &[(w, n, None)], m, k)
+}
+
+/// A weight `(rows, k)`, its row count and its bias.
+type Part<'a> = (&'a [f32], usize, Option<&'a [f32]>);
+
+/// Row-major `(m, Σ rows)`: `x W₁ᵀ + b₁ | x W₂ᵀ + b₂ | …`, every part's weight rows split
+/// between the threads as one list.
+fn compute_many(x: &[f32], parts: &[Part], m: usize, k: usize) -> Vec<f32> {
+    let n: usize = parts.iter().map(|p| p.1).sum();
     // Each task fills whole weight rows: column-major (n, m), transposed at the end.
     let mut out_t = vec![0f32; n * m];
     if m == 0 || n == 0 {
         return out_t;
     }
+    // One task per `CHUNK` rows of one weight.
+    let mut tasks: Vec<(&[f32], &mut [f32])> = Vec::new();
+    let mut rest = out_t.as_mut_slice();
+    for &(w, rows, _) in parts {
+        for c in (0..rows).step_by(CHUNK) {
+            let r = CHUNK.min(rows - c);
+            let (o, tail) = rest.split_at_mut(r * m);
+            tasks.push((&w[c * k..(c + r) * k], o));
+            rest = tail;
+        }
+    }
     if rayon::current_num_threads() > 1 && n >= 2 * CHUNK {
-        out_t
-            .par_chunks_mut(CHUNK * m)
-            .enumerate()
-            .for_each(|(c, o)| block(x, &w[c * CHUNK * k..], m, k, o));
+        tasks
+            .into_par_iter()
+            .for_each(|(w, o)| block(x, w, m, k, o));
     } else {
-        block(x, w, m, k, &mut out_t);
+        for (w, o) in tasks {
+            block(x, w, m, k, o);
+        }
     }
     let mut out = vec![0f32; m * n];
-    for (j, col) in out_t.chunks_exact(m).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            out[i * n + j] = *v;
+    let mut j = 0;
+    for &(_, rows, bias) in parts {
+        for r in 0..rows {
+            for (i, v) in out_t[(j + r) * m..(j + r + 1) * m].iter().enumerate() {
+                out[i * n + j + r] = match bias {
+                    Some(b) => *v + b[r],
+                    None => *v,
+                };
+            }
         }
+        j += rows;
     }
     out
 }

@@ -8,6 +8,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::softmax::softmax_row;
 use super::{data, with_data};
 
 /// `softmax(q kᵀ · scale + mask) v`, for inference (no backward pass).
@@ -130,7 +131,6 @@ impl CustomOp3 for Attention {
         let (_, kv_heads, t, _) = kl.shape().dims4()?;
         let (k, v) = (Rows::new(ks, kl, "k")?, Rows::new(vs, vl, "v")?);
         let rep = heads / kv_heads;
-        let (mb, ms, scale) = (self.mask_batch, self.mask_queries, self.scale);
         // (b, heads, s, d): one contiguous block per (sequence, head), computed in parallel.
         let mut by_head = vec![0f32; b * heads * s * d];
         let avx2 = avx2();
@@ -140,9 +140,9 @@ impl CustomOp3 for Attention {
                 k,
                 v,
                 mask,
-                mask_batch: mb,
-                mask_queries: ms,
-                scale,
+                mask_batch: self.mask_batch,
+                mask_queries: self.mask_queries,
+                scale: self.scale,
                 heads,
                 rep,
                 s,
@@ -232,25 +232,18 @@ fn head(job: &Job, task: usize, out: &mut [f32]) {
     } = *job;
     let (bi, h) = (task / heads, task % heads);
     let g = h / rep;
-    let mut p = vec![0f32; t];
+    let (mut scores, mut p) = (vec![0f32; t], vec![0f32; t]);
     for si in 0..s {
         let qrow = &q[(task * s + si) * d..][..d];
         let mi = if mb == 1 { 0 } else { bi };
         let mq = if ms == 1 { 0 } else { si };
         let mrow = &mask[(mi * ms + mq) * t..][..t];
-        let mut max = f32::NEG_INFINITY;
-        for (j, (p, m)) in p.iter_mut().zip(mrow).enumerate() {
-            *p = dot(qrow, k.row(bi, g, j, d)) * scale + m;
-            max = max.max(*p);
+        for (j, x) in scores.iter_mut().enumerate() {
+            *x = dot(qrow, k.row(bi, g, j, d));
         }
-        let mut sum = 0f32;
-        for p in p.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
+        softmax_row(&mut p, &scores, Some(mrow), scale);
         let o = &mut out[si * d..(si + 1) * d];
-        for (j, p) in p.iter().enumerate() {
-            let w = p / sum;
+        for (j, w) in p.iter().enumerate() {
             for (o, x) in o.iter_mut().zip(v.row(bi, g, j, d)) {
                 *o += w * x;
             }

@@ -43,7 +43,9 @@ struct MaskedSoftmax {
     scale: f32,
 }
 
-fn softmax_row(o: &mut [f32], x: &[f32], m: Option<&[f32]>, scale: f32) {
+/// `softmax(x · scale + m)` of one row into `o`.
+#[inline(always)]
+pub(super) fn softmax_row(o: &mut [f32], x: &[f32], m: Option<&[f32]>, scale: f32) {
     match m {
         Some(m) => {
             for ((o, x), m) in o.iter_mut().zip(x).zip(m) {
