@@ -23,6 +23,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use expflow_engine::run::Prefetch;
 use expflow_engine::{CancelToken, EngineError, Registry, RunOptions, Workspace, workspace};
 
 /// Exit codes (a public contract): 0 success, 1 a node failed, 2 invalid pipeline or usage,
@@ -455,6 +456,54 @@ fn open_for(
     )?)
 }
 
+/// Compiles the pipeline and opens its workspace. A workspace that exists already opens
+/// on a second thread while the pipeline compiles (the record store's recovery, the lock,
+/// leftovers of killed runs), and with `prefetch` that thread goes on to look up what a
+/// run of the pipeline the file names will look up first ([`Prefetch`]); the holder names
+/// the pipeline once it is known. A new workspace is created only after the pipeline has
+/// compiled, so that a broken pipeline file leaves no `.expflow/` behind. A pipeline error
+/// wins over a workspace error, as when the two ran one after the other.
+fn load_and_open(
+    cli_ws: &Option<PathBuf>,
+    p: &PipelineArgs,
+    command: &str,
+    run_id: Option<String>,
+    prefetch: bool,
+) -> Result<(expflow_engine::Pipeline, Workspace, Option<Prefetch>)> {
+    let root = Workspace::locate(&p.pipeline, cli_ws.as_deref());
+    if !root.join("db").is_dir() {
+        let pipeline = load(p)?;
+        let ws = open_for(cli_ws, &p.pipeline, command, &pipeline.name, run_id)?;
+        return Ok((pipeline, ws, None));
+    }
+    let (pipeline, opened) = std::thread::scope(|s| {
+        let opening = s.spawn(|| {
+            let ws = Workspace::open(&root, workspace::holder(command, "", run_id.clone()))?;
+            let found = prefetch
+                .then(|| std::fs::read_to_string(&p.pipeline).ok())
+                .flatten()
+                .and_then(|text| expflow_engine::yaml::top_level_scalar(&text, "pipeline"))
+                .and_then(|name| match Prefetch::gather(&ws, &name) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        tracing::debug!("looking up the last run ahead: {e}");
+                        None
+                    }
+                });
+            Ok::<_, EngineError>((ws, found))
+        });
+        let pipeline = load(p);
+        let opened = opening
+            .join()
+            .map_err(|_| anyhow::anyhow!("opening the workspace panicked"));
+        (pipeline, opened)
+    });
+    let pipeline = pipeline?;
+    let (ws, found) = opened??;
+    ws.set_holder(&workspace::holder(command, &pipeline.name, run_id))?;
+    Ok((pipeline, ws, found))
+}
+
 fn dispatch(cli: Cli) -> Result<u8> {
     let ws_arg = cli.workspace.clone();
     match cli.command {
@@ -483,8 +532,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             },
         ),
         Command::Plan { p, target, json } => {
-            let pipeline = load(&p)?;
-            let ws = open_for(&ws_arg, &p.pipeline, "plan", &pipeline.name, None)?;
+            let (pipeline, ws, _) = load_and_open(&ws_arg, &p, "plan", None, false)?;
             let entries = expflow_engine::plan(&ws, &pipeline, &target)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
@@ -494,8 +542,7 @@ fn dispatch(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Explain { p, node, json } => {
-            let pipeline = load(&p)?;
-            let ws = open_for(&ws_arg, &p.pipeline, "explain", &pipeline.name, None)?;
+            let (pipeline, ws, _) = load_and_open(&ws_arg, &p, "explain", None, false)?;
             let ex = expflow_engine::explain(&ws, &pipeline, &node)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&ex)?);
@@ -642,15 +689,8 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
         executor,
         data,
     } = flags;
-    let pipeline = load(p)?;
     let run_id = workspace::new_run_id();
-    let ws = open_for(
-        ws_arg,
-        &p.pipeline,
-        "run",
-        &pipeline.name,
-        Some(run_id.clone()),
-    )?;
+    let (pipeline, ws, prefetch) = load_and_open(ws_arg, p, "run", Some(run_id.clone()), true)?;
     let mut opts = RunOptions {
         keep_going,
         targets,
@@ -688,7 +728,15 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
                 c.cancel();
             }
         });
-        expflow_engine::run(&ws, &pipeline, &run_id, &opts, cancel.clone()).await
+        expflow_engine::run::run_prefetched(
+            &ws,
+            &pipeline,
+            &run_id,
+            &opts,
+            cancel.clone(),
+            prefetch,
+        )
+        .await
     })?;
     display.finish();
     if json {
@@ -707,6 +755,12 @@ fn run(ws_arg: &Option<PathBuf>, p: &PipelineArgs, flags: RunFlags) -> Result<u8
             eprintln!("failed: {node}: {err}");
         }
     }
+    // Closing the workspace flushes the record store and syncs it; the compiled pipeline
+    // (a thousand nodes' parameters, references and types) is freed meanwhile.
+    std::thread::scope(|s| {
+        s.spawn(move || drop(pipeline));
+        drop(ws);
+    });
     Ok(match summary.status.as_str() {
         "ok" => 0,
         "cancelled" => code::INTERRUPTED,

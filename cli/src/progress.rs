@@ -4,7 +4,7 @@
 //! [`PLAIN_EVERY`] its progress once every [`PLAIN_EVERY`].
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -213,7 +213,7 @@ impl Display {
                     };
                     match &bar {
                         Some(b) => b.println(&line),
-                        None => eprintln!("{line}"),
+                        None => print_line(line),
                     }
                     return;
                 }
@@ -230,7 +230,7 @@ impl Display {
                         b.println(&line);
                     }
                 }
-                None => eprintln!("{line}"),
+                None => print_line(line),
             }
         })
     }
@@ -241,6 +241,14 @@ impl Display {
             b.finish_and_clear();
         }
     }
+}
+
+/// One line on stderr in one write: stderr is unbuffered, and `eprintln!` writes the line
+/// and its newline separately (two system calls per node of a re-run, and lines of
+/// parallel writers could interleave between them).
+fn print_line(mut line: String) {
+    line.push('\n');
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 #[cfg(test)]

@@ -179,6 +179,15 @@ fn rerunning_replaces_what_expflow_wrote_and_refuses_user_edits() {
     assert!(manifest.contains("\"results/out.txt\""), "{manifest}");
     assert!(manifest.contains("\"results/tree\""), "{manifest}");
 
+    // A re-run that changes nothing leaves the manifest file as it is (not rewritten).
+    let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let manifest_path = proj.join(".expflow/materialized.json");
+    let before = inode(&manifest_path);
+    let (code, stderr) = run(&proj, &marker, &["run", "p.yaml"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(inode(&manifest_path), before, "the manifest was replaced");
+    assert_eq!(read(&manifest_path), manifest);
+
     // A new value replaces both (the file and the directory port).
     let (code, stderr) = run(&proj, &marker, &["run", "p.yaml", "--set", "text=two"]);
     assert_eq!(code, 0, "{stderr}");

@@ -33,7 +33,7 @@ struct Manifest {
     entries: BTreeMap<String, Entry>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Entry {
     digest: Digest,
     dir: bool,
@@ -99,6 +99,12 @@ pub fn materialize(
     force: bool,
 ) -> Result<()> {
     let mut manifest = read_manifest(ws)?;
+    // What the file holds now, to leave it alone when a run changes nothing (a re-run).
+    let stored = ws
+        .root()
+        .join(MANIFEST)
+        .exists()
+        .then(|| manifest.entries.clone());
     let mut todo: Vec<(&Path, String, &OutputRef, Option<Digest>)> = Vec::new();
     let mut conflicts = Vec::new();
     for (dest, node, port) in &p.outputs {
@@ -183,7 +189,9 @@ pub fn materialize(
     for e in manifest.entries.values_mut() {
         e.previous = None;
     }
-    write_manifest(ws, &manifest)?;
+    if stored.as_ref() != Some(&manifest.entries) {
+        write_manifest(ws, &manifest)?;
+    }
     result
 }
 

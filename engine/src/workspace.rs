@@ -114,6 +114,12 @@ impl Workspace {
         &self.root
     }
 
+    /// Replaces the recorded holder, e.g. to name the pipeline once it has compiled when
+    /// the workspace was opened while it compiled.
+    pub fn set_holder(&self, holder: &Holder) -> Result<()> {
+        write_holder(&self.root, holder)
+    }
+
     pub fn run_dir(&self, run_id: &str) -> PathBuf {
         self.root.join("runs").join(run_id)
     }
@@ -193,10 +199,14 @@ fn take_lock(root: &Path, holder: &Holder) -> Result<File> {
         }
         Err(std::fs::TryLockError::Error(e)) => return Err(EngineError::io(&path, e)),
     }
+    write_holder(root, holder)?;
+    Ok(file)
+}
+
+fn write_holder(root: &Path, holder: &Holder) -> Result<()> {
     let text = serde_json::to_vec_pretty(holder).unwrap_or_default();
     let hp = root.join("holder.json");
-    std::fs::write(&hp, text).map_err(|e| EngineError::io(&hp, e))?;
-    Ok(file)
+    std::fs::write(&hp, text).map_err(|e| EngineError::io(&hp, e))
 }
 
 /// The current holder of a workspace, if one is recorded.

@@ -385,6 +385,58 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     })
 }
 
+/// The value of `key` in the document's top-level mapping, when it is a scalar, read from
+/// the parser's events only as far as that entry: a hint such as a pipeline file's name
+/// (usually its first line) before the whole file has been parsed. `None` when the key is
+/// absent or not a scalar, or the text does not parse as far as it.
+pub fn top_level_scalar(text: &str, key: &str) -> Option<String> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+    let mut depth = 0usize;
+    let mut expect_key = true;
+    let mut matched = false;
+    for item in Parser::new_from_str(text) {
+        let (event, _) = item.ok()?;
+        match event {
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                let is_map = matches!(event, Event::MappingStart(..));
+                match depth {
+                    0 if !is_map => return None,
+                    1 if expect_key || matched => return None,
+                    _ => {}
+                }
+                depth += 1;
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                depth = depth.checked_sub(1)?;
+                match depth {
+                    0 => return None,
+                    1 => expect_key = true,
+                    _ => {}
+                }
+            }
+            Event::Scalar(value, ..) if depth == 1 => {
+                if expect_key {
+                    matched = value == key;
+                    expect_key = false;
+                } else if matched {
+                    return Some(value.into_owned());
+                } else {
+                    expect_key = true;
+                }
+            }
+            Event::Alias(..) if depth == 1 => {
+                if matched || expect_key {
+                    return None;
+                }
+                expect_key = true;
+            }
+            Event::StreamEnd => return None,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Containers nested deeper than this go to serde-saphyr, which enforces its own depth
 /// budget (64 by default; the lower of the two halves applies, so the direct reader never
 /// takes a document near that limit).
@@ -529,6 +581,30 @@ fn plain_scalar(v: &str) -> Option<YValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_top_level_scalar_is_found_wherever_the_entry_is() {
+        let name = |t: &str| top_level_scalar(t, "pipeline");
+        assert_eq!(name("pipeline: tree\nnodes: {}\n").as_deref(), Some("tree"));
+        assert_eq!(
+            name("nodes:\n  a: {op: x, params: {pipeline: no}}\n  b: [pipeline, no]\npipeline: 'late'\n")
+                .as_deref(),
+            Some("late")
+        );
+        // Not at the top level, not a scalar, absent, not a mapping, broken before it.
+        assert_eq!(name("nodes: {pipeline: inner}\n"), None);
+        assert_eq!(name("pipeline: [a, b]\n"), None);
+        assert_eq!(name("pipeline: {a: b}\n"), None);
+        assert_eq!(name("nodes: {}\n"), None);
+        assert_eq!(name("- pipeline\n- x\n"), None);
+        assert_eq!(name("a: [unclosed\npipeline: x\n"), None);
+        assert_eq!(name(""), None);
+        // A value after a nested one is still paired with its own key.
+        assert_eq!(
+            name("a: {b: c}\nd: pipeline\npipeline: p\n").as_deref(),
+            Some("p")
+        );
+    }
 
     #[test]
     fn locations_of_keys_and_values() {

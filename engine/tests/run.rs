@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use expflow_engine::run::{Prefetch, run_prefetched};
 use expflow_engine::{
     CancelToken, Context, Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType,
     Ports, Registry, Resources, RunOptions, Signature, Workspace, compile, workspace,
@@ -46,6 +47,11 @@ impl Operator for Echo {
 }
 
 fn run(dir: &Path, yaml: &str) -> expflow_engine::RunSummary {
+    run_with(dir, yaml, None)
+}
+
+/// [`run`], with a [`Prefetch`] gathered first for the pipeline name `prefetch` names.
+fn run_with(dir: &Path, yaml: &str, prefetch: Option<&str>) -> expflow_engine::RunSummary {
     let mut reg = Registry::new();
     reg.register(Arc::new(Echo));
     let p = compile::compile(&dir.join("p.yaml"), yaml, &reg, &[]).expect("compiles");
@@ -59,12 +65,14 @@ fn run(dir: &Path, yaml: &str) -> expflow_engine::RunSummary {
         jobs: 4,
         ..RunOptions::default()
     };
-    rt.block_on(expflow_engine::run(
+    let prefetch = prefetch.map(|name| Prefetch::gather(&ws, name).unwrap());
+    rt.block_on(run_prefetched(
         &ws,
         &p,
         &workspace::new_run_id(),
         &opts,
         CancelToken::new(),
+        prefetch,
     ))
     .unwrap()
 }
@@ -254,4 +262,29 @@ fn a_blob_changed_after_a_cached_run_is_rechecked_and_remade() {
     assert_eq!(std::fs::read(&apple).unwrap(), b"\"apple\"");
     let fourth = run(dir.path(), yaml);
     assert_eq!((fourth.executed.len(), fourth.cached.len()), (0, 2));
+}
+
+/// What the command line looks up while a pipeline compiles (each node's last key and the
+/// checked hits of those keys) leads the run to the same decisions as looking them up
+/// itself: the edited node executes, the rest is cached. A prefetch made under another
+/// pipeline name is ignored, and one gathered before anything ran finds nothing.
+#[test]
+fn a_prefetched_run_decides_as_a_plain_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = |b: &str| {
+        format!(
+            "pipeline: pre\nnodes:\n  a:\n    op: test.echo\n    params: {{text: one}}\n  b:\n    op: test.echo\n    in: {{x: a.out}}\n    params: {{text: {b}}}\n  c:\n    op: test.echo\n    in: {{x: b.out}}\n"
+        )
+    };
+    let first = run_with(dir.path(), &yaml("v1"), Some("pre"));
+    assert_eq!(first.executed.len(), 3, "{:?}", first.errors);
+    for (edit, name) in [("v2", "pre"), ("v3", "another")] {
+        let s = run_with(dir.path(), &yaml(edit), Some(name));
+        let mut executed = s.executed.clone();
+        executed.sort();
+        assert_eq!(executed, ["b", "c"], "prefetch for {name}");
+        assert_eq!(s.cached, ["a"], "prefetch for {name}");
+    }
+    let again = run_with(dir.path(), &yaml("v3"), Some("pre"));
+    assert_eq!((again.executed.len(), again.cached.len()), (0, 3));
 }

@@ -141,6 +141,55 @@ fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
     assert_eq!(status.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&status.stdout).contains("held by"));
     assert!(first.wait().unwrap().success());
+
+    // In a workspace that exists, a run opens it while the pipeline compiles and names the
+    // pipeline in the holder once it is known.
+    p.write(
+        "pipe.yaml",
+        "pipeline: hold\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"sleep 3; echo again > ${out.o}\"\n",
+    );
+    let mut third = Command::new(expflow_bin())
+        .args(["run", "pipe.yaml"])
+        .current_dir(p.dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&holder).is_ok_and(|h| h.contains("\"pipeline\": \"hold\"")) {
+        assert!(
+            Instant::now() < deadline,
+            "the holder never named the pipeline"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let second = p.expflow(&["run", "pipe.yaml"]);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", third.id())), "{stderr}");
+    assert!(stderr.contains("pipeline hold"), "{stderr}");
+    assert!(third.wait().unwrap().success());
+}
+
+#[test]
+fn a_broken_pipeline_in_an_existing_workspace_is_reported_and_leaves_it_free() {
+    let p = Project::new();
+    let good = "pipeline: fix\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"echo > ${out.o}\"\n";
+    p.write("pipe.yaml", good);
+    p.run("pipe.yaml", &[]).expect_code(0);
+    p.write(
+        "pipe.yaml",
+        "pipeline: fix\nnodes:\n  a:\n    op: no.such.op\n",
+    );
+    let broken = p.expflow(&["run", "pipe.yaml"]);
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no.such.op"), "{stderr}");
+    assert!(!p.path(".expflow/holder.json").exists());
+    p.write("pipe.yaml", good);
+    let r = p.run("pipe.yaml", &[]);
+    r.expect_code(0);
+    assert_eq!(r.cached(), names(&["a"]));
 }
 
 #[test]

@@ -136,6 +136,33 @@ struct Finished {
     result: std::result::Result<node::Executed, String>,
 }
 
+/// What a run of a pipeline looks up before its walk, done ahead of time: the key each node
+/// had last time, and the intact hits of those keys ([`check_hits`]). The command line
+/// gathers it while the pipeline file compiles, from the pipeline's name as the file states
+/// it; a run uses it only for a pipeline of that name. It stays true while the workspace
+/// lock that was held to gather it is held: nothing else writes the records meanwhile.
+pub struct Prefetch {
+    pipeline: String,
+    last: HashMap<String, Digest>,
+    checked: HashMap<Digest, Hit>,
+}
+
+impl Prefetch {
+    pub fn gather(ws: &Workspace, pipeline: &str) -> Result<Prefetch> {
+        let last: HashMap<String, Digest> = ws.store.last_keys(pipeline)?.into_iter().collect();
+        let checked = check_hits(&ws.cas, ws.store.as_ref(), last.values().copied().collect());
+        Ok(Prefetch {
+            pipeline: pipeline.to_string(),
+            last,
+            checked,
+        })
+    }
+
+    pub fn pipeline(&self) -> &str {
+        &self.pipeline
+    }
+}
+
 /// Runs a compiled pipeline in an open workspace.
 pub async fn run(
     ws: &Workspace,
@@ -143,6 +170,19 @@ pub async fn run(
     run_id: &str,
     opts: &RunOptions,
     cancel: CancelToken,
+) -> Result<RunSummary> {
+    run_prefetched(ws, p, run_id, opts, cancel, None).await
+}
+
+/// [`run`], with what [`Prefetch::gather`] found in this workspace since its lock was
+/// taken; a prefetch for another pipeline name is ignored.
+pub async fn run_prefetched(
+    ws: &Workspace,
+    p: &Pipeline,
+    run_id: &str,
+    opts: &RunOptions,
+    cancel: CancelToken,
+    prefetch: Option<Prefetch>,
 ) -> Result<RunSummary> {
     let started = Instant::now();
     let selected = select(p, &opts.targets)?;
@@ -186,16 +226,21 @@ pub async fn run(
         secrets,
     };
     let inputs = ingest_inputs(&env, p, &selected).await?;
-    let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
-    let checked = {
-        let keys: Vec<Digest> = selected
-            .iter()
-            .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
-            .collect();
-        let (cas, store) = (env.cas.clone(), env.store.clone());
-        tokio::task::spawn_blocking(move || check_hits(&cas, store.as_ref(), keys))
-            .await
-            .map_err(|e| EngineError::Other(format!("checking the cache panicked: {e}")))?
+    let (last, checked) = match prefetch.filter(|f| f.pipeline == p.name) {
+        Some(f) => (f.last, f.checked),
+        None => {
+            let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
+            let keys: Vec<Digest> = selected
+                .iter()
+                .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
+                .collect();
+            let (cas, store) = (env.cas.clone(), env.store.clone());
+            let checked =
+                tokio::task::spawn_blocking(move || check_hits(&cas, store.as_ref(), keys))
+                    .await
+                    .map_err(|e| EngineError::Other(format!("checking the cache panicked: {e}")))?;
+            (last, checked)
+        }
     };
     let mut s = Sched {
         p,
