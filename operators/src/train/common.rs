@@ -259,7 +259,7 @@ pub fn load_model(ctx: &Context, op: &'static str) -> Result<Loaded, OpError> {
     let device = expflow_models::default_device()?;
     crate::embed::common::log_device(ctx, &device);
     let vision = expflow_vlm::is_qwen2_5_vl(&model.dir);
-    let m: Box<dyn Trainable> = if vision {
+    let m: Box<dyn Trainable + Send> = if vision {
         ctx.log("model: Qwen2.5-VL (adapters on the language model; vision tower frozen)");
         Box::new(expflow_vlm::VisionLanguageModel::load(&model.dir, &device)?)
     } else {
@@ -274,7 +274,7 @@ pub fn load_model(ctx: &Context, op: &'static str) -> Result<Loaded, OpError> {
 
 /// A model loaded for training.
 pub struct Loaded {
-    pub model: Box<dyn Trainable>,
+    pub model: Box<dyn Trainable + Send>,
     /// Its directory.
     pub base: std::path::PathBuf,
     /// Whether it is a vision-language model.

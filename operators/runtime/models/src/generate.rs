@@ -180,7 +180,7 @@ impl Generator {
             .chunks_mut(max_batch)
             .zip(row_prompts.chunks(max_batch))
         {
-            self.run_batch(chunk, ps)?;
+            crate::kernels::in_pool(|| self.run_batch(chunk, ps))?;
         }
         let new_tokens: usize = rows.iter().map(|r| r.ids.len()).sum();
         let secs = started.elapsed().as_secs_f64();

@@ -43,6 +43,16 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
+/// Runs `f` on a thread of rayon's global pool (the caller waits). The products and kernels
+/// split their work with rayon; called from a thread outside the pool, every such op hands
+/// its work to the pool and sleeps until it is done, and a pool thread wakes for even a
+/// one-part op. Called from a pool thread, an op runs its first part in place while the
+/// other threads take the rest. Decoding runs hundreds of small ops per step: run in the
+/// pool, greedy generation at batch 8 took 600-630 ms instead of 760-800 ms (same tokens).
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
+}
+
 /// Whether the fused kernels take `x`: on, on the CPU, in f32.
 pub fn applies(x: &Tensor) -> bool {
     enabled() && x.device().is_cpu() && x.dtype() == DType::F32
