@@ -112,23 +112,31 @@ fn a_corrupted_or_deleted_blob_fails_verify_and_is_healed_by_the_next_run() {
     assert_eq!(p.expflow(&["verify"]).status.code(), Some(0));
 }
 
-#[test]
-fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
-    let p = Project::new();
+/// `run pipe.yaml` in the background, with a one-node pipeline named `hold` whose node
+/// sleeps 3 s and writes `text`.
+fn hold_in_background(p: &Project, text: &str) -> std::process::Child {
     p.write(
         "pipe.yaml",
-        "pipeline: hold\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"sleep 3; echo > ${out.o}\"\n",
+        &format!(
+            "pipeline: hold\nnodes:\n  a:\n    op: command\n    out: {{o: file}}\n    params:\n      run: \"sleep 3; echo {text} > ${{out.o}}\"\n"
+        ),
     );
-    let mut first = Command::new(expflow_bin())
+    Command::new(expflow_bin())
         .args(["run", "pipe.yaml"])
         .current_dir(p.dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// Waits until `holder.json` holds `wanted`, then checks that a second run is refused with
+/// exit 3, naming the holder's pid and the pipeline.
+fn second_run_is_refused(p: &Project, first: &std::process::Child, wanted: &str) {
     let holder = p.path(".expflow/holder.json");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !holder.exists() && Instant::now() < deadline {
+    while !std::fs::read_to_string(&holder).is_ok_and(|h| h.contains(wanted)) {
+        assert!(Instant::now() < deadline, "holder.json never held {wanted}");
         std::thread::sleep(Duration::from_millis(10));
     }
     let second = p.expflow(&["run", "pipe.yaml"]);
@@ -136,6 +144,13 @@ fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
     assert_eq!(second.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(&format!("pid {}", first.id())), "{stderr}");
     assert!(stderr.contains("pipeline hold"), "{stderr}");
+}
+
+#[test]
+fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
+    let p = Project::new();
+    let mut first = hold_in_background(&p, "once");
+    second_run_is_refused(&p, &first, "\"pid\"");
     // status works meanwhile, from the run's event log
     let status = p.expflow(&["status"]);
     assert_eq!(status.status.code(), Some(0));
@@ -144,30 +159,8 @@ fn a_second_run_on_a_held_workspace_exits_3_and_names_the_holder() {
 
     // In a workspace that exists, a run opens it while the pipeline compiles and names the
     // pipeline in the holder once it is known.
-    p.write(
-        "pipe.yaml",
-        "pipeline: hold\nnodes:\n  a:\n    op: command\n    out: {o: file}\n    params:\n      run: \"sleep 3; echo again > ${out.o}\"\n",
-    );
-    let mut third = Command::new(expflow_bin())
-        .args(["run", "pipe.yaml"])
-        .current_dir(p.dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&holder).is_ok_and(|h| h.contains("\"pipeline\": \"hold\"")) {
-        assert!(
-            Instant::now() < deadline,
-            "the holder never named the pipeline"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let second = p.expflow(&["run", "pipe.yaml"]);
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert_eq!(second.status.code(), Some(3), "{stderr}");
-    assert!(stderr.contains(&format!("pid {}", third.id())), "{stderr}");
-    assert!(stderr.contains("pipeline hold"), "{stderr}");
+    let mut third = hold_in_background(&p, "again");
+    second_run_is_refused(&p, &third, "\"pipeline\": \"hold\"");
     assert!(third.wait().unwrap().success());
 }
 
