@@ -18,7 +18,7 @@ mod synth;
 mod synth_mac;
 mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -442,20 +442,6 @@ fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
     )?)
 }
 
-fn open_for(
-    cli_ws: &Option<PathBuf>,
-    pipeline_file: &Path,
-    command: &str,
-    pipeline: &str,
-    run_id: Option<String>,
-) -> Result<Workspace> {
-    let root = Workspace::locate(pipeline_file, cli_ws.as_deref());
-    Ok(Workspace::open(
-        &root,
-        workspace::holder(command, pipeline, run_id),
-    )?)
-}
-
 /// Compiles the pipeline and opens its workspace. A workspace that exists already opens
 /// on a second thread while the pipeline compiles (the record store's recovery, the lock,
 /// leftovers of killed runs), and with `prefetch` that thread goes on to look up what a
@@ -473,7 +459,7 @@ fn load_and_open(
     let root = Workspace::locate(&p.pipeline, cli_ws.as_deref());
     if !root.join("db").is_dir() {
         let pipeline = load(p)?;
-        let ws = open_for(cli_ws, &p.pipeline, command, &pipeline.name, run_id)?;
+        let ws = Workspace::open(&root, workspace::holder(command, &pipeline.name, run_id))?;
         return Ok((pipeline, ws, None));
     }
     let (pipeline, opened) = std::thread::scope(|s| {

@@ -98,13 +98,10 @@ pub fn materialize(
     run_id: &str,
     force: bool,
 ) -> Result<()> {
-    let mut manifest = read_manifest(ws)?;
+    let on_file = read_stored(ws)?;
     // What the file holds now, to leave it alone when a run changes nothing (a re-run).
-    let stored = ws
-        .root()
-        .join(MANIFEST)
-        .exists()
-        .then(|| manifest.entries.clone());
+    let stored = on_file.as_ref().map(|m| m.entries.clone());
+    let mut manifest = on_file.unwrap_or_default();
     let mut todo: Vec<(&Path, String, &OutputRef, Option<Digest>)> = Vec::new();
     let mut conflicts = Vec::new();
     for (dest, node, port) in &p.outputs {
@@ -260,13 +257,18 @@ fn shown(p: &Pipeline, dest: &Path) -> String {
 }
 
 fn read_manifest(ws: &Workspace) -> Result<Manifest> {
+    Ok(read_stored(ws)?.unwrap_or_default())
+}
+
+/// The manifest as its file holds it; `None` when there is no file yet.
+fn read_stored(ws: &Workspace) -> Result<Option<Manifest>> {
     let path = ws.root().join(MANIFEST);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Manifest::default()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(EngineError::io(&path, e)),
     };
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         EngineError::Other(format!(
             "{}: {e}; this file records which outputs expflow wrote: restore it, or remove it and run with --force-outputs",
             path.display()

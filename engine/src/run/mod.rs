@@ -157,10 +157,6 @@ impl Prefetch {
             checked,
         })
     }
-
-    pub fn pipeline(&self) -> &str {
-        &self.pipeline
-    }
 }
 
 /// Runs a compiled pipeline in an open workspace.
