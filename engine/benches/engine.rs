@@ -1,5 +1,6 @@
-//! Engine benchmarks: compiling generated pipelines, no-op re-runs (everything cached), and
-//! executing many trivial nodes. Run with `cargo bench -p expflow-engine --bench engine`.
+//! Engine benchmarks: compiling generated pipelines, no-op re-runs and plans (everything
+//! cached), and executing many trivial nodes. Run with
+//! `cargo bench -p expflow-engine --bench engine`.
 //! `EXPFLOW_BENCH_MAX` caps the largest pipeline size (default 100000).
 
 use std::path::Path;
@@ -87,6 +88,13 @@ fn bench_noop_rerun(c: &mut Criterion) {
             b.iter(|| {
                 let s = run_once(&ws, &p, &rt, 8);
                 assert_eq!(s.cached.len(), n);
+            })
+        });
+        // `expflow plan` on the same, everything cached.
+        g.bench_function(BenchmarkId::new("plan", n), |b| {
+            b.iter(|| {
+                let entries = expflow_engine::plan(&ws, &p, &[]).expect("plan");
+                assert!(entries.iter().all(|e| e.state == "cached"));
             })
         });
     }

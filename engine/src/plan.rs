@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::compile::{Pipeline, Source};
 use crate::error::Result;
-use crate::key::{KEY_SCHEMA, KeyMaterial};
+use crate::key::{KEY_SCHEMA, KeyMaterial, KeyParts};
 use crate::node::{hit_ok, ingest_input};
 use crate::workspace::Workspace;
 
@@ -42,13 +42,50 @@ pub struct Explanation {
 
 struct Eval {
     state: &'static str,
-    material: KeyMaterial,
+    /// The digests of the node's inputs known so far (all of them unless `pending`).
+    inputs: BTreeMap<String, Digest>,
     key: Option<Digest>,
     reasons: Vec<String>,
     outputs: Option<BTreeMap<String, OutputRef>>,
 }
 
+/// The key material of node `i` with `inputs` (owned copies of its parts; made only where a
+/// reason or `explain` shows it).
+fn material(
+    p: &Pipeline,
+    i: usize,
+    inputs: BTreeMap<String, Digest>,
+    env: BTreeMap<String, String>,
+) -> KeyMaterial {
+    let node = &p.nodes[i];
+    KeyMaterial {
+        schema: KEY_SCHEMA,
+        op: node.op.kind().to_string(),
+        op_version: node.op.version(),
+        params: node.params.clone(),
+        inputs,
+        outputs: node.outputs.clone(),
+        env,
+        seed: seed(p, i),
+        metrics: node.metrics.clone(),
+        input_types: BTreeMap::new(),
+        sources: crate::run::sources(p, i),
+    }
+}
+
+fn seed(p: &Pipeline, i: usize) -> Option<u64> {
+    let node = &p.nodes[i];
+    match node.determinism {
+        crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
+        _ => None,
+    }
+}
+
 /// Evaluates nodes `selected` (topologically ordered indices) against the workspace.
+///
+/// As a run does, it looks up the hits of the keys the nodes had last time and checks their
+/// blobs in parallel first, computes each key from borrowed parts, and copies a node's key
+/// material only where a reason needs it: a no-op plan is a walk over keys.
 fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<usize, Eval>> {
     let mut input_digests = HashMap::new();
     for (name, path) in &p.inputs {
@@ -57,6 +94,15 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             ingest_input(&ws.cas, ws.store.as_ref(), path, false)?.0,
         );
     }
+    let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
+    let mut checked = crate::run::check_hits(
+        &ws.cas,
+        ws.store.as_ref(),
+        selected
+            .iter()
+            .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
+            .collect(),
+    );
     let mut evals: HashMap<usize, Eval> = HashMap::new();
     let mut env_cache: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
     for &i in selected {
@@ -114,25 +160,9 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             }
         }
         let kind = node.op.kind();
-        if !env_cache.contains_key(kind) {
-            env_cache.insert(kind, node.op.environment().unwrap_or_default());
-        }
-        let material = KeyMaterial {
-            schema: KEY_SCHEMA,
-            op: kind.to_string(),
-            op_version: node.op.version(),
-            params: node.params.clone(),
-            inputs,
-            outputs: node.outputs.clone(),
-            env: env_cache[kind].clone(),
-            seed: match node.determinism {
-                crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
-                _ => None,
-            },
-            metrics: node.metrics.clone(),
-            input_types: BTreeMap::new(),
-            sources: crate::run::sources(p, i),
-        };
+        let env = env_cache
+            .entry(kind)
+            .or_insert_with(|| node.op.environment().unwrap_or_default());
         // The previous material is read only where a reason needs it (a cached node, the
         // common case of a no-op plan, does not).
         if !waiting.is_empty() {
@@ -140,9 +170,9 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             waiting.dedup();
             let mut reasons = vec![format!("waits on {}", waiting.join(", "))];
             if let Some((prev, _)) = &previous_material(ws, p, &node.name)? {
+                let now = material(p, i, inputs.clone(), env.clone());
                 reasons.extend(
-                    material
-                        .diff(prev)
+                    now.diff(prev)
                         .into_iter()
                         .filter(|r| !r.starts_with("input ")),
                 );
@@ -151,7 +181,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
                 i,
                 Eval {
                     state: "pending",
-                    material,
+                    inputs,
                     key: None,
                     reasons,
                     outputs: None,
@@ -159,11 +189,28 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             );
             continue;
         }
-        let key = material.key();
-        let mut hit = ws.store.get_hit(&key)?;
-        let intact = match &mut hit {
-            Some(h) => hit_ok(&ws.cas, ws.store.as_ref(), &key, h)?,
-            None => false,
+        let key = KeyParts {
+            schema: KEY_SCHEMA,
+            op: kind,
+            op_version: node.op.version(),
+            params: &node.params,
+            inputs: &inputs,
+            outputs: &node.outputs,
+            env,
+            seed: seed(p, i),
+            metrics: &node.metrics,
+        }
+        .key();
+        let (hit, intact) = match checked.remove(&key) {
+            Some(hit) => (Some(hit), true),
+            None => {
+                let mut hit = ws.store.get_hit(&key)?;
+                let intact = match &mut hit {
+                    Some(h) => hit_ok(&ws.cas, ws.store.as_ref(), &key, h)?,
+                    None => false,
+                };
+                (hit, intact)
+            }
         };
         let mut reasons = Vec::new();
         let state = match &hit {
@@ -177,7 +224,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             None => {
                 match &previous_material(ws, p, &node.name)? {
                     Some((prev, _)) => {
-                        let d = material.diff(prev);
+                        let d = material(p, i, inputs.clone(), env.clone()).diff(prev);
                         if d.is_empty() {
                             reasons.push("its last result is no longer recorded".into());
                         }
@@ -197,7 +244,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             i,
             Eval {
                 state,
-                material,
+                inputs,
                 key: Some(key),
                 reasons,
                 outputs,
@@ -259,9 +306,11 @@ pub fn explain(ws: &Workspace, p: &Pipeline, node: &str) -> Result<Vec<Explanati
     {
         let e = evals.remove(i).expect("evaluated");
         let name = &p.nodes[*i].name;
+        let env = p.nodes[*i].op.environment().unwrap_or_default();
+        let now = material(p, *i, e.inputs, env);
         let previous = previous_material(ws, p, name)?;
         let mut changes = match &previous {
-            Some((prev, _)) => e.material.diff(prev),
+            Some((prev, _)) => now.diff(prev),
             None => vec!["no previous run of this node".into()],
         };
         if e.state == "pending" {
@@ -278,7 +327,7 @@ pub fn explain(ws: &Workspace, p: &Pipeline, node: &str) -> Result<Vec<Explanati
             previous_key: previous.as_ref().map(|(m, _)| m.key().to_hex()),
             previous_run: previous.map(|(_, r)| r),
             changes,
-            material: e.material.to_json(),
+            material: now.to_json(),
         });
     }
     Ok(out)

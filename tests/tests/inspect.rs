@@ -55,6 +55,48 @@ fn plan_json_on_a_fresh_and_on_a_cached_workspace() {
 }
 
 #[test]
+fn plan_reports_a_missing_output_and_what_waits_on_it() {
+    let p = Project::new();
+    p.write("pipe.yaml", PIPE);
+    let run = p.run("pipe.yaml", &[]);
+    run.expect_code(0);
+    let a = run
+        .events
+        .iter()
+        .find(|e| e["event"] == "node_executed" && e["node"] == "a")
+        .unwrap();
+    let blob = expflow_tests::blob_path(
+        &p.dir.path().join(".expflow"),
+        a["outputs"]["o"].as_str().unwrap(),
+    );
+    std::fs::remove_file(&blob).unwrap();
+    let planned = plan(&p, &[]);
+    assert_eq!(planned[0]["state"], "run");
+    assert_eq!(planned[0]["key"], a["key"]);
+    assert_eq!(
+        planned[0]["reasons"],
+        serde_json::json!(["a stored output is missing or corrupt; it will be recomputed"])
+    );
+    assert_eq!(planned[1]["state"], "pending");
+    assert_eq!(planned[1]["reasons"], serde_json::json!(["waits on a"]));
+    // The plan changed nothing: the run recomputes a, and b is a hit again.
+    let again = p.run("pipe.yaml", &[]);
+    again.expect_code(0);
+    assert!(
+        again
+            .events
+            .iter()
+            .any(|e| e["event"] == "node_executed" && e["node"] == "a")
+    );
+    assert!(
+        again
+            .events
+            .iter()
+            .any(|e| e["event"] == "node_cached" && e["node"] == "b")
+    );
+}
+
+#[test]
 fn explain_names_the_changed_field() {
     let p = Project::new();
     p.write("pipe.yaml", PIPE);

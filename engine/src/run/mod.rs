@@ -453,7 +453,7 @@ async fn ingest_inputs(
 /// key it has now. Looking those up and checking their blobs' stats in parallel, before the
 /// walk, leaves the walk computing keys. A key that has no hit, or whose blobs fail the
 /// check, is left out: the walk looks it up again and reports what it finds.
-fn check_hits(
+pub(crate) fn check_hits(
     cas: &expflow_cache::Cas,
     store: &dyn expflow_cache::Store,
     mut keys: Vec<Digest>,
