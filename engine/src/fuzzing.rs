@@ -10,7 +10,7 @@ use std::path::Path;
 use expflow_cache::Digest;
 
 use crate::compile::{Pipeline, compile};
-use crate::key::{KEY_SCHEMA, KeyMaterial};
+use crate::key::{KEY_SCHEMA, KeyParts};
 use crate::operator::Registry;
 
 /// Where the fuzzed pipeline claims to live (a directory that is never created).
@@ -20,18 +20,16 @@ pub const PIPELINE_FILE: &str = "/nonexistent/expflow-fuzz/pipeline.yaml";
 /// [`crate::plan`] hashes, less what needs the file system.
 pub fn bare_key(p: &Pipeline, i: usize) -> Digest {
     let node = &p.nodes[i];
-    KeyMaterial {
+    KeyParts {
         schema: KEY_SCHEMA,
-        op: node.op.kind().to_string(),
+        op: node.op.kind(),
         op_version: node.op.version(),
-        params: node.params.clone(),
-        inputs: BTreeMap::new(),
-        outputs: node.outputs.clone(),
-        env: BTreeMap::new(),
+        params: &node.params,
+        inputs: &BTreeMap::new(),
+        outputs: &node.outputs,
+        env: &BTreeMap::new(),
         seed: None,
-        metrics: node.metrics.clone(),
-        input_types: BTreeMap::new(),
-        sources: BTreeMap::new(),
+        metrics: &node.metrics,
     }
     .key()
 }

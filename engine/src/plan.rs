@@ -57,28 +57,7 @@ fn material(
     inputs: BTreeMap<String, Digest>,
     env: BTreeMap<String, String>,
 ) -> KeyMaterial {
-    let node = &p.nodes[i];
-    KeyMaterial {
-        schema: KEY_SCHEMA,
-        op: node.op.kind().to_string(),
-        op_version: node.op.version(),
-        params: node.params.clone(),
-        inputs,
-        outputs: node.outputs.clone(),
-        env,
-        seed: seed(p, i),
-        metrics: node.metrics.clone(),
-        input_types: BTreeMap::new(),
-        sources: crate::run::sources(p, i),
-    }
-}
-
-fn seed(p: &Pipeline, i: usize) -> Option<u64> {
-    let node = &p.nodes[i];
-    match node.determinism {
-        crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
-        _ => None,
-    }
+    crate::run::material(p, i, inputs, env, BTreeMap::new())
 }
 
 /// Evaluates nodes `selected` (topologically ordered indices) against the workspace.
@@ -197,7 +176,7 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             inputs: &inputs,
             outputs: &node.outputs,
             env,
-            seed: seed(p, i),
+            seed: crate::run::seed_of(node),
             metrics: &node.metrics,
         }
         .key();

@@ -522,6 +522,39 @@ struct Sched<'a, E: Fn(EventKind)> {
     remote: remote::Remote,
 }
 
+/// The seed in the key of a seeded node.
+pub(crate) fn seed_of(node: &crate::CNode) -> Option<u64> {
+    match node.determinism {
+        crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
+        _ => None,
+    }
+}
+
+/// The whole key material of node `i`: owned copies of its parts, with the digests of its
+/// `inputs`, its operator's environment `env` and the types of its inputs.
+pub(crate) fn material(
+    p: &Pipeline,
+    i: usize,
+    inputs: BTreeMap<String, Digest>,
+    env: BTreeMap<String, String>,
+    input_types: BTreeMap<String, PortType>,
+) -> KeyMaterial {
+    let node = &p.nodes[i];
+    KeyMaterial {
+        schema: KEY_SCHEMA,
+        op: node.op.kind().to_string(),
+        op_version: node.op.version(),
+        params: node.params.clone(),
+        inputs,
+        outputs: node.outputs.clone(),
+        env,
+        seed: seed_of(node),
+        metrics: node.metrics.clone(),
+        input_types,
+        sources: sources(p, i),
+    }
+}
+
 /// Where each input of node `i` comes from, as written in a pipeline (`inputs.raw`, `a.rows`).
 pub fn sources(p: &Pipeline, i: usize) -> BTreeMap<String, String> {
     p.nodes[i]

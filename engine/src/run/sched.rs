@@ -180,21 +180,14 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
 
     /// The whole key material of node `i` (recorded with its outputs when it executes).
     fn material_from(&self, i: usize, inputs: BTreeMap<String, Digest>) -> KeyMaterial {
-        let node = &self.p.nodes[i];
-        let kind = node.op.kind();
-        KeyMaterial {
-            schema: KEY_SCHEMA,
-            op: kind.to_string(),
-            op_version: node.op.version(),
-            params: node.params.clone(),
+        let kind = self.p.nodes[i].op.kind();
+        material(
+            self.p,
+            i,
             inputs,
-            outputs: node.outputs.clone(),
-            env: self.env_cache[kind].clone(),
-            seed: seed_of(node),
-            metrics: node.metrics.clone(),
-            input_types: self.input_types(i),
-            sources: sources(self.p, i),
-        }
+            self.env_cache[kind].clone(),
+            self.input_types(i),
+        )
     }
 
     fn input_types(&self, i: usize) -> BTreeMap<String, PortType> {
@@ -490,13 +483,5 @@ impl<E: Fn(EventKind)> Sched<'_, E> {
                 stack.extend(self.children[c].iter().copied());
             }
         }
-    }
-}
-
-/// The seed in the key of a seeded node.
-fn seed_of(node: &crate::CNode) -> Option<u64> {
-    match node.determinism {
-        crate::Determinism::Seeded => node.params.get("seed").and_then(|v| v.as_u64()),
-        _ => None,
     }
 }
