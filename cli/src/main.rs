@@ -445,7 +445,7 @@ fn load(p: &PipelineArgs) -> Result<expflow_engine::Pipeline> {
 /// Compiles the pipeline and opens its workspace. A workspace that exists already opens
 /// on a second thread while the pipeline compiles (the record store's recovery, the lock,
 /// leftovers of killed runs), and with `prefetch` that thread goes on to look up what a
-/// run of the pipeline the file names will look up first ([`Prefetch`]); the holder names
+/// run (or a plan) of the pipeline the file names looks up first ([`Prefetch`]); the holder names
 /// the pipeline once it is known. A new workspace is created only after the pipeline has
 /// compiled, so that a broken pipeline file leaves no `.expflow/` behind. A pipeline error
 /// wins over a workspace error, as when the two ran one after the other.
@@ -518,8 +518,8 @@ fn dispatch(cli: Cli) -> Result<u8> {
             },
         ),
         Command::Plan { p, target, json } => {
-            let (pipeline, ws, _) = load_and_open(&ws_arg, &p, "plan", None, false)?;
-            let entries = expflow_engine::plan(&ws, &pipeline, &target)?;
+            let (pipeline, ws, prefetch) = load_and_open(&ws_arg, &p, "plan", None, true)?;
+            let entries = expflow_engine::plan_prefetched(&ws, &pipeline, &target, prefetch)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&entries)?);
             } else {

@@ -50,7 +50,7 @@ pub use operator::{
     Determinism, OpError, Operator, ParamKind, ParamSpec, Port, PortType, Ports, Registry,
     Resources, Series, Signature,
 };
-pub use plan::{Explanation, PlanEntry, explain, plan};
+pub use plan::{Explanation, PlanEntry, explain, plan, plan_prefetched};
 pub use run::{RunOptions, RunSummary, run};
 pub use secrets::Secrets;
 pub use workspace::{Holder, Workspace};

@@ -9,6 +9,7 @@ use crate::compile::{Pipeline, Source};
 use crate::error::Result;
 use crate::key::{KEY_SCHEMA, KeyMaterial, KeyParts};
 use crate::node::{hit_ok, ingest_input};
+use crate::run::Prefetch;
 use crate::workspace::Workspace;
 
 /// One line of `plan --json`.
@@ -65,7 +66,12 @@ fn material(
 /// As a run does, it looks up the hits of the keys the nodes had last time and checks their
 /// blobs in parallel first, computes each key from borrowed parts, and copies a node's key
 /// material only where a reason needs it: a no-op plan is a walk over keys.
-fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<usize, Eval>> {
+fn evaluate(
+    ws: &Workspace,
+    p: &Pipeline,
+    selected: &[usize],
+    prefetch: Option<Prefetch>,
+) -> Result<HashMap<usize, Eval>> {
     let mut input_digests = HashMap::new();
     for (name, path) in &p.inputs {
         input_digests.insert(
@@ -73,15 +79,20 @@ fn evaluate(ws: &Workspace, p: &Pipeline, selected: &[usize]) -> Result<HashMap<
             ingest_input(&ws.cas, ws.store.as_ref(), path, false)?.0,
         );
     }
-    let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
-    let mut checked = crate::run::check_hits(
-        &ws.cas,
-        ws.store.as_ref(),
-        selected
-            .iter()
-            .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
-            .collect(),
-    );
+    let mut checked = match prefetch.and_then(|f| f.checked_for(&p.name)) {
+        Some(checked) => checked,
+        None => {
+            let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
+            crate::run::check_hits(
+                &ws.cas,
+                ws.store.as_ref(),
+                selected
+                    .iter()
+                    .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
+                    .collect(),
+            )
+        }
+    };
     let mut evals: HashMap<usize, Eval> = HashMap::new();
     let mut env_cache: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
     for &i in selected {
@@ -250,8 +261,19 @@ fn previous_material(
 
 /// The plan for the selected nodes, in topological order.
 pub fn plan(ws: &Workspace, p: &Pipeline, targets: &[String]) -> Result<Vec<PlanEntry>> {
+    plan_prefetched(ws, p, targets, None)
+}
+
+/// [`plan`] with the look-ups a run makes first already made ([`Prefetch`], used only when
+/// it was gathered for this pipeline's name).
+pub fn plan_prefetched(
+    ws: &Workspace,
+    p: &Pipeline,
+    targets: &[String],
+    prefetch: Option<Prefetch>,
+) -> Result<Vec<PlanEntry>> {
     let selected = crate::run::select(p, targets)?;
-    let mut evals = evaluate(ws, p, &selected)?;
+    let mut evals = evaluate(ws, p, &selected, prefetch)?;
     let mut estimator = crate::estimate::Estimator::new(ws);
     selected
         .iter()
@@ -277,7 +299,7 @@ pub fn plan(ws: &Workspace, p: &Pipeline, targets: &[String]) -> Result<Vec<Plan
 pub fn explain(ws: &Workspace, p: &Pipeline, node: &str) -> Result<Vec<Explanation>> {
     let targets = vec![node.to_string()];
     let selected = crate::run::select(p, &targets)?;
-    let mut evals = evaluate(ws, p, &selected)?;
+    let mut evals = evaluate(ws, p, &selected, None)?;
     let mut out = Vec::new();
     for i in selected
         .iter()

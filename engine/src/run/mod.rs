@@ -157,6 +157,11 @@ impl Prefetch {
             checked,
         })
     }
+
+    /// The checked hits, when gathered for pipeline `name`.
+    pub(crate) fn checked_for(self, name: &str) -> Option<HashMap<Digest, Hit>> {
+        (self.pipeline == name).then_some(self.checked)
+    }
 }
 
 /// Runs a compiled pipeline in an open workspace.
