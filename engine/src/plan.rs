@@ -79,18 +79,12 @@ fn evaluate(
             ingest_input(&ws.cas, ws.store.as_ref(), path, false)?.0,
         );
     }
-    let mut checked = match prefetch.and_then(|f| f.checked_for(&p.name)) {
-        Some(checked) => checked,
+    let mut checked = match prefetch.and_then(|f| f.for_pipeline(&p.name)) {
+        Some((_, checked)) => checked,
         None => {
             let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
-            crate::run::check_hits(
-                &ws.cas,
-                ws.store.as_ref(),
-                selected
-                    .iter()
-                    .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
-                    .collect(),
-            )
+            let keys = crate::run::last_keys_of(&last, p, selected);
+            crate::run::check_hits(&ws.cas, ws.store.as_ref(), keys)
         }
     };
     let mut evals: HashMap<usize, Eval> = HashMap::new();

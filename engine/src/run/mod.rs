@@ -136,6 +136,21 @@ struct Finished {
     result: std::result::Result<node::Executed, String>,
 }
 
+/// Each node's key at its last run (by name), and the intact hits of those keys.
+pub(crate) type LastHits = (HashMap<String, Digest>, HashMap<Digest, Hit>);
+
+/// The last keys of the `selected` nodes that have one.
+pub(crate) fn last_keys_of(
+    last: &HashMap<String, Digest>,
+    p: &Pipeline,
+    selected: &[usize],
+) -> Vec<Digest> {
+    selected
+        .iter()
+        .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
+        .collect()
+}
+
 /// What a run of a pipeline looks up before its walk, done ahead of time: the key each node
 /// had last time, and the intact hits of those keys ([`check_hits`]). The command line
 /// gathers it while the pipeline file compiles, from the pipeline's name as the file states
@@ -158,9 +173,9 @@ impl Prefetch {
         })
     }
 
-    /// The checked hits, when gathered for pipeline `name`.
-    pub(crate) fn checked_for(self, name: &str) -> Option<HashMap<Digest, Hit>> {
-        (self.pipeline == name).then_some(self.checked)
+    /// The last keys and their checked hits, when gathered for pipeline `name`.
+    pub(crate) fn for_pipeline(self, name: &str) -> Option<LastHits> {
+        (self.pipeline == name).then_some((self.last, self.checked))
     }
 }
 
@@ -227,14 +242,11 @@ pub async fn run_prefetched(
         secrets,
     };
     let inputs = ingest_inputs(&env, p, &selected).await?;
-    let (last, checked) = match prefetch.filter(|f| f.pipeline == p.name) {
-        Some(f) => (f.last, f.checked),
+    let (last, checked) = match prefetch.and_then(|f| f.for_pipeline(&p.name)) {
+        Some(found) => found,
         None => {
             let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
-            let keys: Vec<Digest> = selected
-                .iter()
-                .filter_map(|&i| last.get(p.nodes[i].name.as_str()).copied())
-                .collect();
+            let keys = last_keys_of(&last, p, &selected);
             let (cas, store) = (env.cas.clone(), env.store.clone());
             let checked =
                 tokio::task::spawn_blocking(move || check_hits(&cas, store.as_ref(), keys))
