@@ -12,6 +12,8 @@ use serde_saphyr::{DuplicateKeyPolicy, Options};
 
 use crate::diag::Loc;
 
+mod quick;
+
 /// One node of the tree.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Node {
@@ -359,6 +361,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             value: YValue::Null,
         });
     }
+    let max_depth = PLAIN_MAX_DEPTH.min(budget.max_depth / 2);
+    if let Some(node) = quick::read(text, max_depth, budget.max_total_scalar_bytes) {
+        return Ok(node);
+    }
     if let Some(node) = parse_plain(text, &budget, options.strict_indentation) {
         return Ok(node);
     }
@@ -552,16 +558,41 @@ fn parse_plain(
     root
 }
 
-/// The value of a plain scalar when it cannot be in doubt: a word starting with a letter
-/// that no YAML schema reads as anything but a string, or a decimal integer without
-/// leading zeros that fits 18 digits. `None` for everything else (nulls, booleans in any
-/// spelling, floats, other bases, empty scalars), which serde-saphyr resolves.
+/// The value of a plain scalar when it cannot be in doubt: `null`, `true` and `false` in
+/// lower case, a word starting with a letter (or any character beyond ASCII) that YAML
+/// 1.2 with strict booleans reads as nothing but a string, a decimal integer without leading zeros that fits 18 digits, or a decimal
+/// fraction such as `0.006` (read as serde-saphyr reads it, by `str::parse`). `None` for
+/// everything else (other spellings of nulls and booleans, exponents, other bases, empty
+/// scalars), which serde-saphyr resolves.
 fn plain_scalar(v: &str) -> Option<YValue> {
-    const WORDS: [&str; 12] = [
-        "null", "true", "false", "yes", "no", "on", "off", "y", "n", "inf", "infinity", "nan",
-    ];
+    // With strict booleans, `yes`, `no`, `on`, `off`, `y` and `n` are strings.
+    const WORDS: [&str; 6] = ["null", "true", "false", "inf", "infinity", "nan"];
+    match v {
+        "null" => return Some(YValue::Null),
+        "true" => return Some(YValue::Bool(true)),
+        "false" => return Some(YValue::Bool(false)),
+        _ => {}
+    }
+    let numeric = v.starts_with(|c: char| c.is_ascii_digit() || c == '-');
+    if let Some((whole, fraction)) = v.split_once('.').filter(|_| numeric) {
+        let digits = whole.strip_prefix('-').unwrap_or(whole);
+        let decimal = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (!digits.starts_with('0') || digits == "0")
+            && !fraction.is_empty()
+            && fraction.len() <= 40
+            && fraction.bytes().all(|b| b.is_ascii_digit());
+        return if decimal {
+            v.parse()
+                .ok()
+                .filter(|f: &f64| f.is_finite())
+                .map(YValue::Float)
+        } else {
+            None
+        };
+    }
     let first = *v.as_bytes().first()?;
-    if first.is_ascii_alphabetic() {
+    if first.is_ascii_alphabetic() || !first.is_ascii() {
         if WORDS.iter().any(|w| w.eq_ignore_ascii_case(v)) {
             return None;
         }
@@ -740,15 +771,23 @@ mod tests {
         RefNode(loc, v)
     }
 
+    /// Which of the two fast readers took a document.
+    #[derive(Clone, Copy, Default)]
+    struct Taken {
+        /// [`parse_plain`], from the parser's events.
+        events: bool,
+        /// [`quick::read`], from the bytes.
+        quick: bool,
+    }
+
     /// Parses `text` both ways (same options) and asserts the same tree or the same error;
-    /// where the direct reader takes the document, asserts its tree too. Returns whether it
-    /// did.
-    fn same_as_spanned(text: &str) -> bool {
+    /// where a fast reader takes the document, asserts its tree too. Returns which did.
+    fn same_as_spanned(text: &str) -> Taken {
         let ours = parse(text);
         if text.trim().is_empty() {
-            return false;
+            return Taken::default();
         }
-        let mut direct = false;
+        let mut taken = Taken::default();
         let mut budget = serde_saphyr::Budget::default();
         budget.max_nodes = budget.max_nodes.max(text.len());
         budget.max_events = budget.max_events.max(2 * text.len());
@@ -769,7 +808,16 @@ mod tests {
             };
             let reference = nan_free(reference.clone());
             assert_eq!(as_ref_node(&plain), reference, "{text}");
-            direct = true;
+            taken.events = true;
+        }
+        let budget = options.budget.as_ref().unwrap();
+        let max_depth = PLAIN_MAX_DEPTH.min(budget.max_depth / 2);
+        if let Some(quick) = quick::read(text, max_depth, budget.max_total_scalar_bytes) {
+            let Ok(reference) = &theirs else {
+                panic!("{text}: the quick reader accepted what serde-saphyr refuses: {theirs:?}")
+            };
+            assert_eq!(as_ref_node(&quick), nan_free(reference.clone()), "{text}");
+            taken.quick = true;
         }
         match (ours, theirs) {
             (Ok(a), Ok(b)) => assert_eq!(as_ref_node(&a), nan_free(b), "{text}"),
@@ -785,7 +833,7 @@ mod tests {
             }
             (a, b) => panic!("{text}: ours {a:?}, serde-saphyr's Spanned {b:?}"),
         }
-        direct
+        taken
     }
 
     #[test]
@@ -808,6 +856,62 @@ mod tests {
             "a:\n  - -0\n  - 007\n  - -12\n  - 999999999999999999\n  - Null\n  - NO\n  - y\n",
             "\"quoted key\": 'v'\nk2: [a, \"1\", b.c, ${x}]\nk3: {x: {y: [1, {z: w}]}}\n",
             "a: 1 # comment\n# another\nb: text with spaces\n  continued\n",
+            "- [yes, no, on, off, y, n, Y, N, YES, On, oFF]\n- [True, TRUE, False, FALSE, Null, NULL, ~]\n- [inf, Inf, nan, NaN, infinity, .inf, -.inf, .nan]\n",
+            "- [0.5, -0.25, 0.0, 10.125, 00.5, 1., .5, -.5, 1.5e3, 1e3, 0.1e-2, +1.5, 1_000.5]\n- [3.141592653589793238462643383279, 1.7976931348623157, 0.000000000000000000000001]\n",
+            "a: \"\\0\\a\\b\\t\\n\\v\\f\\r\\e\\ \\\"\\/\\\\\\N\\_\\L\\P\\x41\\xe9\\u00e9\\U0001F600\"\nb: \"\\q\"\nc: \"\\ud800\"\n",
+            "a: 'it''s'\nb: '\"'\nc: \"'\"\nd: it's\ne: a\"b\n",
+            "a: b # c\nd: e#f\ng: 'h'# i\nj: [k]# l\nm: {n: o} # p\nq: # r\n  s: t\n",
+            "- a\n- b: c\n  d: e\n-   f: g\n    h: [i,\n      j]\n- - k\n",
+            "key:\n- a\n- b\nnext: c\nlist:\n  - x\n  -\n    y: z\n",
+            "key:\n-\n  y: z\n- [a]\n",
+            "key:\n- - a\n",
+            "key:\n- {a: b}\n",
+            "key:\n- 'a'\n",
+            "key:\n- # c\n  a\n",
+            "- # c\n  a\n",
+            "a:\n  # c\n  - b\n",
+            "a : b\n'c' : d\n\"e\": f\n{g: h}: i\n",
+            "a: {b: c,}\n",
+            "a: [b, c,]\n",
+            "a: {b}\n",
+            "a: {b: }\n",
+            "a: [b: c]\n",
+            "a: {'b':c}\n",
+            "a: {b: c,\n  d: e}\nf: [g,\n# comment\n  h]\n",
+            "a: {b: c,\nd: e}\n",
+            "a: [b,\n c\n d]\n",
+            "a: http://x.y/z?q=1\nb: {u: http://x}\nc: [x:y, 'z']\n",
+            "é: ü\nü: {ä: [ö, ß]}\n'日本': \"語\"\n  ",
+            "a:\n  b\nc:\n    - d\n",
+            "- a\n  - b\n",
+            "a:\n  b: 1\n   c: 2\n",
+            "a:\n  - b\n - c\n",
+            "a: b\n  c: d\n",
+            "<<: {a: b}\n",
+            "'<<': x\n",
+            "1: a\n",
+            "a: |\n  b\n",
+            "a: >\n  b\n",
+            "a: &x b\nc: *x\n",
+            "a: !t b\n",
+            "? a\n: b\n",
+            "a: b\n---\nc: d\n",
+            "%YAML 1.2\n---\na: b\n",
+            "a: 'b\n  c'\n",
+            "a:\tb\n",
+            "a: b\r\nc: d\r\n",
+            "\u{feff}a: b\n",
+            "a: -\n",
+            "a: - b\n",
+            "a: b: c\n",
+            "-1\n",
+            "- -1\n- -x\n- --\n",
+            "{a: b}\n",
+            "[a, b]\n",
+            "'x'\n",
+            "x\n",
+            "a: [[[[1]]]]\n",
+            "a: []\nb: {}\nc: [ ]\nd: { }\n",
         ] {
             same_as_spanned(text);
         }
@@ -832,8 +936,50 @@ mod tests {
             "pipeline: gen\nparams:\n  v: 1\nnodes:\n  n0:\n    op: bench.const\n    params: {value: \"${params.v}-0\"}\n  n1:\n    op: bench.const\n    in: {a: n0.out}\n",
             "k: [a, \"1\", b.c]\nm: {x: {q: [1, -2, {z: w}]}}\n",
         ] {
-            assert!(same_as_spanned(text), "{text}");
+            let taken = same_as_spanned(text);
+            assert!(taken.events && taken.quick, "{text}");
         }
+    }
+
+    /// Every one-byte deletion, insertion and replacement of documents of the quick
+    /// reader's shape: where it still answers, its answer is serde-saphyr's.
+    #[test]
+    fn same_tree_as_spanned_on_mutations() {
+        let bases = [
+            "pipeline: gen\nparams: {v: 1, w: 0.5, f: false}\nnodes:\n  n0:\n    op: bench.const\n    params: {value: \"${params.v}-0\", s: 'it''s'} # c\n  n1:\n    in: {a: n0.out}\n    matrix: {n: [2, 4]}\n",
+            "s:\n- a\n- b: c\n  d: [e, {f: g},\n    h]\nk:\n  - x\n  - y: null\n",
+            "é: 'ü'\nq: \"a\\tb\\u00e9\"\nu: http://x/y\n",
+        ];
+        let edits = b" :-#{}[],'\"\nx.0\\";
+        let mut taken = 0;
+        let mut n = 0;
+        for base in bases {
+            assert!(same_as_spanned(base).quick, "{base}");
+            let bytes = base.as_bytes();
+            for at in 0..=bytes.len() {
+                let mut variants = Vec::new();
+                if at < bytes.len() {
+                    variants.push([&bytes[..at], &bytes[at + 1..]].concat());
+                }
+                for &e in edits {
+                    variants.push([&bytes[..at], &[e], &bytes[at..]].concat());
+                    if at < bytes.len() {
+                        variants.push([&bytes[..at], &[e], &bytes[at + 1..]].concat());
+                    }
+                }
+                for v in variants {
+                    if let Ok(text) = String::from_utf8(v) {
+                        taken += usize::from(same_as_spanned(&text).quick);
+                        n += 1;
+                    }
+                }
+            }
+        }
+        // Most edits keep a document of the shape; many do not.
+        assert!(
+            taken > n / 4 && taken < n,
+            "{taken} of {n} mutations read quickly"
+        );
     }
 
     #[test]
@@ -862,18 +1008,37 @@ mod tests {
         );
         let mut n = 0;
         let mut direct = 0;
+        let mut quick = 0;
+        let mut pipelines = 0;
         for path in paths {
             if let Ok(text) = String::from_utf8(std::fs::read(&path).unwrap()) {
-                direct += usize::from(same_as_spanned(&text));
+                let taken = same_as_spanned(&text);
+                direct += usize::from(taken.events);
+                quick += usize::from(taken.quick);
+                // Anchors and aliases are left to serde-saphyr; the rest is the quick
+                // reader's.
+                if path.starts_with(root.join("../pipelines")) && !text.contains(": &") {
+                    assert!(
+                        taken.quick,
+                        "{} is not of the quick reader's shape",
+                        path.display()
+                    );
+                    pipelines += 1;
+                }
                 n += 1;
             }
         }
         assert!(n >= 50, "only {n} files compared");
+        assert!(pipelines >= 1, "only {pipelines} pipelines compared");
         assert!(
             direct >= 10,
             "the direct reader took only {direct} of {n} files"
         );
-        println!("{direct} of {n} files read directly");
+        assert!(
+            quick >= 10,
+            "the quick reader took only {quick} of {n} files"
+        );
+        println!("{direct} of {n} files read from events, {quick} from bytes");
     }
 
     #[test]
