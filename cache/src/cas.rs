@@ -49,6 +49,8 @@ pub struct Cas {
     /// [`Cas::with_stat_cache`]).
     stat: Option<Arc<dyn Store>>,
     tmp_dev: Arc<OnceLock<Option<u64>>>,
+    /// The root directory, opened once for [`Cas::stat_blob`].
+    dir: Arc<OnceLock<Option<File>>>,
 }
 
 impl std::fmt::Debug for Cas {
@@ -70,6 +72,7 @@ impl Cas {
             tmp,
             stat: None,
             tmp_dev: Arc::new(OnceLock::new()),
+            dir: Arc::new(OnceLock::new()),
         })
     }
 
@@ -91,6 +94,23 @@ impl Cas {
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.to_hex();
         self.root.join(&hex[..2]).join(hex)
+    }
+
+    /// The stat of blob `d`, as [`StatKey::of`] gives it for [`Cas::blob_path`]; on Linux
+    /// looked up from the CAS directory, opened once, rather than along the whole path.
+    /// The directory is the one this store opened first: a CAS directory is not replaced
+    /// while a store has it open (a workspace's is under the workspace lock).
+    pub fn stat_blob(&self, d: &Digest) -> Result<StatKey> {
+        let path = self.blob_path(d);
+        #[cfg(target_os = "linux")]
+        if let Some(dir) = self.dir.get_or_init(|| File::open(&self.root).ok()) {
+            let hex = d.to_hex();
+            // A directory replaced since it was opened is looked up by its path again.
+            if let Ok(stat) = StatKey::of_in(dir, &format!("{}/{hex}", &hex[..2]), &path) {
+                return Ok(stat);
+            }
+        }
+        StatKey::of(&path)
     }
 
     /// Whether a blob named `d` exists (its content is not checked; see [`Cas::check`]).

@@ -464,3 +464,30 @@ fn put_file_move_stores_the_bytes_and_takes_the_file() {
     assert!(!src.exists());
     assert_eq!(cas.check(&d).unwrap(), expflow_cache::BlobState::Ok);
 }
+
+#[test]
+fn a_blob_stat_from_the_open_directory_is_the_stat_of_its_path() {
+    let (dir, cas) = cas();
+    let d = cas.put_bytes(b"stat me").unwrap();
+    let by_path = expflow_cache::StatKey::of(&cas.blob_path(&d)).unwrap();
+    assert_eq!(cas.stat_blob(&d).unwrap(), by_path);
+    // A blob that is not there is an error that names its path.
+    let missing = Digest::of_bytes(b"never stored");
+    let err = cas.stat_blob(&missing).unwrap_err().to_string();
+    assert!(err.contains(&missing.to_hex()), "{err}");
+    // The store keeps the directory it opened: one put in its place afterwards is not the
+    // one its stats describe (a workspace is locked while it is open, and nothing replaces
+    // its CAS directory meanwhile; `Cas::stat_blob` says so).
+    let root = dir.path().join("cas");
+    fs::rename(&root, dir.path().join("old")).unwrap();
+    let fresh = Cas::open(&root).unwrap();
+    let d2 = fresh.put_bytes(b"stat me").unwrap();
+    assert_eq!(d2, d);
+    let now = expflow_cache::StatKey::of(&cas.blob_path(&d)).unwrap();
+    assert_ne!(now.ino, by_path.ino, "a new file");
+    assert_eq!(
+        cas.stat_blob(&d).unwrap().ino,
+        by_path.ino,
+        "the old directory is still open"
+    );
+}

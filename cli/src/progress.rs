@@ -27,7 +27,43 @@ pub struct Display {
     bar: Option<ProgressBar>,
     quiet: bool,
     running: Arc<Mutex<BTreeMap<String, Running>>>,
+    /// Plain `cached` lines not yet written (see [`Lines`]).
+    lines: Arc<Mutex<Lines>>,
     stop: Arc<AtomicBool>,
+}
+
+/// Plain lines on stderr. `cached NODE` lines come in bursts (a re-run finds a thousand
+/// nodes cached in a few milliseconds): they are gathered and written together, before
+/// any other line, when [`CACHED_BURST`] bytes are waiting, and when the run ends; every
+/// other line is written at once. The text is the same as one write per line.
+#[derive(Default)]
+struct Lines {
+    cached: String,
+}
+
+/// Gathered `cached` lines are written at this size at the latest.
+const CACHED_BURST: usize = 16 * 1024;
+
+impl Lines {
+    fn cached(&mut self, line: &str) {
+        self.cached.push_str(line);
+        self.cached.push('\n');
+        if self.cached.len() >= CACHED_BURST {
+            self.flush();
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        self.flush();
+        print_line(line);
+    }
+
+    fn flush(&mut self) {
+        if !self.cached.is_empty() {
+            let _ = std::io::stderr().write_all(self.cached.as_bytes());
+            self.cached.clear();
+        }
+    }
 }
 
 /// `train: 120/400 steps (3.1 steps/s), 1 min 5 s`.
@@ -117,6 +153,7 @@ impl Display {
             bar,
             quiet,
             running,
+            lines: Arc::default(),
             stop,
         }
     }
@@ -125,7 +162,9 @@ impl Display {
         let bar = self.bar.clone();
         let quiet = self.quiet;
         let running = self.running.clone();
+        let lines = self.lines.clone();
         Arc::new(move |ev: &EventKind| {
+            let mut lines = lines.lock().unwrap_or_else(|e| e.into_inner());
             let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
             let line = match ev {
                 EventKind::RunStarted { nodes, run_id, .. } => {
@@ -213,12 +252,15 @@ impl Display {
                     };
                     match &bar {
                         Some(b) => b.println(&line),
-                        None => print_line(line),
+                        None => lines.line(line),
                     }
                     return;
                 }
                 EventKind::NodeSkipped { node, reason } => format!("skip {node}: {reason}"),
-                EventKind::RunFinished { .. } => return,
+                EventKind::RunFinished { .. } => {
+                    lines.flush();
+                    return;
+                }
             };
             if quiet {
                 return;
@@ -230,16 +272,25 @@ impl Display {
                         b.println(&line);
                     }
                 }
-                None => print_line(line),
+                None if matches!(ev, EventKind::NodeCached { .. }) => lines.cached(&line),
+                None => lines.line(line),
             }
         })
     }
 
     pub fn finish(&self) {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).flush();
         self.stop.store(true, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+    }
+}
+
+impl Drop for Display {
+    /// A run that stops on an error still shows the nodes it found cached.
+    fn drop(&mut self) {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).flush();
     }
 }
 

@@ -104,7 +104,7 @@ pub fn hit_ok(cas: &Cas, store: &dyn Store, key: &Digest, hit: &mut Hit) -> Resu
             }
             continue;
         }
-        let Ok(stat) = StatKey::of(&cas.blob_path(&out.digest)) else {
+        let Ok(stat) = cas.stat_blob(&out.digest) else {
             return Ok(false);
         };
         if hit.stats.get(port) == Some(&stat) {

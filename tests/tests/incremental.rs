@@ -173,3 +173,57 @@ nodes:
     r.expect_code(0);
     assert_eq!(starts, 2, "one failure then one success");
 }
+
+/// Plain progress lines (stderr not a terminal): a re-run names every node it found cached,
+/// once, before the summary; `cached` lines written together still come before the lines
+/// of what ran after them, a failure included.
+#[test]
+fn plain_progress_names_cached_nodes_in_order_with_what_ran() {
+    let p = project();
+    p.run("pipe.yaml", &[]).expect_code(0);
+    let out = p.expflow(&["run", "pipe.yaml"]);
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    let mut cached: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("cached "))
+        .collect();
+    cached.sort_unstable();
+    assert_eq!(cached, ["a", "b", "c", "d"], "{stderr}");
+    let summary = lines
+        .iter()
+        .position(|l| l.contains("0 executed, 4 cached"));
+    let last_cached = lines.iter().rposition(|l| l.starts_with("cached "));
+    assert!(summary > last_cached, "{stderr}");
+
+    p.write(
+        "fail.yaml",
+        r#"
+pipeline: fail
+params: {fail: 0}
+nodes:
+  x:
+    op: command
+    out: {o: file}
+    params: {run: "echo x > ${out.o}"}
+  y:
+    op: command
+    in: {x: x.o}
+    out: {o: file}
+    params: {run: "test ${params.fail} = 0 && cat ${in.x} > ${out.o}"}
+"#,
+    );
+    assert_eq!(p.expflow(&["run", "fail.yaml"]).status.code(), Some(0));
+    let out = p.expflow(&["run", "fail.yaml", "--set", "fail=1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let at = |prefix: &str| {
+        stderr
+            .lines()
+            .position(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in {stderr}"))
+    };
+    assert!(at("cached x") < at("start y"), "{stderr}");
+    assert!(at("start y") < at("FAILED y"), "{stderr}");
+}
