@@ -975,11 +975,12 @@ mod tests {
                 }
             }
         }
-        // Most edits keep a document of the shape; many do not.
+        // Many edits keep a document of the shape; many do not.
         assert!(
             taken > n / 4 && taken < n,
             "{taken} of {n} mutations read quickly"
         );
+        println!("{taken} of {n} mutations read quickly");
     }
 
     #[test]
