@@ -484,21 +484,24 @@ pub(crate) fn check_hits(
         return HashMap::new();
     }
     let chunk = keys.len().div_ceil(threads);
+    let check = |keys: &[Digest]| {
+        keys.iter()
+            .filter_map(|key| Some((*key, intact_hit(cas, store, key).ok()??)))
+            .collect::<Vec<_>>()
+    };
+    // This thread checks the first share itself: it is running already, where a new
+    // thread may wait for its CPU to wake.
+    let mut chunks = keys.chunks(chunk);
+    let first = chunks.next().unwrap_or_default();
     std::thread::scope(|scope| {
-        let parts: Vec<_> = keys
-            .chunks(chunk)
-            .map(|keys| {
-                scope.spawn(move || {
-                    keys.iter()
-                        .filter_map(|key| Some((*key, intact_hit(cas, store, key).ok()??)))
-                        .collect::<Vec<_>>()
-                })
-            })
+        let parts: Vec<_> = chunks
+            .map(|keys| scope.spawn(move || check(keys)))
             .collect();
-        parts
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+        let mut found: HashMap<Digest, Hit> = check(first).into_iter().collect();
+        for part in parts {
+            found.extend(part.join().unwrap_or_default());
+        }
+        found
     })
 }
 
