@@ -8,7 +8,7 @@
 //! per-record path: it runs in the background, and at every run and pin), and
 //! [`crate::rebuild`] recreates it from the journal when it cannot be opened at all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::journal::{Entry, Journal, Staged, read_entries_from};
+use crate::last_hits::{Contents, Stamp};
 use crate::record::{Hit, OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
@@ -85,6 +86,12 @@ pub trait Store: Send + Sync {
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<()>;
+
+    /// Keeps what the next run of `pipeline` looks up first (its last keys and their hits)
+    /// where that run finds it without opening the database, if this store can (see
+    /// [`crate::LazyStore`]). Called at the end of a run, after its last write. Derived
+    /// data: a failure is logged, not returned.
+    fn keep_last_hits(&self, _pipeline: &str) {}
 }
 
 /// [`Store`] on sled, one tree per kind, values as JSON.
@@ -145,12 +152,21 @@ impl SledStore {
             return self.set_journal_mark(len);
         }
         let (entries, bad) = read_entries_from(journal.path(), mark)?;
-        warn!(
-            db = %self.db_path.display(),
-            entries = entries.len(),
-            unreadable = bad,
-            "the database is behind its journal (the last run stopped abruptly?); replaying the missing entries"
-        );
+        if bad == 0 && entries.iter().all(|e| matches!(e, Entry::Run { .. })) {
+            // Runs that found everything cached record themselves in the journal only
+            // (see [`crate::LazyStore`]); they are expected here.
+            debug!(
+                entries = entries.len(),
+                "adding the runs recorded while the database was closed"
+            );
+        } else {
+            warn!(
+                db = %self.db_path.display(),
+                entries = entries.len(),
+                unreadable = bad,
+                "the database is behind its journal (the last run stopped abruptly?); replaying the missing entries"
+            );
+        }
         for e in &entries {
             self.apply_raw(e)?;
         }
@@ -216,6 +232,57 @@ impl SledStore {
             journal_path: PathBuf::new(),
             journal: None,
         })
+    }
+
+    /// The last-hits file's contents for `pipeline` as the database has them now, with the
+    /// stat-cache entries of `stat_paths`; None unless the database holds the whole journal
+    /// (it does after a run that opened it, unless applying an entry failed).
+    pub(crate) fn last_hits(
+        &self,
+        pipeline: &str,
+        stat_paths: &[String],
+    ) -> Result<Option<Contents>> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let len = journal.lock().len;
+        if self.journal_mark()? != len {
+            return Ok(None);
+        }
+        let Some(stamp) = Stamp::of(journal.path()).filter(|s| s.len == len) else {
+            return Ok(None);
+        };
+        let last = self.last_keys(pipeline)?;
+        let mut hits = HashMap::with_capacity(last.len());
+        for (_, key) in &last {
+            // Hit-index entries only (a key without one is looked up in the database when a
+            // run needs it, and its entry made then).
+            let Some(v) = self.hits.get(key.0).map_err(|e| self.db_err(e))? else {
+                continue;
+            };
+            if let Ok(hit) = crate::hit_code::decode(&v) {
+                hits.insert(*key, hit);
+            }
+        }
+        let mut stats = Vec::new();
+        for path in stat_paths {
+            let v: Option<StatValue> = self.get_json(&self.stat, path.as_bytes(), || {
+                format!("the stat-cache entry of {path}")
+            })?;
+            if let Some(v) = v {
+                stats.push((v.stat, v.digest));
+            }
+        }
+        stats.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        stats.dedup_by(|a, b| a.0.path == b.0.path);
+        Ok(Some(Contents {
+            stamp,
+            db_mark: len,
+            pipeline: pipeline.to_string(),
+            last,
+            hits,
+            stats,
+        }))
     }
 
     /// The sled directory.

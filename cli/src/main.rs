@@ -464,18 +464,19 @@ fn load_and_open(
     }
     let (pipeline, opened) = std::thread::scope(|s| {
         let opening = s.spawn(|| {
-            let ws = Workspace::open(&root, workspace::holder(command, "", run_id.clone()))?;
-            let found = prefetch
+            let name = prefetch
                 .then(|| std::fs::read_to_string(&p.pipeline).ok())
                 .flatten()
-                .and_then(|text| expflow_engine::yaml::top_level_scalar(&text, "pipeline"))
-                .and_then(|name| match Prefetch::gather(&ws, &name) {
-                    Ok(f) => Some(f),
-                    Err(e) => {
-                        tracing::debug!("looking up the last run ahead: {e}");
-                        None
-                    }
-                });
+                .and_then(|text| expflow_engine::yaml::top_level_scalar(&text, "pipeline"));
+            let holder = workspace::holder(command, "", run_id.clone());
+            let ws = Workspace::open_for(&root, holder, name.as_deref())?;
+            let found = name.and_then(|name| match Prefetch::gather(&ws, &name) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::debug!("looking up the last run ahead: {e}");
+                    None
+                }
+            });
             Ok::<_, EngineError>((ws, found))
         });
         let pipeline = load(p);

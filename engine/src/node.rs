@@ -267,6 +267,23 @@ pub fn commit_record(
     };
     env.store.put_record(&rec)?;
     env.store.set_last(&env.pipeline, node_name, key)?;
+    // The hit-index entry the next run looks up, with the stats of the blobs checked
+    // intact just now (as a hit check would make it): the next run of this node is then
+    // answered without reading the record, or the database (see `LazyStore`).
+    let mut stats = BTreeMap::new();
+    for (port, out) in outputs.iter().filter(|(_, o)| !o.dir) {
+        match env.cas.stat_blob(&out.digest) {
+            Ok(stat) => stats.insert(port.clone(), stat),
+            Err(_) => return Ok(()),
+        };
+    }
+    let hit = Hit {
+        outputs: outputs.clone(),
+        stats,
+    };
+    if let Err(e) = env.store.put_hit(key, &hit) {
+        tracing::debug!("{e}; the next run checks the record's blobs instead");
+    }
     Ok(())
 }
 

@@ -84,7 +84,7 @@ fn evaluate(
         None => {
             let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
             let keys = crate::run::last_keys_of(&last, p, selected);
-            crate::run::check_hits(&ws.cas, ws.store.as_ref(), keys)
+            crate::run::check_hits(&ws.cas, ws.store.as_ref(), keys, crate::run::threads())
         }
     };
     let mut evals: HashMap<usize, Eval> = HashMap::new();

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use expflow_cache::{Cas, SledStore, Store};
+use expflow_cache::{Cas, LazyStore, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, Result};
@@ -92,12 +92,18 @@ impl Workspace {
     /// Opens (creating) the workspace at `root` and takes its lock. A workspace held by
     /// another process gives [`EngineError::Held`] naming the holder.
     pub fn open(root: &Path, holder: Holder) -> Result<Workspace> {
+        Workspace::open_for(root, holder, None)
+    }
+
+    /// [`Workspace::open`] for a run (or plan) of `pipeline`: its record store leaves the
+    /// database closed while the pipeline's last-hits file answers ([`LazyStore`]).
+    pub fn open_for(root: &Path, holder: Holder, pipeline: Option<&str>) -> Result<Workspace> {
         std::fs::create_dir_all(root).map_err(|e| EngineError::io(root, e))?;
         // Operators may change directory (a command runs in its scratch dir): hand out
         // absolute paths only.
         let root = &std::fs::canonicalize(root).map_err(|e| EngineError::io(root, e))?;
         let lock = take_lock(root, &holder)?;
-        let store: Arc<dyn Store> = Arc::new(SledStore::open(root)?);
+        let store: Arc<dyn Store> = Arc::new(LazyStore::open(root, pipeline)?);
         // The CAS shares the stat cache: a blob is re-hashed before it is believed unless
         // its stat is unchanged since it was written or last hashed.
         let cas = Cas::open(&root.join("cas"))?.with_stat_cache(store.clone());

@@ -227,3 +227,58 @@ nodes:
     assert!(at("cached x") < at("start y"), "{stderr}");
     assert!(at("start y") < at("FAILED y"), "{stderr}");
 }
+
+/// Names of the files in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Sets the modification time of the project file `rel` an hour back: the stat cache keeps
+/// no digest of a file written in the last two seconds (it may still be changing).
+fn age(p: &Project, rel: &str) {
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::open(p.path(rel))
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+}
+
+#[test]
+fn no_op_re_runs_leave_the_database_closed_and_are_still_recorded() {
+    let p = project();
+    p.run("pipe.yaml", &[]).expect_code(0);
+    age(&p, "data.txt");
+    age(&p, "out/upper.txt");
+    // This run stores the stat-cache entries of the aged files: it opens the database.
+    p.run("pipe.yaml", &[]).expect_code(0);
+    // sled writes a new snapshot file each time it opens: a run that opens the database
+    // changes this listing.
+    let db = p.path(".expflow/db");
+    let before = listing(&db);
+    for _ in 0..2 {
+        let r = p.run("pipe.yaml", &[]);
+        r.expect_code(0);
+        assert!(r.executed().is_empty(), "{:?}", r.executed());
+        assert_eq!(listing(&db), before, "a no-op re-run opened the database");
+    }
+    // A parameter edit stores new records: that run opens the database, and a no-op
+    // re-run after it need not.
+    let edit = ["--set", "greeting=bonjour"];
+    assert_eq!(p.run("pipe.yaml", &edit).executed(), names(&["a", "b"]));
+    let edited = listing(&db);
+    assert_ne!(edited, before);
+    let r = p.run("pipe.yaml", &edit);
+    assert!(r.executed().is_empty(), "{:?}", r.executed());
+    assert_eq!(listing(&db), edited, "a no-op re-run opened the database");
+    // Every run is in the history, the ones the database did not see included.
+    let out = p.expflow(&["runs", "inc"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let runs = text.lines().filter(|l| l.contains(" ok ")).count();
+    assert_eq!(runs, 6, "{text}");
+}

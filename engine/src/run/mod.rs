@@ -165,7 +165,14 @@ pub struct Prefetch {
 impl Prefetch {
     pub fn gather(ws: &Workspace, pipeline: &str) -> Result<Prefetch> {
         let last: HashMap<String, Digest> = ws.store.last_keys(pipeline)?.into_iter().collect();
-        let checked = check_hits(&ws.cas, ws.store.as_ref(), last.values().copied().collect());
+        // On this thread only: it runs beside the compile, which has the other core.
+        let keys = last.values().copied().collect();
+        let checked = check_hits(
+            &ws.cas,
+            ws.store.as_ref(),
+            keys,
+            threads().saturating_sub(1),
+        );
         Ok(Prefetch {
             pipeline: pipeline.to_string(),
             last,
@@ -248,10 +255,11 @@ pub async fn run_prefetched(
             let last: HashMap<String, Digest> = ws.store.last_keys(&p.name)?.into_iter().collect();
             let keys = last_keys_of(&last, p, &selected);
             let (cas, store) = (env.cas.clone(), env.store.clone());
-            let checked =
-                tokio::task::spawn_blocking(move || check_hits(&cas, store.as_ref(), keys))
-                    .await
-                    .map_err(|e| EngineError::Other(format!("checking the cache panicked: {e}")))?;
+            let checked = tokio::task::spawn_blocking(move || {
+                check_hits(&cas, store.as_ref(), keys, threads())
+            })
+            .await
+            .map_err(|e| EngineError::Other(format!("checking the cache panicked: {e}")))?;
             (last, checked)
         }
     };
@@ -390,6 +398,7 @@ pub async fn run_prefetched(
     if status == "ok" {
         materialize::materialize(ws, p, &s.outputs, run_id, opts.force_outputs)?;
     }
+    ws.store.keep_last_hits(&p.name);
     let _ = std::fs::remove_dir_all(ws.scratch_dir(run_id));
     (s.emit)(EventKind::RunFinished {
         status: status.into(),
@@ -463,23 +472,29 @@ async fn ingest_inputs(
     Ok(out)
 }
 
-/// The hits among `keys` whose blobs are intact, looked up and checked on every core.
+/// The hits among `keys` whose blobs are intact, looked up and checked on `threads` threads.
 ///
 /// A no-op re-run finds each node's key only once its inputs' hits are known, one node after
 /// another; but the key a node had last time is known at the start, and it is usually the
 /// key it has now. Looking those up and checking their blobs' stats in parallel, before the
 /// walk, leaves the walk computing keys. A key that has no hit, or whose blobs fail the
 /// check, is left out: the walk looks it up again and reports what it finds.
+/// How many threads [`check_hits`] uses when it has the machine to itself.
+pub(crate) fn threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+}
+
 pub(crate) fn check_hits(
     cas: &expflow_cache::Cas,
     store: &dyn expflow_cache::Store,
     mut keys: Vec<Digest>,
+    threads: usize,
 ) -> HashMap<Digest, Hit> {
     keys.sort_unstable();
     keys.dedup();
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let threads = threads.max(1);
     if keys.is_empty() {
         return HashMap::new();
     }
