@@ -10,7 +10,8 @@
 //!
 //! Layout, integers little-endian: [`MAGIC`]; the journal's [`Stamp`] (dev, ino, length as
 //! u64, the BLAKE3 digest of its last [`TAIL`] bytes); the journal length the database had
-//! caught up to (u64); the pipeline name (string); the number of last keys (u32), each as
+//! caught up to (u64); the device and inode of the database's file `db/db` (u64 each); the
+//! pipeline name (string); the number of last keys (u32), each as
 //! node (string) and key (32 bytes); the number of hits (u32), each as key (32 bytes) and a
 //! hit-index entry (string of [`crate::hit_code`] bytes); the number of stat-cache entries
 //! (u32), each as path (string), dev, ino, size (u64), mtime_ns, ctime_ns (i128) and digest
@@ -20,6 +21,9 @@
 //! The stat-cache entries are those the run looked up (its inputs, its `outputs:`
 //! destinations): like the database's, an entry counts only when every field of the file's
 //! stat still matches.
+//!
+//! The database's file is named too: a database replaced since (deleted, recreated, or
+//! swapped for a broken one) is opened, so that a run still reports one it cannot open.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,7 +35,7 @@ use crate::hit_code::{self, Reader, put_str, put_u32};
 use crate::record::Hit;
 use crate::stat::StatKey;
 
-const MAGIC: &[u8; 8] = b"EXLHITS1";
+const MAGIC: &[u8; 8] = b"EXLHITS2";
 /// How many of the journal's last bytes the stamp hashes.
 const TAIL: u64 = 4096;
 
@@ -82,6 +86,13 @@ impl Stamp {
 /// The stamp's size in the file; it starts right after [`MAGIC`].
 const STAMP_LEN: usize = 56;
 
+/// The device and inode of the database's file in the sled directory `db_dir`, if it is a
+/// regular file.
+pub(crate) fn db_file(db_dir: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(db_dir.join("db")).ok()?;
+    meta.is_file().then(|| ids(&meta))
+}
+
 #[cfg(unix)]
 fn ids(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
@@ -101,6 +112,8 @@ pub(crate) struct Contents {
     /// lines after it (runs recorded without opening the database) are replayed when it
     /// next opens.
     pub(crate) db_mark: u64,
+    /// The device and inode of `db/db` ([`db_file`]).
+    pub(crate) db_file: (u64, u64),
     pub(crate) pipeline: String,
     /// Node → its last key, sorted by node.
     pub(crate) last: Vec<(String, Digest)>,
@@ -115,6 +128,8 @@ pub(crate) struct Contents {
 pub(crate) struct LastHits {
     pub(crate) stamp: Stamp,
     pub(crate) db_mark: u64,
+    /// The device and inode of `db/db` ([`db_file`]).
+    pub(crate) db_file: (u64, u64),
     pub(crate) pipeline: String,
     pub(crate) last: Vec<(String, Digest)>,
     pub(crate) stats: Vec<(StatKey, Digest)>,
@@ -135,6 +150,8 @@ impl Contents {
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&self.stamp.bytes());
         out.extend_from_slice(&self.db_mark.to_le_bytes());
+        out.extend_from_slice(&self.db_file.0.to_le_bytes());
+        out.extend_from_slice(&self.db_file.1.to_le_bytes());
         put_str(&mut out, &self.pipeline);
         put_u32(&mut out, self.last.len());
         for (node, key) in &self.last {
@@ -204,6 +221,7 @@ impl LastHits {
             tail: r.take(32)?.try_into().expect("32 bytes"),
         };
         let db_mark = r.u64()?;
+        let db_file = (r.u64()?, r.u64()?);
         let pipeline = r.string()?;
         let n = r.u32()? as usize;
         let mut last = Vec::with_capacity(n.min(body.len() / 36));
@@ -239,6 +257,7 @@ impl LastHits {
         Ok(LastHits {
             stamp,
             db_mark,
+            db_file,
             pipeline,
             last,
             stats,

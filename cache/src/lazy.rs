@@ -9,7 +9,7 @@
 //! record, a write other than the run) opens the database first and is answered by it from
 //! then on, as by [`SledStore`] alone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{IoContext, Result};
 use crate::journal::{Entry, Journal};
-use crate::last_hits::{LastHits, Stamp, restamp};
+use crate::last_hits::{LastHits, Stamp, db_file, restamp};
 use crate::record::{Hit, OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 use crate::store::{SledStore, Store};
@@ -38,7 +38,7 @@ pub struct LazyStore {
     /// database opens, under this lock, so that no append and no opening overlap.
     journal: Mutex<Option<Journal>>,
     /// Paths looked up in the stat cache: their entries go into the next last-hits file.
-    stat_paths: Mutex<Vec<String>>,
+    stat_paths: Mutex<HashSet<String>>,
 }
 
 impl LazyStore {
@@ -60,18 +60,19 @@ impl LazyStore {
             quick,
             db: OnceLock::new(),
             journal: Mutex::new(journal),
-            stat_paths: Mutex::new(Vec::new()),
+            stat_paths: Mutex::new(HashSet::new()),
         }
     }
 
     /// The store with the database closed, if `pipeline`'s last-hits file is up to date.
     fn open_quick(root: &Path, pipeline: &str) -> Option<LazyStore> {
-        if !root.join("db").is_dir() {
-            return None;
-        }
         let journal_path = root.join("journal.jsonl");
         let stamp = Stamp::of(&journal_path)?;
         let quick = LastHits::load(root, pipeline, &stamp)?;
+        if db_file(&root.join("db")) != Some(quick.db_file) {
+            debug!("the database was replaced since the last-hits file was written");
+            return None;
+        }
         if stamp.len - quick.db_mark.min(stamp.len) > MAX_BEHIND {
             debug!("the database is far behind the journal; opening it to catch up");
             return None;
@@ -124,8 +125,8 @@ impl LazyStore {
             .stat_paths
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !paths.iter().any(|p| p == path) {
-            paths.push(path.to_string());
+        if !paths.contains(path) {
+            paths.insert(path.to_string());
         }
     }
 
@@ -143,11 +144,13 @@ impl LazyStore {
                     .ctx("cannot write the last-hits file in", dir);
             }
             None => {
-                let paths = self
+                let paths: Vec<String> = self
                     .stat_paths
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .clone();
+                    .iter()
+                    .cloned()
+                    .collect();
                 match self.db()?.last_hits(pipeline, &paths)? {
                     Some(file) => file,
                     None => return Ok(()),

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use crate::digest::Digest;
 use crate::error::{CacheError, IoContext, Result};
 use crate::journal::{Entry, Journal, Staged, read_entries_from};
-use crate::last_hits::{Contents, Stamp};
+use crate::last_hits::{Contents, Stamp, db_file};
 use crate::record::{Hit, OutputRef, Record, RecordSummary, RunInfo};
 use crate::stat::StatKey;
 
@@ -252,6 +252,9 @@ impl SledStore {
         let Some(stamp) = Stamp::of(journal.path()).filter(|s| s.len == len) else {
             return Ok(None);
         };
+        let Some(db_file) = db_file(&self.db_path) else {
+            return Ok(None);
+        };
         let last = self.last_keys(pipeline)?;
         let mut hits = HashMap::with_capacity(last.len());
         for (_, key) in &last {
@@ -278,6 +281,7 @@ impl SledStore {
         Ok(Some(Contents {
             stamp,
             db_mark: len,
+            db_file,
             pipeline: pipeline.to_string(),
             last,
             hits,

@@ -239,3 +239,23 @@ fn the_file_is_the_same_bytes_for_the_same_state() {
     drop(store);
     assert_eq!(fs::read(&file).unwrap(), first);
 }
+
+#[test]
+fn a_replaced_database_is_opened_not_bypassed() {
+    let (ws, last, _) = ran_once();
+    // Deleted: opened (made again from the journal), so that it is whole again.
+    fs::remove_dir_all(ws.root.join("db")).unwrap();
+    let store = LazyStore::open(&ws.root, Some("p")).unwrap();
+    assert!(store.db_is_open());
+    assert_eq!(store.last_keys("p").unwrap(), last);
+    drop(store);
+    // Swapped for one sled cannot open: the run reports it, as without the file.
+    let store = LazyStore::open(&ws.root, None).unwrap();
+    store.keep_last_hits("p");
+    drop(store);
+    assert!(!LazyStore::open(&ws.root, Some("p")).unwrap().db_is_open());
+    fs::remove_dir_all(ws.root.join("db")).unwrap();
+    fs::create_dir_all(ws.root.join("db/db")).unwrap();
+    fs::create_dir_all(ws.root.join("db/conf")).unwrap();
+    assert!(LazyStore::open(&ws.root, Some("p")).is_err());
+}
