@@ -36,12 +36,7 @@ pub(crate) fn encode(hit: &Hit) -> Vec<u8> {
     put_u32(&mut out, hit.stats.len());
     for (port, s) in &hit.stats {
         put_str(&mut out, port);
-        put_str(&mut out, &s.path);
-        out.extend_from_slice(&s.dev.to_le_bytes());
-        out.extend_from_slice(&s.ino.to_le_bytes());
-        out.extend_from_slice(&s.size.to_le_bytes());
-        out.extend_from_slice(&s.mtime_ns.to_le_bytes());
-        out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+        put_stat(&mut out, s);
     }
     out
 }
@@ -76,15 +71,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Hit, String> {
     let mut stats = BTreeMap::new();
     for _ in 0..r.u32()? {
         let port = r.string()?;
-        let stat = StatKey {
-            path: r.string()?,
-            dev: r.u64()?,
-            ino: r.u64()?,
-            size: r.u64()?,
-            mtime_ns: r.i128()?,
-            ctime_ns: r.i128()?,
-        };
-        stats.insert(port, stat);
+        stats.insert(port, r.stat()?);
     }
     if r.at != bytes.len() {
         return Err(format!("{} bytes after the entry", bytes.len() - r.at));
@@ -100,6 +87,16 @@ pub(crate) fn put_u32(out: &mut Vec<u8>, n: usize) {
 pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len());
     out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends a file stat: path (string), dev, ino, size (u64), mtime_ns and ctime_ns (i128).
+pub(crate) fn put_stat(out: &mut Vec<u8>, s: &StatKey) {
+    put_str(out, &s.path);
+    out.extend_from_slice(&s.dev.to_le_bytes());
+    out.extend_from_slice(&s.ino.to_le_bytes());
+    out.extend_from_slice(&s.size.to_le_bytes());
+    out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+    out.extend_from_slice(&s.ctime_ns.to_le_bytes());
 }
 
 pub(crate) struct Reader<'a> {
@@ -129,6 +126,18 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn i128(&mut self) -> Result<i128, String> {
         Ok(i128::from_le_bytes(self.take(16)?.try_into().expect("16")))
+    }
+
+    /// A file stat written by [`put_stat`].
+    pub(crate) fn stat(&mut self) -> Result<StatKey, String> {
+        Ok(StatKey {
+            path: self.string()?,
+            dev: self.u64()?,
+            ino: self.u64()?,
+            size: self.u64()?,
+            mtime_ns: self.i128()?,
+            ctime_ns: self.i128()?,
+        })
     }
 
     pub(crate) fn string(&mut self) -> Result<String, String> {

@@ -31,7 +31,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
-use crate::hit_code::{self, Reader, put_str, put_u32};
+use crate::hit_code::{self, Reader, put_stat, put_str, put_u32};
 use crate::record::Hit;
 use crate::stat::StatKey;
 
@@ -170,12 +170,7 @@ impl Contents {
         }
         put_u32(&mut out, self.stats.len());
         for (s, d) in &self.stats {
-            put_str(&mut out, &s.path);
-            out.extend_from_slice(&s.dev.to_le_bytes());
-            out.extend_from_slice(&s.ino.to_le_bytes());
-            out.extend_from_slice(&s.size.to_le_bytes());
-            out.extend_from_slice(&s.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            put_stat(&mut out, s);
             out.extend_from_slice(&d.0);
         }
         let sum = blake3::hash(&out);
@@ -241,14 +236,7 @@ impl LastHits {
         let n = r.u32()? as usize;
         let mut stats = Vec::with_capacity(n.min(body.len() / 100));
         for _ in 0..n {
-            let stat = StatKey {
-                path: r.string()?,
-                dev: r.u64()?,
-                ino: r.u64()?,
-                size: r.u64()?,
-                mtime_ns: r.i128()?,
-                ctime_ns: r.i128()?,
-            };
+            let stat = r.stat()?;
             stats.push((stat, Digest(r.take(32)?.try_into().expect("32 bytes"))));
         }
         if r.at != body.len() {
