@@ -368,6 +368,7 @@ impl Context {
                 let _ = tx.send(());
             });
         }
+        let exited = ExitWatch::new(pid);
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
@@ -377,7 +378,7 @@ impl Context {
                 let _ = child.wait();
                 return Err("cancelled; the child process group was killed".into());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            exited.wait(CANCEL_POLL);
         };
         // The streams end when the last process holding them exits; one left running in the
         // background keeps its output flowing into the log without holding up the node.
@@ -547,6 +548,63 @@ fn pump(mut stream: impl std::io::Read, mut scrubber: Scrubber, mut sink: File) 
 }
 
 /// Kills a process group with SIGTERM, then SIGKILL after a short grace period.
+/// How often a node waiting for its child process looks at the cancel token.
+const CANCEL_POLL: Duration = Duration::from_millis(20);
+
+/// Waits for a child process to exit, or for a timeout, whichever comes first, without
+/// reaping it (the caller's `try_wait` does). On Linux through a pidfd, which wakes the
+/// moment the child exits: a node's command is often done in a few milliseconds, and a fixed
+/// 20 ms sleep between looks made each such node take 20 ms (a 1,000-node pipeline of
+/// short commands spent most of its time asleep). Elsewhere, or without a pidfd, it sleeps
+/// for a time that doubles from 0.1 ms up to the timeout.
+struct ExitWatch {
+    #[cfg(target_os = "linux")]
+    pidfd: Option<std::os::fd::OwnedFd>,
+    backoff: std::cell::Cell<Duration>,
+}
+
+impl ExitWatch {
+    fn new(pid: i32) -> ExitWatch {
+        #[cfg(target_os = "linux")]
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; the
+        // descriptor is owned by the OwnedFd from here on.
+        let pidfd = unsafe {
+            let fd = libc::syscall(libc::SYS_pidfd_open, pid, 0);
+            (fd >= 0).then(|| {
+                use std::os::fd::FromRawFd;
+                std::os::fd::OwnedFd::from_raw_fd(fd as i32)
+            })
+        };
+        #[cfg(not(target_os = "linux"))]
+        let _ = pid;
+        ExitWatch {
+            #[cfg(target_os = "linux")]
+            pidfd,
+            backoff: std::cell::Cell::new(Duration::from_micros(100)),
+        }
+    }
+
+    fn wait(&self, timeout: Duration) {
+        #[cfg(target_os = "linux")]
+        if let Some(fd) = &self.pidfd {
+            use std::os::fd::AsRawFd;
+            let mut pfd = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; the result only decides when to look again.
+            let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+            if n >= 0 {
+                return;
+            }
+        }
+        let d = self.backoff.get();
+        std::thread::sleep(d.min(timeout));
+        self.backoff.set((d * 2).min(timeout));
+    }
+}
+
 pub(crate) fn kill_group(pgid: i32) {
     // SAFETY: killpg only sends a signal; a stale pgid yields ESRCH, which we ignore.
     unsafe {
@@ -556,5 +614,37 @@ pub(crate) fn kill_group(pgid: i32) {
     // SAFETY: as above.
     unsafe {
         libc::killpg(pgid, libc::SIGKILL);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_a_child_wakes_when_it_exits_not_at_the_timeout() {
+        let mut child = Command::new("sleep").arg("0.05").spawn().unwrap();
+        let watch = ExitWatch::new(child.id() as i32);
+        let started = std::time::Instant::now();
+        watch.wait(Duration::from_secs(30));
+        let waited = started.elapsed();
+        // Woken by the exit (the child is there to reap), long before the timeout.
+        assert!(
+            child.try_wait().unwrap().is_some(),
+            "woke before the child exited"
+        );
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+    }
+
+    #[test]
+    fn waiting_for_a_child_that_runs_on_ends_at_the_timeout() {
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        let watch = ExitWatch::new(child.id() as i32);
+        let started = std::time::Instant::now();
+        watch.wait(Duration::from_millis(50));
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
