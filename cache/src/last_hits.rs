@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
@@ -57,7 +57,6 @@ impl Stamp {
         let (dev, ino) = ids(&meta);
         let start = len.saturating_sub(TAIL);
         let mut tail = Vec::with_capacity((len - start) as usize);
-        use std::io::{Seek, SeekFrom};
         f.seek(SeekFrom::Start(start)).ok()?;
         f.take(len - start).read_to_end(&mut tail).ok()?;
         if tail.len() as u64 != len - start {
@@ -70,9 +69,7 @@ impl Stamp {
             tail: *blake3::hash(&tail).as_bytes(),
         })
     }
-}
 
-impl Stamp {
     fn bytes(&self) -> [u8; STAMP_LEN] {
         let mut b = [0u8; STAMP_LEN];
         b[..8].copy_from_slice(&self.dev.to_le_bytes());

@@ -165,7 +165,7 @@ pub struct Prefetch {
 impl Prefetch {
     pub fn gather(ws: &Workspace, pipeline: &str) -> Result<Prefetch> {
         let last: HashMap<String, Digest> = ws.store.last_keys(pipeline)?.into_iter().collect();
-        // On this thread only: it runs beside the compile, which has the other core.
+        // One thread fewer than the cores: the compile runs beside it on another.
         let keys = last.values().copied().collect();
         let checked = check_hits(
             &ws.cas,
@@ -472,13 +472,6 @@ async fn ingest_inputs(
     Ok(out)
 }
 
-/// The hits among `keys` whose blobs are intact, looked up and checked on `threads` threads.
-///
-/// A no-op re-run finds each node's key only once its inputs' hits are known, one node after
-/// another; but the key a node had last time is known at the start, and it is usually the
-/// key it has now. Looking those up and checking their blobs' stats in parallel, before the
-/// walk, leaves the walk computing keys. A key that has no hit, or whose blobs fail the
-/// check, is left out: the walk looks it up again and reports what it finds.
 /// How many threads [`check_hits`] uses when it has the machine to itself.
 pub(crate) fn threads() -> usize {
     std::thread::available_parallelism()
@@ -486,6 +479,13 @@ pub(crate) fn threads() -> usize {
         .min(8)
 }
 
+/// The hits among `keys` whose blobs are intact, looked up and checked on `threads` threads.
+///
+/// A no-op re-run finds each node's key only once its inputs' hits are known, one node after
+/// another; but the key a node had last time is known at the start, and it is usually the
+/// key it has now. Looking those up and checking their blobs' stats in parallel, before the
+/// walk, leaves the walk computing keys. A key that has no hit, or whose blobs fail the
+/// check, is left out: the walk looks it up again and reports what it finds.
 pub(crate) fn check_hits(
     cas: &expflow_cache::Cas,
     store: &dyn expflow_cache::Store,
